@@ -1,0 +1,190 @@
+//! The `Broker` boundary: what the engine needs from whatever orders, stores and distributes
+//! messages between nodes. `memory` is the embedded default; `chat-broker-redis` is another.
+//!
+//! A [`Broker`] is shared by every node of a cluster; each engine [`attach`](Broker::attach)es
+//! to it once and gets a [`BrokerNode`], its own view of the cluster. Deliveries for the rooms
+//! the node subscribes to come back through the [`DeliverySink`] the engine hands over, the
+//! node's own publications included: one path for every message, so every node sees one order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::protocol::RoomName;
+
+pub mod memory;
+
+/// What can go wrong talking to a broker.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached right now; nothing was stored. Becomes `unavailable`.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (a bug, a corrupt store). Becomes `internal`.
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+/// One incarnation of a room's history. It changes only when that history is lost.
+pub type Epoch = Arc<str>;
+
+/// A message as the broker stores and delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Position in the room within its epoch, from 1, without gaps.
+    pub seq: u64,
+    /// The sender's user name.
+    pub from: Arc<str>,
+    /// Milliseconds since the Unix epoch, set by the server that accepted it.
+    pub ts: u64,
+    /// The body's JSON text.
+    pub body: Bytes,
+}
+
+/// A message handed to the broker, before it has a `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// The sender's user name.
+    pub from: Arc<str>,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The body's JSON text.
+    pub body: Bytes,
+}
+
+/// How a stored publication is to be treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOpts {
+    /// The idempotency key, scoped to (sender, room).
+    pub key: Option<String>,
+    /// How long a key is remembered.
+    pub idempotency_window: Duration,
+    /// How many messages the room keeps.
+    pub history_size: usize,
+    /// How long a message is kept.
+    pub history_ttl: Duration,
+}
+
+/// Where a publication landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The room's epoch.
+    pub epoch: Epoch,
+    /// The message's seq (the original one when `duplicate`).
+    pub seq: u64,
+    /// The idempotency key had been seen: nothing new was stored or delivered.
+    pub duplicate: bool,
+}
+
+/// A room's latest position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The room's epoch.
+    pub epoch: Epoch,
+    /// The latest seq (0 for a room with no messages in this epoch).
+    pub seq: u64,
+}
+
+/// A history request; both bounds exclusive (PROTOCOL.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only messages with `seq < before`.
+    pub before: Option<u64>,
+    /// Only messages with `seq > after`.
+    pub after: Option<u64>,
+    /// At most this many: the oldest ones when `after` is given, else the newest.
+    pub limit: usize,
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The epoch the seqs belong to.
+    pub epoch: Epoch,
+    /// The room's latest seq.
+    pub latest: u64,
+    /// The messages, oldest first.
+    pub messages: Vec<Message>,
+}
+
+/// Something fanned out without being stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transient {
+    /// An ephemeral message (no seq, may be dropped under load).
+    Message(Publication),
+    /// A user's first session joined the room.
+    MemberJoined(Arc<str>),
+    /// A user's last session left the room.
+    MemberLeft(Arc<str>),
+}
+
+/// What a broker delivers to a subscribed node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A stored message.
+    Stored {
+        /// Its epoch.
+        epoch: Epoch,
+        /// The message.
+        message: Arc<Message>,
+    },
+    /// Something not stored.
+    Transient(Transient),
+    /// The room's history was lost; a new epoch starts at seq 1.
+    Reset {
+        /// The new epoch.
+        epoch: Epoch,
+    },
+}
+
+/// Receives a node's deliveries. Called synchronously by the broker, in seq order per room;
+/// it must not block and must not call back into the broker.
+pub trait DeliverySink: Send + Sync + 'static {
+    /// One delivery for `room`.
+    fn deliver(&self, room: &RoomName, delivery: Delivery);
+}
+
+/// A user in a room's presence, with its number of sessions there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The user.
+    pub user: String,
+    /// How many of its sessions are in the room, across the cluster.
+    pub sessions: u64,
+}
+
+/// A cluster-wide message broker. Shared by every node; cheap handles are fine.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Joins the cluster as node `node`. Deliveries for the rooms this node subscribes to go to
+    /// `sink`.
+    async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<Arc<dyn BrokerNode>, BrokerError>;
+}
+
+/// One node's view of the broker.
+#[async_trait]
+pub trait BrokerNode: Send + Sync + 'static {
+    /// Orders and stores a message and delivers it to every node subscribed to the room, this
+    /// one included. A key seen within the window returns the original seq and delivers nothing.
+    async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError>;
+    /// Fans out without storing.
+    async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError>;
+    /// This node starts receiving the room's deliveries. Returns the room's position, read after
+    /// the subscription took effect.
+    async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError>;
+    /// This node stops receiving the room's deliveries.
+    async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError>;
+    /// A page of the room's history.
+    async fn history(&self, room: &RoomName, query: HistoryQuery) -> Result<HistoryPage, BrokerError>;
+    /// Adds a session to the room's presence. Returns true when it is the user's first session
+    /// in the room.
+    async fn presence_add(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError>;
+    /// Removes a session from the room's presence. Returns true when it was the user's last.
+    async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError>;
+    /// The room's members across the cluster.
+    async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError>;
+    /// The node is going away: drop its subscriptions and whatever presence it still holds.
+    async fn detach(&self);
+}

@@ -1,0 +1,320 @@
+//! The [`Engine`] a host application builds once and puts behind its transports: node id,
+//! limits, broker, authentication, authorization and hooks, plus graceful shutdown and the
+//! host's handle on live sessions (kick).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AllowAll, AllowAnonymous, Authenticator, Authorizer};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, BrokerError, BrokerNode, DeliverySink};
+use crate::hooks::{Hooks, NoHooks};
+use crate::outbox::Outbox;
+use crate::protocol::{ByeReason, RoomName};
+use crate::rooms::{Rooms, RoomsSink};
+
+/// Every limit and timing a host may tune. The defaults are safe on the open internet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The largest frame's JSON bytes (`welcome.max_frame`). Default 65,536.
+    pub max_frame: usize,
+    /// The largest `send` body's JSON bytes. Default 16,384.
+    pub max_body: usize,
+    /// The server pings after this long without sending; a client silent for twice this is
+    /// closed (`welcome.heartbeat_ms`). Default 25 s.
+    pub heartbeat: Duration,
+    /// How many messages a room keeps. Default 1,000.
+    pub history_size: usize,
+    /// How long a message is kept. Default 24 h.
+    pub history_ttl: Duration,
+    /// The most messages one `history` reply holds. Default 100.
+    pub history_max_limit: usize,
+    /// How long an idempotency key is remembered. Default 5 min.
+    pub idempotency_window: Duration,
+    /// Bound on a session's queued outbound frames. Default 4,096.
+    pub outbox_frames: usize,
+    /// Bound on a session's queued outbound bytes. Default 4 MiB.
+    pub outbox_bytes: usize,
+    /// Sustained `send`s per second per session. Default 50.
+    pub rate_per_sec: u32,
+    /// Burst of `send`s allowed above the rate. Default 100.
+    pub rate_burst: u32,
+    /// `rate_limited` errors in a row after which the session is closed (`protocol_error`).
+    /// Default 100.
+    pub rate_limit_strikes: u32,
+    /// Rooms one session may be in at once (more is `forbidden`). Default 256.
+    pub max_rooms_per_session: usize,
+    /// How long a closing session may take to deliver its last frames. Default 5 s.
+    pub close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame: 65_536,
+            max_body: 16_384,
+            heartbeat: Duration::from_secs(25),
+            history_size: 1_000,
+            history_ttl: Duration::from_secs(24 * 3600),
+            history_max_limit: 100,
+            idempotency_window: Duration::from_secs(300),
+            outbox_frames: 4_096,
+            outbox_bytes: 4 << 20,
+            rate_per_sec: 50,
+            rate_burst: 100,
+            rate_limit_strikes: 100,
+            max_rooms_per_session: 256,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors building or running an [`Engine`].
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The broker refused the node.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A setting is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+}
+
+type RoomFilter = Arc<dyn Fn(&RoomName) -> bool + Send + Sync>;
+
+/// Builds an [`Engine`]; see [`Engine::builder`].
+pub struct EngineBuilder {
+    node_id: Option<String>,
+    config: Config,
+    broker: Option<Arc<dyn Broker>>,
+    authenticator: Arc<dyn Authenticator>,
+    authorizer: Arc<dyn Authorizer>,
+    hooks: Arc<dyn Hooks>,
+    member_events: RoomFilter,
+}
+
+impl fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("node_id", &self.node_id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// This node's id (`welcome.node`). Default: a random one.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// Replaces every limit at once.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes some limits: `.tune(|c| c.max_body = 4096)`.
+    pub fn tune(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// The broker. Default: a [`MemoryBroker`] of this engine's own.
+    pub fn broker(mut self, broker: impl Broker) -> Self {
+        self.broker = Some(Arc::new(broker));
+        self
+    }
+
+    /// Who clients are. Default: [`AllowAnonymous`] (trusts `hello.user`; demos only).
+    pub fn authenticator(mut self, a: impl Authenticator) -> Self {
+        self.authenticator = Arc::new(a);
+        self
+    }
+
+    /// What they may do. Default: [`AllowAll`] (tokens' room patterns still apply).
+    pub fn authorizer(mut self, a: impl Authorizer) -> Self {
+        self.authorizer = Arc::new(a);
+        self
+    }
+
+    /// The host's hooks. Default: none.
+    pub fn hooks(mut self, h: impl Hooks) -> Self {
+        self.hooks = Arc::new(h);
+        self
+    }
+
+    /// Which rooms send `member_joined` / `member_left`. Default: every room.
+    pub fn member_events(mut self, f: impl Fn(&RoomName) -> bool + Send + Sync + 'static) -> Self {
+        self.member_events = Arc::new(f);
+        self
+    }
+
+    /// Attaches to the broker and returns the running engine.
+    pub async fn build(self) -> Result<Engine, EngineError> {
+        let c = &self.config;
+        if c.max_frame < 256 || c.max_body == 0 || c.history_max_limit == 0 || c.heartbeat.is_zero() {
+            return Err(EngineError::Config("max_frame >= 256, max_body, history_max_limit and heartbeat > 0"));
+        }
+        let node: Arc<str> = Arc::from(self.node_id.unwrap_or_else(|| format!("n{:x}", unique())).as_str());
+        let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
+        let rooms = Arc::new(Rooms::new(self.config.history_size));
+        let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
+        let broker_node = broker.attach(&node, sink).await?;
+        rooms.set_broker(&broker_node);
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                session_prefix: format!("{node}-{:x}", unique() & 0xffff_ffff),
+                node,
+                config: self.config,
+                broker: broker_node,
+                rooms,
+                authenticator: self.authenticator,
+                authorizer: self.authorizer,
+                hooks: self.hooks,
+                member_events: self.member_events,
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                sessions: Mutex::new(HashMap::new()),
+                next_session: AtomicU64::new(1),
+            }),
+        })
+    }
+}
+
+/// A number unlikely to repeat across processes and restarts (time and a process-local
+/// counter mixed by std's randomly keyed hasher); no extra dependency for ids.
+fn unique() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+/// A live session as the engine tracks it.
+pub(crate) struct SessionEntry {
+    pub(crate) user: Arc<str>,
+    pub(crate) outbox: Arc<Outbox>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) node: Arc<str>,
+    pub(crate) config: Config,
+    pub(crate) broker: Arc<dyn BrokerNode>,
+    pub(crate) rooms: Arc<Rooms>,
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    pub(crate) authorizer: Arc<dyn Authorizer>,
+    pub(crate) hooks: Arc<dyn Hooks>,
+    pub(crate) member_events: RoomFilter,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) sessions: Mutex<HashMap<u64, SessionEntry>>,
+    next_session: AtomicU64,
+    session_prefix: String,
+}
+
+impl Inner {
+    /// A new session's key (local) and id (`welcome.session`, unique across the cluster).
+    pub(crate) fn new_session_id(&self) -> (u64, String) {
+        let key = self.next_session.fetch_add(1, Ordering::Relaxed);
+        (key, format!("{}-{key}", self.session_prefix))
+    }
+}
+
+/// The chat engine: one per node. Cheap to clone; every clone is the same engine.
+///
+/// A transport hands each connection to [`Engine::serve`]; everything else — the handshake,
+/// heartbeats, rooms, fan-out, limits, errors — happens here, identically for every transport.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use chat_core::Engine;
+/// let engine = Engine::builder()
+///     .node_id("node-1")
+///     .tune(|c| c.max_body = 4096)
+///     .build()
+///     .await
+///     .expect("the in-memory broker always attaches");
+/// assert_eq!(engine.node_id(), "node-1");
+/// engine.shutdown().await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").field("node", &self.inner.node).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts building an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            node_id: None,
+            config: Config::default(),
+            broker: None,
+            authenticator: Arc::new(AllowAnonymous),
+            authorizer: Arc::new(AllowAll),
+            hooks: Arc::new(NoHooks),
+            member_events: Arc::new(|_| true),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// How many sessions are connected to this node.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// How many rooms have members on this node.
+    pub fn room_count(&self) -> usize {
+        self.inner.rooms.len()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// A token cancelled when shutdown begins; transports stop accepting on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Closes every session of `user` on this node with `bye kicked`. Returns how many.
+    pub fn kick(&self, user: &str) -> usize {
+        let sessions = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.values().filter(|s| &*s.user == user).filter(|s| s.outbox.close(ByeReason::Kicked, [])).count()
+    }
+
+    /// Graceful shutdown: new connections are refused, every session gets `bye shutdown` and
+    /// closes, then the node leaves the broker. Resolves when all of that is done.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        self.inner.broker.detach().await;
+    }
+}

@@ -1,0 +1,47 @@
+//! `chat-core`: everything of the chat engine that is not a socket.
+//!
+//! A host application builds one [`Engine`] per process (a node), then hands every connection
+//! to [`Engine::serve`] as a `Stream` of inbound frames and a `Sink` of outbound frames; the
+//! transport crates (`chat-transport-tcp`, `chat-transport-ws`) do exactly that. Everything the
+//! wire protocol `chat/1` says happens here, once: the handshake, heartbeats, rooms, ordered
+//! fan-out, history and recovery, presence, idempotent sends, limits and errors.
+//!
+//! Several engines attached to one [`MemoryBroker`] form a cluster inside one process; across
+//! processes a broker such as Redis plays that part through the same [`Broker`] trait.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use chat_core::{auth::JwtAuthenticator, Engine, MemoryBroker};
+//!
+//! let engine = Engine::builder()
+//!     .node_id("node-1")
+//!     .broker(MemoryBroker::new())
+//!     .authenticator(JwtAuthenticator::new(b"a long random secret"))
+//!     .tune(|c| c.history_size = 500)
+//!     .build()
+//!     .await
+//!     .unwrap();
+//! // ... hand connections to `engine.serve(inbound, outbound, conn)` ...
+//! engine.shutdown().await;
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod broker;
+mod driver;
+mod engine;
+pub mod hooks;
+mod outbox;
+pub mod protocol;
+mod rooms;
+mod session;
+
+pub use auth::{AllowAll, AllowAnonymous, Authenticator, Authorizer, Identity, JwtAuthenticator};
+pub use broker::memory::MemoryBroker;
+pub use broker::{Broker, BrokerError, BrokerNode};
+pub use driver::{ConnInfo, Inbound};
+pub use engine::{Config, Engine, EngineBuilder, EngineError};
+pub use hooks::{Hooks, NoHooks};
+pub use protocol::{ByeReason, ErrorCode, RoomName};

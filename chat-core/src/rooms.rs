@@ -1,0 +1,356 @@
+//! This node's rooms: who is a member here, and the fan-out of broker deliveries to them.
+//!
+//! The node subscribes to a room when its first local member joins and unsubscribes when the
+//! last one leaves. Every stored delivery's seq is checked against the last one this node
+//! delivered for the room: a duplicate is dropped, a gap is filled from the broker's history
+//! (deliveries that arrive meanwhile wait) before anything later goes out, and a new epoch sends
+//! `reset` to every member first. Each message is encoded once and the same `Bytes` is queued
+//! for every member. A member that is still joining (recovery in progress) gets its deliveries
+//! buffered, so that replayed and live messages meet with no gap and no duplicate.
+//!
+//! Locks here are synchronous and never held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::broker::{BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, HistoryQuery, Message, Transient};
+use crate::outbox::{Class, Outbox};
+use crate::protocol::{encode_member_joined, encode_member_left, encode_message, encode_reset, MessageParts, RoomName};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Encodes a stored message as a `message` event.
+pub(crate) fn message_frame(room: &str, m: &Message) -> Bytes {
+    encode_message(&MessageParts { room, seq: Some(m.seq), from: &m.from, ts: m.ts, body: &m.body })
+}
+
+/// A delivery held for a member that is still joining.
+#[derive(Clone)]
+enum Pending {
+    Stored(u64, Bytes),
+    Transient(Bytes, Class),
+    Reset(Bytes),
+}
+
+struct Member {
+    key: u64,
+    outbox: Arc<Outbox>,
+    /// `Some` while the member is joining: its deliveries wait here.
+    pending: Option<Vec<Pending>>,
+}
+
+struct RoomState {
+    subscribed: bool,
+    /// Removed from the node's map: a join that finds it so must look the room up again.
+    removed: bool,
+    epoch: Epoch,
+    /// The last seq this node delivered to its members.
+    last: u64,
+    members: Vec<Member>,
+    /// `Some` while a gap is being filled from history: later deliveries wait here.
+    repairing: Option<Vec<Delivery>>,
+}
+
+/// One room as this node sees it.
+pub(crate) struct LocalRoom {
+    name: RoomName,
+    /// Serializes subscribe / unsubscribe and membership changes (held across broker calls).
+    membership: tokio::sync::Mutex<()>,
+    state: Mutex<RoomState>,
+}
+
+impl LocalRoom {
+    fn new(name: RoomName) -> Self {
+        LocalRoom {
+            name,
+            membership: tokio::sync::Mutex::new(()),
+            state: Mutex::new(RoomState {
+                subscribed: false,
+                removed: false,
+                epoch: Arc::from(""),
+                last: 0,
+                members: Vec::new(),
+                repairing: None,
+            }),
+        }
+    }
+
+    /// The room's name.
+    pub(crate) fn name(&self) -> &RoomName {
+        &self.name
+    }
+
+    /// The epoch and the last seq this node delivered.
+    pub(crate) fn position(&self) -> (Epoch, u64) {
+        let st = lock(&self.state);
+        (st.epoch.clone(), st.last)
+    }
+}
+
+fn push_to(members: &mut [Member], item: &Pending) {
+    for m in members {
+        match &mut m.pending {
+            Some(buffer) => buffer.push(item.clone()),
+            None => {
+                let (frame, class) = match item {
+                    Pending::Stored(_, f) | Pending::Reset(f) => (f, Class::Must),
+                    Pending::Transient(f, class) => (f, *class),
+                };
+                m.outbox.push(frame.clone(), class);
+            }
+        }
+    }
+}
+
+/// The node's rooms.
+pub(crate) struct Rooms {
+    map: RwLock<HashMap<RoomName, Arc<LocalRoom>>>,
+    broker: OnceLock<Weak<dyn BrokerNode>>,
+    /// The most messages one gap repair asks the broker for.
+    repair_limit: usize,
+}
+
+/// What a member learns when it is added to a room.
+pub(crate) struct JoinPoint {
+    pub(crate) room: Arc<LocalRoom>,
+    pub(crate) epoch: Epoch,
+    pub(crate) seq: u64,
+}
+
+impl Rooms {
+    pub(crate) fn new(repair_limit: usize) -> Self {
+        Rooms { map: RwLock::new(HashMap::new()), broker: OnceLock::new(), repair_limit: repair_limit.max(1) }
+    }
+
+    pub(crate) fn set_broker(&self, broker: &Arc<dyn BrokerNode>) {
+        let _ = self.broker.set(Arc::downgrade(broker));
+    }
+
+    fn get(&self, room: &RoomName) -> Option<Arc<LocalRoom>> {
+        self.map.read().unwrap_or_else(PoisonError::into_inner).get(room).cloned()
+    }
+
+    /// Number of rooms with local members.
+    pub(crate) fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Adds a member that starts out buffering; subscribes the node to the room first when it
+    /// is the room's first local member. The returned point is the last seq this node delivered:
+    /// everything after it will reach the member, in order.
+    pub(crate) async fn join(
+        &self,
+        broker: &dyn BrokerNode,
+        room: &RoomName,
+        key: u64,
+        outbox: &Arc<Outbox>,
+    ) -> Result<JoinPoint, BrokerError> {
+        loop {
+            let local = {
+                let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+                map.entry(room.clone()).or_insert_with(|| Arc::new(LocalRoom::new(room.clone()))).clone()
+            };
+            let _guard = local.membership.lock().await;
+            if lock(&local.state).removed {
+                continue;
+            }
+            if !lock(&local.state).subscribed {
+                let position = match broker.subscribe(room).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.remove_if_empty(&local);
+                        return Err(e);
+                    }
+                };
+                let mut st = lock(&local.state);
+                st.subscribed = true;
+                st.epoch = position.epoch;
+                st.last = position.seq;
+            }
+            let mut st = lock(&local.state);
+            st.members.retain(|m| m.key != key);
+            st.members.push(Member { key, outbox: outbox.clone(), pending: Some(Vec::new()) });
+            let point = JoinPoint { room: local.clone(), epoch: st.epoch.clone(), seq: st.last };
+            return Ok(point);
+        }
+    }
+
+    /// Ends a member's join: queues `first` (the `joined` reply and any replay), then what was
+    /// buffered meanwhile, skipping stored messages up to `seen`; from then on the member is
+    /// live.
+    pub(crate) fn go_live(&self, local: &LocalRoom, key: u64, first: Vec<Bytes>, seen: u64) {
+        let mut st = lock(&local.state);
+        let Some(member) = st.members.iter_mut().find(|m| m.key == key) else { return };
+        for frame in first {
+            member.outbox.push(frame, Class::Forced);
+        }
+        let mut after_reset = false;
+        for item in member.pending.take().unwrap_or_default() {
+            match item {
+                Pending::Stored(seq, frame) if after_reset || seq > seen => member.outbox.push(frame, Class::Must),
+                Pending::Stored(..) => true,
+                Pending::Transient(frame, class) => member.outbox.push(frame, class),
+                Pending::Reset(frame) => {
+                    after_reset = true;
+                    member.outbox.push(frame, Class::Must)
+                }
+            };
+        }
+    }
+
+    /// Removes a member; unsubscribes the node when it was the last one here.
+    pub(crate) async fn leave(&self, broker: &dyn BrokerNode, local: &Arc<LocalRoom>, key: u64) {
+        let _guard = local.membership.lock().await;
+        let now_empty = {
+            let mut st = lock(&local.state);
+            st.members.retain(|m| m.key != key);
+            st.members.is_empty() && st.subscribed
+        };
+        if now_empty {
+            if let Err(e) = broker.unsubscribe(&local.name).await {
+                tracing::warn!(room = %local.name, error = %e, "unsubscribe failed");
+            }
+            self.remove_if_empty(local);
+        }
+    }
+
+    fn remove_if_empty(&self, local: &Arc<LocalRoom>) {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let mut st = lock(&local.state);
+        if st.members.is_empty() {
+            st.subscribed = false;
+            st.removed = true;
+            if map.get(&local.name).is_some_and(|r| Arc::ptr_eq(r, local)) {
+                map.remove(&local.name);
+            }
+        }
+    }
+
+    /// Applies one stored delivery (or a reset) in order. With `accept_gap`, a gap that history
+    /// could not fill is passed over instead of repaired again.
+    fn apply(self: &Arc<Self>, local: &Arc<LocalRoom>, st: &mut RoomState, delivery: Delivery, accept_gap: bool) {
+        match delivery {
+            Delivery::Reset { epoch } => {
+                if epoch != st.epoch {
+                    let frame = encode_reset(&local.name, &epoch);
+                    st.epoch = epoch;
+                    st.last = 0;
+                    push_to(&mut st.members, &Pending::Reset(frame));
+                }
+            }
+            Delivery::Stored { epoch, message } => {
+                if epoch != st.epoch {
+                    // The history was lost under us and nobody told: reset, then go on.
+                    self.apply(local, st, Delivery::Reset { epoch: epoch.clone() }, accept_gap);
+                }
+                if message.seq <= st.last {
+                    return; // already delivered
+                }
+                if message.seq > st.last + 1 && !accept_gap {
+                    st.repairing = Some(vec![Delivery::Stored { epoch: epoch.clone(), message: message.clone() }]);
+                    self.start_repair(local.clone(), epoch, st.last, message.seq);
+                    return;
+                }
+                if message.seq > st.last + 1 {
+                    tracing::warn!(room = %local.name, from = st.last + 1, to = message.seq - 1, "seq gap that history could not fill");
+                }
+                st.last = message.seq;
+                let frame = message_frame(&local.name, &message);
+                push_to(&mut st.members, &Pending::Stored(message.seq, frame));
+            }
+            Delivery::Transient(t) => self.transient(local, st, t),
+        }
+    }
+
+    fn transient(&self, local: &LocalRoom, st: &mut RoomState, t: Transient) {
+        let item = match t {
+            Transient::Message(p) => Pending::Transient(
+                encode_message(&MessageParts { room: &local.name, seq: None, from: &p.from, ts: p.ts, body: &p.body }),
+                Class::Droppable,
+            ),
+            Transient::MemberJoined(user) => Pending::Transient(encode_member_joined(&local.name, &user), Class::Must),
+            Transient::MemberLeft(user) => Pending::Transient(encode_member_left(&local.name, &user), Class::Must),
+        };
+        push_to(&mut st.members, &item);
+    }
+
+    /// Fills the gap `(after, before)` from history, then releases what waited meanwhile.
+    fn start_repair(self: &Arc<Self>, local: Arc<LocalRoom>, epoch: Epoch, after: u64, before: u64) {
+        let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
+            self.finish_repair(&local, Vec::new());
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.finish_repair(&local, Vec::new());
+            return;
+        };
+        let rooms = self.clone();
+        let limit = ((before - after - 1) as usize).min(self.repair_limit);
+        runtime.spawn(async move {
+            let query = HistoryQuery { before: Some(before), after: Some(after), limit };
+            let mut delay = Duration::from_millis(50);
+            let mut found = Vec::new();
+            for attempt in 0..6 {
+                match broker.history(&local.name, query).await {
+                    Ok(page) => {
+                        if page.epoch == epoch {
+                            found = page.messages;
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(room = %local.name, attempt, error = %e, "gap repair: history failed");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+            let fill =
+                found.into_iter().map(|m| Delivery::Stored { epoch: epoch.clone(), message: Arc::new(m) }).collect();
+            rooms.finish_repair(&local, fill);
+        });
+    }
+
+    fn finish_repair(self: &Arc<Self>, local: &Arc<LocalRoom>, fill: Vec<Delivery>) {
+        let mut st = lock(&local.state);
+        let waiting = st.repairing.take().unwrap_or_default();
+        for d in fill.into_iter().chain(waiting) {
+            if st.repairing.is_some() {
+                // Not reached with accept_gap, kept for safety: queue behind the new repair.
+                if let Some(w) = st.repairing.as_mut() {
+                    w.push(d);
+                }
+                continue;
+            }
+            self.apply(local, &mut st, d, true);
+        }
+    }
+}
+
+/// The node's rooms receive the broker's deliveries.
+pub(crate) struct RoomsSink(pub(crate) Arc<Rooms>);
+
+impl DeliverySink for RoomsSink {
+    fn deliver(&self, room: &RoomName, delivery: Delivery) {
+        let rooms = &self.0;
+        let Some(local) = rooms.get(room) else { return };
+        let mut st = lock(&local.state);
+        if !st.subscribed {
+            return;
+        }
+        if let Delivery::Transient(t) = delivery {
+            rooms.transient(&local, &mut st, t);
+            return;
+        }
+        if let Some(waiting) = st.repairing.as_mut() {
+            waiting.push(delivery);
+            return;
+        }
+        rooms.apply(&local, &mut st, delivery, false);
+    }
+}

@@ -1,0 +1,490 @@
+//! One client's session: the state machine `hello` → requests → `bye`.
+//!
+//! Requests are handled one at a time, in the order they arrived, and every reply goes through
+//! the session's outbox, so replies come back in request order and interleave correctly with
+//! the room events fanned out to the same outbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::time::{sleep, Instant};
+
+use crate::auth::{Action, Credentials, Identity};
+use crate::broker::{BrokerError, HistoryQuery, Publication, PublishOpts, Transient};
+use crate::driver::{ConnInfo, Inbound};
+use crate::engine::{Inner, SessionEntry};
+use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
+use crate::outbox::{Class, Outbox};
+use crate::protocol::{
+    encode_error, encode_history, encode_joined, encode_left, encode_pong, encode_presence, encode_sent,
+    encode_welcome, parse, ByeReason, ClientFrame, ErrorCode, MessageParts, Request, RoomName, Since, PROTOCOL_VERSION,
+};
+use crate::rooms::{message_frame, LocalRoom};
+
+/// A request's failure: the error frame to send.
+struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+}
+
+impl From<BrokerError> for Failure {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unavailable(m) => {
+                Failure::new(ErrorCode::Unavailable, format!("{m}; nothing was stored, retry later"))
+            }
+            BrokerError::Internal(m) => Failure::new(ErrorCode::Internal, m),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A token bucket for `send`.
+struct RateLimit {
+    tokens: f64,
+    at: Instant,
+    /// `rate_limited` errors since the last accepted send.
+    strikes: u32,
+}
+
+pub(crate) struct Session {
+    inner: Arc<Inner>,
+    key: u64,
+    id: String,
+    outbox: Arc<Outbox>,
+    conn: ConnInfo,
+    /// Set by a successful `hello`.
+    info: Option<SessionInfo>,
+    user: Arc<str>,
+    rooms: HashMap<RoomName, Arc<LocalRoom>>,
+    rate: RateLimit,
+}
+
+impl Session {
+    pub(crate) fn new(inner: Arc<Inner>, outbox: Arc<Outbox>, conn: ConnInfo) -> Self {
+        let (key, id) = inner.new_session_id();
+        let tokens = f64::from(inner.config.rate_burst);
+        Session {
+            inner,
+            key,
+            id,
+            outbox,
+            conn,
+            info: None,
+            user: Arc::from(""),
+            rooms: HashMap::new(),
+            rate: RateLimit { tokens, at: Instant::now(), strikes: 0 },
+        }
+    }
+
+    /// Reads and handles requests until the session ends, then leaves every room.
+    pub(crate) async fn run<I, E>(&mut self, mut inbound: I)
+    where
+        I: Stream<Item = Result<Inbound, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let idle_limit = self.inner.config.heartbeat * 2;
+        let mut last_seen = Instant::now();
+        let deadline = sleep(idle_limit);
+        tokio::pin!(deadline);
+        let ended = self.outbox.ended().clone();
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = ended.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    self.outbox.close(ByeReason::Shutdown, []);
+                    break;
+                }
+                _ = &mut deadline => {
+                    let due = last_seen + idle_limit;
+                    if self.info.is_some() && due > Instant::now() {
+                        deadline.as_mut().reset(due);
+                        continue;
+                    }
+                    self.outbox.close(ByeReason::Timeout, []);
+                    break;
+                }
+                item = inbound.next() => match item {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::debug!(session = %self.id, error = %e, "connection failed");
+                        break;
+                    }
+                    Some(Ok(item)) => {
+                        // Before `hello` nothing counts as a sign of life: the hello deadline holds.
+                        if self.info.is_some() {
+                            last_seen = Instant::now();
+                        }
+                        let was_authenticated = self.info.is_some();
+                        self.handle(item).await;
+                        if !was_authenticated && self.info.is_some() {
+                            last_seen = Instant::now();
+                            deadline.as_mut().reset(last_seen + idle_limit);
+                        }
+                        if self.outbox.closed().is_some() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.end().await;
+    }
+
+    /// Leaves every room, unregisters, tells the host, and lets the writer finish.
+    async fn end(&mut self) {
+        let reason = self.outbox.closed();
+        // The peer is gone if nobody closed the session on purpose.
+        self.outbox.abandon_unless_closed();
+        self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+        let rooms: Vec<_> = self.rooms.drain().map(|(_, local)| local).collect();
+        for local in rooms {
+            self.leave_room(&local).await;
+        }
+        if let Some(info) = &self.info {
+            let reason = reason.map_or(DisconnectReason::PeerGone, DisconnectReason::Bye);
+            self.inner.hooks.on_disconnect(info, reason).await;
+        }
+    }
+
+    fn push(&self, frame: Bytes) {
+        self.outbox.push(frame, Class::Must);
+    }
+
+    fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        self.push(encode_error(id, code, message));
+    }
+
+    fn fatal(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        self.outbox.close(code.bye_reason(), [encode_error(id, code, message)]);
+    }
+
+    async fn handle(&mut self, item: Inbound) {
+        let authenticated = self.info.is_some();
+        let max_frame = self.inner.config.max_frame;
+        let frame = match item {
+            Inbound::Alive => return,
+            Inbound::TooLarge => {
+                return self.fatal(None, ErrorCode::FrameTooLarge, &format!("frames are limited to {max_frame} bytes"));
+            }
+            Inbound::Frame(bytes) if bytes.len() > max_frame => {
+                return self.fatal(None, ErrorCode::FrameTooLarge, &format!("frames are limited to {max_frame} bytes"));
+            }
+            Inbound::Binary if !authenticated => {
+                return self.fatal(None, ErrorCode::NotAuthenticated, "the first frame must be hello");
+            }
+            Inbound::Binary => {
+                return self.error(None, ErrorCode::BadFrame, "binary frames are not accepted; send JSON text")
+            }
+            Inbound::Frame(bytes) => bytes,
+        };
+        match parse(&frame) {
+            Err(e) if !authenticated => self.fatal(
+                e.id,
+                ErrorCode::NotAuthenticated,
+                &format!("the first frame must be a well-formed hello: {}", e.message),
+            ),
+            Err(e) => self.error(e.id, e.code, &e.message),
+            Ok(frame) => self.request(frame).await,
+        }
+    }
+
+    async fn request(&mut self, ClientFrame { id, request }: ClientFrame) {
+        let result = match request {
+            Request::Hello { protocol, token, user } => match &self.info {
+                None => return self.hello(id, protocol, token.as_deref(), user.as_deref()).await,
+                Some(_) => return self.fatal(id, ErrorCode::NotAuthenticated, "hello was already sent"),
+            },
+            _ if self.info.is_none() => {
+                return self.fatal(id, ErrorCode::NotAuthenticated, "the first frame must be hello")
+            }
+            Request::Join { room, since } => self.join(id, room, since).await,
+            Request::Leave { room } => self.leave(id, room).await,
+            Request::Send { room, body, key, ephemeral } => self.send(id, room, body, key, ephemeral).await,
+            Request::History { room, before, after, limit } => self.history(id, room, before, after, limit).await,
+            Request::Presence { room } => self.presence(id, room).await,
+            Request::Ping => {
+                if let Some(id) = id {
+                    self.push(encode_pong(id));
+                }
+                Ok(())
+            }
+            Request::Pong => Ok(()),
+        };
+        if let Err(f) = result {
+            if f.code == ErrorCode::RateLimited && self.rate.strikes > self.inner.config.rate_limit_strikes {
+                self.outbox.close(ByeReason::ProtocolError, [encode_error(id, f.code, &f.message)]);
+            } else {
+                self.error(id, f.code, &f.message);
+            }
+        }
+    }
+
+    async fn hello(&mut self, id: Option<u64>, protocol: u64, token: Option<&str>, user: Option<&str>) {
+        if protocol != PROTOCOL_VERSION {
+            return self.fatal(id, ErrorCode::UnsupportedProtocol, "this server speaks protocol 1");
+        }
+        let credentials = Credentials { token, user, peer: self.conn.peer };
+        let identity = match self.inner.authenticator.authenticate(&credentials).await {
+            Ok(identity) => identity,
+            Err(e) => return self.fatal(id, ErrorCode::Unauthorized, &e.0),
+        };
+        self.user = Arc::from(identity.user.as_str());
+        let c = &self.inner.config;
+        self.push(encode_welcome(
+            id,
+            &self.id,
+            &identity.user,
+            &self.inner.node,
+            c.heartbeat.as_millis() as u64,
+            c.max_frame,
+        ));
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.key, SessionEntry { user: self.user.clone(), outbox: self.outbox.clone() });
+        let info = SessionInfo { session: self.id.clone(), identity, peer: self.conn.peer };
+        self.inner.hooks.on_connect(&info).await;
+        tracing::debug!(session = %self.id, user = %self.user, transport = self.conn.transport, "session started");
+        self.info = Some(info);
+    }
+
+    fn identity(&self) -> &Identity {
+        // Requests other than hello are only handled once `info` is set.
+        static NOBODY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+        self.info.as_ref().map_or_else(|| NOBODY.get_or_init(|| Identity::user("")), |i| &i.identity)
+    }
+
+    async fn authorize(&self, room: &RoomName, action: Action) -> Result<(), Failure> {
+        if self.inner.authorizer.authorize(self.identity(), room, action).await {
+            Ok(())
+        } else {
+            Err(Failure::new(ErrorCode::Forbidden, format!("not allowed in {room}")))
+        }
+    }
+
+    fn member(&self, room: &RoomName, what: &str) -> Result<(), Failure> {
+        if self.rooms.contains_key(room) {
+            Ok(())
+        } else {
+            Err(Failure::new(ErrorCode::NotMember, format!("join {room} before {what}")))
+        }
+    }
+
+    async fn join(&mut self, id: Option<u64>, room: RoomName, since: Option<Since>) -> Result<(), Failure> {
+        if let Some(local) = self.rooms.get(&room) {
+            // Already a member: nothing changes, the reply says where the room is.
+            let (epoch, seq) = local.position();
+            if let Some(id) = id {
+                self.push(encode_joined(Some(id), &room, &epoch, seq, false));
+            }
+            return Ok(());
+        }
+        if self.rooms.len() >= self.inner.config.max_rooms_per_session {
+            return Err(Failure::new(ErrorCode::Forbidden, "too many rooms joined at once"));
+        }
+        if !self.identity().may_join(&room) {
+            return Err(Failure::new(ErrorCode::Forbidden, format!("the token does not allow {room}")));
+        }
+        self.authorize(&room, Action::Join).await?;
+        let broker = &*self.inner.broker;
+        let point = self.inner.rooms.join(broker, &room, self.key, &self.outbox).await?;
+        let first_session = match broker.presence_add(&room, &self.id, &self.user).await {
+            Ok(first) => first,
+            Err(e) => {
+                self.inner.rooms.leave(broker, &point.room, self.key).await;
+                return Err(e.into());
+            }
+        };
+        if first_session && (self.inner.member_events)(&room) {
+            if let Err(e) = broker.broadcast(&room, Transient::MemberJoined(self.user.clone())).await {
+                tracing::warn!(%room, error = %e, "member_joined not sent");
+            }
+        }
+
+        // Recovery: the member is already buffering live deliveries after `point.seq`; replay
+        // what the client missed up to it, then the buffer follows.
+        let mut replay = Vec::new();
+        let mut recovered = false;
+        if let Some(since) = since.filter(|s| *s.epoch == *point.epoch && s.seq <= point.seq) {
+            let missed = point.seq - since.seq;
+            if missed == 0 {
+                recovered = true;
+            } else if missed <= self.inner.config.history_size as u64 {
+                let query =
+                    HistoryQuery { after: Some(since.seq), before: Some(point.seq + 1), limit: missed as usize };
+                match broker.history(&room, query).await {
+                    Ok(page) => {
+                        let contiguous = page.messages.iter().zip(since.seq + 1..).all(|(m, seq)| m.seq == seq);
+                        if page.epoch == point.epoch && page.messages.len() as u64 == missed && contiguous {
+                            recovered = true;
+                            replay = page.messages.iter().map(|m| message_frame(&room, m)).collect();
+                        }
+                    }
+                    Err(e) => tracing::debug!(%room, error = %e, "recovery history failed"),
+                }
+            }
+        }
+        let mut first = Vec::with_capacity(replay.len() + 1);
+        if let Some(id) = id {
+            first.push(encode_joined(Some(id), &room, &point.epoch, point.seq, recovered));
+        }
+        first.extend(replay);
+        self.inner.rooms.go_live(&point.room, self.key, first, point.seq);
+        self.rooms.insert(room.clone(), point.room);
+        if let Some(info) = &self.info {
+            self.inner.hooks.on_join(info, &room).await;
+        }
+        Ok(())
+    }
+
+    async fn leave_room(&self, local: &Arc<LocalRoom>) {
+        let broker = &*self.inner.broker;
+        let room = local.name();
+        self.inner.rooms.leave(broker, local, self.key).await;
+        match broker.presence_remove(room, &self.id, &self.user).await {
+            Ok(true) if (self.inner.member_events)(room) => {
+                if let Err(e) = broker.broadcast(room, Transient::MemberLeft(self.user.clone())).await {
+                    tracing::warn!(%room, error = %e, "member_left not sent");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%room, error = %e, "presence not removed"),
+        }
+        if let Some(info) = &self.info {
+            self.inner.hooks.on_leave(info, room).await;
+        }
+    }
+
+    async fn leave(&mut self, id: Option<u64>, room: RoomName) -> Result<(), Failure> {
+        if let Some(local) = self.rooms.remove(&room) {
+            self.leave_room(&local).await;
+        }
+        if let Some(id) = id {
+            self.push(encode_left(Some(id), &room));
+        }
+        Ok(())
+    }
+
+    fn take_token(&mut self) -> bool {
+        let c = &self.inner.config;
+        let now = Instant::now();
+        let refill = now.duration_since(self.rate.at).as_secs_f64() * f64::from(c.rate_per_sec);
+        self.rate.tokens = (self.rate.tokens + refill).min(f64::from(c.rate_burst.max(1)));
+        self.rate.at = now;
+        if self.rate.tokens >= 1.0 {
+            self.rate.tokens -= 1.0;
+            self.rate.strikes = 0;
+            true
+        } else {
+            self.rate.strikes += 1;
+            false
+        }
+    }
+
+    async fn send(
+        &mut self,
+        id: Option<u64>,
+        room: RoomName,
+        body: Bytes,
+        key: Option<String>,
+        ephemeral: bool,
+    ) -> Result<(), Failure> {
+        self.member(&room, "sending to it")?;
+        self.authorize(&room, Action::Send).await?;
+        let max_body = self.inner.config.max_body;
+        if body.len() > max_body {
+            return Err(Failure::new(ErrorCode::BodyTooLarge, format!("bodies are limited to {max_body} bytes")));
+        }
+        if !self.take_token() {
+            let rate = self.inner.config.rate_per_sec;
+            return Err(Failure::new(ErrorCode::RateLimited, format!("at most {rate} messages per second; slow down")));
+        }
+        let body = match &self.info {
+            Some(info) => match self.inner.hooks.on_send(info, &room, &body).await {
+                SendDecision::Accept => body,
+                SendDecision::Reject(why) => return Err(Failure::new(ErrorCode::Forbidden, why)),
+                SendDecision::Rewrite(new) => {
+                    if serde_json::from_slice::<serde::de::IgnoredAny>(&new).is_err() {
+                        return Err(Failure::new(
+                            ErrorCode::Internal,
+                            "the send hook rewrote the body into invalid JSON",
+                        ));
+                    }
+                    new
+                }
+            },
+            None => body,
+        };
+        let publication = Publication { from: self.user.clone(), ts: now_ms(), body };
+        let broker = &*self.inner.broker;
+        let seq = if ephemeral {
+            broker.broadcast(&room, Transient::Message(publication)).await?;
+            None
+        } else {
+            let c = &self.inner.config;
+            let opts = PublishOpts {
+                key,
+                idempotency_window: c.idempotency_window,
+                history_size: c.history_size,
+                history_ttl: c.history_ttl,
+            };
+            Some(broker.publish(&room, publication, &opts).await?.seq)
+        };
+        if let Some(id) = id {
+            self.push(encode_sent(Some(id), &room, seq));
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<u64>,
+        room: RoomName,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<(), Failure> {
+        self.member(&room, "asking its history")?;
+        self.authorize(&room, Action::History).await?;
+        let max = self.inner.config.history_max_limit;
+        let limit = limit.map_or(50, |l| l.min(max as u64) as usize).min(max);
+        let page = self.inner.broker.history(&room, HistoryQuery { before, after, limit }).await?;
+        if let Some(id) = id {
+            let messages = page.messages.iter().map(|m| MessageParts {
+                room: &room,
+                seq: Some(m.seq),
+                from: &m.from,
+                ts: m.ts,
+                body: &m.body,
+            });
+            self.outbox.push(encode_history(Some(id), &room, &page.epoch, messages), Class::Forced);
+        }
+        Ok(())
+    }
+
+    async fn presence(&mut self, id: Option<u64>, room: RoomName) -> Result<(), Failure> {
+        self.member(&room, "asking its presence")?;
+        self.authorize(&room, Action::Presence).await?;
+        let members = self.inner.broker.presence(&room).await?;
+        if let Some(id) = id {
+            let frame = encode_presence(Some(id), &room, members.iter().map(|m| (m.user.as_str(), m.sessions)));
+            self.outbox.push(frame, Class::Forced);
+        }
+        Ok(())
+    }
+}
