@@ -30,6 +30,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod client;
 mod driver;
 mod engine;
 pub mod hooks;

@@ -1,0 +1,343 @@
+//! A `chat/1` client, generic over any framed connection: request ids and replies as futures,
+//! a stream of events, automatic answers to the server's heartbeat pings.
+//!
+//! Transports wrap it (`chat_transport_tcp::connect`, `chat_transport_ws::connect`) so that the
+//! client's protocol logic exists once, like the server's. The terminal client, the load
+//! generator and the tests use it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What can go wrong for a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered the request with an `error` frame.
+    #[error("{code}: {message}")]
+    Server {
+        /// The error code (`not_member`, `unavailable`...).
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+    /// The server sent something this client cannot read.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error code, when the server refused the request.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// The server's `welcome`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Welcome {
+    /// The session id.
+    pub session: String,
+    /// The user the server decided on.
+    pub user: String,
+    /// The node serving this session.
+    pub node: String,
+    /// The heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// The largest frame the server accepts.
+    pub max_frame: usize,
+}
+
+/// The server's `joined` reply.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Joined {
+    /// The room.
+    pub room: String,
+    /// The room's epoch.
+    pub epoch: String,
+    /// The room's latest seq when joining.
+    pub seq: u64,
+    /// Whether every message after `since` was replayed.
+    pub recovered: bool,
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Value, ClientError>>>>;
+
+struct Shared {
+    out: mpsc::UnboundedSender<Bytes>,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+/// A connected, authenticated client.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use chat_core::{client::Client, ConnInfo, Engine, Inbound};
+/// use futures::StreamExt;
+///
+/// let engine = Engine::builder().build().await.unwrap();
+/// // Wire a client to the engine through in-memory channels (a transport would use a socket).
+/// let (to_server, from_client) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
+/// let (to_client, from_server) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
+/// let server = engine.clone();
+/// tokio::spawn(async move {
+///     let inbound = from_client.map(|b| Ok::<_, std::io::Error>(Inbound::Frame(b)));
+///     server.serve(inbound, to_client, ConnInfo::default()).await
+/// });
+/// let mut alice = Client::connect(from_server.map(Ok::<_, std::io::Error>), to_server, Some("alice"), None)
+///     .await
+///     .unwrap();
+/// let joined = alice.join("lobby", None).await.unwrap();
+/// assert_eq!(joined.seq, 0);
+/// let seq = alice.send("lobby", serde_json::json!({"text": "hi"})).await.unwrap();
+/// assert_eq!(seq, Some(1));
+/// // Alice's own arrival comes first, then her message.
+/// let arrival = alice.next_event().await.unwrap();
+/// assert_eq!((arrival["type"].as_str(), arrival["user"].as_str()), (Some("member_joined"), Some("alice")));
+/// let message = alice.next_event().await.unwrap();
+/// assert_eq!((message["seq"].as_u64(), &message["body"]["text"]), (Some(1), &serde_json::json!("hi")));
+/// # engine.shutdown().await;
+/// # }
+/// ```
+pub struct Client {
+    shared: Arc<Shared>,
+    events: mpsc::Receiver<Bytes>,
+    welcome: Welcome,
+    /// Cancelled on drop: the connection is closed.
+    closer: CancellationToken,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.closer.cancel();
+    }
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<std::borrow::Cow<'a, str>>,
+    id: Option<u64>,
+}
+
+/// How many events may wait unread before the client stops reading the connection (and the
+/// server's slow-consumer policy takes over).
+pub const EVENT_BUFFER: usize = 8192;
+
+impl Client {
+    /// Sends `hello` over a connection and waits for `welcome`.
+    ///
+    /// `inbound` yields the server's frames, `outbound` takes the client's. Two tasks are
+    /// spawned: one reads (answering pings, matching replies to requests, queueing events), one
+    /// writes (coalescing frames, one flush per batch).
+    pub async fn connect<I, E, O>(
+        inbound: I,
+        outbound: O,
+        user: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Client, ClientError>
+    where
+        I: Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
+        E: Send + 'static,
+        O: Sink<Bytes> + Unpin + Send + 'static,
+    {
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
+        let shared = Arc::new(Shared { out, pending: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) });
+        let closer = CancellationToken::new();
+        tokio::spawn(write_task(out_rx, outbound, closer.clone()));
+        tokio::spawn(read_task(inbound, shared.clone(), events_tx, closer.clone()));
+        let mut hello = json!({"type": "hello", "protocol": 1});
+        if let Some(user) = user {
+            hello["user"] = json!(user);
+        }
+        if let Some(token) = token {
+            hello["token"] = json!(token);
+        }
+        let reply = match Self::request_on(&shared, hello).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                closer.cancel();
+                return Err(e);
+            }
+        };
+        let mut client = Client { shared, events, welcome: Welcome::default(), closer };
+        client.welcome = serde_json::from_value(reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(client)
+    }
+
+    /// The server's `welcome`.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    async fn request_on(shared: &Shared, mut frame: Value) -> Result<Value, ClientError> {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        frame["id"] = json!(id);
+        let (tx, rx) = oneshot::channel();
+        shared.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        let bytes = serde_json::to_vec(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if shared.out.send(Bytes::from(bytes)).is_err() {
+            shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            return Err(ClientError::Closed);
+        }
+        rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// Sends `frame` (a JSON object; its `id` is set here) and waits for the reply.
+    pub async fn request(&self, frame: Value) -> Result<Value, ClientError> {
+        Self::request_on(&self.shared, frame).await
+    }
+
+    /// Sends raw bytes as one frame, with no reply tracking (tests of bad input use this).
+    pub fn send_frame(&self, frame: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.shared.out.send(frame.into()).map_err(|_| ClientError::Closed)
+    }
+
+    /// Joins `room`, recovering from `since` = (epoch, last seen seq) when given.
+    pub async fn join(&self, room: &str, since: Option<(&str, u64)>) -> Result<Joined, ClientError> {
+        let mut frame = json!({"type": "join", "room": room});
+        if let Some((epoch, seq)) = since {
+            frame["since"] = json!({"epoch": epoch, "seq": seq});
+        }
+        let reply = self.request(frame).await?;
+        serde_json::from_value(reply).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Leaves `room`.
+    pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
+        self.request(json!({"type": "leave", "room": room})).await.map(drop)
+    }
+
+    /// Sends a stored message; returns its seq.
+    pub async fn send(&self, room: &str, body: Value) -> Result<Option<u64>, ClientError> {
+        self.send_with(room, body, None, false).await
+    }
+
+    /// Sends with an idempotency key and/or as ephemeral; returns the seq (none when ephemeral).
+    pub async fn send_with(
+        &self,
+        room: &str,
+        body: Value,
+        key: Option<&str>,
+        ephemeral: bool,
+    ) -> Result<Option<u64>, ClientError> {
+        let mut frame = json!({"type": "send", "room": room, "body": body});
+        if let Some(key) = key {
+            frame["key"] = json!(key);
+        }
+        if ephemeral {
+            frame["ephemeral"] = json!(true);
+        }
+        let reply = self.request(frame).await?;
+        Ok(reply.get("seq").and_then(Value::as_u64))
+    }
+
+    /// A page of history (see PROTOCOL.md §4); returns the whole `history` reply.
+    pub async fn history(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let mut frame = json!({"type": "history", "room": room});
+        for (name, value) in [("before", before), ("after", after), ("limit", limit)] {
+            if let Some(v) = value {
+                frame[name] = json!(v);
+            }
+        }
+        self.request(frame).await
+    }
+
+    /// The room's members: the whole `presence` reply.
+    pub async fn presence(&self, room: &str) -> Result<Value, ClientError> {
+        self.request(json!({"type": "presence", "room": room})).await
+    }
+
+    /// The next event's raw frame (messages, member events, errors without id, `bye`...).
+    /// `None` once the connection is closed and every event was read.
+    pub async fn next_frame(&mut self) -> Option<Bytes> {
+        self.events.recv().await
+    }
+
+    /// The next event, parsed.
+    pub async fn next_event(&mut self) -> Option<Value> {
+        loop {
+            let frame = self.events.recv().await?;
+            if let Ok(value) = serde_json::from_slice(&frame) {
+                return Some(value);
+            }
+        }
+    }
+}
+
+async fn write_task<O: Sink<Bytes> + Unpin>(
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut sink: O,
+    closer: CancellationToken,
+) {
+    while let Some(frame) = tokio::select! { f = rx.recv() => f, _ = closer.cancelled() => None } {
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = rx.try_recv() {
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+async fn read_task<I, E>(mut inbound: I, shared: Arc<Shared>, events: mpsc::Sender<Bytes>, closer: CancellationToken)
+where
+    I: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Send,
+{
+    while let Some(Ok(frame)) = tokio::select! { f = inbound.next() => f, _ = closer.cancelled() => None } {
+        let Ok(head) = serde_json::from_slice::<Head<'_>>(&frame) else { continue };
+        let ty = head.ty.as_deref().unwrap_or("");
+        let (is_ping, is_error, id) = (ty == "ping", ty == "error", head.id);
+        if is_ping && id.is_none() {
+            let _ = shared.out.send(Bytes::from_static(br#"{"type":"pong"}"#));
+            continue;
+        }
+        if let Some(id) = id {
+            let waiter = shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            if let Some(waiter) = waiter {
+                let reply = match serde_json::from_slice::<Value>(&frame) {
+                    Ok(v) if is_error => Err(ClientError::Server {
+                        code: v["code"].as_str().unwrap_or("").to_owned(),
+                        message: v["message"].as_str().unwrap_or("").to_owned(),
+                    }),
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(ClientError::Protocol(e.to_string())),
+                };
+                let _ = waiter.send(reply);
+                continue;
+            }
+        }
+        if events.send(frame).await.is_err() {
+            break;
+        }
+    }
+    // Connection over: every waiting request fails.
+    shared.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+}
