@@ -274,6 +274,18 @@ impl Client {
         self.events.recv().await
     }
 
+    /// The next event's raw frame if one is already here, without waiting.
+    pub fn try_next_frame(&mut self) -> Option<Bytes> {
+        self.events.try_recv().ok()
+    }
+
+    /// Waits until every frame the server sent before this call has been received (a `ping`
+    /// round trip: replies and events share one ordered connection). Events that arrived are
+    /// then available from [`try_next_frame`](Self::try_next_frame).
+    pub async fn sync(&self) -> Result<(), ClientError> {
+        self.request(json!({"type": "ping"})).await.map(drop)
+    }
+
     /// The next event, parsed.
     pub async fn next_event(&mut self) -> Option<Value> {
         loop {
