@@ -1,1 +1,80 @@
-//! (in progress)
+//! `chat-broker-redis`: the chat engine's [`Broker`](chat_core::Broker) on Redis, so that many
+//! engine processes (nodes) serve one set of rooms with one order, one history and one presence.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use chat_broker_redis::RedisBroker;
+//! use chat_core::Engine;
+//!
+//! let broker = RedisBroker::new("redis://127.0.0.1:6379/")?;
+//! let engine = Engine::builder().node_id("node-1").broker(broker).build().await?;
+//! // ... hand connections to `engine.serve(inbound, outbound, conn)` ...
+//! engine.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # How rooms live in Redis
+//!
+//! Per room (every key carries the room as a hash tag, `<prefix>{room}:…`):
+//!
+//! * `:e` the epoch (a random string), `:s` the latest seq, `:h` the history, a stream whose
+//!   entry ids are `<seq>-0`, so history reads are plain `XRANGE`/`XREVRANGE` over seq
+//!   bounds with no secondary index, and Redis itself refuses an out-of-order append. Each entry
+//!   holds the sender, the timestamp, the body and the time it expires. The stream is trimmed to
+//!   the engine's `history_size` (`MAXLEN`), the room's keys expire `history_ttl` after the last
+//!   publish, and reads drop entries past their age.
+//! * `:i:<len>:<user>:<key>` an idempotency key (`seq epoch`, expiring after the window).
+//! * `:ps` sessions (session → user) and `:pu` users (user → number of sessions) of presence.
+//!
+//! **Publish** is one Lua script (`EVALSHA`): it makes sure the room has an epoch (creating one
+//! when the key is missing: Redis lost or expired the history, so seq restarts at 1 under a new
+//! epoch), checks the idempotency key, `INCR`s the seq, `XADD`s, refreshes expiries and
+//! `PUBLISH`es the encoded message to the room's channel, all atomically: every node receives
+//! one order. Ephemeral messages and membership events are only `PUBLISH`ed.
+//!
+//! **Subscriptions**: a node `SUBSCRIBE`s to the rooms that have local members, on one
+//! dedicated connection, and reads the room's position once Redis confirmed the subscription.
+//! Pub/sub is at-most-once, so when that connection drops the node reconnects with backoff,
+//! subscribes again and reads each room's stream from the last seq it delivered: missed
+//! messages go out in order, and a room whose epoch changed (Redis came back empty) first gets
+//! `Delivery::Reset`. Commands run with a timeout and fail fast with `Unavailable` meanwhile.
+//!
+//! **Presence** is counted per session; each node keeps a deadline in a sorted set and a
+//! registry of its sessions, refreshed every quarter of the presence expiry. Any node sweeps
+//! nodes whose deadline passed (atomically, in Lua), removing their sessions and announcing
+//! `member_left` for users whose last session went, within the expiry (30 s by default).
+//!
+//! # Why redis-rs
+//!
+//! The client is [`redis`] (redis-rs) with its tokio `ConnectionManager`: the de facto Rust
+//! client, a multiplexed connection that pipelines concurrent commands (the engine's many
+//! sessions publishing at once cost one round trip per batch, not per message), `EVALSHA` with
+//! NOSCRIPT fallback built in, and reconnection with configurable backoff and timeouts. Its
+//! pub/sub connection is deliberately a plain one (`get_async_pubsub`) driven by this crate's
+//! own loop, rather than an automatically resubscribing client (redis-rs RESP3
+//! resubscription, or fred's): automatic resubscription hides the moment the connection came
+//! back, and that moment is exactly when the node must read the streams to fill the hole
+//! pub/sub left. fred would have served as well; redis-rs was chosen for its smaller
+//! dependency tree and because owning the reconnect loop removes fred's main advantage.
+//!
+//! # Limits
+//!
+//! A publish that times out is reported `Unavailable` although Redis may have run it (the
+//! reply was lost, not the request): clients that must not duplicate send with a `key`.
+//! Redis Cluster is not supported (the sweep script builds key names itself); a single
+//! primary, with replicas or Sentinel in front, is.
+
+#![warn(missing_docs)]
+
+mod broker;
+mod error;
+mod keys;
+mod node;
+mod presence;
+mod reply;
+mod scripts;
+mod subscriber;
+mod wire;
+
+pub use broker::{RedisBroker, RedisBrokerBuilder};
+pub use error::RedisBrokerError;

@@ -1,0 +1,377 @@
+//! [`RedisNode`]: one engine's attachment to Redis, implementing `BrokerNode`.
+//!
+//! Commands (the scripts) go over one multiplexed connection (redis-rs `ConnectionManager`:
+//! concurrent calls are pipelined on it, and it reconnects by itself); deliveries come over a
+//! dedicated pub/sub connection owned by the task in `subscriber.rs`. Every call is bounded by
+//! the op timeout, so a lost Redis makes calls fail fast with `Unavailable` instead of hanging.
+//! Dropping the node (an engine dropped without shutdown) stops its tasks, as a crash would: its
+//! presence then expires and another node sweeps it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_core::broker::{
+    DeliverySink, Epoch, HistoryPage, HistoryQuery, Position, PresenceEntry, Publication, PublishOpts, Published,
+    Transient,
+};
+use chat_core::{BrokerError, BrokerNode, RoomName};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{FromRedisValue, Script, ScriptInvocation, Value};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Settings;
+use crate::error::{bad_reply, from_redis, timed_out};
+use crate::keys::{registry_field, Keys};
+use crate::reply;
+use crate::scripts::SCRIPTS;
+use crate::{presence, subscriber, wire};
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where this node stands in a room it subscribes to.
+pub(crate) struct Track {
+    pub(crate) room: RoomName,
+    /// `None` until `subscribe` has read the room's position.
+    pub(crate) epoch: Option<Epoch>,
+    /// The last seq delivered to the engine (or the position read at subscribe).
+    pub(crate) last: u64,
+}
+
+/// A session this node holds in presence, kept so it can be registered again when Redis lost
+/// it (a restart) or other nodes took this one for dead.
+pub(crate) struct Held {
+    pub(crate) room: RoomName,
+    pub(crate) session: String,
+    pub(crate) user: String,
+}
+
+/// State shared by the node handle and its background tasks.
+pub(crate) struct Shared {
+    pub(crate) keys: Keys,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+    /// This incarnation of the node in Redis: the engine's node id and a random suffix, so a
+    /// restarted node never inherits the presence of the one that died.
+    pub(crate) instance: String,
+    pub(crate) sink: Arc<dyn DeliverySink>,
+    /// Rooms this node subscribes to, by name.
+    pub(crate) subs: Mutex<HashMap<String, Track>>,
+    /// The live pub/sub connection's command half; `None` while reconnecting.
+    pub(crate) pubsub: Mutex<Option<PubSubSink>>,
+    /// This node's sessions in presence, by registry field.
+    pub(crate) held: Mutex<HashMap<String, Held>>,
+    /// Expiry (ms) given to an epoch created outside `publish`: the last `history_ttl` seen.
+    pub(crate) epoch_ttl_ms: AtomicU64,
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis refuses a zero expiry).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A fresh epoch name: time and randomness, unlikely to repeat across nodes and restarts.
+fn new_epoch() -> String {
+    format!("r{:x}{:08x}", std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis(), random() & 0xffff_ffff)
+}
+
+/// A random number from std's randomly keyed hasher (no extra dependency for ids).
+pub(crate) fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+impl Shared {
+    /// Runs a script within the op timeout.
+    pub(crate) async fn eval<T: FromRedisValue>(
+        &self,
+        what: &str,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, BrokerError> {
+        let mut conn = self.conn.clone();
+        match timeout(self.settings.op_timeout, inv.invoke_async(&mut conn)).await {
+            Ok(result) => result.map_err(from_redis),
+            Err(_) => Err(timed_out(what)),
+        }
+    }
+
+    /// A room script's invocation with the epoch prologue's keys and arguments.
+    fn room_script<'a>(&self, script: &'a Script, room: &str) -> ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.keys.epoch(room)).key(self.keys.seq(room)).key(self.keys.stream(room));
+        inv.arg(new_epoch()).arg(self.epoch_ttl_ms.load(Ordering::Relaxed));
+        inv
+    }
+
+    /// The room's position (creating its epoch if it has none).
+    pub(crate) async fn position(&self, room: &str) -> Result<Position, BrokerError> {
+        let inv = self.room_script(&SCRIPTS.position, room);
+        let items = reply::array(self.eval("position", &inv).await?).ok_or_else(|| bad_reply("position"))?;
+        let mut items = items.into_iter();
+        let (Some(epoch), Some(seq)) = (items.next(), items.next()) else { return Err(bad_reply("position")) };
+        let seq = reply::uint(&seq).ok_or_else(|| bad_reply("position"))?;
+        let epoch = reply::string(epoch).ok_or_else(|| bad_reply("position"))?;
+        Ok(Position { epoch: Epoch::from(epoch), seq })
+    }
+
+    /// A page of the room's history (PROTOCOL.md §4: exclusive bounds, oldest first).
+    pub(crate) async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        let lo = q.after.map_or(1, |a| a.saturating_add(1)).max(1);
+        let hi = q.before.map_or(Some(u64::MAX), |b| b.checked_sub(1));
+        let direction = match hi {
+            Some(hi) if q.limit > 0 && lo <= hi => {
+                if q.after.is_some() {
+                    "f"
+                } else {
+                    "b"
+                }
+            }
+            _ => "n",
+        };
+        let mut inv = self.room_script(&SCRIPTS.history, room);
+        inv.arg(direction).arg(format!("{lo}-0")).arg(format!("{}-0", hi.unwrap_or(0))).arg(q.limit.max(1));
+        let items = reply::array(self.eval("history", &inv).await?).ok_or_else(|| bad_reply("history"))?;
+        let mut items = items.into_iter();
+        let (Some(epoch), Some(latest), Some(entries)) = (items.next(), items.next(), items.next()) else {
+            return Err(bad_reply("history"));
+        };
+        let epoch = Epoch::from(reply::string(epoch).ok_or_else(|| bad_reply("history"))?);
+        let latest = reply::uint(&latest).ok_or_else(|| bad_reply("history"))?;
+        let entries = reply::array(entries).ok_or_else(|| bad_reply("history"))?;
+        let mut messages = entries.into_iter().map(reply::entry).collect::<Option<Vec<_>>>().ok_or_else(|| {
+            tracing::error!(room, "malformed stream entry");
+            bad_reply("history")
+        })?;
+        if direction == "b" {
+            messages.reverse();
+        }
+        Ok(HistoryPage { epoch, latest, messages })
+    }
+
+    /// Adds one held session to presence; true when it is the user's first in the room.
+    pub(crate) async fn presence_add(&self, held: &Held) -> Result<bool, BrokerError> {
+        let room = held.room.as_str();
+        let mut inv = SCRIPTS.presence_add.prepare_invoke();
+        inv.key(self.keys.sessions(room)).key(self.keys.users(room)).key(self.keys.node(&self.instance));
+        inv.arg(&held.session).arg(&held.user).arg(registry_field(room, &held.session));
+        let first: i64 = self.eval("presence_add", &inv).await?;
+        Ok(first == 1)
+    }
+
+    /// Publishes a transient payload on the room's channel.
+    pub(crate) async fn publish_raw(&self, room: &str, payload: Vec<u8>) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PUBLISH").arg(self.keys.channel(room)).arg(payload).to_owned();
+        match timeout(self.settings.op_timeout, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(result) => result.map(drop).map_err(from_redis),
+            Err(_) => Err(timed_out("publish")),
+        }
+    }
+
+    /// Removes a node's sessions from presence now (or every dead node's, with `None`); the
+    /// users whose last session went are announced on their rooms' channels.
+    pub(crate) async fn sweep(&self, node: Option<&str>) -> Result<u64, BrokerError> {
+        let mut inv = SCRIPTS.sweep.prepare_invoke();
+        inv.key(self.keys.nodes()).arg(self.keys.prefix()).arg(node.unwrap_or(""));
+        self.eval("sweep", &inv).await
+    }
+}
+
+/// One engine's attachment to a [`RedisBroker`](crate::RedisBroker).
+pub(crate) struct RedisNode {
+    shared: Arc<Shared>,
+    /// Stops the background tasks (on detach, or when the node is dropped).
+    stop: CancellationToken,
+}
+
+impl RedisNode {
+    /// Connects both connections, registers the node and starts its tasks.
+    pub(crate) async fn attach(
+        client: redis::Client,
+        settings: Arc<Settings>,
+        node: &str,
+        sink: Arc<dyn DeliverySink>,
+    ) -> Result<RedisNode, BrokerError> {
+        let op = settings.op_timeout;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op))
+            .set_response_timeout(Some(op))
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(settings.reconnect_max_delay)
+            .set_number_of_retries(4);
+        let conn = match timeout(op, client.get_connection_manager_with_config(config)).await {
+            Ok(conn) => conn.map_err(from_redis)?,
+            Err(_) => return Err(timed_out("connect")),
+        };
+        let (pubsub, stream) = subscriber::connect(&client, op).await?;
+        let shared = Arc::new(Shared {
+            keys: Keys::new(&settings.key_prefix),
+            epoch_ttl_ms: AtomicU64::new(millis(settings.default_history_ttl)),
+            instance: format!("{node}-{:x}", random()),
+            settings,
+            client,
+            conn,
+            sink,
+            subs: Mutex::new(HashMap::new()),
+            pubsub: Mutex::new(Some(pubsub)),
+            held: Mutex::new(HashMap::new()),
+        });
+        presence::beat(&shared).await?;
+        let stop = CancellationToken::new();
+        tokio::spawn(subscriber::run(shared.clone(), stream, stop.clone()));
+        tokio::spawn(presence::run(shared.clone(), stop.clone()));
+        tracing::debug!(node = %shared.instance, "attached to redis");
+        Ok(RedisNode { shared, stop })
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl BrokerNode for RedisNode {
+    async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
+        let s = &self.shared;
+        let ttl = millis(opts.history_ttl);
+        s.epoch_ttl_ms.store(ttl, Ordering::Relaxed);
+        let mut inv = s.room_script(&SCRIPTS.publish, room);
+        if let Some(key) = &opts.key {
+            inv.key(s.keys.idempotency(room, &msg.from, key));
+        }
+        inv.arg(s.keys.channel(room)).arg(&*msg.from).arg(msg.ts).arg(&msg.body[..]);
+        inv.arg(opts.history_size).arg(millis(opts.idempotency_window));
+        let items = reply::array(s.eval("publish", &inv).await?).ok_or_else(|| bad_reply("publish"))?;
+        let mut items = items.into_iter();
+        let (Some(epoch), Some(seq), Some(dup)) = (items.next(), items.next(), items.next()) else {
+            return Err(bad_reply("publish"));
+        };
+        let epoch = reply::string(epoch).ok_or_else(|| bad_reply("publish"))?;
+        let seq = reply::uint(&seq).ok_or_else(|| bad_reply("publish"))?;
+        Ok(Published { epoch: Epoch::from(epoch), seq, duplicate: reply::uint(&dup) == Some(1) })
+    }
+
+    async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {
+        let payload = match &what {
+            Transient::Message(p) => wire::encode_message(p.ts, &p.from, &p.body),
+            Transient::MemberJoined(user) => wire::encode_member(b'J', user),
+            Transient::MemberLeft(user) => wire::encode_member(b'L', user),
+        };
+        self.shared.publish_raw(room, payload).await
+    }
+
+    async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {
+        let s = &self.shared;
+        lock(&s.subs).entry(room.to_string()).or_insert_with(|| Track { room: room.clone(), epoch: None, last: 0 });
+        let result = async {
+            let sink = lock(&s.pubsub).clone();
+            let mut sink = sink.ok_or_else(|| BrokerError::Unavailable("redis pub/sub is reconnecting".into()))?;
+            match timeout(s.settings.op_timeout, sink.subscribe(s.keys.channel(room))).await {
+                Ok(result) => result.map_err(from_redis)?,
+                Err(_) => return Err(timed_out("subscribe")),
+            }
+            // Read only now that Redis confirmed the subscription: every later message comes.
+            s.position(room).await
+        }
+        .await;
+        let mut subs = lock(&s.subs);
+        match result {
+            Ok(position) => {
+                if let Some(track) = subs.get_mut(room.as_str()) {
+                    if track.epoch.as_ref() == Some(&position.epoch) {
+                        track.last = track.last.max(position.seq);
+                    } else {
+                        track.epoch = Some(position.epoch.clone());
+                        track.last = position.seq;
+                    }
+                }
+                Ok(position)
+            }
+            Err(e) => {
+                subs.remove(room.as_str());
+                Err(e)
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        lock(&s.subs).remove(room.as_str());
+        // While reconnecting there is nothing to undo: only tracked rooms are subscribed again.
+        let Some(mut sink) = lock(&s.pubsub).clone() else { return Ok(()) };
+        match timeout(s.settings.op_timeout, sink.unsubscribe(s.keys.channel(room))).await {
+            Ok(result) => result.map_err(from_redis),
+            Err(_) => Err(timed_out("unsubscribe")),
+        }
+    }
+
+    async fn history(&self, room: &RoomName, query: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        self.shared.history(room, query).await
+    }
+
+    async fn presence_add(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
+        let held = Held { room: room.clone(), session: session.to_owned(), user: user.to_owned() };
+        let first = self.shared.presence_add(&held).await?;
+        lock(&self.shared.held).insert(registry_field(room, session), held);
+        Ok(first)
+    }
+
+    async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
+        let s = &self.shared;
+        let field = registry_field(room, session);
+        let mut inv = SCRIPTS.presence_remove.prepare_invoke();
+        inv.key(s.keys.sessions(room)).key(s.keys.users(room)).key(s.keys.node(&s.instance));
+        inv.arg(session).arg(user).arg(&field);
+        let last: i64 = s.eval("presence_remove", &inv).await?;
+        lock(&s.held).remove(&field);
+        Ok(last == 1)
+    }
+
+    async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let cmd = redis::cmd("HGETALL").arg(s.keys.users(room)).to_owned();
+        let value = match timeout(s.settings.op_timeout, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(result) => result.map_err(from_redis)?,
+            Err(_) => return Err(timed_out("presence")),
+        };
+        let items = match value {
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            other => reply::array(other).ok_or_else(|| bad_reply("presence"))?,
+        };
+        let mut members = Vec::with_capacity(items.len() / 2);
+        let mut items = items.into_iter();
+        while let (Some(user), Some(count)) = (items.next(), items.next()) {
+            let user = reply::string(user).ok_or_else(|| bad_reply("presence"))?;
+            match reply::uint(&count) {
+                Some(sessions) if sessions > 0 => members.push(PresenceEntry { user, sessions }),
+                _ => {}
+            }
+        }
+        members.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(members)
+    }
+
+    async fn detach(&self) {
+        let s = &self.shared;
+        self.stop.cancel();
+        lock(&s.subs).clear();
+        lock(&s.pubsub).take();
+        if let Err(e) = s.sweep(Some(&s.instance)).await {
+            tracing::warn!(node = %s.instance, error = %e, "detach: could not clear presence; it will expire");
+        }
+        lock(&s.held).clear();
+    }
+}

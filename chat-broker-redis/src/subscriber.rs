@@ -1,0 +1,198 @@
+//! The node's pub/sub side: one task owns the subscription connection, turns channel messages
+//! into deliveries, and, when the connection drops, reconnects with backoff, subscribes again
+//! to every room the node is in, and catches up.
+//!
+//! Redis pub/sub is at-most-once: whatever was published while the node was away is gone from
+//! the channel. So after resubscribing, each room's stream is read from the last seq delivered:
+//! the missed messages are delivered in order before the buffered live ones (which are then
+//! dropped as duplicates up to that seq). A room whose epoch changed meanwhile (Redis lost its
+//! data) gets `Delivery::Reset` first. Only this task delivers, so deliveries keep seq order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_core::broker::{Delivery, Epoch, HistoryQuery, Message, Publication, Transient};
+use chat_core::BrokerError;
+use futures::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::Value;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{from_redis, timed_out};
+use crate::node::{lock, Shared};
+use crate::wire::{self, Wire};
+
+/// How many messages one catch-up read asks for.
+const CATCH_UP_PAGE: usize = 500;
+/// How many rooms are caught up at once after a reconnect.
+const CATCH_UP_ROOMS: usize = 32;
+
+/// Opens a pub/sub connection within `op`.
+pub(crate) async fn connect(client: &redis::Client, op: Duration) -> Result<(PubSubSink, PubSubStream), BrokerError> {
+    match timeout(op, client.get_async_pubsub()).await {
+        Ok(pubsub) => Ok(pubsub.map_err(from_redis)?.split()),
+        Err(_) => Err(timed_out("pub/sub connect")),
+    }
+}
+
+/// The task: pumps deliveries until the connection drops, then reconnects; ends on `stop`.
+pub(crate) async fn run(shared: Arc<Shared>, mut stream: PubSubStream, stop: CancellationToken) {
+    loop {
+        if pump(&shared, &mut stream, &stop).await {
+            return;
+        }
+        lock(&shared.pubsub).take();
+        tracing::warn!(node = %shared.instance, "redis pub/sub connection lost; reconnecting");
+        let mut delay = Duration::from_millis(25);
+        stream = loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match reconnect(&shared).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    lock(&shared.pubsub).take();
+                    tracing::warn!(node = %shared.instance, error = %e, "redis pub/sub reconnect failed");
+                    delay = (delay * 2).min(shared.settings.reconnect_max_delay);
+                }
+            }
+        };
+        tracing::info!(node = %shared.instance, "redis pub/sub reconnected");
+    }
+}
+
+/// Delivers channel messages until the connection drops (false) or the node stops (true).
+/// A ping every heartbeat interval finds a connection that died without closing.
+async fn pump(shared: &Shared, stream: &mut PubSubStream, stop: &CancellationToken) -> bool {
+    let mut ping = tokio::time::interval(shared.settings.heartbeat_interval());
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return true,
+            msg = stream.next() => match msg {
+                Some(msg) => on_message(shared, msg.get_channel_name(), msg.get_payload_bytes()),
+                None => return false,
+            },
+            _ = ping.tick() => {
+                let Some(mut sink) = lock(&shared.pubsub).clone() else { return false };
+                if !matches!(timeout(shared.settings.op_timeout, sink.ping::<Value>()).await, Ok(Ok(_))) {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A new connection, subscribed to every tracked room, with every room caught up.
+async fn reconnect(shared: &Shared) -> Result<PubSubStream, BrokerError> {
+    let (mut sink, stream) = connect(&shared.client, shared.settings.op_timeout).await?;
+    let channels: Vec<String> = lock(&shared.subs).keys().map(|room| shared.keys.channel(room)).collect();
+    if !channels.is_empty() {
+        match timeout(shared.settings.op_timeout, sink.subscribe(&channels)).await {
+            Ok(result) => result.map_err(from_redis)?,
+            Err(_) => return Err(timed_out("resubscribe")),
+        }
+    }
+    *lock(&shared.pubsub) = Some(sink);
+    // Rooms are independent: read them concurrently (pipelined on the command connection);
+    // each room's own messages still go out in order.
+    let rooms: Vec<String> = lock(&shared.subs).keys().cloned().collect();
+    for batch in rooms.chunks(CATCH_UP_ROOMS) {
+        futures::future::try_join_all(batch.iter().map(|room| catch_up(shared, room))).await?;
+    }
+    Ok(stream)
+}
+
+/// Delivers what the room's stream holds past the last seq delivered; a new epoch first resets.
+async fn catch_up(shared: &Shared, room: &str) -> Result<(), BrokerError> {
+    let Some((mut epoch, mut after)) = lock(&shared.subs).get(room).and_then(|t| Some((t.epoch.clone()?, t.last)))
+    else {
+        return Ok(()); // unsubscribed meanwhile, or its subscribe has not read the position yet
+    };
+    loop {
+        let query = HistoryQuery { before: None, after: Some(after), limit: CATCH_UP_PAGE };
+        let page = shared.history(room, query).await?;
+        if page.epoch != epoch {
+            tracing::warn!(room, old = %epoch, new = %page.epoch, "room history lost; resetting");
+            if !reset(shared, room, page.epoch.clone()) {
+                return Ok(());
+            }
+            (epoch, after) = (page.epoch, 0);
+            continue;
+        }
+        let Some(last) = page.messages.last().map(|m| m.seq) else { return Ok(()) };
+        for message in page.messages {
+            deliver_stored(shared, room, &epoch, message);
+        }
+        if last >= page.latest {
+            return Ok(());
+        }
+        after = last;
+    }
+}
+
+/// One channel message.
+fn on_message(shared: &Shared, channel: &str, payload: &[u8]) {
+    let Some(room) = shared.keys.room_of_channel(channel) else { return };
+    let Some(wire) = wire::decode(payload) else {
+        tracing::warn!(room, "malformed message on the room's channel; dropped");
+        return;
+    };
+    let transient = match wire {
+        Wire::Stored { seq, ts, epoch, from, body } => {
+            let Some((room_name, epoch)) = accept(shared, room, epoch, seq) else { return };
+            let message = Message { seq, from: from.into(), ts, body: bytes::Bytes::copy_from_slice(body) };
+            shared.sink.deliver(&room_name, Delivery::Stored { epoch, message: Arc::new(message) });
+            return;
+        }
+        Wire::Message { ts, from, body } => {
+            Transient::Message(Publication { from: from.into(), ts, body: bytes::Bytes::copy_from_slice(body) })
+        }
+        Wire::Joined(user) => Transient::MemberJoined(user.into()),
+        Wire::Left(user) => Transient::MemberLeft(user.into()),
+    };
+    let Some(room_name) = lock(&shared.subs).get(room).map(|t| t.room.clone()) else { return };
+    shared.sink.deliver(&room_name, Delivery::Transient(transient));
+}
+
+/// Delivers a stored message read from the stream.
+fn deliver_stored(shared: &Shared, room: &str, epoch: &Epoch, message: Message) {
+    if let Some((room_name, epoch)) = accept(shared, room, epoch, message.seq) {
+        shared.sink.deliver(&room_name, Delivery::Stored { epoch, message: Arc::new(message) });
+    }
+}
+
+/// Whether a stored message is news for this node (tracked room, not yet delivered); if so,
+/// records it as the last delivered and returns the room and the (shared) epoch.
+fn accept(shared: &Shared, room: &str, epoch: &str, seq: u64) -> Option<(chat_core::RoomName, Epoch)> {
+    let mut subs = lock(&shared.subs);
+    let track = subs.get_mut(room)?;
+    let epoch = match &track.epoch {
+        Some(current) if **current == *epoch => {
+            if seq <= track.last {
+                return None;
+            }
+            current.clone()
+        }
+        _ => Epoch::from(epoch),
+    };
+    track.epoch = Some(epoch.clone());
+    track.last = seq;
+    Some((track.room.clone(), epoch))
+}
+
+/// Tells the engine the room starts over in `epoch`. False when the room is no longer tracked.
+fn reset(shared: &Shared, room: &str, epoch: Epoch) -> bool {
+    let room_name = {
+        let mut subs = lock(&shared.subs);
+        let Some(track) = subs.get_mut(room) else { return false };
+        track.epoch = Some(epoch.clone());
+        track.last = 0;
+        track.room.clone()
+    };
+    shared.sink.deliver(&room_name, Delivery::Reset { epoch });
+    true
+}

@@ -1,0 +1,101 @@
+//! What travels on a room's pub/sub channel: a one-letter kind, a header of decimal numbers,
+//! a newline, then raw bytes. `lua/publish.lua` and `lua/sweep.lua` write some of these.
+//!
+//! ```text
+//! S<seq> <ts> <epoch len> <from len>\n<epoch><from><body>   a stored message
+//! M<ts> <from len>\n<from><body>                            an ephemeral message
+//! J\n<user>                                                 a user's first session joined
+//! L\n<user>                                                 a user's last session left
+//! ```
+
+/// One decoded channel message, borrowing from the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wire<'a> {
+    Stored { seq: u64, ts: u64, epoch: &'a str, from: &'a str, body: &'a [u8] },
+    Message { ts: u64, from: &'a str, body: &'a [u8] },
+    Joined(&'a str),
+    Left(&'a str),
+}
+
+/// Encodes an ephemeral message.
+pub(crate) fn encode_message(ts: u64, from: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + from.len() + body.len());
+    out.extend_from_slice(format!("M{ts} {}\n", from.len()).as_bytes());
+    out.extend_from_slice(from.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Encodes a membership event (`b'J'` or `b'L'`).
+pub(crate) fn encode_member(kind: u8, user: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + user.len());
+    out.push(kind);
+    out.push(b'\n');
+    out.extend_from_slice(user.as_bytes());
+    out
+}
+
+fn numbers<const N: usize>(header: &[u8]) -> Option<[u64; N]> {
+    let mut out = [0; N];
+    let mut parts = std::str::from_utf8(header).ok()?.split(' ');
+    for slot in &mut out {
+        *slot = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+fn split_str(bytes: &[u8], len: u64) -> Option<(&str, &[u8])> {
+    let len = usize::try_from(len).ok()?;
+    if bytes.len() < len {
+        return None;
+    }
+    let (a, b) = bytes.split_at(len);
+    Some((std::str::from_utf8(a).ok()?, b))
+}
+
+/// Decodes a channel message; `None` for anything malformed.
+pub(crate) fn decode(payload: &[u8]) -> Option<Wire<'_>> {
+    let (&kind, rest) = payload.split_first()?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let (header, data) = (&rest[..nl], &rest[nl + 1..]);
+    match kind {
+        b'S' => {
+            let [seq, ts, epoch_len, from_len] = numbers::<4>(header)?;
+            let (epoch, data) = split_str(data, epoch_len)?;
+            let (from, body) = split_str(data, from_len)?;
+            Some(Wire::Stored { seq, ts, epoch, from, body })
+        }
+        b'M' => {
+            let [ts, from_len] = numbers::<2>(header)?;
+            let (from, body) = split_str(data, from_len)?;
+            Some(Wire::Message { ts, from, body })
+        }
+        b'J' if header.is_empty() => Some(Wire::Joined(std::str::from_utf8(data).ok()?)),
+        b'L' if header.is_empty() => Some(Wire::Left(std::str::from_utf8(data).ok()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let m = encode_message(7, "al\nice", b"{\"a\":1}");
+        assert_eq!(decode(&m), Some(Wire::Message { ts: 7, from: "al\nice", body: b"{\"a\":1}" }));
+        assert_eq!(decode(&encode_member(b'J', "bob")), Some(Wire::Joined("bob")));
+        assert_eq!(decode(&encode_member(b'L', "")), Some(Wire::Left("")));
+        let s = b"S12 99 2 3\ne1bob\"hi\"";
+        assert_eq!(decode(s), Some(Wire::Stored { seq: 12, ts: 99, epoch: "e1", from: "bob", body: b"\"hi\"" }));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in
+            [&b""[..], b"S", b"S1 2 3\nabc", b"S1 2 9 9\nab", b"Sx 2 1 1\nab", b"X\n", b"J1\nbob", b"S1 2 1 1 1\nab"]
+        {
+            assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
+}

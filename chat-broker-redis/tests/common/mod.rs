@@ -1,0 +1,178 @@
+//! Test support: a real `redis-server` on a free loopback port that each test starts itself
+//! (and can kill and start again on the same port), engines on a `RedisBroker`, and clients
+//! wired to them in-process through channels.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chat_broker_redis::RedisBroker;
+use chat_core::client::Client;
+use chat_core::{ConnInfo, Engine, Inbound};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+/// A `redis-server` child process, killed on drop.
+pub struct RedisServer {
+    bin: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn find_redis_server() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|dir| dir.join("redis-server"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "redis-server not found on PATH: these tests need it; install it with `apt-get install redis-server`"
+            )
+        })
+}
+
+impl RedisServer {
+    /// Starts a server with no persistence on a free loopback port and waits until it answers.
+    pub fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let mut server = RedisServer { bin: find_redis_server(), port, child: None };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(10)); // retry interval of a loop with a deadline
+        }
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (its data is lost: nothing is saved).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A direct connection, for poking at Redis from a test.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("url");
+        client.get_multiplexed_async_connection().await.expect("connect to redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A broker on `redis` with short timings for tests (presence expires after 2 s).
+pub fn broker(redis: &RedisServer, prefix: &str) -> RedisBroker {
+    RedisBroker::builder(redis.url())
+        .key_prefix(prefix)
+        .presence_ttl(Duration::from_secs(2))
+        .op_timeout(Duration::from_millis(500))
+        .reconnect_max_delay(Duration::from_millis(200))
+        .build()
+        .expect("broker settings")
+}
+
+/// An engine named `node` on `redis`.
+pub async fn engine(redis: &RedisServer, prefix: &str, node: &str) -> Engine {
+    Engine::builder().node_id(node).broker(broker(redis, prefix)).build().await.expect("engine attaches")
+}
+
+/// A client of `engine` as `user`, wired in-process; the handle runs the server side.
+pub async fn connect(engine: &Engine, user: &str) -> (Client, JoinHandle<()>) {
+    let (to_server, from_client) = futures::channel::mpsc::unbounded::<Bytes>();
+    let (to_client, from_server) = futures::channel::mpsc::unbounded::<Bytes>();
+    let server = engine.clone();
+    let task = tokio::spawn(async move {
+        let inbound = from_client.map(|b| Ok::<_, std::io::Error>(Inbound::Frame(b)));
+        server.serve(inbound, to_client, ConnInfo::default()).await
+    });
+    let client =
+        Client::connect(from_server.map(Ok::<_, std::io::Error>), to_server, Some(user), None).await.expect("hello");
+    (client, task)
+}
+
+/// Runs `f` until it gives `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // retry interval, not a wait for the condition
+    }
+}
+
+/// The next event matching `pred`, skipping others; panics after `within`.
+pub async fn next_matching(client: &mut Client, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let found = tokio::time::timeout(within, async {
+        loop {
+            let event = client.next_event().await.expect("connection open");
+            if pred(&event) {
+                return event;
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no matching event within {within:?}"))
+}
+
+/// The next `n` stored `message` events of `room` (other events skipped): (seq, body).
+pub async fn messages(client: &mut Client, room: &str, n: usize, within: Duration) -> Vec<(u64, Value)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let e =
+            next_matching(client, within, |e| e["type"] == "message" && e["room"] == room && e["seq"].is_u64()).await;
+        out.push((e["seq"].as_u64().unwrap_or_default(), e["body"].clone()));
+    }
+    out
+}
+
+/// The seqs of `msgs`.
+pub fn seqs(msgs: &[(u64, Value)]) -> Vec<u64> {
+    msgs.iter().map(|(s, _)| *s).collect()
+}
