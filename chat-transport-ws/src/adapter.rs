@@ -1,0 +1,160 @@
+//! The adapter between an upgraded WebSocket and the core's driver: messages in become
+//! [`Inbound`] items, frames out become text messages. Nothing here parses JSON.
+//!
+//! Text → `Inbound::Frame` (zero-copy: the message's buffer is the frame), binary →
+//! `Inbound::Binary`, ping/pong → `Inbound::Alive`, a message over `max_frame` (tungstenite's
+//! capacity error, raised from the frame header before the payload is read) →
+//! `Inbound::TooLarge`. Invalid UTF-8 in a text message ends the connection with close code
+//! 1007; tungstenite reports it as an error but does not close, so the close code is handed to
+//! the outbound half, which sends it when the core closes the sink.
+
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use chat_core::{ConnInfo, Engine, Inbound};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{Sink, Stream, StreamExt};
+use tokio_tungstenite::tungstenite;
+
+/// Normal closure.
+const CLOSE_NORMAL: u16 = 1000;
+/// A text message that is not UTF-8 (RFC 6455 §7.4.1).
+const CLOSE_INVALID_DATA: u16 = 1007;
+/// A message over `max_frame`.
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Not a close code: the peer closed first, tungstenite queued the reply; only flush it.
+const PEER_CLOSED: u16 = 0;
+
+/// How long the peer may take to answer our close frame before the socket is dropped. Reading
+/// until its close arrives lets the peer read everything we sent (no reset on unread data).
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Runs one upgraded connection to its end: the core's session, then the close handshake.
+pub(crate) async fn serve_socket(engine: Engine, socket: WebSocket, peer: Option<SocketAddr>) {
+    let close_code = AtomicU16::new(CLOSE_NORMAL);
+    let (sink, stream) = socket.split();
+    let mut inbound = InboundFrames { stream, close_code: &close_code, finished: false, end_next: false };
+    let mut outbound = OutboundFrames { sink, close_code: &close_code, close_queued: false };
+    engine.serve(&mut inbound, &mut outbound, ConnInfo { peer, transport: "ws" }).await;
+    if !inbound.finished && !inbound.end_next {
+        // We closed on purpose (bye) and the socket is still readable: wait, briefly, for the
+        // peer's close frame.
+        let drain = async { while let Some(Ok(_)) = inbound.stream.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+    }
+}
+
+/// What a WebSocket read error means for the connection.
+fn close_code_for(e: &axum::Error) -> Option<u16> {
+    match e.source().and_then(|s| s.downcast_ref::<tungstenite::Error>()) {
+        Some(tungstenite::Error::Utf8(_)) => Some(CLOSE_INVALID_DATA),
+        Some(tungstenite::Error::Capacity(_)) => Some(CLOSE_TOO_BIG),
+        _ => None,
+    }
+}
+
+/// The inbound half: WebSocket messages → [`Inbound`] items.
+pub(crate) struct InboundFrames<'a> {
+    stream: SplitStream<WebSocket>,
+    close_code: &'a AtomicU16,
+    /// The stream ended (peer closed, went away, or broke the protocol): nothing more to read.
+    finished: bool,
+    /// The last item was `TooLarge`: the socket's read side is unusable (the oversized payload
+    /// was never read), so the stream ends here.
+    end_next: bool,
+}
+
+impl Stream for InboundFrames<'_> {
+    type Item = Result<Inbound, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.finished || this.end_next {
+            this.finished = true;
+            return Poll::Ready(None);
+        }
+        let item = match ready!(this.stream.poll_next_unpin(cx)) {
+            Some(Ok(Message::Text(text))) => Ok(Inbound::Frame(Bytes::from(text))),
+            Some(Ok(Message::Binary(_))) => Ok(Inbound::Binary),
+            // tungstenite queued the pong; it goes out on the next read or write of this socket.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Inbound::Alive),
+            // The peer closes: tungstenite queued the reply, which the sink's close flushes.
+            Some(Ok(Message::Close(_))) => {
+                this.close_code.store(PEER_CLOSED, Ordering::Relaxed);
+                this.finished = true;
+                return Poll::Ready(None);
+            }
+            None => {
+                this.finished = true;
+                return Poll::Ready(None);
+            }
+            Some(Err(e)) => match close_code_for(&e) {
+                Some(CLOSE_TOO_BIG) => {
+                    this.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
+                    this.end_next = true;
+                    Ok(Inbound::TooLarge)
+                }
+                code => {
+                    if let Some(code) = code {
+                        this.close_code.store(code, Ordering::Relaxed);
+                    }
+                    this.finished = true;
+                    Err(e)
+                }
+            },
+        };
+        Poll::Ready(Some(item))
+    }
+}
+
+/// The outbound half: the core's frames → text messages; closing sends a close frame.
+pub(crate) struct OutboundFrames<'a> {
+    sink: SplitSink<WebSocket, Message>,
+    close_code: &'a AtomicU16,
+    close_queued: bool,
+}
+
+impl Sink<Bytes> for OutboundFrames<'_> {
+    type Error = axum::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.sink).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> Result<(), Self::Error> {
+        // The core only emits UTF-8 JSON, but the sink is public API: validate rather than use
+        // tungstenite's unsafe unchecked constructor (axum exposes none). Validation is a fast
+        // scan; the bytes are not copied.
+        let text = Utf8Bytes::try_from(frame).map_err(axum::Error::new)?;
+        Pin::new(&mut self.sink).start_send(Message::Text(text))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.sink).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let code = self.close_code.load(Ordering::Relaxed);
+        if !self.close_queued && code != PEER_CLOSED {
+            let reason = match code {
+                CLOSE_INVALID_DATA => "invalid UTF-8 in a text message",
+                CLOSE_TOO_BIG => "message over max_frame",
+                _ => "",
+            };
+            let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
+            // A socket that already failed cannot take it; closing below then ends quickly.
+            if ready!(Pin::new(&mut self.sink).poll_ready(cx)).is_ok() {
+                let _ = Pin::new(&mut self.sink).start_send(close);
+            }
+        }
+        self.close_queued = true;
+        // Flushes our close frame, or the reply tungstenite queued to the peer's.
+        Pin::new(&mut self.sink).poll_close(cx)
+    }
+}

@@ -1,0 +1,99 @@
+//! The axum entry points, for hosts that already run axum: [`router`] (the `/ws` endpoint as a
+//! `Router` to merge) and [`handler`] (the route handler itself, with its [`WsState`]).
+//!
+//! The handler checks `Origin`, refuses new connections once the engine is shutting down, and
+//! upgrades with small tungstenite buffers and the engine's `max_frame` as message and frame
+//! limit, selecting the `chat.v1` subprotocol when the client offers it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chat_core::Engine;
+
+use crate::adapter::serve_socket;
+use crate::options::{WsOptions, SUBPROTOCOL};
+
+/// What [`handler`] needs: the engine and the transport's options. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WsState {
+    engine: Engine,
+    options: Arc<WsOptions>,
+}
+
+impl WsState {
+    /// The state for `engine` with `options`.
+    pub fn new(engine: Engine, options: WsOptions) -> Self {
+        WsState { engine, options: Arc::new(options) }
+    }
+
+    /// The engine connections are handed to.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The transport's options.
+    pub fn options(&self) -> &WsOptions {
+        &self.options
+    }
+}
+
+/// A `Router` serving the `chat/1` WebSocket endpoint at `options`' path (default `/ws`).
+/// Merge it into the host's router, or nest it.
+///
+/// The peer address reaches the engine (for hooks and logs) when the router is served with
+/// `into_make_service_with_connect_info::<SocketAddr>()`, as [`WsServer`](crate::WsServer) does.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let engine = chat_core::Engine::builder().build().await.unwrap();
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "the browser page" }))
+///     .merge(chat_transport_ws::router(engine, chat_transport_ws::WsOptions::default()));
+/// # let _ = app;
+/// # }
+/// ```
+pub fn router(engine: Engine, options: WsOptions) -> Router {
+    let path = options.path.clone();
+    Router::new().route(&path, get(handler)).with_state(WsState::new(engine, options))
+}
+
+/// The route handler: `Router::new().route("/ws", get(handler)).with_state(WsState::new(..))`.
+///
+/// Answers 403 when the request's `Origin` is not allowed, 503 once the engine is shutting
+/// down, the usual 4xx when the request is not a WebSocket upgrade, and otherwise switches
+/// protocols and hands the connection to [`Engine::serve`]. The connection lives on the task
+/// the upgrade spawns; no other task is added per connection.
+pub async fn handler(State(state): State<WsState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let origin = parts.headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("\u{fffd}"));
+    if !state.options.origin_allowed(origin) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if state.engine.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let max_frame = state.engine.config().max_frame;
+    let o = &state.options;
+    let engine = state.engine.clone();
+    upgrade
+        .read_buffer_size(o.read_buffer_size)
+        .write_buffer_size(o.write_buffer_size)
+        .max_write_buffer_size(o.write_buffer_bound(max_frame))
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .protocols([SUBPROTOCOL])
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| serve_socket(engine, socket, peer))
+}

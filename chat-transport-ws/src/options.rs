@@ -1,0 +1,123 @@
+//! [`WsOptions`]: what a host may tune about the WebSocket transport (path, allowed origins,
+//! buffer sizes, TLS handshake timeout). Frame limits are not here: they come from the engine's
+//! `max_frame`, so both transports enforce the same bound.
+
+use std::time::Duration;
+
+/// The subprotocol of `chat/1` over WebSocket (PROTOCOL.md §1).
+pub const SUBPROTOCOL: &str = "chat.v1";
+
+/// Settings of the WebSocket transport. The defaults are safe on the open internet and keep
+/// idle connections cheap.
+///
+/// ```
+/// use chat_transport_ws::WsOptions;
+/// let options = WsOptions::default()
+///     .path("/chat")
+///     .allowed_origins(["https://chat.example.com"])
+///     .read_buffer_size(4096);
+/// assert_eq!(options.get_path(), "/chat");
+/// assert!(options.origin_allowed(None)); // non-browser clients send no Origin
+/// assert!(options.origin_allowed(Some("https://CHAT.example.com")));
+/// assert!(!options.origin_allowed(Some("https://evil.example")));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsOptions {
+    pub(crate) path: String,
+    pub(crate) allowed_origins: Option<Vec<String>>,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_buffer_size: usize,
+    pub(crate) max_write_buffer_size: Option<usize>,
+    pub(crate) tls_handshake_timeout: Duration,
+}
+
+impl Default for WsOptions {
+    fn default() -> Self {
+        WsOptions {
+            path: "/ws".to_owned(),
+            allowed_origins: None,
+            read_buffer_size: 1024,
+            write_buffer_size: 4096,
+            max_write_buffer_size: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WsOptions {
+    /// The endpoint's path for [`router`](crate::router) and [`WsServer`](crate::WsServer).
+    /// Default `/ws`.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// The endpoint's path.
+    pub fn get_path(&self) -> &str {
+        &self.path
+    }
+
+    /// Restricts which browser pages may open a connection: an upgrade request whose `Origin`
+    /// header is not one of `origins` (compared ASCII-case-insensitively, e.g.
+    /// `https://chat.example.com`) is refused with 403. Requests without `Origin` (non-browser
+    /// clients) are always accepted.
+    ///
+    /// Default: every origin is accepted. That is safe for `chat/1` because authentication
+    /// travels in `hello.token`, never in cookies, so a foreign page cannot ride on a
+    /// user's browser session (no cross-site WebSocket hijacking); set a list when the host's
+    /// authenticator relies on anything ambient, or to keep other sites from embedding the chat.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether an upgrade request with this `Origin` header is accepted.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match (&self.allowed_origins, origin) {
+            (None, _) | (_, None) => true,
+            (Some(list), Some(origin)) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
+
+    /// Bytes read from the socket at once, and the read buffer each connection keeps
+    /// (tungstenite's default is 128 KiB, which costs gigabytes for 10k idle sockets). A frame
+    /// larger than this is still read whole, into a buffer sized for it, in reads of this size.
+    /// Default 1 KiB: it is most of what an idle connection costs in this layer (measured: each
+    /// KiB here is about one KiB of RSS per idle connection), and chat frames are mostly smaller.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.read_buffer_size = bytes;
+        self
+    }
+
+    /// Outbound bytes gathered before they are written to the socket while a batch of frames
+    /// is fed (the batch is flushed at its end anyway). Default 4 KiB.
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.write_buffer_size = bytes;
+        self
+    }
+
+    /// The most outbound bytes one connection may buffer in the WebSocket layer. Default:
+    /// `write_buffer_size` + the engine's `max_frame` + 4 KiB, the least that always fits one
+    /// more frame; queueing beyond that is the engine outbox's job, which bounds it per session.
+    /// A smaller value is raised to that minimum.
+    pub fn max_write_buffer_size(mut self, bytes: usize) -> Self {
+        self.max_write_buffer_size = Some(bytes);
+        self
+    }
+
+    /// How long a TLS client may take to finish its handshake. Default 10 s.
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.tls_handshake_timeout = timeout;
+        self
+    }
+
+    /// The write buffer bound in force for an engine whose `max_frame` is given.
+    pub(crate) fn write_buffer_bound(&self, max_frame: usize) -> usize {
+        let least = self.write_buffer_size + max_frame + 4096;
+        self.max_write_buffer_size.map_or(least, |b| b.max(least))
+    }
+}

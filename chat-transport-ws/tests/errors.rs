@@ -1,0 +1,178 @@
+//! Every error of PROTOCOL.md §6 that a client can provoke, over a real WebSocket: the fatal ones
+//! end with `bye` and a close frame, after the non-fatal ones the connection stays usable.
+
+mod common;
+
+use chat_core::auth::JwtAuthenticator;
+use chat_core::Engine;
+use common::*;
+use futures::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A ping request with `id` answered by a pong: the connection is still usable.
+async fn still_usable(ws: &mut Raw, id: u64) {
+    send_text(ws, format!(r#"{{"type":"ping","id":{id}}}"#)).await;
+    let pong = next_json(ws).await.expect("pong");
+    assert_eq!(pong, json!({"type":"pong","id":id}));
+}
+
+#[tokio::test]
+async fn frame_of_max_frame_passes_one_byte_more_is_frame_too_large() {
+    let engine = Engine::builder().tune(|c| c.max_frame = 1024).build().await.unwrap();
+    let addr = serve(&engine).await;
+    let mut ws = raw_hello(addr, "alice").await;
+    let ping = r#"{"type":"ping","id":7}"#;
+    send_text(&mut ws, format!("{ping:<1024}")).await; // padded with spaces to exactly max_frame
+    assert_eq!(next_json(&mut ws).await, Some(json!({"type":"pong","id":7})));
+    send_text(&mut ws, format!("{ping:<1025}")).await;
+    expect_fatal(&mut ws, "frame_too_large", "protocol_error", 1009).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn fragmented_message_over_max_frame_is_frame_too_large() {
+    let engine = Engine::builder().tune(|c| c.max_frame = 1024).build().await.unwrap();
+    let addr = serve(&engine).await;
+    let mut ws = raw_hello(addr, "alice").await;
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    let part = vec![b' '; 600];
+    let first = Frame::message(part.clone(), OpCode::Data(Data::Text), false);
+    let second = Frame::message(part, OpCode::Data(Data::Continue), true);
+    ws.feed(Message::Frame(first)).await.unwrap();
+    ws.send(Message::Frame(second)).await.unwrap();
+    expect_fatal(&mut ws, "frame_too_large", "protocol_error", 1009).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn first_frame_other_than_hello_is_not_authenticated() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let mut ws = raw(addr).await;
+    send_text(&mut ws, r#"{"type":"join","id":1,"room":"lobby"}"#).await;
+    expect_fatal(&mut ws, "not_authenticated", "protocol_error", 1000).await;
+    // A binary first frame too.
+    let mut ws = raw(addr).await;
+    within(ws.send(Message::binary(b"{}".to_vec()))).await.unwrap();
+    expect_fatal(&mut ws, "not_authenticated", "protocol_error", 1000).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn second_hello_is_not_authenticated() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let mut ws = raw_hello(addr, "alice").await;
+    send_text(&mut ws, r#"{"type":"hello","id":2,"protocol":1,"user":"alice"}"#).await;
+    expect_fatal(&mut ws, "not_authenticated", "protocol_error", 1000).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_protocol_version_is_unsupported_protocol() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let mut ws = raw(addr).await;
+    send_text(&mut ws, r#"{"type":"hello","id":1,"protocol":2,"user":"alice"}"#).await;
+    expect_fatal(&mut ws, "unsupported_protocol", "protocol_error", 1000).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_token_is_unauthorized_and_room_patterns_are_forbidden() {
+    let secret = b"a test secret that is long enough";
+    let engine = Engine::builder().authenticator(JwtAuthenticator::new(secret)).build().await.unwrap();
+    let addr = serve(&engine).await;
+    let issuer = JwtAuthenticator::new(secret);
+
+    let refused = connect_client(addr, Some("alice"), Some("not a token")).await.err().expect("refused");
+    assert_eq!(refused.code(), Some("unauthorized"), "{refused}");
+    // Over a raw connection: the error, `bye unauthorized`, the close.
+    let mut ws = raw(addr).await;
+    send_text(&mut ws, r#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#).await;
+    expect_fatal(&mut ws, "unauthorized", "unauthorized", 1000).await;
+
+    let token = issuer.issue("alice", 60, Some(vec!["team-*".into()])).unwrap();
+    let alice = connect_client(addr, None, Some(&token)).await.expect("good token");
+    assert_eq!(alice.welcome().user, "alice");
+    let forbidden = alice.join("admin", None).await.unwrap_err();
+    assert_eq!(forbidden.code(), Some("forbidden"));
+    alice.join("team-1", None).await.expect("allowed by the pattern");
+    engine.shutdown().await;
+}
+
+/// The server's error code of a failed request.
+fn code<T>(r: Result<T, chat_core::client::ClientError>) -> Option<String> {
+    r.err().and_then(|e| e.code().map(str::to_owned))
+}
+
+async fn connect_client(
+    addr: std::net::SocketAddr,
+    user: Option<&str>,
+    token: Option<&str>,
+) -> Result<chat_core::client::Client, chat_transport_ws::Error> {
+    within(chat_transport_ws::connect(&url(addr), user, token)).await
+}
+
+#[tokio::test]
+async fn bad_frames_are_answered_and_the_connection_stays_open() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let mut ws = raw_hello(addr, "alice").await;
+    let deep = format!(r#"{{"type":"send","id":5,"room":"lobby","body":{}{}}}"#, "[".repeat(70), "]".repeat(70));
+    let cases: [(&str, Option<u64>); 5] = [
+        ("{not json", None),
+        (r#"{"type":"no_such_type","id":2}"#, Some(2)),
+        (r#"{"type":"join","id":3,"room":5}"#, Some(3)),
+        (r#"{"type":"join","id":-4,"room":"lobby"}"#, None),
+        (&deep, None),
+    ];
+    for (i, (frame, id)) in cases.iter().enumerate() {
+        send_text(&mut ws, *frame).await;
+        let error = next_json(&mut ws).await.expect("error");
+        assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some("bad_frame")), "{frame}");
+        if let Some(id) = id {
+            assert_eq!(error["id"], *id, "{error}");
+        }
+        still_usable(&mut ws, 100 + i as u64).await;
+    }
+    within(ws.send(Message::binary(br#"{"type":"ping","id":1}"#.to_vec()))).await.unwrap();
+    let error = next_json(&mut ws).await.expect("error");
+    assert_eq!(error["code"], "bad_frame", "{error}");
+    still_usable(&mut ws, 200).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn room_errors_are_not_fatal() {
+    let engine = Engine::builder()
+        .tune(|c| {
+            c.max_body = 64;
+            c.rate_per_sec = 1;
+            c.rate_burst = 1;
+            c.rate_limit_strikes = 2;
+        })
+        .build()
+        .await
+        .unwrap();
+    let addr = serve(&engine).await;
+    let mut alice = connect_client(addr, Some("alice"), None).await.unwrap();
+
+    assert_eq!(code(alice.join("not a room!", None).await).as_deref(), Some("invalid_room"));
+    assert_eq!(code(alice.send("lobby", json!("hi")).await).as_deref(), Some("not_member"));
+    assert_eq!(code(alice.history("lobby", None, None, None).await).as_deref(), Some("not_member"));
+    alice.join("lobby", None).await.expect("still usable");
+    let big = json!({ "text": "x".repeat(100) });
+    assert_eq!(code(alice.send("lobby", big).await).as_deref(), Some("body_too_large"));
+    assert_eq!(alice.send("lobby", json!("first")).await.unwrap(), Some(1));
+    assert_eq!(code(alice.send("lobby", json!("too soon")).await).as_deref(), Some("rate_limited"));
+    alice.presence("lobby").await.expect("still usable after rate_limited");
+    assert_eq!(code(alice.send("lobby", json!("again")).await).as_deref(), Some("rate_limited"));
+    // Repeated abuse: the third strike in a row closes with protocol_error.
+    assert_eq!(code(alice.send("lobby", json!("and again")).await).as_deref(), Some("rate_limited"));
+    let bye = next_of_type(&mut alice, "bye").await;
+    assert_eq!(bye["reason"], "protocol_error");
+    assert!(within(alice.next_event()).await.is_none(), "closed after bye");
+    engine.shutdown().await;
+}
