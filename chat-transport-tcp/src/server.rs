@@ -1,0 +1,238 @@
+//! The server side: [`TcpServer`] accepts connections (optionally over TLS) and hands each to
+//! the engine; [`serve_connection`] does that for one already-open byte stream.
+//!
+//! Every connection gets its own task running [`Engine::serve`] over the framing of
+//! [`crate::codec`]; nothing of the protocol is decided here. The accept loop survives accept
+//! errors (running out of file descriptors backs off instead of spinning) and stops when the
+//! engine's shutdown begins, which closes the listening socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_core::{ConnInfo, Engine};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
+
+use crate::codec::{FrameReader, FrameWriter};
+#[cfg(feature = "tls")]
+use crate::tls::TlsConfig;
+
+/// The transport's name in [`ConnInfo`] and logs.
+const TRANSPORT: &str = "tcp";
+#[cfg(feature = "tls")]
+const TRANSPORT_TLS: &str = "tcp+tls";
+
+/// The shortest and longest pause after an accept error that is not about one connection.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// The listen backlog of [`TcpServer::bind`] (the kernel caps it at `net.core.somaxconn`).
+/// std and mio use 128, which a reconnect storm overflows: dropped SYNs cost each client a
+/// retransmit of a second or more.
+const BACKLOG: u32 = 1024;
+
+/// How long a TLS client may take to finish its handshake.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP listener serving `chat/1` with an [`Engine`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), chat_transport_tcp::Error> {
+/// use chat_core::Engine;
+/// use chat_transport_tcp::TcpServer;
+///
+/// let engine = Engine::builder().build().await.expect("in-memory broker");
+/// let server = TcpServer::bind("127.0.0.1:0", engine.clone()).await?;
+/// let addr = server.local_addr()?;
+/// let running = tokio::spawn(server.run());
+/// // ... clients connect to `addr` ...
+/// engine.shutdown().await; // sessions get `bye shutdown`, the listener closes
+/// running.await.expect("the accept loop ends on shutdown");
+/// assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+/// # Ok(()) }
+/// ```
+pub struct TcpServer {
+    listener: TcpListener,
+    engine: Engine,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsConfig>,
+}
+
+impl std::fmt::Debug for TcpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("TcpServer");
+        d.field("local_addr", &self.listener.local_addr().ok()).field("engine", &self.engine);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.is_some());
+        d.finish()
+    }
+}
+
+impl TcpServer {
+    /// Binds a listening socket on `addr` (port 0 picks a free port), with a backlog of 1024
+    /// pending connections (a host wanting another can bind itself and use
+    /// [`from_listener`](Self::from_listener)).
+    pub async fn bind(addr: impl ToSocketAddrs, engine: Engine) -> io::Result<TcpServer> {
+        Ok(Self::from_listener(listen(addr, BACKLOG).await?, engine))
+    }
+
+    /// Serves an already-bound tokio listener.
+    pub fn from_listener(listener: TcpListener, engine: Engine) -> TcpServer {
+        TcpServer {
+            listener,
+            engine,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Serves an already-bound std listener (set to non-blocking here). Must be called within
+    /// a tokio runtime.
+    pub fn from_std(listener: std::net::TcpListener, engine: Engine) -> io::Result<TcpServer> {
+        listener.set_nonblocking(true)?;
+        Ok(Self::from_listener(TcpListener::from_std(listener)?, engine))
+    }
+
+    /// Serves TLS on this listener: every connection starts with a TLS handshake, then speaks
+    /// the same framing inside it.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: TlsConfig) -> TcpServer {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The engine connections are handed to.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Accepts connections until the engine's shutdown begins, one task per connection; then
+    /// drops the listener, so that new connections are refused. Sessions already running end
+    /// through the engine's shutdown (`bye shutdown`), not here.
+    pub async fn run(self) {
+        let shutdown = self.engine.shutdown_token();
+        let mut backoff = ACCEPT_BACKOFF.0;
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = ACCEPT_BACKOFF.0;
+                    self.spawn_connection(stream, peer);
+                }
+                // About that one connection (it was reset before we took it): go on at once.
+                Err(e) if is_per_connection(&e) => tracing::debug!(error = %e, "accept: connection lost"),
+                // About the process (EMFILE, ENFILE, ENOBUFS...): retrying at once would spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                }
+            }
+        }
+        tracing::debug!("tcp listener closed");
+    }
+
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+        }
+        let engine = self.engine.clone();
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let acceptor = tls.acceptor();
+            tokio::spawn(async move {
+                let shutdown = engine.shutdown_token();
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let stream = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    done = handshake => match done {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    },
+                };
+                let (reader, writer) = tokio::io::split(stream);
+                serve_halves(&engine, reader, writer, ConnInfo { peer: Some(peer), transport: TRANSPORT_TLS }).await;
+            });
+            return;
+        }
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let (reader, writer) = stream.split();
+            serve_halves(&engine, reader, writer, ConnInfo { peer: Some(peer), transport: TRANSPORT }).await;
+        });
+    }
+}
+
+/// Binds the first of `addr`'s addresses that can be bound, like `TcpListener::bind`, but with
+/// the given backlog.
+async fn listen(addr: impl ToSocketAddrs, backlog: u32) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        #[cfg(not(windows))]
+        socket.set_reuseaddr(true)?;
+        if let Err(e) = socket.bind(addr) {
+            last = Some(e);
+            continue;
+        }
+        match socket.listen(backlog) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")))
+}
+
+/// Accept errors that concern only the connection being accepted.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Runs one `chat/1` session over an open byte stream (a TCP stream, a TLS stream, a Unix
+/// socket...) with the TCP framing. [`TcpServer`] uses it for each connection; hosts with
+/// listeners of their own can too.
+///
+/// Returns when the session is over; if the peer was still sending then, after draining what
+/// it sends for at most a second, so that closing does not reset the connection before the
+/// peer has read the final `bye`.
+pub async fn serve_connection<IO>(engine: &Engine, io: IO, peer: Option<SocketAddr>)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (reader, writer) = tokio::io::split(io);
+    serve_halves(engine, reader, writer, ConnInfo { peer, transport: TRANSPORT }).await;
+}
+
+/// The framing on both halves, the session, then a short lingering read (see
+/// [`FrameReader::linger`]) before the connection is dropped.
+async fn serve_halves<R, W>(engine: &Engine, reader: R, writer: W, conn: ConnInfo)
+where
+    R: AsyncRead + Send + Unpin,
+    W: AsyncWrite + Send + Unpin,
+{
+    let mut reader = FrameReader::new(reader, engine.config().max_frame);
+    let mut writer = FrameWriter::new(writer);
+    engine.serve(&mut reader, &mut writer, conn).await;
+    reader.linger().await;
+}
