@@ -39,6 +39,9 @@ pub mod protocol;
 mod rooms;
 mod session;
 
+#[doc(hidden)]
+pub use rooms::bench;
+
 pub use auth::{AllowAll, AllowAnonymous, Authenticator, Authorizer, Identity, JwtAuthenticator};
 pub use broker::memory::MemoryBroker;
 pub use broker::{Broker, BrokerError, BrokerNode};

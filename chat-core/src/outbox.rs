@@ -150,6 +150,14 @@ impl Outbox {
         &self.ended
     }
 
+    /// Moves whatever is queued into `out` without waiting (benches).
+    #[doc(hidden)]
+    pub fn drain_now(&self, out: &mut VecDeque<Bytes>) {
+        let mut s = self.lock();
+        std::mem::swap(&mut s.queue, out);
+        s.bytes = 0;
+    }
+
     /// Waits for frames and moves all of them into `out` (which must be empty). Returns false
     /// once the session is closed and everything, its `bye` included, has been handed out.
     pub(crate) async fn next_batch(&self, out: &mut VecDeque<Bytes>) -> bool {

@@ -354,3 +354,59 @@ impl DeliverySink for RoomsSink {
         rooms.apply(&local, &mut st, delivery, false);
     }
 }
+
+#[doc(hidden)]
+pub mod bench {
+    //! Hooks for the criterion benches: fan-out through the real delivery path without a broker.
+    use super::*;
+
+    /// One subscribed room with `members` live local members, each with its own outbox.
+    pub struct Fanout {
+        sink: RoomsSink,
+        outboxes: Vec<Arc<Outbox>>,
+        room: RoomName,
+        epoch: Epoch,
+        seq: u64,
+        body: Bytes,
+    }
+
+    impl Fanout {
+        /// A room with `members` members; messages carry `body_len` bytes of body.
+        pub fn new(members: usize, body_len: usize) -> Self {
+            let rooms = Arc::new(Rooms::new(1000));
+            let room = RoomName::new("bench").unwrap_or_else(|_| unreachable!());
+            let local = Arc::new(LocalRoom::new(room.clone()));
+            let epoch: Epoch = Arc::from("e");
+            let mut outboxes = Vec::with_capacity(members);
+            {
+                let mut st = lock(&local.state);
+                st.subscribed = true;
+                st.epoch = epoch.clone();
+                for key in 0..members {
+                    let outbox = Arc::new(Outbox::new(1 << 20, 1 << 40));
+                    st.members.push(Member { key: key as u64, outbox: outbox.clone(), pending: None });
+                    outboxes.push(outbox);
+                }
+            }
+            rooms.map.write().unwrap_or_else(PoisonError::into_inner).insert(room.clone(), local);
+            let body = Bytes::from(format!("\"{}\"", "x".repeat(body_len.saturating_sub(2))));
+            Fanout { sink: RoomsSink(rooms), outboxes, room, epoch, seq: 0, body }
+        }
+
+        /// Delivers the next message to every member (one encode, one push per member).
+        pub fn deliver(&mut self) {
+            self.seq += 1;
+            let message = Arc::new(Message { seq: self.seq, from: Arc::from("bench"), ts: 1, body: self.body.clone() });
+            self.sink.deliver(&self.room, Delivery::Stored { epoch: self.epoch.clone(), message });
+        }
+
+        /// Empties every member's outbox (outside the measured part).
+        pub fn drain(&self) {
+            let mut scratch = std::collections::VecDeque::new();
+            for o in &self.outboxes {
+                o.drain_now(&mut scratch);
+                scratch.clear();
+            }
+        }
+    }
+}

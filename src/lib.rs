@@ -1,0 +1,13 @@
+//! `chat-engine`: one dependency for the whole engine.
+//!
+//! Re-exports the parts so that a host application can depend on this crate alone:
+//! [`core`] (the engine, protocol, brokers, auth, hooks), [`tcp`] and [`ws`] (the transports)
+//! and [`redis`] (the Redis broker for running many nodes). The examples (`chat-server`,
+//! `chat-client`, `chat-load`) and the benches live here too.
+
+pub use chat_broker_redis as redis;
+pub use chat_core as core;
+pub use chat_transport_tcp as tcp;
+pub use chat_transport_ws as ws;
+
+pub use chat_core::{Config, Engine, MemoryBroker};
