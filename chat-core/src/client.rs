@@ -33,7 +33,13 @@ pub enum ClientError {
     /// The server sent something this client cannot read.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server did not answer `hello` within [`HELLO_TIMEOUT`].
+    #[error("no welcome from the server in time")]
+    Timeout,
 }
+
+/// How long [`Client::connect`] waits for `welcome`.
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ClientError {
     /// The server's error code, when the server refused the request.
@@ -120,6 +126,12 @@ pub struct Client {
     closer: CancellationToken,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("welcome", &self.welcome).finish_non_exhaustive()
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         self.closer.cancel();
@@ -167,7 +179,10 @@ impl Client {
         if let Some(token) = token {
             hello["token"] = json!(token);
         }
-        let reply = match Self::request_on(&shared, hello).await {
+        let reply = tokio::time::timeout(HELLO_TIMEOUT, Self::request_on(&shared, hello))
+            .await
+            .unwrap_or(Err(ClientError::Timeout));
+        let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
                 closer.cancel();

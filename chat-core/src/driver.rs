@@ -130,11 +130,11 @@ async fn write_loop<O: Sink<Bytes> + Unpin>(
             tokio::pin!(write);
             if outbox.ended().is_cancelled() {
                 // The last frames: a peer that does not read gets close_timeout, no more.
-                timeout(close_timeout, write).await.unwrap_or(false)
+                Box::pin(timeout(close_timeout, write)).await.unwrap_or(false)
             } else {
                 tokio::select! {
                     ok = &mut write => ok,
-                    _ = outbox.ended().cancelled() => timeout(close_timeout, &mut write).await.unwrap_or(false),
+                    _ = outbox.ended().cancelled() => Box::pin(timeout(close_timeout, &mut write)).await.unwrap_or(false),
                 }
             }
         };
@@ -145,5 +145,5 @@ async fn write_loop<O: Sink<Bytes> + Unpin>(
         }
         ping_at.as_mut().reset(Instant::now() + heartbeat);
     }
-    let _ = timeout(close_timeout, sink.close()).await;
+    let _ = Box::pin(timeout(close_timeout, sink.close())).await;
 }

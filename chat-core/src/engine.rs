@@ -165,7 +165,7 @@ impl EngineBuilder {
         }
         let node: Arc<str> = Arc::from(self.node_id.unwrap_or_else(|| format!("n{:x}", unique())).as_str());
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
-        let rooms = Arc::new(Rooms::new(self.config.history_size));
+        let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone()));
         let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
         let broker_node = broker.attach(&node, sink).await?;
         rooms.set_broker(&broker_node);

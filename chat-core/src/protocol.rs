@@ -84,6 +84,12 @@ impl fmt::Display for RoomName {
     }
 }
 
+impl std::borrow::Borrow<str> for RoomName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::ops::Deref for RoomName {
     type Target = str;
     fn deref(&self) -> &str {

@@ -113,7 +113,13 @@ pub(crate) struct Rooms {
     broker: OnceLock<Weak<dyn BrokerNode>>,
     /// The most messages one gap repair asks the broker for.
     repair_limit: usize,
+    /// Which rooms show `member_joined` / `member_left` (brokers may announce them anyway,
+    /// e.g. for a node that died).
+    member_events: MemberEvents,
 }
+
+/// The host's choice of rooms with membership events.
+pub(crate) type MemberEvents = Arc<dyn Fn(&RoomName) -> bool + Send + Sync>;
 
 /// What a member learns when it is added to a room.
 pub(crate) struct JoinPoint {
@@ -123,8 +129,13 @@ pub(crate) struct JoinPoint {
 }
 
 impl Rooms {
-    pub(crate) fn new(repair_limit: usize) -> Self {
-        Rooms { map: RwLock::new(HashMap::new()), broker: OnceLock::new(), repair_limit: repair_limit.max(1) }
+    pub(crate) fn new(repair_limit: usize, member_events: MemberEvents) -> Self {
+        Rooms {
+            map: RwLock::new(HashMap::new()),
+            broker: OnceLock::new(),
+            repair_limit: repair_limit.max(1),
+            member_events,
+        }
     }
 
     pub(crate) fn set_broker(&self, broker: &Arc<dyn BrokerNode>) {
@@ -273,6 +284,7 @@ impl Rooms {
                 encode_message(&MessageParts { room: &local.name, seq: None, from: &p.from, ts: p.ts, body: &p.body }),
                 Class::Droppable,
             ),
+            Transient::MemberJoined(_) | Transient::MemberLeft(_) if !(self.member_events)(&local.name) => return,
             Transient::MemberJoined(user) => Pending::Transient(encode_member_joined(&local.name, &user), Class::Must),
             Transient::MemberLeft(user) => Pending::Transient(encode_member_left(&local.name, &user), Class::Must),
         };
@@ -373,7 +385,7 @@ pub mod bench {
     impl Fanout {
         /// A room with `members` members; messages carry `body_len` bytes of body.
         pub fn new(members: usize, body_len: usize) -> Self {
-            let rooms = Arc::new(Rooms::new(1000));
+            let rooms = Arc::new(Rooms::new(1000, Arc::new(|_| true)));
             let room = RoomName::new("bench").unwrap_or_else(|_| unreachable!());
             let local = Arc::new(LocalRoom::new(room.clone()));
             let epoch: Epoch = Arc::from("e");

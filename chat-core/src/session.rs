@@ -141,7 +141,8 @@ impl Session {
                 }
             }
         }
-        self.end().await;
+        // Boxed: the clean-up's state is large and needed once, not while idle.
+        Box::pin(self.end()).await;
     }
 
     /// Leaves every room, unregisters, tells the host, and lets the writer finish.
@@ -198,7 +199,9 @@ impl Session {
                 &format!("the first frame must be a well-formed hello: {}", e.message),
             ),
             Err(e) => self.error(e.id, e.code, &e.message),
-            Ok(frame) => self.request(frame).await,
+            // Boxed: a request's state is large and short-lived; an idle session keeps only
+            // the small read loop (memory per idle connection).
+            Ok(frame) => Box::pin(self.request(frame)).await,
         }
     }
 

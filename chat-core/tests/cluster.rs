@@ -286,3 +286,22 @@ async fn a_member_that_never_reads_is_closed_and_nobody_else_notices() {
     let p = readers[0].presence("r").await.unwrap();
     assert!(!p["members"].as_array().unwrap().iter().any(|m| m["user"] == "stalled"));
 }
+
+#[tokio::test]
+async fn member_events_stay_off_even_when_the_broker_announces_a_dead_node() {
+    let broker = MemoryBroker::new();
+    let quiet = Engine::builder().broker(broker.clone()).member_events(|_| false).build().await.unwrap();
+    let mut a = client(&quiet, "alice").await;
+    a.join("r", None).await.unwrap();
+    let other = Engine::builder().broker(broker.clone()).member_events(|_| false).build().await.unwrap();
+    let mut raw = Raw::new(&other);
+    raw.ask(r#"{"type":"hello","id":0,"protocol":1,"user":"bob"}"#).await;
+    raw.ask(r#"{"type":"join","id":1,"room":"r"}"#).await;
+    raw.task.abort();
+    drop(raw);
+    drop(other); // the broker announces bob's departure; this engine keeps it to itself
+    let p = a.presence("r").await.unwrap();
+    assert_eq!(p["members"], json!([{"user":"alice","sessions":1}]));
+    a.sync().await.unwrap();
+    assert!(a.try_next_frame().is_none(), "no member event reached alice");
+}
