@@ -11,3 +11,8 @@ pub use chat_transport_tcp as tcp;
 pub use chat_transport_ws as ws;
 
 pub use chat_core::{Config, Engine, MemoryBroker};
+
+/// The README's Rust examples run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
