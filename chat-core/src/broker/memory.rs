@@ -41,6 +41,10 @@ struct Hub {
     rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomData>>>>,
     next_node: AtomicU64,
     next_epoch: AtomicU64,
+    /// The epoch of every room that has never had a message: such a room can be forgotten and
+    /// created again without anyone's `since` becoming wrong.
+    /// A wipe replaces it, so that no epoch name is ever reused for other messages.
+    fresh_epoch: Mutex<Option<Epoch>>,
 }
 
 struct Subscriber {
@@ -79,7 +83,7 @@ impl Hub {
             .entry(room.clone())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(RoomData {
-                    epoch: self.new_epoch(),
+                    epoch: lock(&self.fresh_epoch).get_or_insert_with(|| self.new_epoch()).clone(),
                     seq: 0,
                     ttl: Duration::MAX,
                     history: VecDeque::new(),
@@ -90,6 +94,22 @@ impl Hub {
                 }))
             })
             .clone()
+    }
+}
+
+impl Hub {
+    /// Drops a room that never had a message and holds nothing any more (no subscriber, no
+    /// presence), so that rooms joined once and abandoned do not accumulate. A room with
+    /// messages is kept: its seq must never restart within its epoch.
+    fn forget_if_unused(&self, room: &RoomName) {
+        let mut rooms = lock(&self.rooms);
+        let Some(data) = rooms.get(room) else { return };
+        let r = lock(data);
+        let unused = r.seq == 0 && r.subscribers.is_empty() && r.presence.is_empty();
+        drop(r);
+        if unused {
+            rooms.remove(room);
+        }
     }
 }
 
@@ -121,6 +141,7 @@ impl MemoryBroker {
     /// epoch, its seq starts again from 1, and subscribed nodes receive a reset. Presence is
     /// kept. Meant for tests of recovery and `reset`.
     pub fn wipe(&self) {
+        *lock(&self.hub.fresh_epoch) = None;
         let rooms: Vec<_> = lock(&self.hub.rooms).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (name, room) in rooms {
             let mut r = lock(&room);
@@ -236,6 +257,7 @@ impl BrokerNode for MemoryNode {
     async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
         let data = self.hub.room(room);
         lock(&data).subscribers.retain(|s| s.node != self.node);
+        self.hub.forget_if_unused(room);
         Ok(())
     }
 
@@ -277,19 +299,22 @@ impl BrokerNode for MemoryNode {
     async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
         let data = self.hub.room(room);
         let mut r = lock(&data);
-        match r.presence.entry(Arc::from(user)) {
+        let last = match r.presence.entry(Arc::from(user)) {
             Entry::Occupied(mut e) => {
                 let before = e.get().len();
                 e.get_mut().retain(|(s, _)| s != session);
                 let removed = e.get().len() < before;
-                if e.get().is_empty() {
+                let empty = e.get().is_empty();
+                if empty {
                     e.remove();
-                    return Ok(removed);
                 }
-                Ok(false)
+                removed && empty
             }
-            Entry::Vacant(_) => Ok(false),
-        }
+            Entry::Vacant(_) => false,
+        };
+        drop(r);
+        self.hub.forget_if_unused(room);
+        Ok(last)
     }
 
     async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
@@ -362,6 +387,21 @@ mod tests {
         broker.wipe();
         assert!(matches!(lock(&sink.0).last(), Some(Delivery::Reset { epoch }) if *epoch != old_epoch));
         assert_eq!(node.publish(&room, publication(1), &opts(Some("k"), 5)).await.unwrap().seq, 1);
+    }
+
+    #[tokio::test]
+    async fn abandoned_rooms_without_messages_are_forgotten() {
+        let broker = MemoryBroker::new();
+        let node = broker.attach("a", Arc::new(Sink(Mutex::new(Vec::new())))).await.unwrap();
+        let (quiet, busy) = (RoomName::new("quiet").unwrap(), RoomName::new("busy").unwrap());
+        let epoch = node.subscribe(&quiet).await.unwrap().epoch;
+        node.subscribe(&busy).await.unwrap();
+        node.publish(&busy, publication(1), &opts(None, 5)).await.unwrap();
+        node.unsubscribe(&quiet).await.unwrap();
+        node.unsubscribe(&busy).await.unwrap();
+        assert_eq!(lock(&broker.hub.rooms).len(), 1, "only the room with a message is kept");
+        let again = node.subscribe(&quiet).await.unwrap();
+        assert_eq!((again.epoch, again.seq), (epoch, 0), "nothing was lost, so the epoch holds");
     }
 
     #[tokio::test]
