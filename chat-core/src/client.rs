@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What can go wrong for a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The server answered the request with an `error` frame.
     #[error("{code}: {message}")]

@@ -41,7 +41,7 @@ pub struct Config {
     pub outbox_frames: usize,
     /// Bound on a session's queued outbound bytes. Default 4 MiB.
     pub outbox_bytes: usize,
-    /// Sustained `send`s per second per session. Default 50.
+    /// Sustained `send`s per second per session; 0 turns the limit off. Default 50.
     pub rate_per_sec: u32,
     /// Burst of `send`s allowed above the rate. Default 100.
     pub rate_burst: u32,

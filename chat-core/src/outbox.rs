@@ -17,7 +17,7 @@ use crate::protocol::{encode_bye, ByeReason};
 
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    /// Wakes the writer on an empty → non-empty transition (and on close).
+    /// Wakes the writer when it waits for frames (and on close).
     wake: Notify,
     /// Cancelled when the session must end (overflow, kick, close).
     ended: CancellationToken,
@@ -33,6 +33,9 @@ struct State {
     closed: Option<ByeReason>,
     /// The connection is gone: nothing more will be written.
     abandoned: bool,
+    /// The writer found the queue empty and waits to be woken: only then does a push pay for
+    /// a wake-up.
+    writer_waiting: bool,
 }
 
 /// How a frame is to be treated when the queue is full.
@@ -83,11 +86,11 @@ impl Outbox {
             }
             Class::Must => {}
         }
-        let was_empty = s.queue.is_empty();
+        let wake = std::mem::take(&mut s.writer_waiting);
         s.bytes = bytes;
         s.queue.push_back(frame);
         drop(s);
-        if was_empty {
+        if wake {
             self.wake.notify_one();
         }
         true
@@ -172,7 +175,9 @@ impl Outbox {
                 if s.closed.is_some() || s.abandoned {
                     return false;
                 }
+                s.writer_waiting = true;
             }
+            // A push between the unlock and this await leaves a permit: no wake-up is lost.
             self.wake.notified().await;
         }
     }

@@ -385,6 +385,9 @@ impl Session {
 
     fn take_token(&mut self) -> bool {
         let c = &self.inner.config;
+        if c.rate_per_sec == 0 {
+            return true; // no limit
+        }
         let now = Instant::now();
         let refill = now.duration_since(self.rate.at).as_secs_f64() * f64::from(c.rate_per_sec);
         self.rate.tokens = (self.rate.tokens + refill).min(f64::from(c.rate_burst.max(1)));

@@ -1,0 +1,174 @@
+//! `chat-server`: a complete chat server in one file, the way a host application embeds the
+//! engine. One [`Engine`] (the node), put behind both transports: framed TCP and WebSocket, the
+//! latter also serving a browser page at `GET /` (the files of `examples/web/`, compiled in).
+//!
+//! ```text
+//! cargo run --release --example chat-server -- --tcp 127.0.0.1:7070 --ws 127.0.0.1:7071
+//! # then open http://127.0.0.1:7071/ in two browser tabs
+//! ```
+//!
+//! Once both listeners accept it prints one line on stdout, `listening tcp=ADDR ws=ADDR`, so
+//! that scripts and tests can start it on port 0 and read the real ports. Logs go to stderr
+//! (`RUST_LOG=debug` for more). Ctrl-C or SIGTERM shuts it down gracefully: every client gets
+//! `bye shutdown` (and comes back, with `since`, to the next server on the same address).
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::header;
+use axum::routing::get;
+use axum::Router;
+use chat_engine::core::{AllowAnonymous, Engine, JwtAuthenticator, MemoryBroker};
+use chat_engine::redis::RedisBroker;
+use chat_engine::tcp::TcpServer;
+use chat_engine::ws::{WsOptions, WsServer};
+use clap::Parser;
+
+/// Command-line options. Engine limits left unset keep the engine's defaults.
+#[derive(Debug, Parser)]
+#[command(about = "A chat server: chat/1 over TCP and WebSocket, with a browser page at the WebSocket address")]
+struct Args {
+    /// TCP listener (4-byte length-prefixed JSON frames). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    tcp: String,
+    /// WebSocket listener: chat/1 at /ws, the browser page at /. Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    ws: String,
+    /// `memory` (this process only) or `redis://HOST:PORT` (many nodes share rooms).
+    #[arg(long, default_value = "memory")]
+    broker: String,
+    /// This node's id (`welcome.node`). Default: a random one.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// How many messages each room keeps.
+    #[arg(long)]
+    history: Option<usize>,
+    /// Heartbeat interval: the server pings after this long without sending.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// The largest frame accepted, in bytes.
+    #[arg(long)]
+    max_frame: Option<usize>,
+    /// Sustained sends per second per session; 0 = unlimited.
+    #[arg(long)]
+    rate_per_sec: Option<u32>,
+    /// Sends allowed in a burst above the rate.
+    #[arg(long)]
+    rate_burst: Option<u32>,
+    /// Bound on each session's queued outbound frames (beyond it: `bye slow_consumer`).
+    #[arg(long)]
+    outbox_frames: Option<usize>,
+    /// With the Redis broker: how long the sessions of a dead node stay in presence.
+    #[arg(long)]
+    presence_ttl_ms: Option<u64>,
+    /// Require HS256 tokens signed with this secret (`hello.token`) instead of trusting
+    /// `hello.user`.
+    #[arg(long)]
+    token_secret: Option<String>,
+}
+
+/// The browser page and its scripts, compiled into the binary.
+const INDEX_HTML: &str = include_str!("web/index.html");
+const CHAT_JS: &str = include_str!("web/chat.js");
+const APP_JS: &str = include_str!("web/app.js");
+
+/// The routes serving the browser page, next to the WebSocket endpoint `/ws`.
+fn page() -> Router {
+    let js = |body: &'static str| get(move || async move { ([(header::CONTENT_TYPE, "text/javascript")], body) });
+    Router::new()
+        .route("/", get(|| async { axum::response::Html(INDEX_HTML) }))
+        .route("/chat.js", js(CHAT_JS))
+        .route("/app.js", js(APP_JS))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+
+    // 1. The engine: identity, limits, authentication and broker.
+    let mut builder = Engine::builder().tune(|c| {
+        if let Some(n) = args.history {
+            c.history_size = n;
+        }
+        if let Some(ms) = args.heartbeat_ms {
+            c.heartbeat = Duration::from_millis(ms);
+        }
+        if let Some(n) = args.max_frame {
+            c.max_frame = n;
+        }
+        match args.rate_per_sec {
+            Some(0) => c.rate_per_sec = u32::MAX, // refills faster than anyone can send
+            Some(n) => c.rate_per_sec = n,
+            None => {}
+        }
+        if let Some(n) = args.rate_burst {
+            c.rate_burst = n;
+        }
+        if let Some(n) = args.outbox_frames {
+            c.outbox_frames = n;
+        }
+    });
+    if let Some(id) = &args.node_id {
+        builder = builder.node_id(id);
+    }
+    builder = match &args.token_secret {
+        Some(secret) => builder.authenticator(JwtAuthenticator::new(secret.as_bytes())),
+        None => builder.authenticator(AllowAnonymous),
+    };
+    builder = if args.broker == "memory" {
+        builder.broker(MemoryBroker::new())
+    } else if args.broker.starts_with("redis://") {
+        let mut redis = RedisBroker::builder(&args.broker);
+        if let Some(ms) = args.presence_ttl_ms {
+            redis = redis.presence_ttl(Duration::from_millis(ms));
+        }
+        builder.broker(redis.build()?)
+    } else {
+        anyhow::bail!("--broker must be `memory` or `redis://HOST:PORT`, not {:?}", args.broker);
+    };
+    let engine = builder.build().await.context("starting the engine")?;
+
+    // 2. The transports. Binding both before announcing them means a client may connect as
+    // soon as it reads the `listening` line.
+    let tcp = TcpServer::bind(&args.tcp, engine.clone()).await.with_context(|| format!("binding {}", args.tcp))?;
+    let ws = WsServer::bind(&args.ws, engine.clone(), WsOptions::default())
+        .await
+        .with_context(|| format!("binding {}", args.ws))?
+        .with_routes(page());
+    let (tcp_addr, ws_addr) = (tcp.local_addr()?, ws.local_addr());
+    let tcp_task = tokio::spawn(tcp.run());
+    let ws_task = tokio::spawn(ws.run());
+    println!("listening tcp={tcp_addr} ws={ws_addr}");
+    std::io::stdout().flush()?; // scripts and tests wait for this line
+    tracing::info!(node = engine.node_id(), broker = %args.broker, "open http://{ws_addr}/ in a browser");
+
+    // 3. Run until Ctrl-C or SIGTERM, then shut down: the listeners stop accepting and every
+    // session gets `bye shutdown` before the engine leaves the broker.
+    shutdown_signal().await?;
+    tracing::info!(sessions = engine.session_count(), "shutting down");
+    engine.shutdown().await;
+    tcp_task.await?;
+    ws_task.await??;
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            ctrl_c = tokio::signal::ctrl_c() => ctrl_c?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

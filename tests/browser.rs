@@ -1,0 +1,217 @@
+//! The browser page (`examples/web/`) in real headless Chromium, against an in-process server
+//! built like `examples/chat-server.rs`: two pages chat, the server restarts on the same port
+//! while a Rust client keeps talking, and the pages come back by themselves and show what they
+//! missed, once each. Then the server restarts with its history lost, and the pages start over.
+//!
+//! Needs `chromium` and `chromedriver` (`apt-get install chromium chromium-driver`); fails,
+//! never skips, without them. `SCREENSHOT=1` also saves the page to `docs/screenshot.png`.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use axum::http::header;
+use axum::routing::get;
+use axum::Router;
+use chat_engine::core::{AllowAnonymous, Engine, MemoryBroker};
+use chat_engine::tcp::TcpServer;
+use chat_engine::ws::{WsOptions, WsServer};
+use fantoccini::{Client, Locator};
+use serde_json::json;
+use support::{messages, wait_for, wait_until, Chromedriver};
+
+/// The page's routes, as `examples/chat-server.rs` serves them.
+fn page() -> Router {
+    let js = |body: &'static str| get(move || async move { ([(header::CONTENT_TYPE, "text/javascript")], body) });
+    Router::new()
+        .route("/", get(|| async { axum::response::Html(include_str!("../examples/web/index.html")) }))
+        .route("/chat.js", js(include_str!("../examples/web/chat.js")))
+        .route("/app.js", js(include_str!("../examples/web/app.js")))
+}
+
+/// One server incarnation: an engine behind WebSocket (with the page) and TCP.
+struct Server {
+    engine: Engine,
+    ws: SocketAddr,
+    tcp: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts an engine on `broker`, TCP on a free port, and WebSocket on `ws` unless `None`
+    /// (then [`open_ws`](Self::open_ws) adds it later).
+    async fn start(broker: &MemoryBroker, ws: Option<SocketAddr>) -> Server {
+        let engine = Engine::builder().broker(broker.clone()).authenticator(AllowAnonymous).build().await.unwrap();
+        let tcp = TcpServer::bind("127.0.0.1:0", engine.clone()).await.unwrap();
+        let tcp_addr = tcp.local_addr().unwrap();
+        let mut server = Server { engine, ws: "0.0.0.0:0".parse().unwrap(), tcp: tcp_addr, tasks: Vec::new() };
+        server.tasks.push(tokio::spawn(tcp.run()));
+        if let Some(ws) = ws {
+            server.open_ws(ws).await;
+        }
+        server
+    }
+
+    async fn open_ws(&mut self, addr: SocketAddr) {
+        let ws = WsServer::bind(addr, self.engine.clone(), WsOptions::default()).await.unwrap().with_routes(page());
+        self.ws = ws.local_addr();
+        self.tasks.push(tokio::spawn(async move { ws.run().await.unwrap() }));
+    }
+
+    /// Graceful shutdown (every client gets `bye shutdown`); the listeners are closed on return.
+    async fn stop(self) {
+        self.engine.shutdown().await;
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Opens the page and signs in as `user` through the form; it joins `lobby` by itself.
+async fn sign_in(page: &Client, url: &str, user: &str) {
+    page.goto(url).await.unwrap();
+    wait_for(page, "#name").await.clear().await.unwrap();
+    page.find(Locator::Css("#name")).await.unwrap().send_keys(user).await.unwrap();
+    page.find(Locator::Css("#login-form button")).await.unwrap().click().await.unwrap();
+    wait_for(page, "#status[data-state=open]").await;
+    wait_for(page, &format!("#members li[data-user={user:?}]")).await;
+}
+
+/// Types `text` into the composer, and sends it unless `send` is false.
+async fn type_text(page: &Client, text: &str, send: bool) {
+    let input = page.find(Locator::Css("#text")).await.unwrap();
+    input.send_keys(text).await.unwrap();
+    if send {
+        input.send_keys("\u{E007}").await.unwrap(); // Enter
+    }
+}
+
+fn texts(list: &[(u64, String)]) -> Vec<(u64, &str)> {
+    list.iter().map(|(seq, text)| (*seq, text.as_str())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_chat_and_recover_across_server_restarts() {
+    let mut driver = Chromedriver::start();
+    let broker = MemoryBroker::new();
+    let server = Server::start(&broker, Some("127.0.0.1:0".parse().unwrap())).await;
+    let ws = server.ws;
+    let url = format!("http://{ws}/");
+
+    let alice = driver.browser().await;
+    let bob = driver.browser().await;
+    let outcome = tokio::spawn(scenario(alice.clone(), bob.clone(), server, broker, url, ws)).await;
+    // Close the browsers whatever happened, then report.
+    let _ = alice.close().await;
+    let _ = bob.close().await;
+    drop(driver);
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn scenario(alice: Client, bob: Client, server: Server, broker: MemoryBroker, url: String, ws: SocketAddr) {
+    // 1. Two pages in one room: each sees the other, typing, and the other's message.
+    sign_in(&alice, &url, "alice").await;
+    sign_in(&bob, &url, "bob").await;
+    wait_for(&alice, "#members li[data-user=bob]").await;
+    type_text(&alice, "hello bob", false).await;
+    let typing = wait_for(&bob, "#typing:not(:empty)").await;
+    assert_eq!(typing.text().await.unwrap(), "alice is typing…");
+    type_text(&alice, "", true).await;
+    let first = wait_for(&bob, "li.msg[data-room=lobby][data-seq='1'][data-from=alice]").await;
+    assert_eq!(first.find(Locator::Css(".text")).await.unwrap().text().await.unwrap(), "hello bob");
+    wait_until(&bob, "document.querySelector('#typing').textContent === ''").await;
+    type_text(&bob, "hi alice", true).await;
+    wait_for(&alice, "li.msg[data-room=lobby][data-seq='2'][data-from=bob]").await;
+
+    // 2. The server restarts on the same port, keeping its broker (so history survives).
+    // While the pages retry, carol talks through the new engine over TCP; only then does the
+    // WebSocket listener come back.
+    server.stop().await;
+    wait_for(&alice, "#status[data-state=reconnecting]").await;
+    wait_for(&bob, "#status[data-state=reconnecting]").await;
+    let mut server = Server::start(&broker, None).await;
+    let carol = chat_engine::tcp::connect(server.tcp, Some("carol"), None).await.unwrap();
+    carol.join("lobby", None).await.unwrap();
+    for text in ["while you were away 1", "while you were away 2", "while you were away 3"] {
+        carol.send("lobby", json!({ "text": text })).await.unwrap();
+    }
+    server.open_ws(ws).await;
+
+    // The pages reconnect by themselves, recover with `since`, and show each missed message once.
+    let expected = [
+        (1, "hello bob"),
+        (2, "hi alice"),
+        (3, "while you were away 1"),
+        (4, "while you were away 2"),
+        (5, "while you were away 3"),
+    ];
+    for page in [&alice, &bob] {
+        wait_for(page, "#status[data-state=open]").await;
+        wait_for(page, "li.msg[data-room=lobby][data-seq='5']").await;
+        wait_for(page, "#members li[data-user=carol]").await;
+        assert_eq!(texts(&messages(page, "lobby").await), expected);
+    }
+    // Live messages flow again, both ways.
+    type_text(&bob, "back again", true).await;
+    wait_for(&alice, "li.msg[data-room=lobby][data-seq='6'][data-from=bob]").await;
+    carol.send("lobby", json!({ "text": "welcome back" })).await.unwrap();
+    for page in [&alice, &bob] {
+        wait_for(page, "li.msg[data-room=lobby][data-seq='7'][data-from=carol]").await;
+        let seqs: Vec<u64> = messages(page, "lobby").await.iter().map(|m| m.0).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7], "no gap, no duplicate");
+    }
+
+    if std::env::var_os("SCREENSHOT").is_some_and(|v| v == "1") {
+        screenshot(&alice, &bob).await;
+    }
+
+    // 3. The server restarts with a new broker: history is lost (a new epoch). The pages cannot
+    // recover; they drop what they showed and start over from the new history.
+    drop(carol);
+    server.stop().await;
+    wait_for(&alice, "#status[data-state=reconnecting]").await;
+    let fresh = MemoryBroker::new();
+    let server = Server::start(&fresh, None).await;
+    let dave = chat_engine::tcp::connect(server.tcp, Some("dave"), None).await.unwrap();
+    dave.join("lobby", None).await.unwrap();
+    dave.send("lobby", json!({ "text": "a new beginning" })).await.unwrap();
+    let mut server = server;
+    server.open_ws(ws).await;
+    for page in [&alice, &bob] {
+        wait_for(page, "#status[data-state=open]").await;
+        wait_until(page, "document.querySelectorAll('li.msg[data-room=lobby]').length === 1").await;
+        assert_eq!(texts(&messages(page, "lobby").await), [(1, "a new beginning")]);
+        let notice = wait_for(page, "ol[data-room=lobby] li.notice").await;
+        assert!(notice.text().await.unwrap().contains("reset"));
+    }
+    drop(dave);
+    server.stop().await;
+}
+
+/// Saves alice's page, with a second room, to `docs/screenshot.png`.
+async fn screenshot(alice: &Client, bob: &Client) {
+    // A second room with an unread message makes the sidebar worth a look.
+    for (page, user) in [(alice, "alice"), (bob, "bob")] {
+        let input = page.find(Locator::Css("#join-room")).await.unwrap();
+        input.send_keys("rust").await.unwrap();
+        input.send_keys("\u{E007}").await.unwrap();
+        wait_for(page, "ol[data-room=rust]:not([hidden])").await;
+        // The members list shows the room's presence once the join is through.
+        wait_for(page, &format!("#members li[data-user={user}]")).await;
+    }
+    alice.find(Locator::Css("button.room-button[data-room=lobby]")).await.unwrap().click().await.unwrap();
+    type_text(bob, "anyone tried the Redis broker?", true).await;
+    wait_for(alice, "button.room-button[data-room=rust] .badge:not([hidden])").await;
+    bob.find(Locator::Css("button.room-button[data-room=lobby]")).await.unwrap().click().await.unwrap();
+    type_text(bob, "see you", false).await; // leaves "bob is typing…" on alice's page
+    wait_for(alice, "#typing:not(:empty)").await;
+    let png = alice.screenshot().await.unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot.png");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
+    eprintln!("saved {}", path.display());
+    // Leave bob's composer empty for what follows.
+    bob.find(Locator::Css("#text")).await.unwrap().clear().await.unwrap();
+}
