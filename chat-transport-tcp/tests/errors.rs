@@ -51,10 +51,10 @@ async fn jwt_server() -> (JwtAuthenticator, std::net::SocketAddr) {
 async fn a_bad_token_is_unauthorized() {
     let (auth, addr) = jwt_server().await;
     let refused = within("the refusal", connect(addr, Some("mallory"), Some("not.a.token"))).await;
-    assert_eq!(refused.err().expect("refused").code(), Some("unauthorized"));
+    assert_eq!(refused.expect_err("refused").code(), Some("unauthorized"));
     let foreign = JwtAuthenticator::new(b"another secret").issue("mallory", 60, None).expect("token");
     let refused = within("the refusal", connect(addr, None, Some(&foreign))).await;
-    assert_eq!(refused.err().expect("refused").code(), Some("unauthorized"));
+    assert_eq!(refused.expect_err("refused").code(), Some("unauthorized"));
 
     // Raw: the error, then `bye unauthorized`, then the close.
     let mut raw = Raw::connect(addr).await;
