@@ -86,7 +86,7 @@ async fn bad_token_is_unauthorized_and_room_patterns_are_forbidden() {
     let addr = serve(&engine).await;
     let issuer = JwtAuthenticator::new(secret);
 
-    let refused = connect_client(addr, Some("alice"), Some("not a token")).await.err().expect("refused");
+    let refused = connect_client(addr, Some("alice"), Some("not a token")).await.expect_err("refused");
     assert_eq!(refused.code(), Some("unauthorized"), "{refused}");
     // Over a raw connection: the error, `bye unauthorized`, the close.
     let mut ws = raw(addr).await;
