@@ -59,7 +59,7 @@ fn text(m: &Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
     const PER_SENDER: usize = 30;
-    let redis = Redis::start().await;
+    let redis = Redis::start();
     let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
 
     let mut clients =
@@ -111,7 +111,7 @@ async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_no_acknowledged_message() {
-    let redis = Redis::start().await;
+    let redis = Redis::start();
     let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
     let room = "failover";
 
@@ -205,7 +205,7 @@ async fn a_killed_node_loses_no_acknowledged_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_keeps_seq_and_epoch() {
-    let redis = Redis::start().await;
+    let redis = Redis::start();
     let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
     let room = "restart";
     let mut alice = tcp(a.tcp, "alice").await;

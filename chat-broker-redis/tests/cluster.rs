@@ -84,7 +84,7 @@ async fn broker_node_matches_memory_semantics() {
     eventually("11 deliveries", WAIT, || async { (delivered() == 11).then_some(()) }).await;
 
     // Redis loses everything: a new epoch, seq from 1, and the old key is forgotten.
-    let mut conn = redis.conn().await;
+    let mut conn = common::conn(&redis).await;
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
     let after = node.publish(&room, publication(1), &opts(Some("k"), 5)).await.unwrap();
     assert_eq!((after.seq, after.duplicate), (1, false));
@@ -255,7 +255,7 @@ async fn missed_pubsub_messages_are_caught_up() {
     assert_eq!(alice.send("r", json!(1)).await.unwrap(), Some(1));
     // Cut every pub/sub connection, then publish at once, while the nodes wait to reconnect
     // (their first retry comes after 25 ms): pub/sub loses these, only the stream has them.
-    let mut conn = redis.conn().await;
+    let mut conn = common::conn(&redis).await;
     let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
     assert_eq!(killed, 3);
     for n in 2..=6 {

@@ -162,64 +162,8 @@ pub async fn ws(url: &str, user: &str) -> Client {
 // ---------------------------------------------------------------------------------------------
 // redis-server.
 
-/// A `redis-server` child process on a free loopback port, without persistence; killed on drop.
-pub struct Redis {
-    pub port: u16,
-    child: std::process::Child,
-}
-
-impl Redis {
-    pub async fn start() -> Redis {
-        let bin = find_on_path("redis-server").unwrap_or_else(|| {
-            panic!(
-                "redis-server not found on PATH: these tests need it; install it with `apt-get install redis-server`"
-            )
-        });
-        let port = free_port();
-        let child = std::process::Command::new(bin)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let mut redis = Redis { port, child };
-        eventually("redis-server to answer PING", Duration::from_secs(10), || redis.ping()).await;
-        assert!(redis.child.try_wait().expect("redis-server status").is_none(), "redis-server exited at once");
-        redis
-    }
-
-    async fn ping(&self) -> Option<()> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        s.write_all(b"PING\r\n").await.ok()?;
-        let mut buf = [0u8; 7];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf).await.ok()?;
-        (&buf == b"+PONG\r\n").then_some(())
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
+#[allow(unused_imports)] // not every test binary starts Redis
+pub use chat_testkit::RedisServer as Redis;
 
 // ---------------------------------------------------------------------------------------------
 // The examples as processes.

@@ -1,10 +1,12 @@
 //! Helpers of the browser test: a chromedriver started (and killed) by the test, headless
 //! Chromium sessions with a fresh profile each, and DOM polling with a deadline.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use chat_testkit::{find_executable as find_exe, free_port};
 
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -90,22 +92,6 @@ impl Drop for Chromedriver {
             let _ = std::fs::remove_dir_all(profile);
         }
     }
-}
-
-fn find_exe(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]).collect();
-    names.iter().flat_map(|name| dirs.iter().map(move |dir| dir.join(name))).find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind a free port").port()
 }
 
 /// Waits until `css` matches an element of the page, polling the DOM until [`DEADLINE`].

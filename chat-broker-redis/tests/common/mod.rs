@@ -5,10 +5,6 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,86 +15,12 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-/// A `redis-server` child process, killed on drop.
-pub struct RedisServer {
-    bin: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
+pub use chat_testkit::RedisServer;
 
-fn find_redis_server() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("redis-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "redis-server not found on PATH: these tests need it; install it with `apt-get install redis-server`"
-            )
-        })
-}
-
-impl RedisServer {
-    /// Starts a server with no persistence on a free loopback port and waits until it answers.
-    pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let mut server = RedisServer { bin: find_redis_server(), port, child: None };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers() {
-            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
-            std::thread::sleep(Duration::from_millis(10)); // retry interval of a loop with a deadline
-        }
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    /// `redis://127.0.0.1:<port>/`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Kills the server (its data is lost: nothing is saved).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again, empty, on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// A direct connection, for poking at Redis from a test.
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(self.url()).expect("url");
-        client.get_multiplexed_async_connection().await.expect("connect to redis")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A direct connection, for poking at Redis from a test.
+pub async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis.url()).expect("url");
+    client.get_multiplexed_async_connection().await.expect("connect to redis")
 }
 
 /// A broker on `redis` with short timings for tests (presence expires after 2 s).
