@@ -6,12 +6,13 @@
 //! oversized length is reported without reading or allocating its body, and buffers shrink back
 //! once a burst is over, so an idle connection holds almost nothing.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use chat_core::Inbound;
 use futures::{Sink, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -26,7 +27,11 @@ pub const PREFIX_LEN: usize = 4;
 const READ_BUFFER: usize = 256;
 
 /// Queued outbound bytes above which `poll_ready` writes to the socket before taking more.
-const WRITE_BACKPRESSURE: usize = 16 * 1024;
+const WRITE_BACKPRESSURE: usize = 256 * 1024;
+
+/// The most frames one vectored write hands the kernel (two slices each: prefix and body;
+/// Linux takes up to 1,024 slices per call).
+const FRAMES_PER_WRITE: usize = 256;
 
 /// After the session, how long and how much the server keeps reading (and discarding) what the
 /// peer still sends, so that closing with unread data does not reset the connection and drop
@@ -125,13 +130,19 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
-/// Appends `frame` with its length prefix. Outbound frames are not bounded by `max_frame`
-/// (a `history` reply may be larger), only by the prefix's range.
+/// The length prefix of `frame`. Outbound frames are not bounded by `max_frame` (a `history`
+/// reply may be larger), only by the prefix's range.
+fn prefix(frame: &[u8]) -> io::Result<[u8; PREFIX_LEN]> {
+    u32::try_from(frame.len())
+        .map(u32::to_be_bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a frame is limited to 4 GiB by its prefix"))
+}
+
+/// Appends `frame` with its length prefix.
 fn encode_frame(frame: &[u8], dst: &mut BytesMut) -> io::Result<()> {
-    let len = u32::try_from(frame.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a frame is limited to 4 GiB by its prefix"))?;
+    let prefix = prefix(frame)?;
     dst.reserve(PREFIX_LEN + frame.len());
-    dst.put_u32(len);
+    dst.extend_from_slice(&prefix);
     dst.extend_from_slice(frame);
     Ok(())
 }
@@ -202,28 +213,59 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
 
 /// The write half of a connection as a `Sink` of whole frames.
 ///
-/// `feed` only appends to a buffer (writing to the socket when more than
-/// [`WRITE_BACKPRESSURE`] bytes wait); `flush` writes everything, so the core's "feed a batch,
-/// flush once" becomes one write call per batch. The buffer is released after each flush: an
-/// idle connection holds no write buffer at all.
+/// `feed` only queues the frame (a reference count, no copy); `flush` hands the whole batch to
+/// the kernel with vectored writes, each frame's 4-byte prefix and body as two slices, so the
+/// core's "feed a batch, flush once" becomes one system call per batch and no frame is copied
+/// in user space. The queue is released after each flush: an idle connection holds no write
+/// buffer at all.
 pub(crate) struct FrameWriter<W> {
     io: W,
-    buf: BytesMut,
+    /// Frames waiting for the socket, each with its length prefix.
+    queue: VecDeque<([u8; PREFIX_LEN], Bytes)>,
+    /// Bytes of the front frame (prefix included) already written.
+    written: usize,
+    /// Bytes queued and not yet written.
+    queued: usize,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) fn new(io: W) -> Self {
-        FrameWriter { io, buf: BytesMut::new() }
+        FrameWriter { io, queue: VecDeque::new(), written: 0, queued: 0 }
     }
 
-    /// Writes the whole buffer to the socket.
+    /// Writes everything queued to the socket.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf))?;
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+            let mut count = 0;
+            for (i, (prefix, body)) in self.queue.iter().take(FRAMES_PER_WRITE).enumerate() {
+                let skip = if i == 0 { self.written } else { 0 };
+                if skip < PREFIX_LEN {
+                    slices[count] = IoSlice::new(&prefix[skip..]);
+                    count += 1;
+                }
+                let body_skip = skip.saturating_sub(PREFIX_LEN);
+                if body_skip < body.len() {
+                    slices[count] = IoSlice::new(&body[body_skip..]);
+                    count += 1;
+                }
+            }
+            let mut n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.buf.advance(n);
+            self.queued -= n;
+            // Pop what was written whole; remember how far into the next one we got.
+            while let Some((_, body)) = self.queue.front() {
+                let left = PREFIX_LEN + body.len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                self.written = 0;
+                self.queue.pop_front();
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -234,22 +276,26 @@ impl<W: AsyncWrite + Unpin> Sink<Bytes> for FrameWriter<W> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.buf.len() >= WRITE_BACKPRESSURE {
+        if this.queued >= WRITE_BACKPRESSURE {
             ready!(this.poll_drain(cx))?;
         }
         Poll::Ready(Ok(()))
     }
 
     fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
-        encode_frame(&frame, &mut self.get_mut().buf)
+        let prefix = prefix(&frame)?;
+        let this = self.get_mut();
+        this.queued += PREFIX_LEN + frame.len();
+        this.queue.push_back((prefix, frame));
+        Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         ready!(Pin::new(&mut this.io).poll_flush(cx))?;
-        // Empty now; drop its allocation (`capacity()` may read 0 while one is still held).
-        this.buf = BytesMut::new();
+        // Empty now; drop its allocation so that an idle connection holds none.
+        this.queue = VecDeque::new();
         Poll::Ready(Ok(()))
     }
 
@@ -261,6 +307,7 @@ impl<W: AsyncWrite + Unpin> Sink<Bytes> for FrameWriter<W> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BufMut;
     use super::*;
 
     fn framed(parts: &[&[u8]]) -> BytesMut {
@@ -330,11 +377,69 @@ mod tests {
         let mut writer = FrameWriter::new(client);
         writer.feed(Bytes::from_static(b"{\"a\":1}")).await.unwrap();
         writer.feed(Bytes::from_static(b"{}")).await.unwrap();
-        assert_eq!(writer.buf.len(), 2 * PREFIX_LEN + 9);
+        assert_eq!(writer.queued, 2 * PREFIX_LEN + 9);
         writer.flush().await.unwrap();
-        assert_eq!(writer.buf.capacity(), 0);
+        assert_eq!((writer.queued, writer.queue.capacity()), (0, 0));
         let mut got = vec![0u8; 2 * PREFIX_LEN + 9];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..], b"\x00\x00\x00\x07{\"a\":1}\x00\x00\x00\x02{}");
+    }
+
+    /// A writer that takes at most `step` bytes per call, to exercise partial vectored writes.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_vectored_writes_resume_where_they_stopped() {
+        use futures::SinkExt;
+        let frames: Vec<Bytes> = (0..600).map(|i| Bytes::from(format!("{{\"n\":{i}}}"))).collect();
+        let mut expected = Vec::new();
+        for f in &frames {
+            expected.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            expected.extend_from_slice(f);
+        }
+        for step in [1, 3, 5, 7, 4096] {
+            let mut writer = FrameWriter::new(Trickle { out: Vec::new(), step });
+            for f in &frames {
+                writer.feed(f.clone()).await.unwrap();
+            }
+            writer.flush().await.unwrap();
+            assert_eq!(writer.io.out, expected, "step {step}");
+        }
     }
 }
