@@ -6,14 +6,19 @@
 //! unacknowledged sends allows; subscribers check `seq` for gaps and duplicates and measure the
 //! latency from a timestamp in the body. A progress line per second on stderr, a summary at the
 //! end (`--json`: one JSON line on stdout), with the server's CPU time and memory when given its
-//! pid. Idle mode (`--idle N`) holds N connections (hello + join) and reports the server's memory
-//! per connection.
+//! pid (several pids: several nodes, or Redis). Publishers and subscribers may connect to
+//! different nodes (`--pub-tcp`/`--sub-tcp`), so that every delivery crosses the broker. Idle
+//! mode (`--idle N`) holds N connections (hello + join) and reports the server's memory per
+//! connection.
 //!
 //! ```text
 //! cargo run --release --example chat-load -- --tcp 127.0.0.1:7001 --rooms 1 --subs 100 --pubs 1 \
 //!     --body 128 --rate 0 --window 256 --duration 10 --warmup 2 --server-pid $PID
 //! cargo run --release --example chat-load -- --ws ws://127.0.0.1:7002/ws --idle 10000 --server-pid $PID
 //! cargo run --release --example chat-load -- --target nats --nats 127.0.0.1:14222 --subs 100 --server-pid $PID
+//! # two nodes on one broker: publishers on node A, subscribers on node B, each node's CPU
+//! cargo run --release --example chat-load -- --pub-tcp 127.0.0.1:7001 --sub-tcp 127.0.0.1:7011 --rooms 10 \
+//!     --subs 10 --rate 100 --server-pid a=$PID_A --server-pid b=$PID_B --server-pid redis=$PID_REDIS
 //! ```
 
 #[path = "chat-load/nats.rs"]
@@ -63,6 +68,19 @@ struct Args {
     /// A chat/1 server's WebSocket URL (ws://host:port/ws).
     #[arg(long)]
     ws: Option<String>,
+    /// Publishers connect here (TCP host:port) instead of `--tcp`/`--ws`: with `--sub-tcp` or
+    /// `--sub-ws` on another node, every delivery crosses the broker.
+    #[arg(long, conflicts_with = "pub_ws")]
+    pub_tcp: Option<String>,
+    /// Publishers connect to this WebSocket URL instead of `--tcp`/`--ws`.
+    #[arg(long)]
+    pub_ws: Option<String>,
+    /// Subscribers connect here (TCP host:port) instead of `--tcp`/`--ws`.
+    #[arg(long, conflicts_with = "sub_ws")]
+    sub_tcp: Option<String>,
+    /// Subscribers connect to this WebSocket URL instead of `--tcp`/`--ws`.
+    #[arg(long)]
+    sub_ws: Option<String>,
     /// A NATS server's address (host:port), with `--target nats`.
     #[arg(long)]
     nats: Option<String>,
@@ -103,9 +121,11 @@ struct Args {
     /// After the run, seconds allowed for the last messages to arrive before counting them missing.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
-    /// The server's pid: its CPU time and RSS over the measured window are reported.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// A server's pid, `PID` or `NAME=PID`: its CPU time (total, per delivery and per stored
+    /// message) and RSS over the measured window are reported. Repeatable (several nodes, Redis);
+    /// the first is the one of the progress line, the `server` object and idle mode.
+    #[arg(long, value_parser = parse_pid)]
+    server_pid: Vec<(String, u32)>,
     /// Print the summary as one JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -130,6 +150,35 @@ struct Args {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `PID` or `NAME=PID`.
+fn parse_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').unwrap_or(("", s));
+    let pid: u32 = pid.parse().map_err(|e| format!("{pid:?}: {e}"))?;
+    Ok((if name.is_empty() { pid.to_string() } else { name.to_owned() }, pid))
+}
+
+/// Where a chat/1 load's publishers and subscribers connect (the same server, or two nodes).
+#[derive(Debug, Clone)]
+struct Endpoints {
+    publish: Endpoint,
+    subscribe: Endpoint,
+}
+
+fn endpoint(tcp: &Option<String>, ws: &Option<String>) -> Option<Endpoint> {
+    match (tcp, ws) {
+        (Some(addr), _) => Some(Endpoint::Tcp(addr.clone())),
+        (None, Some(url)) => Some(Endpoint::Ws(url.clone())),
+        (None, None) => None,
+    }
+}
+
+fn describe_endpoint(e: &Endpoint) -> String {
+    match e {
+        Endpoint::Tcp(addr) => format!("tcp {addr}"),
+        Endpoint::Ws(url) => format!("ws {url}"),
+    }
 }
 
 const WARMUP: u8 = 0;
@@ -314,12 +363,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.body < scan::MIN_BODY {
         bail!("--body must be at least {} bytes", scan::MIN_BODY);
     }
-    let endpoint = match (args.target, &args.tcp, &args.ws, &args.nats) {
-        (Target::Chat, Some(addr), None, _) => Some(Endpoint::Tcp(addr.clone())),
-        (Target::Chat, None, Some(url), _) => Some(Endpoint::Ws(url.clone())),
-        (Target::Chat, _, _, _) => bail!("--target chat needs --tcp ADDR or --ws URL"),
-        (Target::Nats, _, _, Some(_)) => None,
-        (Target::Nats, _, _, None) => bail!("--target nats needs --nats ADDR"),
+    let endpoints = match (args.target, &args.nats) {
+        (Target::Chat, _) => {
+            let main = endpoint(&args.tcp, &args.ws);
+            let publish = endpoint(&args.pub_tcp, &args.pub_ws).or_else(|| main.clone());
+            let subscribe = endpoint(&args.sub_tcp, &args.sub_ws).or_else(|| main.clone());
+            match (publish, subscribe) {
+                (Some(publish), Some(subscribe)) => Some(Endpoints { publish, subscribe }),
+                _ => bail!(
+                    "--target chat needs --tcp ADDR or --ws URL (or both --pub-tcp/--pub-ws and --sub-tcp/--sub-ws)"
+                ),
+            }
+        }
+        (Target::Nats, Some(_)) => None,
+        (Target::Nats, None) => bail!("--target nats needs --nats ADDR"),
     };
     let conns = args.idle.unwrap_or(args.rooms.unwrap_or(1) * (args.subs + args.pubs));
     let limit = procfs::raise_nofile(conns as u64 + 1024);
@@ -327,16 +384,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("warning: only {limit} open files allowed; {conns} connections wanted");
     }
     match args.idle {
-        Some(n) => idle(&args, endpoint, n).await,
-        None => load(&args, endpoint).await,
+        Some(n) => idle(&args, endpoints.map(|e| e.subscribe), n).await,
+        None => load(&args, endpoints).await,
     }
 }
 
+/// The target: `tcp ADDR`, `ws URL`, `nats ADDR`, or `pub tcp A, sub tcp B` across two nodes.
 fn describe(args: &Args) -> String {
-    match (&args.tcp, &args.ws, &args.nats, args.target) {
-        (_, _, Some(addr), Target::Nats) => format!("nats {addr}"),
-        (Some(addr), _, _, _) => format!("tcp {addr}"),
-        (_, Some(url), _, _) => format!("ws {url}"),
+    if let (Target::Nats, Some(addr)) = (args.target, &args.nats) {
+        return format!("nats {addr}");
+    }
+    let main = endpoint(&args.tcp, &args.ws);
+    let publish = endpoint(&args.pub_tcp, &args.pub_ws).or_else(|| main.clone());
+    let subscribe = endpoint(&args.sub_tcp, &args.sub_ws).or_else(|| main.clone());
+    match (publish.map(|e| describe_endpoint(&e)), subscribe.map(|e| describe_endpoint(&e))) {
+        (Some(p), Some(s)) if p == s => p,
+        (Some(p), Some(s)) => format!("pub {p}, sub {s}"),
         _ => "?".into(),
     }
 }
@@ -350,7 +413,7 @@ where
     futures::stream::iter((0..n).map(f)).buffer_unordered(concurrency.max(1)).collect().await
 }
 
-async fn load(args: &Args, endpoint: Option<Endpoint>) -> anyhow::Result<()> {
+async fn load(args: &Args, endpoints: Option<Endpoints>) -> anyhow::Result<()> {
     let nrooms = args.rooms.unwrap_or(1);
     let ctx = Arc::new(Ctx {
         phase: AtomicU8::new(WARMUP),
@@ -376,8 +439,8 @@ async fn load(args: &Args, endpoint: Option<Endpoint>) -> anyhow::Result<()> {
 
     // Subscribers first, so that every message is seen by all of them.
     let mut subs: Vec<(usize, JoinHandle<SubOut>)> = Vec::new();
-    match &endpoint {
-        Some(endpoint) => {
+    match &endpoints {
+        Some(Endpoints { subscribe: endpoint, .. }) => {
             let opened = each(nrooms * args.subs, args.connect_concurrency, |k| {
                 let (r, i) = (k / args.subs, k % args.subs);
                 let room = rooms[r].name.clone();
@@ -429,8 +492,8 @@ async fn load(args: &Args, endpoint: Option<Endpoint>) -> anyhow::Result<()> {
     // Then publishers.
     let total_pubs = nrooms * args.pubs;
     let mut pubs: Vec<JoinHandle<anyhow::Result<PubOut>>> = Vec::new();
-    match &endpoint {
-        Some(endpoint) => {
+    match &endpoints {
+        Some(Endpoints { publish: endpoint, .. }) => {
             let opened = each(total_pubs, args.connect_concurrency, |k| {
                 let (r, i) = (k / args.pubs, k % args.pubs);
                 let room = rooms[r].name.clone();
@@ -476,12 +539,12 @@ async fn load(args: &Args, endpoint: Option<Endpoint>) -> anyhow::Result<()> {
     let start = Instant::now();
     let measure_at = start + Duration::from_secs_f64(args.warmup);
     let end_at = measure_at + Duration::from_secs_f64(args.duration);
-    let pid = args.server_pid;
-    let me = std::process::id();
+    let pids: Vec<u32> = args.server_pid.iter().map(|(_, pid)| *pid).collect();
+    let cpus = || pids.iter().map(|&pid| procfs::cpu(pid)).collect::<Vec<_>>();
     let mut window_start = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
-    let mut last = (Instant::now(), 0u64, 0u64, pid.and_then(procfs::cpu));
+    let mut last = (Instant::now(), 0u64, 0u64, cpus());
     loop {
         let phase = ctx.phase.load(Relaxed);
         let boundary = if phase == WARMUP { measure_at } else { end_at };
@@ -490,11 +553,18 @@ async fn load(args: &Args, endpoint: Option<Endpoint>) -> anyhow::Result<()> {
                 let now = Instant::now();
                 let (sent, recv) = (ctx.sent.load(Relaxed), ctx.received.load(Relaxed));
                 let dt = now.duration_since(last.0).as_secs_f64();
-                let cpu = pid.and_then(procfs::cpu);
-                let cpu_text = match (last.3, cpu) {
-                    (Some(a), Some(b)) => format!("  server cpu {:3.0}%", procfs::cpu_between(a, b).1 * 100.0),
-                    _ => String::new(),
-                };
+                let cpu = cpus();
+                let mut cpu_text = String::new();
+                for (((name, _), a), b) in args.server_pid.iter().zip(&last.3).zip(&cpu) {
+                    if let (Some(a), Some(b)) = (a, b) {
+                        let share = procfs::cpu_between(*a, *b).1 * 100.0;
+                        if args.server_pid.len() == 1 {
+                            cpu_text += &format!("  server cpu {share:3.0}%");
+                        } else {
+                            cpu_text += &format!("  {name} cpu {share:3.0}%");
+                        }
+                    }
+                }
                 if !args.quiet {
                     eprintln!(
                         "[{:5.1}s {}] sent {:>9.0}/s  deliveries {:>10.0}/s  acked {}  errors {}  max latency {:.2} ms{cpu_text}",
@@ -510,8 +580,7 @@ async fn load(args: &Args, endpoint: Option<Endpoint>) -> anyhow::Result<()> {
                 last = (now, sent, recv, cpu);
             }
             _ = tokio::time::sleep_until(boundary.into()) => {
-                let sample =
-                    (pid.and_then(procfs::cpu), pid.and_then(procfs::rss_kib), procfs::cpu(me), procfs::machine_busy_secs());
+                let sample = Sample::take(&pids);
                 if phase == WARMUP {
                     ctx.phase.store(MEASURE, Relaxed);
                     window_start = Some((Instant::now(), sample));
@@ -526,7 +595,25 @@ async fn load(args: &Args, endpoint: Option<Endpoint>) -> anyhow::Result<()> {
     }
 }
 
-type Sample = (Option<procfs::CpuSample>, Option<u64>, Option<procfs::CpuSample>, Option<f64>);
+/// What `/proc` says at one edge of the measured window.
+struct Sample {
+    /// Each `--server-pid`'s CPU time and RSS.
+    servers: Vec<(Option<procfs::CpuSample>, Option<u64>)>,
+    /// The generator's own CPU time.
+    me: Option<procfs::CpuSample>,
+    /// The whole machine's busy CPU seconds.
+    busy: Option<f64>,
+}
+
+impl Sample {
+    fn take(pids: &[u32]) -> Self {
+        Sample {
+            servers: pids.iter().map(|&pid| (procfs::cpu(pid), procfs::rss_kib(pid))).collect(),
+            me: procfs::cpu(std::process::id()),
+            busy: procfs::machine_busy_secs(),
+        }
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn finish(
@@ -605,28 +692,39 @@ async fn finish(
         "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
         "max": hist.max() as f64 / 1e3, "mean": hist.mean() / 1e3,
     });
-    let server = match (args.server_pid, s0.0, s1.0) {
-        (Some(pid), Some(a), Some(b)) => {
-            let (cpu_secs, share) = procfs::cpu_between(a, b);
-            json!({
-                "pid": pid,
-                "cpu_secs": cpu_secs,
-                "cpu_share": share,
-                "cpu_ns_per_delivery": if deliveries > 0 { cpu_secs * 1e9 / deliveries as f64 } else { 0.0 },
-                "rss_kib_start": s0.1,
-                "rss_kib_end": s1.1,
-            })
-        }
-        _ => Value::Null,
-    };
-    let generator_cpu = match (s0.2, s1.2) {
+    // Each server's CPU over the window, per delivery (subscribers' receptions) and per stored
+    // message (acknowledged sends: the figure for a node that only publishes, or for Redis).
+    let per = |cpu_secs: f64, n: u64| if n > 0 { cpu_secs * 1e9 / n as f64 } else { 0.0 };
+    let servers: Vec<Value> = args
+        .server_pid
+        .iter()
+        .zip(s0.servers.iter().zip(&s1.servers))
+        .map(|((name, pid), (a, b))| match (a.0, b.0) {
+            (Some(ca), Some(cb)) => {
+                let (cpu_secs, share) = procfs::cpu_between(ca, cb);
+                json!({
+                    "name": name,
+                    "pid": pid,
+                    "cpu_secs": cpu_secs,
+                    "cpu_share": share,
+                    "cpu_ns_per_delivery": per(cpu_secs, deliveries),
+                    "cpu_ns_per_message": per(cpu_secs, acked),
+                    "rss_kib_start": a.1,
+                    "rss_kib_end": b.1,
+                })
+            }
+            _ => Value::Null,
+        })
+        .collect();
+    let server = servers.first().cloned().unwrap_or(Value::Null);
+    let generator_cpu = match (s0.me, s1.me) {
         (Some(a), Some(b)) => procfs::cpu_between(a, b).1,
         _ => 0.0,
     };
     // Busy CPU of the machine's other processes over the window, in cores: a noisy neighbour
     // (a compiler, say) makes a run's figures meaningless.
-    let server_share = server["cpu_share"].as_f64().unwrap_or(0.0);
-    let others = match (s0.3, s1.3) {
+    let server_share: f64 = servers.iter().map(|s| s["cpu_share"].as_f64().unwrap_or(0.0)).sum();
+    let others = match (s0.busy, s1.busy) {
         (Some(a), Some(b)) => ((b - a) / window - generator_cpu - server_share).max(0.0),
         _ => 0.0,
     };
@@ -648,6 +746,7 @@ async fn finish(
         "sent": sent,
         "sent_per_sec": sent as f64 / window,
         "acked": acked,
+        "acked_per_sec": acked as f64 / window,
         "echoes": echoes,
         "deliveries": deliveries,
         "deliveries_per_sec": deliveries as f64 / window,
@@ -662,6 +761,7 @@ async fn finish(
         "byes": byes,
         "closed_connections": closed,
         "server": server,
+        "servers": servers,
         "generator_cpu_share": generator_cpu,
         "other_processes_cpu_share": others,
     });
@@ -684,7 +784,13 @@ async fn finish(
         window,
         args.warmup
     );
-    println!("  sent        {} messages ({}/s), {} acknowledged", n(sent), n((sent as f64 / window) as u64), n(acked));
+    println!(
+        "  sent        {} messages ({}/s), {} acknowledged ({}/s)",
+        n(sent),
+        n((sent as f64 / window) as u64),
+        n(acked),
+        n((acked as f64 / window) as u64)
+    );
     println!("  deliveries  {} ({}/s)", n(deliveries), n((deliveries as f64 / window) as u64));
     println!(
         "  latency     p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} samples)",
@@ -699,16 +805,21 @@ async fn finish(
     }
     println!("  missing     {missing} (expected by a subscriber, not received {} s after the end)", args.drain);
     println!("  errors      {errors:?}; bye {byes:?}; {closed} connection(s) closed early");
-    if let Value::Object(s) = &server {
-        println!(
-            "  server      pid {}: {:.2} s CPU ({:.0}% of a core), {:.0} ns CPU per delivery; RSS {} -> {} KiB",
-            s["pid"],
-            s["cpu_secs"].as_f64().unwrap_or(0.0),
-            s["cpu_share"].as_f64().unwrap_or(0.0) * 100.0,
-            s["cpu_ns_per_delivery"].as_f64().unwrap_or(0.0),
-            s["rss_kib_start"],
-            s["rss_kib_end"]
-        );
+    for s in &servers {
+        if let Value::Object(s) = s {
+            println!(
+                "  server      {} (pid {}): {:.2} s CPU ({:.0}% of a core), {:.0} ns CPU per delivery, {:.0} ns per \
+                 stored message; RSS {} -> {} KiB",
+                s["name"].as_str().unwrap_or("?"),
+                s["pid"],
+                s["cpu_secs"].as_f64().unwrap_or(0.0),
+                s["cpu_share"].as_f64().unwrap_or(0.0) * 100.0,
+                s["cpu_ns_per_delivery"].as_f64().unwrap_or(0.0),
+                s["cpu_ns_per_message"].as_f64().unwrap_or(0.0),
+                s["rss_kib_start"],
+                s["rss_kib_end"]
+            );
+        }
     }
     println!(
         "  generator   {:.0}% of a core; other processes {:.0}% of a core{}",
@@ -968,7 +1079,7 @@ async fn chat_publisher(
 /// Idle mode: N connections that say hello, join a room, and stay.
 async fn idle(args: &Args, endpoint: Option<Endpoint>, n: usize) -> anyhow::Result<()> {
     let nrooms = args.rooms.unwrap_or(n.div_ceil(10)).max(1);
-    let pid = args.server_pid;
+    let pid = args.server_pid.first().map(|(_, pid)| *pid);
     let rss_before = pid.and_then(procfs::rss_kib);
     let (stop_tx, stop) = watch::channel(false);
     let started = Instant::now();

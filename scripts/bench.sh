@@ -12,7 +12,13 @@
 #   scripts/bench.sh fanout-tcp      # one or more of: fanout-tcp fanout-ws fanout-nats-raw
 #                                    #   fanout-nats (async-nats subscribers) rooms rooms-nats
 #                                    #   idle-tcp idle-ws idle-nats micro
+#                                    #   redis-cross-node redis-publish redis-raw (not in "everything")
 #   DUR=20 REPEAT=5 scripts/bench.sh fanout-tcp fanout-nats
+#
+# The Redis scenarios start their own redis-server (never the system one on 6379) on a free
+# loopback port, pinned to $REDIS_CORE (default: the generator's core), and chat-server nodes
+# on it (`--broker redis://...`, pinned to $SERVER_CORE); redis-raw runs redis-benchmark on
+# $SERVER_CORE, where the nodes (Redis's clients) run otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +34,9 @@ IDLE=${IDLE:-10000}       # idle connections
 NATS_SERVER=${NATS_SERVER:-/usr/sbin/nats-server}
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
+REDIS_CORE=${REDIS_CORE:-$LOAD_CORE}
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
+PUB_CONNS=${PUB_CONNS:-"1 4 16 64"}  # redis-publish: publisher connections (one room each)
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(fanout-tcp fanout-ws fanout-nats-raw fanout-nats rooms rooms-nats idle-tcp idle-ws idle-nats micro)
 
@@ -38,9 +47,14 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --example chat-server --example chat-load
 
 SP=""
+PIDS=()          # every process a scenario started (SP among them)
+SERVER_PIDS=()   # chat-load's --server-pid arguments
 cleanup() {
+  local i p
+  # Last started first: clients (nodes, redis-cli) before the redis-server they talk to.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do p=${PIDS[i]}; kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ -n "$SP" ]; then kill "$SP" 2>/dev/null || true; wait "$SP" 2>/dev/null || true; fi
-  SP=""
+  SP=""; PIDS=()
 }
 
 # Waits (up to QUIET_WAIT seconds) until the machine's other processes use under 10 % of a
@@ -74,9 +88,43 @@ start_chat() {
   taskset -c "$SERVER_CORE" "$BIN/chat-server" --tcp "$TCP" --ws "$WS" --broker memory "$@" \
     >"$OUT/chat-server.out" 2>"$OUT/chat-server.err" &
   SP=$!
+  SERVER_PIDS=(--server-pid "$SP")
   for _ in $(seq 100); do grep -q '^listening' "$OUT/chat-server.out" 2>/dev/null && return; sleep 0.1; done
   echo "chat-server did not start" >&2; cat "$OUT/chat-server.err" >&2; exit 1
 }
+
+# Starts a redis-server of our own (no persistence) on core $REDIS_CORE; sets REDIS_PID, REDIS_PORT.
+start_redis() {
+  REDIS_PORT=$(free_port 17600)
+  taskset -c "$REDIS_CORE" "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$OUT/redis-server.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
+  echo "redis-server did not start" >&2; cat "$OUT/redis-server.log" >&2; exit 1
+}
+
+# Starts chat-server node $1 on our redis-server, on core $SERVER_CORE; sets NODE_PID, NODE_TCP, NODE_WS.
+start_node() {
+  local name=$1; shift
+  taskset -c "$SERVER_CORE" "$BIN/chat-server" --broker "redis://127.0.0.1:$REDIS_PORT" --node-id "$name" \
+    --tcp 127.0.0.1:0 --ws 127.0.0.1:0 --rate-per-sec 0 "$@" >"$OUT/node-$name.out" 2>"$OUT/node-$name.err" &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  local line=""
+  for _ in $(seq 100); do
+    line=$(grep -m1 '^listening' "$OUT/node-$name.out" 2>/dev/null || true)
+    [ -n "$line" ] && break
+    sleep 0.1
+  done
+  [ -n "$line" ] || { echo "node $name did not start" >&2; cat "$OUT/node-$name.err" >&2; exit 1; }
+  NODE_TCP=$(sed -E 's/.*tcp=([^ ]+).*/\1/' <<<"$line")
+  NODE_WS=$(sed -E 's/.*ws=([^ ]+).*/\1/' <<<"$line")
+}
+
+# What a stored 128-byte message weighs on the room's channel (lua/publish.lua's `S` payload:
+# header, epoch, sender, body), measured with MONITOR: 181 bytes. redis-raw publishes that many.
+RAW_PAYLOAD_BYTES=${RAW_PAYLOAD_BYTES:-181}
 
 # Starts nats-server on core $SERVER_CORE; sets SP, NATS.
 start_nats() {
@@ -84,11 +132,12 @@ start_nats() {
   NATS=127.0.0.1:$port
   taskset -c "$SERVER_CORE" "$NATS_SERVER" -a 127.0.0.1 -p "$port" >"$OUT/nats-server.log" 2>&1 &
   SP=$!
+  SERVER_PIDS=(--server-pid "$SP")
   for _ in $(seq 100); do ss -Htln "sport = :$port" | grep -q . && return; sleep 0.1; done
   echo "nats-server did not start" >&2; exit 1
 }
 
-load() { wait_quiet; taskset -c "$LOAD_CORE" "$BIN/chat-load" --json --quiet --server-pid "$SP" "$@"; }
+load() { wait_quiet; taskset -c "$LOAD_CORE" "$BIN/chat-load" --json --quiet "${SERVER_PIDS[@]}" "$@"; }
 
 # 1 room, 1 publisher, 100 subscribers, 128-byte bodies, max rate.
 FANOUT=(--rooms 1 --pubs 1 --subs 100 --body 128 --rate 0 --window "$WINDOW" --max-lag "$MAX_LAG"
@@ -123,6 +172,66 @@ run() {
     idle-tcp) start_chat; load --tcp "$TCP" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-ws) start_chat; load --ws "ws://$WS/ws" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-nats) start_nats; load --target nats --nats "$NATS" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
+    redis-cross-node)
+      # Two nodes on one Redis; 10 rooms x (1 publisher at 100 msg/s on node a + 10 subscribers on
+      # node b): every delivery crosses Redis. Fresh Redis and nodes per run.
+      for i in $(seq "$REPEAT"); do
+        start_redis
+        start_node a; A_PID=$NODE_PID; A_TCP=$NODE_TCP
+        start_node b; B_PID=$NODE_PID; B_TCP=$NODE_TCP
+        SERVER_PIDS=(--server-pid "a=$A_PID" --server-pid "b=$B_PID" --server-pid "redis=$REDIS_PID")
+        load --pub-tcp "$A_TCP" --sub-tcp "$B_TCP" --rooms 10 --pubs 1 --subs 10 --body 128 --rate 100 --window 256 \
+          --max-lag 0 --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
+        cleanup
+      done ;;
+    redis-publish)
+      # Publish throughput through the broker: one node, N publisher connections (one room each,
+      # no subscriber: the publisher's own copy comes back through Redis), 128-byte bodies, max
+      # rate with --window pipelined sends per connection; acknowledged messages/s.
+      for i in $(seq "$REPEAT"); do
+        for n in $PUB_CONNS; do
+          start_redis
+          start_node a
+          SERVER_PIDS=(--server-pid "a=$NODE_PID" --server-pid "redis=$REDIS_PID")
+          load --tcp "$NODE_TCP" --rooms "$n" --pubs 1 --subs 0 --body 128 --rate 0 --window "$WINDOW" --max-lag 0 \
+            --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
+          cleanup
+        done
+      done ;;
+    redis-raw)
+      # Raw Redis on the same payload: PUBLISH of $RAW_PAYLOAD_BYTES bytes to a channel with one
+      # subscriber (as our node subscribes to its rooms), and EVALSHA of our publish script
+      # (lua/epoch.lua + lua/publish.lua, as the broker sends it, 128-byte body), with 1 and 50
+      # connections, pipelining 1 and 16. redis-benchmark runs on core $SERVER_CORE.
+      start_redis
+      # The subscriber (redis-cli, on the benchmark's core) is slower than Redis at full speed: no
+      # output-buffer limit, or Redis would disconnect it and later PUBLISHes would reach no one.
+      redis-cli -p "$REDIS_PORT" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
+      taskset -c "$SERVER_CORE" redis-cli -p "$REDIS_PORT" subscribe chat:chan:bench >/dev/null &
+      PIDS+=("$!")
+      local payload body sha r
+      payload=$(head -c "$RAW_PAYLOAD_BYTES" /dev/zero | tr '\0' x)
+      body=$(printf '{"t":1000000000000000,"p":"%s"}' "$(head -c 99 /dev/zero | tr '\0' x)")
+      sha=$(redis-cli -p "$REDIS_PORT" script load "$(cat chat-broker-redis/src/lua/epoch.lua chat-broker-redis/src/lua/publish.lua)")
+      : >"$OUT/$name.csv"
+      for c in 1 50; do
+        for pl in 1 16; do
+          wait_quiet
+          r=$(taskset -c "$SERVER_CORE" redis-benchmark -p "$REDIS_PORT" -c "$c" -P "$pl" -n $((c == 1 && pl == 1 ? 50000 : 400000)) --csv \
+            PUBLISH chat:chan:bench "$payload" | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
+          echo "PUBLISH,$RAW_PAYLOAD_BYTES,$c,$pl,$r" >>"$OUT/$name.csv"
+          wait_quiet
+          r=$(taskset -c "$SERVER_CORE" redis-benchmark -p "$REDIS_PORT" -c "$c" -P "$pl" -n $((c == 1 && pl == 1 ? 50000 : 200000)) --csv \
+            EVALSHA "$sha" 3 "chat:{bench}:e" "chat:{bench}:s" "chat:{bench}:h" r0bench 86400000 chat:chan:bench \
+            pub-0-0 1795826582184 "$body" 1000 300000 | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
+          echo "EVALSHA publish.lua,${#body},$c,$pl,$r" >>"$OUT/$name.csv"
+        done
+      done
+      # Still one subscriber at the end (else the PUBLISH figures are of a channel nobody hears).
+      echo "subscribers at the end: $(redis-cli -p "$REDIS_PORT" pubsub numsub chat:chan:bench | tail -1)" \
+        >"$OUT/$name.commandstats"
+      redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'cmdstat_(publish|evalsha|xadd)' >>"$OUT/$name.commandstats" || true
+      cleanup ;;
     micro) cargo bench --bench hot_paths -- fanout 2>&1 | tee "$OUT/micro.txt" | grep -E 'fanout|time:' ;;
     *) echo "unknown scenario $name" >&2; exit 2 ;;
   esac
@@ -140,6 +249,14 @@ out, names = sys.argv[1], sys.argv[2:]
 for name in names:
     if name == "micro":
         continue
+    if name == "redis-raw":
+        try:
+            for l in open(f"{out}/redis-raw.csv"):
+                cmd, size, c, p, rps = l.strip().split(",")
+                print(f"{name:12} {cmd:20} {size:>4} B  {c:>2} connection(s)  pipeline {p:>2}: {float(rps):>10,.0f} requests/s")
+        except FileNotFoundError:
+            pass
+        continue
     try:
         runs = [json.loads(l) for l in open(f"{out}/{name}.jsonl") if l.strip()]
     except FileNotFoundError:
@@ -156,11 +273,27 @@ for name in names:
     def row(r):
         s = r["server"] or {}
         l = r["latency_us"]
+        if len(r.get("servers", [])) > 1:
+            cpu = "  ".join(f"{x['name']} {x['cpu_share'] * 100:3.0f}% {x['cpu_ns_per_message'] / 1e3:6.1f} us/msg"
+                            for x in r["servers"] if x)
+            return (f"acked/s {r['acked_per_sec']:>9,.0f}  deliveries/s {r['deliveries_per_sec']:>9,.0f}  {cpu}  "
+                    f"p50 {l['p50'] / 1e3:7.3f} ms  p99 {l['p99'] / 1e3:7.3f} ms  max {l['max'] / 1e3:7.3f} ms  "
+                    f"gaps {r['gaps']}  dups {r['duplicates']}  missing {r['missing_at_end']}  "
+                    f"errors {sum(r['errors'].values())}  other {r['other_processes_cpu_share'] * 100:3.0f}%")
         return (f"deliveries/s {r['deliveries_per_sec']:>12,.0f}  server cpu {s.get('cpu_share', 0) * 100:4.0f}%  "
                 f"{s.get('cpu_ns_per_delivery', 0):6.0f} ns/delivery  p50 {l['p50'] / 1e3:8.3f} ms  p99 {l['p99'] / 1e3:8.3f} ms  "
                 f"max {l['max'] / 1e3:8.3f} ms  gaps {r['gaps']}  dups {r['duplicates']}  missing {r['missing_at_end']}  "
                 f"errors {sum(r['errors'].values())}  other {r['other_processes_cpu_share'] * 100:3.0f}%")
-    by_rate = sorted(runs, key=lambda r: r["deliveries_per_sec"])
-    print(f"{name:12} median: {row(by_rate[len(by_rate) // 2])}")
-    print(f"{'':12} best:   {row(by_rate[-1])}")
+    # Runs of different shapes (redis-publish: rooms = publisher connections) get their own rows.
+    shapes = sorted({r["rooms"] for r in runs})
+    for shape in shapes:
+        group = [r for r in runs if r["rooms"] == shape]
+        label = f"{name}" if len(shapes) == 1 else f"{name} x{shape}"
+        if name.startswith("redis-") and group[0]["rate"] > 0:
+            # A fixed rate: runs differ in latency, best = lowest p99.
+            by_rate = sorted(group, key=lambda r: -r["latency_us"]["p99"])
+        else:
+            by_rate = sorted(group, key=lambda r: (r["deliveries_per_sec"], r["acked_per_sec"]))
+        print(f"{label:12} median: {row(by_rate[len(by_rate) // 2])}")
+        print(f"{'':12} best:   {row(by_rate[-1])}")
 EOF
