@@ -307,8 +307,8 @@ impl<W: AsyncWrite + Unpin> Sink<Bytes> for FrameWriter<W> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::BufMut;
     use super::*;
+    use bytes::BufMut;
 
     fn framed(parts: &[&[u8]]) -> BytesMut {
         let mut buf = BytesMut::new();
