@@ -50,6 +50,9 @@ impl Engine {
     /// gone); `outbound` takes whole frames. Resolves when the session is over and `outbound`
     /// was closed. Every transport calls this and does nothing else with the protocol.
     ///
+    /// Every frame written to `outbound` is one JSON object in valid UTF-8: transports may
+    /// rely on it (the WebSocket transport sends frames as text without validating them again).
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// use bytes::Bytes;

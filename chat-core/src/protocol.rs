@@ -618,7 +618,15 @@ fn write_message(v: &mut Vec<u8>, m: &MessageParts<'_>) {
     v.extend_from_slice(br#","ts":"#);
     push_u64(v, m.ts);
     v.extend_from_slice(br#","body":"#);
-    v.extend_from_slice(m.body);
+    // Bodies from clients were validated when parsed; one handed back by a broker is checked
+    // here, once per message and node, so that every frame the engine writes is UTF-8 (the
+    // WebSocket transport relies on it). A broken one becomes `null` rather than a bad frame.
+    if std::str::from_utf8(m.body).is_ok() {
+        v.extend_from_slice(m.body);
+    } else {
+        tracing::error!(room = m.room, seq = m.seq, "a stored body is not UTF-8; sent as null");
+        v.extend_from_slice(b"null");
+    }
     v.push(b'}');
 }
 
@@ -814,6 +822,13 @@ pub fn encode_pong(id: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_never_written() {
+        let frame = encode_message(&MessageParts { room: "r", seq: Some(1), from: "a", ts: 1, body: b"\"\xff\"" });
+        assert!(std::str::from_utf8(&frame).is_ok());
+        assert!(frame.ends_with(br#""body":null}"#));
+    }
 
     fn err(frame: &str) -> FrameError {
         parse(frame.as_bytes()).unwrap_err()

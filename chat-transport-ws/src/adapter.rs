@@ -7,20 +7,31 @@
 //! `Inbound::TooLarge`. Invalid UTF-8 in a text message ends the connection with close code
 //! 1007; tungstenite reports it as an error but does not close, so the close code is handed to
 //! the outbound half, which sends it when the core closes the sink.
+//!
+//! Outbound frames become text messages without a copy and without validating them again for
+//! every recipient: `Engine::serve` guarantees that every frame it writes is UTF-8 (it checks
+//! bodies handed back by a broker once, when it encodes them).
 
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use chat_core::{ConnInfo, Engine, Inbound};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, Stream, StreamExt};
-use tokio_tungstenite::tungstenite;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::batch::BatchedIo;
+
+/// A server-side WebSocket over a connection `S`, with the transport's write batching.
+pub(crate) type Socket<S> = WebSocketStream<BatchedIo<S>>;
 
 /// Normal closure.
 const CLOSE_NORMAL: u16 = 1000;
@@ -36,32 +47,40 @@ const PEER_CLOSED: u16 = 0;
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs one upgraded connection to its end: the core's session, then the close handshake.
-pub(crate) async fn serve_socket(engine: Engine, socket: WebSocket, peer: Option<SocketAddr>) {
+pub(crate) async fn serve_socket<S>(engine: Engine, socket: Socket<S>, peer: Option<SocketAddr>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let close_code = AtomicU16::new(CLOSE_NORMAL);
     let (sink, stream) = socket.split();
     let mut inbound = InboundFrames { stream, close_code: &close_code, finished: false, end_next: false };
     let mut outbound = OutboundFrames { sink, close_code: &close_code, close_queued: false };
     engine.serve(&mut inbound, &mut outbound, ConnInfo { peer, transport: "ws" }).await;
-    if !inbound.finished && !inbound.end_next {
+    let wait_for_close = !inbound.finished && !inbound.end_next;
+    let Ok(mut socket) = inbound.stream.reunite(outbound.sink) else { return };
+    // After answering the peer's close, tungstenite reports the connection closed without
+    // flushing the socket: the reply may still be in `BatchedIo`.
+    let _ = tokio::time::timeout(CLOSE_DRAIN, socket.get_mut().flush()).await;
+    if wait_for_close {
         // We closed on purpose (bye) and the socket is still readable: wait, briefly, for the
         // peer's close frame.
-        let drain = async { while let Some(Ok(_)) = inbound.stream.next().await {} };
+        let drain = async { while let Some(Ok(_)) = socket.next().await {} };
         let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
     }
 }
 
 /// What a WebSocket read error means for the connection.
-fn close_code_for(e: &axum::Error) -> Option<u16> {
-    match e.source().and_then(|s| s.downcast_ref::<tungstenite::Error>()) {
-        Some(tungstenite::Error::Utf8(_)) => Some(CLOSE_INVALID_DATA),
-        Some(tungstenite::Error::Capacity(_)) => Some(CLOSE_TOO_BIG),
+fn close_code_for(e: &tungstenite::Error) -> Option<u16> {
+    match e {
+        tungstenite::Error::Utf8(_) => Some(CLOSE_INVALID_DATA),
+        tungstenite::Error::Capacity(_) => Some(CLOSE_TOO_BIG),
         _ => None,
     }
 }
 
 /// The inbound half: WebSocket messages → [`Inbound`] items.
-pub(crate) struct InboundFrames<'a> {
-    stream: SplitStream<WebSocket>,
+pub(crate) struct InboundFrames<'a, S> {
+    stream: SplitStream<Socket<S>>,
     close_code: &'a AtomicU16,
     /// The stream ended (peer closed, went away, or broke the protocol): nothing more to read.
     finished: bool,
@@ -70,8 +89,8 @@ pub(crate) struct InboundFrames<'a> {
     end_next: bool,
 }
 
-impl Stream for InboundFrames<'_> {
-    type Item = Result<Inbound, axum::Error>;
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
+    type Item = Result<Inbound, tungstenite::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -83,7 +102,8 @@ impl Stream for InboundFrames<'_> {
             Some(Ok(Message::Text(text))) => Ok(Inbound::Frame(Bytes::from(text))),
             Some(Ok(Message::Binary(_))) => Ok(Inbound::Binary),
             // tungstenite queued the pong; it goes out on the next read or write of this socket.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Inbound::Alive),
+            // (tungstenite never yields raw frames when reading.)
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(Inbound::Alive),
             // The peer closes: tungstenite queued the reply, which the sink's close flushes.
             Some(Ok(Message::Close(_))) => {
                 this.close_code.store(PEER_CLOSED, Ordering::Relaxed);
@@ -114,24 +134,27 @@ impl Stream for InboundFrames<'_> {
 }
 
 /// The outbound half: the core's frames → text messages; closing sends a close frame.
-pub(crate) struct OutboundFrames<'a> {
-    sink: SplitSink<WebSocket, Message>,
+pub(crate) struct OutboundFrames<'a, S> {
+    sink: SplitSink<Socket<S>, Message>,
     close_code: &'a AtomicU16,
     close_queued: bool,
 }
 
-impl Sink<Bytes> for OutboundFrames<'_> {
-    type Error = axum::Error;
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
+    type Error = tungstenite::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Pin::new(&mut self.sink).poll_ready(cx)
     }
 
     fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> Result<(), Self::Error> {
-        // The core only emits UTF-8 JSON, but the sink is public API: validate rather than use
-        // tungstenite's unsafe unchecked constructor (axum exposes none). Validation is a fast
-        // scan; the bytes are not copied.
-        let text = Utf8Bytes::try_from(frame).map_err(axum::Error::new)?;
+        debug_assert!(std::str::from_utf8(&frame).is_ok(), "chat-core wrote a frame that is not UTF-8");
+        // SAFETY: this sink is crate-private and only ever handed to `Engine::serve`, whose
+        // outbound frames are documented to be valid UTF-8: the engine encodes them from Rust
+        // strings and from bodies it checked (client bodies when parsed, broker bodies when
+        // encoded, in `chat_core::protocol`). Skipping a second validation per recipient is the
+        // point: the same frame goes to every member of a room.
+        let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame) };
         Pin::new(&mut self.sink).start_send(Message::Text(text))
     }
 
@@ -147,7 +170,10 @@ impl Sink<Bytes> for OutboundFrames<'_> {
                 CLOSE_TOO_BIG => "message over max_frame",
                 _ => "",
             };
-            let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
+            let close = Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: Utf8Bytes::from_static(reason),
+            }));
             // A socket that already failed cannot take it; closing below then ends quickly.
             if ready!(Pin::new(&mut self.sink).poll_ready(cx)).is_ok() {
                 let _ = Pin::new(&mut self.sink).start_send(close);

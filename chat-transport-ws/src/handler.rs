@@ -3,21 +3,19 @@
 //!
 //! The handler checks `Origin`, refuses new connections once the engine is shutting down, and
 //! upgrades with small tungstenite buffers and the engine's `max_frame` as message and frame
-//! limit, selecting the `chat.v1` subprotocol when the client offers it.
+//! limit, selecting the `chat.v1` subprotocol when the client offers it (the handshake itself is
+//! in upgrade.rs, which [`WsServer`](crate::WsServer) reaches through this handler too).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Request, State};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use chat_core::Engine;
 
-use crate::adapter::serve_socket;
-use crate::options::{WsOptions, SUBPROTOCOL};
+use crate::options::WsOptions;
+use crate::upgrade::accept;
 
 /// What [`handler`] needs: the engine and the transport's options. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -71,29 +69,5 @@ pub fn router(engine: Engine, options: WsOptions) -> Router {
 /// protocols and hands the connection to [`Engine::serve`]. The connection lives on the task
 /// the upgrade spawns; no other task is added per connection.
 pub async fn handler(State(state): State<WsState>, request: Request) -> Response {
-    let (mut parts, _body) = request.into_parts();
-    let origin = parts.headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("\u{fffd}"));
-    if !state.options.origin_allowed(origin) {
-        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-    }
-    if state.engine.is_shutting_down() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
-    }
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let max_frame = state.engine.config().max_frame;
-    let o = &state.options;
-    let engine = state.engine.clone();
-    upgrade
-        .read_buffer_size(o.read_buffer_size)
-        .write_buffer_size(o.write_buffer_size)
-        .max_write_buffer_size(o.write_buffer_bound(max_frame))
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .protocols([SUBPROTOCOL])
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| serve_socket(engine, socket, peer))
+    accept(&state.engine, &state.options, request)
 }

@@ -17,15 +17,17 @@
 //! pongs and count as signs of life; when the engine ends a session (after its `bye`) a close
 //! frame is sent and the peer's close awaited briefly.
 //!
-//! # Why tokio-tungstenite (through axum)
+//! # Why tokio-tungstenite
 //!
 //! * Conformance: tungstenite passes the Autobahn test suite, the reference for RFC 6455.
 //! * Speed and memory: zero-copy messages (`Bytes` in, `Bytes` out), explicit flushing so a
-//!   batch of frames goes out in one write, and buffers we can shrink: tungstenite defaults to
-//!   128 KiB per read and write buffer, here 1 KiB and 4 KiB (see [`WsOptions`]), with the
-//!   write buffer bounded.
-//! * One stack: axum's `ws` extractor is built on tokio-tungstenite (0.29 for axum 0.8.9), and
-//!   the client uses the same version, so a single WebSocket implementation is compiled.
+//!   batch of frames goes out in few writes (64 KiB each), and small buffers at rest:
+//!   tungstenite defaults to 128 KiB per read and write buffer; here the read buffer is 1 KiB
+//!   and the write buffer exists only while a batch is written (see [`WsOptions`]).
+//! * One stack: the server does the HTTP upgrade itself (hyper) and drives tokio-tungstenite's
+//!   `WebSocketStream` directly, the client uses the same version (0.29, the one axum 0.8.9's
+//!   `ws` feature would pin, which this crate does not enable), so a single WebSocket
+//!   implementation is compiled.
 //!
 //! # Example
 //!
@@ -56,6 +58,7 @@
 #![warn(missing_docs)]
 
 mod adapter;
+mod batch;
 mod client;
 mod error;
 mod handler;
@@ -63,6 +66,7 @@ mod options;
 mod server;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod upgrade;
 
 pub use client::connect;
 #[cfg(feature = "tls")]

@@ -1,0 +1,161 @@
+//! [`BatchedIo`]: the socket under tungstenite. It gathers outbound bytes so that a batch of
+//! frames goes out in few large writes, and it holds no write buffer while the connection is
+//! quiet.
+//!
+//! Why not tungstenite's own write buffer: it is a `Vec` that keeps its largest capacity for the
+//! connection's life (tungstenite 0.29 never shrinks it), so a 64 KiB buffer, good for fan-out,
+//! would stay 64 KiB on every connection that was once busy. Instead tungstenite gets a write
+//! buffer size of 0 (each frame is handed down here as soon as it is formatted, so its buffer
+//! holds one frame at most) and the gathering happens here, in a buffer freed after any flush
+//! that ended a small batch. A connection that goes quiet has its buffer freed by its next small
+//! batch at the latest, which the engine's heartbeat ping guarantees within `heartbeat_ms`.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The first allocation of a batch's buffer; it doubles as the batch grows.
+const INITIAL: usize = 1024;
+
+/// A socket with a write buffer that fills to `limit` before it is written out.
+#[derive(Debug)]
+pub(crate) struct BatchedIo<S> {
+    inner: S,
+    /// Outbound bytes not yet written to `inner` start at `buf[written]`.
+    buf: Vec<u8>,
+    written: usize,
+    /// Write to `inner` once this many bytes wait.
+    limit: usize,
+    /// Bytes accepted since the last flush: the size of the batch being written.
+    batch: usize,
+}
+
+impl<S> BatchedIo<S> {
+    /// Wraps `inner`, gathering up to `limit` outbound bytes before writing them.
+    pub(crate) fn new(inner: S, limit: usize) -> Self {
+        BatchedIo { inner, buf: Vec::new(), written: 0, limit: limit.max(1), batch: 0 }
+    }
+
+    /// The capacity of the write buffer held now (tests).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+impl<S: AsyncWrite + Unpin> BatchedIo<S> {
+    /// Writes out everything buffered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.buf.len() {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.buf.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for BatchedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.buf.len() - this.written >= this.limit {
+            ready!(this.poll_drain(cx))?;
+        }
+        if this.buf.is_empty() && data.len() >= this.limit {
+            // Larger than a whole batch: no point copying it.
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+            this.batch += n;
+            return Poll::Ready(Ok(n));
+        }
+        if this.written > 0 {
+            // A partial write left a tail (the peer reads slowly): move it to the front.
+            this.buf.drain(..this.written);
+            this.written = 0;
+        }
+        if this.buf.capacity() == 0 {
+            this.buf.reserve(data.len().max(INITIAL));
+        }
+        this.buf.extend_from_slice(data);
+        this.batch += data.len();
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        // A small batch: the connection is not busy, free the buffer. A large one: keep it for
+        // the next batch, which is likely large too.
+        if this.batch < this.limit / 4 {
+            this.buf = Vec::new();
+        }
+        this.batch = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
+        this.buf = Vec::new();
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for BatchedIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_batch_is_written_in_few_writes_and_small_batches_free_the_buffer() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut io = BatchedIo::new(client, 4096);
+        // 100 frames of 100 bytes: gathered, written when 4 KiB wait, the rest on flush.
+        for i in 0..100u8 {
+            io.write_all(&[i; 100]).await.unwrap();
+        }
+        assert!(io.buffer_capacity() >= 4096, "large batch: the buffer is kept");
+        io.flush().await.unwrap();
+        assert!(io.buffer_capacity() > 0, "a large batch keeps its buffer for the next one");
+        let mut got = vec![0; 100 * 100];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got.chunks(100).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        // A small batch: written on flush, and the buffer is released.
+        io.write_all(b"ping").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.buffer_capacity(), 0);
+        let mut got = [0; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_peer_bounds_what_is_buffered() {
+        let (client, _server) = tokio::io::duplex(1024);
+        let mut io = BatchedIo::new(client, 4096);
+        let written = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+            let mut total = 0;
+            loop {
+                total += io.write(&[0; 512]).await.unwrap();
+                if total > 1 << 20 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(written.is_err(), "the writer blocks once the peer stops reading");
+        assert!(io.buffer_capacity() <= 2 * 4096 + 1024, "{}", io.buffer_capacity());
+    }
+}

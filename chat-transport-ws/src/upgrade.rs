@@ -1,0 +1,147 @@
+//! The server's side of the WebSocket opening handshake (RFC 6455 §4.2), done here rather than
+//! by axum's `ws` extractor so that a session drives tokio-tungstenite's `WebSocketStream`
+//! directly (axum's wrapper hides tungstenite's message types and its buffer settings).
+//!
+//! [`accept`] checks the request (Origin allow-list, shutdown, GET, `Connection: upgrade`,
+//! `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`), answers 101 with
+//! `Sec-WebSocket-Accept` and `chat.v1` when offered, and spawns the session, which waits for
+//! hyper to hand over the connection (`hyper::upgrade::on`: the request carries hyper's
+//! `OnUpgrade`, whether it came through [`WsServer`](crate::WsServer) or the host's own axum
+//! server).
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use chat_core::Engine;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::adapter::serve_socket;
+use crate::batch::BatchedIo;
+use crate::options::{WsOptions, SUBPROTOCOL};
+
+/// Answers an upgrade request: 101 and a spawned session, or the reason for refusing it.
+pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request) -> Response {
+    let headers = request.headers();
+    let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("\u{fffd}"));
+    if !options.origin_allowed(origin) {
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    if engine.is_shutting_down() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    if request.method() != Method::GET {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade is a GET request");
+    }
+    if request.version() > Version::HTTP_11 {
+        return refuse(StatusCode::HTTP_VERSION_NOT_SUPPORTED, "WebSocket upgrades are served over HTTP/1.1");
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return refuse(StatusCode::BAD_REQUEST, "`Connection` header did not include `upgrade`");
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return refuse(StatusCode::BAD_REQUEST, "`Upgrade` header did not include `websocket`");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        let mut response = refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` must be 13");
+        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing");
+    };
+    let Ok(accept) = HeaderValue::try_from(derive_accept_key(key.as_bytes())) else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "accept key");
+    };
+    let chat_v1 = offers_subprotocol(headers);
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return refuse(StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded");
+    };
+    // Nothing of the request goes to the session: its headers share hyper's read buffer.
+    drop(request);
+
+    let max_frame = engine.config().max_frame;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(options.read_buffer_size)
+        // tungstenite hands each frame down at once; `BatchedIo` gathers them (see batch.rs).
+        .write_buffer_size(0)
+        .max_write_buffer_size(options.write_buffer_bound(max_frame))
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let batch = options.write_buffer_size;
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+        };
+        let io = BatchedIo::new(TokioIo::new(upgraded), batch);
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        serve_socket(engine, socket, peer).await;
+    });
+
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if chat_v1 {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+    }
+    response
+}
+
+fn refuse(status: StatusCode, why: &'static str) -> Response {
+    (status, why).into_response()
+}
+
+/// Whether any `name` header lists `token` (comma-separated, ASCII case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether the client offers the `chat.v1` subprotocol.
+fn offers_subprotocol(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|p| p.trim_ascii() == SUBPROTOCOL.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        lines.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn header_tokens() {
+        let h = headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")]);
+        assert!(has_token(&h, header::CONNECTION, "upgrade"));
+        assert!(has_token(&h, header::UPGRADE, "websocket"));
+        assert!(!has_token(&headers(&[("connection", "upgraded")]), header::CONNECTION, "upgrade"));
+        assert!(offers_subprotocol(&headers(&[("sec-websocket-protocol", "other , chat.v1")])));
+        assert!(!offers_subprotocol(&headers(&[("sec-websocket-protocol", "chat.v10")])));
+        assert!(!offers_subprotocol(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn accept_key_of_rfc_6455() {
+        assert_eq!(derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+}
