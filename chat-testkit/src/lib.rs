@@ -103,3 +103,22 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Runs `check` until it gives `Some`, and panics saying what was awaited after `limit`.
+///
+/// For conditions no event announces (a presence entry expiring, a page's DOM, a stream
+/// trimmed by age): the check is retried every 20 ms, never longer than the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // the poll interval of a loop with a deadline
+    }
+}

@@ -106,15 +106,11 @@ pub async fn wait_for(page: &Client, css: &str) -> Element {
 
 /// Waits until the JavaScript expression `expr` is truthy on the page; returns its value.
 pub async fn wait_until(page: &Client, expr: &str) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    chat_testkit::eventually(&format!("{expr:?} to hold on the page"), DEADLINE, || async {
         let value = page.execute(&format!("return ({expr});"), vec![]).await.expect("run a script on the page");
-        if !matches!(value, Value::Null | Value::Bool(false)) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{expr:?} still false after {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        (!matches!(value, Value::Null | Value::Bool(false))).then_some(value)
+    })
+    .await
 }
 
 /// The messages a page shows for `room`, in order, as `(seq, text)`.

@@ -4,8 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chat_broker_redis::RedisBroker;
@@ -53,21 +52,7 @@ pub async fn connect(engine: &Engine, user: &str) -> (Client, JoinHandle<()>) {
     (client, task)
 }
 
-/// Runs `f` until it gives `Some`, or panics after `within`.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await; // retry interval, not a wait for the condition
-    }
-}
+pub use chat_testkit::eventually;
 
 /// The next event matching `pred`, skipping others; panics after `within`.
 pub async fn next_matching(client: &mut Client, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
