@@ -1,23 +1,27 @@
 //! The one per-connection loop that every transport reuses: [`Engine::serve`] takes a
 //! `Stream` of inbound frames and a `Sink` of outbound frames and runs a session on them.
 //!
-//! Two halves run side by side on the connection's task: the session (reads, handles each
-//! request in order, queues replies) and the writer (drains the outbox, feeds every queued frame
-//! and flushes once, pings when nothing was sent for a heartbeat). A transport only turns bytes
-//! into [`Inbound`] items and `Bytes` frames back into bytes.
+//! One task per connection and one future, with no timer: the session reads and handles each
+//! request in order and queues replies; the [`Writer`] is driven beside it on every wake of the
+//! task (drain the outbox, feed every queued frame, flush once). Nothing else waits per
+//! connection: kick, shutdown, overflow and the engine's heartbeat task (pings, timeouts) act
+//! on the outbox, which wakes the task. A transport only turns bytes into [`Inbound`] items and
+//! `Bytes` frames back into bytes.
 
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::timeout;
 
 use crate::engine::Engine;
 use crate::outbox::Outbox;
-use crate::protocol::{encode_ping, ByeReason};
 use crate::session::Session;
 
 /// One thing a transport read from the peer.
@@ -77,76 +81,117 @@ impl Engine {
     /// session.await.unwrap();
     /// # }
     /// ```
-    pub async fn serve<I, E, O>(&self, inbound: I, outbound: O, conn: ConnInfo)
+    ///
+    /// The session is registered when `serve` is called (shutdown reaches it from then on);
+    /// the returned future runs it.
+    pub fn serve<I, E, O>(
+        &self,
+        inbound: I,
+        outbound: O,
+        conn: ConnInfo,
+    ) -> impl Future<Output = ()> + Send + use<'_, I, E, O>
     where
         I: Stream<Item = Result<Inbound, E>> + Unpin + Send,
         E: std::fmt::Display,
         O: Sink<Bytes> + Unpin + Send,
     {
-        let inner = &self.inner;
-        let _running = inner.tracker.token();
-        let c = &inner.config;
+        // Built here, not in the future: what it needs no longer (`conn`) is not kept in it,
+        // and an `async` block keeps each captured value once (an `async fn` would keep its
+        // arguments twice).
+        let c = &self.inner.config;
+        let close_timeout = c.close_timeout;
         let outbox = Arc::new(Outbox::new(c.outbox_frames, c.outbox_bytes));
-        if inner.shutdown.is_cancelled() {
-            outbox.close(ByeReason::Shutdown, []);
+        let running = self.inner.tracker.token();
+        let mut session = Session::new(self.inner.clone(), outbox, conn);
+        let mut writer = Writer::new(outbound);
+        async move {
+            session.run(inbound, &mut writer).await;
+            // Boxed: the last writes' timers are needed once, not for the connection's life.
+            Box::pin(writer.finish(session.outbox(), close_timeout)).await;
+            drop(running);
         }
-        let mut session = Session::new(inner.clone(), outbox.clone(), conn);
-        let reader = session.run(inbound);
-        let writer = write_loop(&outbox, outbound, c.heartbeat, c.close_timeout);
-        futures::future::join(reader, writer).await;
     }
 }
 
-/// Feeds every frame of the batch, then flushes once. False when the sink failed.
-async fn write_batch<O: Sink<Bytes> + Unpin>(sink: &mut O, batch: &mut VecDeque<Bytes>) -> bool {
-    for frame in batch.drain(..) {
-        if sink.feed(frame).await.is_err() {
-            return false;
-        }
-    }
-    sink.flush().await.is_ok()
+/// The writer half: outbox → sink. Not a task of its own: the session drives it with
+/// [`drive`](Writer::drive) while it waits for anything else.
+pub(crate) struct Writer<O> {
+    sink: O,
+    /// Frames taken from the outbox, not yet fed to the sink.
+    batch: VecDeque<Bytes>,
+    /// Frames were fed since the last flush.
+    unflushed: bool,
+    /// The outbox is closed and drained, or the sink failed.
+    done: bool,
 }
 
-/// The writer half: outbox → sink, with heartbeat pings, until the session is over.
-async fn write_loop<O: Sink<Bytes> + Unpin>(
-    outbox: &Outbox,
-    mut sink: O,
-    heartbeat: Duration,
-    close_timeout: Duration,
-) {
-    let mut batch = VecDeque::new();
-    let ping_at = sleep(heartbeat);
-    tokio::pin!(ping_at);
-    loop {
-        let more = tokio::select! {
-            more = outbox.next_batch(&mut batch) => more,
-            _ = &mut ping_at => {
-                batch.push_back(encode_ping());
-                true
-            }
-        };
-        if !more {
-            break;
+impl<O: Sink<Bytes> + Unpin> Writer<O> {
+    fn new(sink: O) -> Self {
+        Writer { sink, batch: VecDeque::new(), unflushed: false, done: false }
+    }
+
+    /// Writes whatever the outbox holds, as far as the sink accepts without waiting: feeds
+    /// every frame of a batch, then flushes once. `Ready` once the writer is done: the outbox
+    /// was closed and everything in it written, or the sink failed (the outbox is abandoned).
+    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, outbox: &Outbox) -> Poll<()> {
+        if self.done {
+            return Poll::Ready(());
         }
-        let written = {
-            let write = write_batch(&mut sink, &mut batch);
-            tokio::pin!(write);
-            if outbox.ended().is_cancelled() {
-                // The last frames: a peer that does not read gets close_timeout, no more.
-                Box::pin(timeout(close_timeout, write)).await.unwrap_or(false)
-            } else {
-                tokio::select! {
-                    ok = &mut write => ok,
-                    _ = outbox.ended().cancelled() => Box::pin(timeout(close_timeout, &mut write)).await.unwrap_or(false),
+        let failed = loop {
+            while !self.batch.is_empty() {
+                match self.sink.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => break,
+                    Poll::Pending => return Poll::Pending,
                 }
+                let Some(frame) = self.batch.pop_front() else { break };
+                if self.sink.start_send_unpin(frame).is_err() {
+                    break;
+                }
+                self.unflushed = true;
+            }
+            if !self.batch.is_empty() {
+                break true;
+            }
+            if self.unflushed {
+                match self.sink.poll_flush_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => break true,
+                    Poll::Pending => return Poll::Pending,
+                }
+                self.unflushed = false;
+                outbox.mark_sent();
+            }
+            match outbox.poll_batch(cx, &mut self.batch) {
+                Poll::Ready(true) => {}
+                Poll::Ready(false) => break false,
+                Poll::Pending => return Poll::Pending,
             }
         };
-        batch.clear();
-        if !written {
+        if failed {
             outbox.abandon();
-            break;
+            self.batch = VecDeque::new();
         }
-        ping_at.as_mut().reset(Instant::now() + heartbeat);
+        self.done = true;
+        Poll::Ready(())
     }
-    let _ = Box::pin(timeout(close_timeout, sink.close())).await;
+
+    /// Runs `work` to completion while writing beside it.
+    pub(crate) async fn drive<F: Future>(&mut self, outbox: &Outbox, work: F) -> F::Output {
+        let mut work = pin!(work);
+        poll_fn(|cx| {
+            let _ = self.poll_write(cx, outbox);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// The end: writes what is left (the final `bye`) and closes the sink; a peer that does
+    /// not read gets `close_timeout` for each, no more.
+    async fn finish(&mut self, outbox: &Outbox, close_timeout: Duration) {
+        if timeout(close_timeout, poll_fn(|cx| self.poll_write(cx, outbox))).await.is_err() {
+            outbox.abandon();
+        }
+        let _ = timeout(close_timeout, self.sink.close()).await;
+    }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AllowAll, AllowAnonymous, Authenticator, Authorizer};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, BrokerError, BrokerNode, DeliverySink};
+use crate::heartbeat;
 use crate::hooks::{Hooks, NoHooks};
 use crate::outbox::Outbox;
 use crate::protocol::{ByeReason, RoomName};
@@ -169,7 +170,7 @@ impl EngineBuilder {
         let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
         let broker_node = broker.attach(&node, sink).await?;
         rooms.set_broker(&broker_node);
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 session_prefix: format!("{node}-{:x}", unique() & 0xffff_ffff),
                 node,
@@ -185,7 +186,9 @@ impl EngineBuilder {
                 sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
             }),
-        })
+        };
+        heartbeat::spawn(Arc::downgrade(&engine.inner), engine.inner.config.heartbeat);
+        Ok(engine)
     }
 }
 
@@ -200,10 +203,15 @@ fn unique() -> u64 {
     h.finish()
 }
 
-/// A live session as the engine tracks it.
+/// A live session as the engine tracks it, from its first byte (so that shutdown reaches
+/// it) to its end.
 pub(crate) struct SessionEntry {
-    pub(crate) user: Arc<str>,
+    /// Set by `hello`.
+    pub(crate) user: Option<Arc<str>>,
     pub(crate) outbox: Arc<Outbox>,
+    /// Heartbeat ticks with nothing received, and with nothing sent (see `heartbeat`).
+    pub(crate) quiet_in: u8,
+    pub(crate) quiet_out: u8,
 }
 
 pub(crate) struct Inner {
@@ -223,10 +231,27 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// A new session's key (local) and id (`welcome.session`, unique across the cluster).
-    pub(crate) fn new_session_id(&self) -> (u64, String) {
+    /// Registers a new session and returns its key. A session registered once shutdown has
+    /// begun is closed at once (shutdown closes those it finds registered).
+    pub(crate) fn register(&self, outbox: &Arc<Outbox>) -> u64 {
         let key = self.next_session.fetch_add(1, Ordering::Relaxed);
-        (key, format!("{}-{key}", self.session_prefix))
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0 });
+        if self.shutdown.is_cancelled() {
+            outbox.close(ByeReason::Shutdown, []);
+        }
+        key
+    }
+
+    pub(crate) fn lock_sessions(&self) -> MutexGuard<'_, HashMap<u64, SessionEntry>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A session's id (`welcome.session`), unique across the cluster.
+    pub(crate) fn session_id(&self, key: u64) -> String {
+        format!("{}-{key}", self.session_prefix)
     }
 }
 
@@ -283,9 +308,9 @@ impl Engine {
         &self.inner.config
     }
 
-    /// How many sessions are connected to this node.
+    /// How many sessions (connections past `hello`) are connected to this node.
     pub fn session_count(&self) -> usize {
-        self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).values().filter(|s| s.user.is_some()).count()
     }
 
     /// How many rooms have members on this node.
@@ -306,13 +331,21 @@ impl Engine {
     /// Closes every session of `user` on this node with `bye kicked`. Returns how many.
     pub fn kick(&self, user: &str) -> usize {
         let sessions = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        sessions.values().filter(|s| &*s.user == user).filter(|s| s.outbox.close(ByeReason::Kicked, [])).count()
+        sessions
+            .values()
+            .filter(|s| s.user.as_deref() == Some(user))
+            .filter(|s| s.outbox.close(ByeReason::Kicked, []))
+            .count()
     }
 
     /// Graceful shutdown: new connections are refused, every session gets `bye shutdown` and
     /// closes, then the node leaves the broker. Resolves when all of that is done.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        // Sessions registered from now on close themselves (`Inner::register`).
+        for session in self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            session.outbox.close(ByeReason::Shutdown, []);
+        }
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         self.inner.broker.detach().await;

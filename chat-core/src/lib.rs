@@ -33,6 +33,7 @@ pub mod broker;
 pub mod client;
 mod driver;
 mod engine;
+mod heartbeat;
 pub mod hooks;
 mod outbox;
 pub mod protocol;

@@ -5,23 +5,30 @@
 //! flushes once. When a push would exceed the bounds (frames or bytes) the queue is dropped and
 //! replaced by `bye slow_consumer`: that session ends, nobody else notices. Ephemeral frames
 //! are dropped instead once the queue is half full.
+//!
+//! The outbox is also how anybody else (kick, shutdown, overflow) ends a session: it holds the
+//! session task's one [`Waker`] and wakes it on a push the writer waits for and on close. That
+//! replaces a `Notify` and a cancellation token per session: an idle connection costs less.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{encode_bye, ByeReason};
 
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    /// Wakes the writer when it waits for frames (and on close).
-    wake: Notify,
-    /// Cancelled when the session must end (overflow, kick, close).
-    ended: CancellationToken,
-    max_frames: usize,
+    /// Set once the session must end (overflow, kick, shutdown, close, a broken connection):
+    /// read without the lock on every wake of the session task.
+    ending: AtomicBool,
+    /// The peer sent something since the heartbeat task last looked (see `heartbeat`).
+    seen: AtomicBool,
+    /// The writer flushed something since the heartbeat task last looked.
+    sent: AtomicBool,
+    max_frames: u32,
     max_bytes: usize,
 }
 
@@ -36,6 +43,8 @@ struct State {
     /// The writer found the queue empty and waits to be woken: only then does a push pay for
     /// a wake-up.
     writer_waiting: bool,
+    /// The session task, woken when the writer waits and a frame arrives, and on close.
+    waker: Option<Waker>,
 }
 
 /// How a frame is to be treated when the queue is full.
@@ -54,9 +63,10 @@ impl Outbox {
     pub(crate) fn new(max_frames: usize, max_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
-            ended: CancellationToken::new(),
-            max_frames: max_frames.max(1),
+            ending: AtomicBool::new(false),
+            seen: AtomicBool::new(false),
+            sent: AtomicBool::new(false),
+            max_frames: max_frames.clamp(1, u32::MAX as usize) as u32,
             max_bytes: max_bytes.max(1),
         }
     }
@@ -73,25 +83,24 @@ impl Outbox {
             return false;
         }
         let (frames, bytes) = (s.queue.len() + 1, s.bytes + frame.len());
+        let max_frames = self.max_frames as usize;
         match class {
             Class::Forced => {}
-            Class::Droppable if frames * 2 > self.max_frames || bytes * 2 > self.max_bytes => return false,
+            Class::Droppable if frames * 2 > max_frames || bytes * 2 > self.max_bytes => return false,
             Class::Droppable => {}
-            Class::Must if frames > self.max_frames || bytes > self.max_bytes => {
+            Class::Must if frames > max_frames || bytes > self.max_bytes => {
                 Self::close_locked(&mut s, ByeReason::SlowConsumer, [], true);
-                drop(s);
-                self.ended.cancel();
-                self.wake.notify_one();
+                self.end(s);
                 return false;
             }
             Class::Must => {}
         }
-        let wake = std::mem::take(&mut s.writer_waiting);
+        let wake = if std::mem::take(&mut s.writer_waiting) { s.waker.take() } else { None };
         s.bytes = bytes;
         s.queue.push_back(frame);
         drop(s);
-        if wake {
-            self.wake.notify_one();
+        if let Some(waker) = wake {
+            waker.wake();
         }
         true
     }
@@ -117,9 +126,7 @@ impl Outbox {
             return false;
         }
         Self::close_locked(&mut s, reason, last, false);
-        drop(s);
-        self.ended.cancel();
-        self.wake.notify_one();
+        self.end(s);
         true
     }
 
@@ -128,11 +135,19 @@ impl Outbox {
     pub(crate) fn abandon(&self) {
         let mut s = self.lock();
         s.abandoned = true;
-        s.queue.clear();
+        s.queue = VecDeque::new();
         s.bytes = 0;
+        self.end(s);
+    }
+
+    /// Marks the session as ending and wakes its task (after unlocking).
+    fn end(&self, mut s: MutexGuard<'_, State>) {
+        self.ending.store(true, Ordering::Release);
+        let waker = s.waker.take();
         drop(s);
-        self.ended.cancel();
-        self.wake.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Abandons the connection unless the session was closed on purpose (whose `bye` must
@@ -148,9 +163,25 @@ impl Outbox {
         self.lock().closed
     }
 
-    /// Resolves once the session must end.
-    pub(crate) fn ended(&self) -> &CancellationToken {
-        &self.ended
+    /// The peer sent something (a sign of life).
+    pub(crate) fn mark_seen(&self) {
+        self.seen.store(true, Ordering::Relaxed);
+    }
+
+    /// The writer flushed frames to the connection.
+    pub(crate) fn mark_sent(&self) {
+        self.sent.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether anything was received, and sent, since the last call (the heartbeat task's).
+    pub(crate) fn take_activity(&self) -> (bool, bool) {
+        (self.seen.swap(false, Ordering::Relaxed), self.sent.swap(false, Ordering::Relaxed))
+    }
+
+    /// Whether the session must end (closed or abandoned). The session task is woken when
+    /// this becomes true, if it polled [`poll_batch`](Self::poll_batch) before.
+    pub(crate) fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
     }
 
     /// Moves whatever is queued into `out` without waiting (benches).
@@ -161,25 +192,39 @@ impl Outbox {
         s.bytes = 0;
     }
 
-    /// Waits for frames and moves all of them into `out` (which must be empty). Returns false
+    /// Moves every queued frame into `out` (which must be empty): `Ready(true)`. `Ready(false)`
     /// once the session is closed and everything, its `bye` included, has been handed out.
-    pub(crate) async fn next_batch(&self, out: &mut VecDeque<Bytes>) -> bool {
-        loop {
-            {
-                let mut s = self.lock();
-                if !s.queue.is_empty() {
-                    std::mem::swap(&mut s.queue, out);
-                    s.bytes = 0;
-                    return true;
-                }
-                if s.closed.is_some() || s.abandoned {
-                    return false;
-                }
-                s.writer_waiting = true;
-            }
-            // A push between the unlock and this await leaves a permit: no wake-up is lost.
-            self.wake.notified().await;
+    /// Otherwise registers the task to be woken by the next push (or close) and releases both
+    /// queues' memory: an idle connection holds no queue.
+    pub(crate) fn poll_batch(&self, cx: &mut Context<'_>, out: &mut VecDeque<Bytes>) -> Poll<bool> {
+        let mut s = self.lock();
+        if !s.queue.is_empty() {
+            std::mem::swap(&mut s.queue, out);
+            s.bytes = 0;
+            return Poll::Ready(true);
         }
+        if s.closed.is_some() || s.abandoned {
+            return Poll::Ready(false);
+        }
+        s.writer_waiting = true;
+        match &mut s.waker {
+            Some(w) => w.clone_from(cx.waker()),
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        if s.queue.capacity() > 0 {
+            s.queue = VecDeque::new();
+        }
+        drop(s);
+        if out.capacity() > 0 {
+            *out = VecDeque::new();
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the next batch (see [`poll_batch`](Self::poll_batch)).
+    #[cfg(test)]
+    async fn next_batch(&self, out: &mut VecDeque<Bytes>) -> bool {
+        std::future::poll_fn(|cx| self.poll_batch(cx, out)).await
     }
 }
 
@@ -196,7 +241,7 @@ mod tests {
         assert!(!o.push(Bytes::from_static(b"m"), Class::Droppable), "ephemeral dropped past half");
         assert!(!o.push(Bytes::from_static(b"m"), Class::Must));
         assert_eq!(o.closed(), Some(ByeReason::SlowConsumer));
-        assert!(o.ended().is_cancelled());
+        assert!(o.is_ending());
         let mut out = VecDeque::new();
         assert!(o.next_batch(&mut out).await);
         assert_eq!(out.len(), 1);

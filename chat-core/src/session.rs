@@ -4,17 +4,18 @@
 //! the session's outbox, so replies come back in request order and interleave correctly with
 //! the room events fanned out to the same outbox.
 
-use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::{Arc, PoisonError};
+use std::task::Poll;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio::time::{sleep, Instant};
+use futures::{Sink, Stream, StreamExt};
+use tokio::time::Instant;
 
 use crate::auth::{Action, Credentials, Identity};
 use crate::broker::{BrokerError, HistoryQuery, Publication, PublishOpts, Transient};
-use crate::driver::{ConnInfo, Inbound};
-use crate::engine::{Inner, SessionEntry};
+use crate::driver::{ConnInfo, Inbound, Writer};
+use crate::engine::Inner;
 use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
 use crate::outbox::{Class, Outbox};
 use crate::protocol::{
@@ -58,91 +59,103 @@ struct RateLimit {
     strikes: u32,
 }
 
+/// What the session task woke up for.
+enum Wake {
+    /// The outbox was closed (kick, shutdown, overflow, timeout) or the connection broke.
+    Ending,
+    /// The peer sent something.
+    Inbound(Inbound),
+    /// The peer is gone (the stream ended or failed).
+    Gone,
+}
+
 pub(crate) struct Session {
     inner: Arc<Inner>,
+    /// The engine's key for this session (its registration, room membership).
     key: u64,
-    id: String,
     outbox: Arc<Outbox>,
-    conn: ConnInfo,
-    /// Set by a successful `hello`.
-    info: Option<SessionInfo>,
+    /// What the transport said about the connection until a successful `hello`, then the
+    /// session's info (`info.session` is the session id). One field, not two: memory.
+    info: Result<SessionInfo, ConnInfo>,
     user: Arc<str>,
-    rooms: HashMap<RoomName, Arc<LocalRoom>>,
+    /// The rooms joined, in no order; a few per session, so a list beats a map in memory.
+    rooms: Vec<Arc<LocalRoom>>,
     rate: RateLimit,
 }
 
 impl Session {
+    /// A new session, registered with the engine (so that shutdown reaches it from now on).
     pub(crate) fn new(inner: Arc<Inner>, outbox: Arc<Outbox>, conn: ConnInfo) -> Self {
-        let (key, id) = inner.new_session_id();
+        let key = inner.register(&outbox);
         let tokens = f64::from(inner.config.rate_burst);
         Session {
             inner,
             key,
-            id,
             outbox,
-            conn,
-            info: None,
+            info: Err(conn),
             user: Arc::from(""),
-            rooms: HashMap::new(),
+            rooms: Vec::new(),
             rate: RateLimit { tokens, at: Instant::now(), strikes: 0 },
         }
     }
 
-    /// Reads and handles requests until the session ends, then leaves every room.
-    pub(crate) async fn run<I, E>(&mut self, mut inbound: I)
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The session id (`welcome.session`), once `hello` succeeded.
+    fn id(&self) -> &str {
+        self.info.as_ref().map_or("", |i| &i.session)
+    }
+
+    fn room(&self, name: &RoomName) -> Option<&Arc<LocalRoom>> {
+        self.rooms.iter().find(|r| r.name() == name)
+    }
+
+    /// Reads and handles requests until the session ends, then leaves every room; the writer
+    /// is driven all along.
+    pub(crate) async fn run<I, E, O>(&mut self, mut inbound: I, writer: &mut Writer<O>)
     where
         I: Stream<Item = Result<Inbound, E>> + Unpin,
         E: std::fmt::Display,
+        O: Sink<Bytes> + Unpin,
     {
-        let idle_limit = self.inner.config.heartbeat * 2;
-        let mut last_seen = Instant::now();
-        let deadline = sleep(idle_limit);
-        tokio::pin!(deadline);
-        let ended = self.outbox.ended().clone();
-        let shutdown = self.inner.shutdown.clone();
+        let outbox = self.outbox.clone();
+        let key = self.key;
         loop {
-            tokio::select! {
-                biased;
-                _ = ended.cancelled() => break,
-                _ = shutdown.cancelled() => {
-                    self.outbox.close(ByeReason::Shutdown, []);
-                    break;
+            let wake = poll_fn(|cx| {
+                let _ = writer.poll_write(cx, &outbox);
+                if outbox.is_ending() {
+                    return Poll::Ready(Wake::Ending);
                 }
-                _ = &mut deadline => {
-                    let due = last_seen + idle_limit;
-                    if self.info.is_some() && due > Instant::now() {
-                        deadline.as_mut().reset(due);
-                        continue;
-                    }
-                    self.outbox.close(ByeReason::Timeout, []);
-                    break;
-                }
-                item = inbound.next() => match item {
-                    None => break,
+                inbound.poll_next_unpin(cx).map(|item| match item {
+                    Some(Ok(item)) => Wake::Inbound(item),
                     Some(Err(e)) => {
-                        tracing::debug!(session = %self.id, error = %e, "connection failed");
-                        break;
+                        tracing::debug!(session = key, error = %e, "connection failed");
+                        Wake::Gone
                     }
-                    Some(Ok(item)) => {
-                        // Before `hello` nothing counts as a sign of life: the hello deadline holds.
-                        if self.info.is_some() {
-                            last_seen = Instant::now();
-                        }
-                        let was_authenticated = self.info.is_some();
-                        self.handle(item).await;
-                        if !was_authenticated && self.info.is_some() {
-                            last_seen = Instant::now();
-                            deadline.as_mut().reset(last_seen + idle_limit);
-                        }
-                        if self.outbox.closed().is_some() {
-                            break;
-                        }
+                    None => Wake::Gone,
+                })
+            })
+            .await;
+            match wake {
+                Wake::Ending | Wake::Gone => break,
+                Wake::Inbound(item) => {
+                    // Before `hello` nothing counts as a sign of life: the hello deadline holds.
+                    if self.info.is_ok() {
+                        outbox.mark_seen();
+                    }
+                    // Boxed: a request's state is large and short-lived; an idle session keeps
+                    // only this small loop (memory per idle connection).
+                    writer.drive(&outbox, Box::pin(self.handle(item))).await;
+                    if outbox.is_ending() {
+                        break;
                     }
                 }
             }
         }
         // Boxed: the clean-up's state is large and needed once, not while idle.
-        Box::pin(self.end()).await;
+        writer.drive(&outbox, Box::pin(self.end())).await;
     }
 
     /// Leaves every room, unregisters, tells the host, and lets the writer finish.
@@ -151,11 +164,10 @@ impl Session {
         // The peer is gone if nobody closed the session on purpose.
         self.outbox.abandon_unless_closed();
         self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
-        let rooms: Vec<_> = self.rooms.drain().map(|(_, local)| local).collect();
-        for local in rooms {
+        for local in std::mem::take(&mut self.rooms) {
             self.leave_room(&local).await;
         }
-        if let Some(info) = &self.info {
+        if let Ok(info) = &self.info {
             let reason = reason.map_or(DisconnectReason::PeerGone, DisconnectReason::Bye);
             self.inner.hooks.on_disconnect(info, reason).await;
         }
@@ -173,22 +185,35 @@ impl Session {
         self.outbox.close(code.bye_reason(), [encode_error(id, code, message)]);
     }
 
+    /// Handles one inbound item.
     async fn handle(&mut self, item: Inbound) {
-        let authenticated = self.info.is_some();
+        if let Some(request) = self.check(item) {
+            self.request(request).await;
+        }
+    }
+
+    /// Checks one inbound item: errors are answered here; a well-formed request is returned
+    /// for [`request`](Self::request).
+    fn check(&mut self, item: Inbound) -> Option<ClientFrame> {
+        let authenticated = self.info.is_ok();
         let max_frame = self.inner.config.max_frame;
         let frame = match item {
-            Inbound::Alive => return,
+            Inbound::Alive => return None,
             Inbound::TooLarge => {
-                return self.fatal(None, ErrorCode::FrameTooLarge, &format!("frames are limited to {max_frame} bytes"));
+                self.fatal(None, ErrorCode::FrameTooLarge, &format!("frames are limited to {max_frame} bytes"));
+                return None;
             }
             Inbound::Frame(bytes) if bytes.len() > max_frame => {
-                return self.fatal(None, ErrorCode::FrameTooLarge, &format!("frames are limited to {max_frame} bytes"));
+                self.fatal(None, ErrorCode::FrameTooLarge, &format!("frames are limited to {max_frame} bytes"));
+                return None;
             }
             Inbound::Binary if !authenticated => {
-                return self.fatal(None, ErrorCode::NotAuthenticated, "the first frame must be hello");
+                self.fatal(None, ErrorCode::NotAuthenticated, "the first frame must be hello");
+                return None;
             }
             Inbound::Binary => {
-                return self.error(None, ErrorCode::BadFrame, "binary frames are not accepted; send JSON text")
+                self.error(None, ErrorCode::BadFrame, "binary frames are not accepted; send JSON text");
+                return None;
             }
             Inbound::Frame(bytes) => bytes,
         };
@@ -199,19 +224,18 @@ impl Session {
                 &format!("the first frame must be a well-formed hello: {}", e.message),
             ),
             Err(e) => self.error(e.id, e.code, &e.message),
-            // Boxed: a request's state is large and short-lived; an idle session keeps only
-            // the small read loop (memory per idle connection).
-            Ok(frame) => Box::pin(self.request(frame)).await,
+            Ok(frame) => return Some(frame),
         }
+        None
     }
 
     async fn request(&mut self, ClientFrame { id, request }: ClientFrame) {
         let result = match request {
             Request::Hello { protocol, token, user } => match &self.info {
-                None => return self.hello(id, protocol, token.as_deref(), user.as_deref()).await,
-                Some(_) => return self.fatal(id, ErrorCode::NotAuthenticated, "hello was already sent"),
+                Err(_) => return self.hello(id, protocol, token.as_deref(), user.as_deref()).await,
+                Ok(_) => return self.fatal(id, ErrorCode::NotAuthenticated, "hello was already sent"),
             },
-            _ if self.info.is_none() => {
+            _ if self.info.is_err() => {
                 return self.fatal(id, ErrorCode::NotAuthenticated, "the first frame must be hello")
             }
             Request::Join { room, since } => self.join(id, room, since).await,
@@ -240,36 +264,40 @@ impl Session {
         if protocol != PROTOCOL_VERSION {
             return self.fatal(id, ErrorCode::UnsupportedProtocol, "this server speaks protocol 1");
         }
-        let credentials = Credentials { token, user, peer: self.conn.peer };
+        let (peer, transport) = match &self.info {
+            Err(conn) => (conn.peer, conn.transport),
+            Ok(info) => (info.peer, ""),
+        };
+        let credentials = Credentials { token, user, peer };
         let identity = match self.inner.authenticator.authenticate(&credentials).await {
             Ok(identity) => identity,
             Err(e) => return self.fatal(id, ErrorCode::Unauthorized, &e.0),
         };
         self.user = Arc::from(identity.user.as_str());
+        let session = self.inner.session_id(self.key);
         let c = &self.inner.config;
         self.push(encode_welcome(
             id,
-            &self.id,
+            &session,
             &identity.user,
             &self.inner.node,
             c.heartbeat.as_millis() as u64,
             c.max_frame,
         ));
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(self.key, SessionEntry { user: self.user.clone(), outbox: self.outbox.clone() });
-        let info = SessionInfo { session: self.id.clone(), identity, peer: self.conn.peer };
+        if let Some(entry) = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&self.key) {
+            entry.user = Some(self.user.clone());
+        }
+        let info = SessionInfo { session, identity, peer };
         self.inner.hooks.on_connect(&info).await;
-        tracing::debug!(session = %self.id, user = %self.user, transport = self.conn.transport, "session started");
-        self.info = Some(info);
+        tracing::debug!(session = %info.session, user = %self.user, transport, "session started");
+        self.info = Ok(info);
+        self.outbox.mark_seen(); // the idle timeout counts from here
     }
 
     fn identity(&self) -> &Identity {
         // Requests other than hello are only handled once `info` is set.
         static NOBODY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
-        self.info.as_ref().map_or_else(|| NOBODY.get_or_init(|| Identity::user("")), |i| &i.identity)
+        self.info.as_ref().map_or_else(|_| NOBODY.get_or_init(|| Identity::user("")), |i| &i.identity)
     }
 
     async fn authorize(&self, room: &RoomName, action: Action) -> Result<(), Failure> {
@@ -281,7 +309,7 @@ impl Session {
     }
 
     fn member(&self, room: &RoomName, what: &str) -> Result<(), Failure> {
-        if self.rooms.contains_key(room) {
+        if self.room(room).is_some() {
             Ok(())
         } else {
             Err(Failure::new(ErrorCode::NotMember, format!("join {room} before {what}")))
@@ -289,7 +317,7 @@ impl Session {
     }
 
     async fn join(&mut self, id: Option<u64>, room: RoomName, since: Option<Since>) -> Result<(), Failure> {
-        if let Some(local) = self.rooms.get(&room) {
+        if let Some(local) = self.room(&room) {
             // Already a member: nothing changes, the reply says where the room is.
             let (epoch, seq) = local.position();
             if let Some(id) = id {
@@ -306,7 +334,7 @@ impl Session {
         self.authorize(&room, Action::Join).await?;
         let broker = &*self.inner.broker;
         let point = self.inner.rooms.join(broker, &room, self.key, &self.outbox).await?;
-        let first_session = match broker.presence_add(&room, &self.id, &self.user).await {
+        let first_session = match broker.presence_add(&room, self.id(), &self.user).await {
             Ok(first) => first,
             Err(e) => {
                 self.inner.rooms.leave(broker, &point.room, self.key).await;
@@ -348,8 +376,11 @@ impl Session {
         }
         first.extend(replay);
         self.inner.rooms.go_live(&point.room, self.key, first, point.seq);
-        self.rooms.insert(room.clone(), point.room);
-        if let Some(info) = &self.info {
+        if self.rooms.is_empty() {
+            self.rooms.reserve_exact(1); // most sessions are in one room: no spare capacity
+        }
+        self.rooms.push(point.room);
+        if let Ok(info) = &self.info {
             self.inner.hooks.on_join(info, &room).await;
         }
         Ok(())
@@ -359,7 +390,7 @@ impl Session {
         let broker = &*self.inner.broker;
         let room = local.name();
         self.inner.rooms.leave(broker, local, self.key).await;
-        match broker.presence_remove(room, &self.id, &self.user).await {
+        match broker.presence_remove(room, self.id(), &self.user).await {
             Ok(true) if (self.inner.member_events)(room) => {
                 if let Err(e) = broker.broadcast(room, Transient::MemberLeft(self.user.clone())).await {
                     tracing::warn!(%room, error = %e, "member_left not sent");
@@ -368,13 +399,14 @@ impl Session {
             Ok(_) => {}
             Err(e) => tracing::warn!(%room, error = %e, "presence not removed"),
         }
-        if let Some(info) = &self.info {
+        if let Ok(info) = &self.info {
             self.inner.hooks.on_leave(info, room).await;
         }
     }
 
     async fn leave(&mut self, id: Option<u64>, room: RoomName) -> Result<(), Failure> {
-        if let Some(local) = self.rooms.remove(&room) {
+        if let Some(i) = self.rooms.iter().position(|r| r.name() == &room) {
+            let local = self.rooms.swap_remove(i);
             self.leave_room(&local).await;
         }
         if let Some(id) = id {
@@ -421,7 +453,7 @@ impl Session {
             return Err(Failure::new(ErrorCode::RateLimited, format!("at most {rate} messages per second; slow down")));
         }
         let body = match &self.info {
-            Some(info) => match self.inner.hooks.on_send(info, &room, &body).await {
+            Ok(info) => match self.inner.hooks.on_send(info, &room, &body).await {
                 SendDecision::Accept => body,
                 SendDecision::Reject(why) => return Err(Failure::new(ErrorCode::Forbidden, why)),
                 SendDecision::Rewrite(new) => {
@@ -434,7 +466,7 @@ impl Session {
                     new
                 }
             },
-            None => body,
+            Err(_) => body,
         };
         let publication = Publication { from: self.user.clone(), ts: now_ms(), body };
         let broker = &*self.inner.broker;

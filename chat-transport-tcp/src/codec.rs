@@ -3,8 +3,9 @@
 //! [`FrameCodec`] is the tokio-util codec; `FrameReader` and `FrameWriter` put it on the two
 //! halves of any byte stream (plain TCP or TLS), so the framing exists once. Only framing lives
 //! here: what a frame means is the core's business. Memory is the point of most choices: an
-//! oversized length is reported without reading or allocating its body, and buffers shrink back
-//! once a burst is over, so an idle connection holds almost nothing.
+//! oversized length is reported without reading or allocating its body, and the server's read
+//! and write halves hold no buffer at all between frames, so an idle connection costs only its
+//! socket.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -14,17 +15,23 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use chat_core::Inbound;
-use futures::{Sink, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_util::codec::{Decoder, Encoder, FramedRead};
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::io::poll_read_buf;
 
 /// Bytes of the length prefix.
 pub const PREFIX_LEN: usize = 4;
 
-/// Initial (and idle) capacity of a connection's read buffer: a `hello` or a few small requests
-/// fit; a larger frame gets a buffer of its exact size once its prefix is read, which is given
-/// back when the burst is over. Small, because idle connections are counted in thousands.
+/// Initial (and idle) capacity of a [`FrameCodec`] user's read buffer: a `hello` or a few small
+/// requests fit; a larger frame gets a buffer of its exact size once its prefix is read, which
+/// is given back when the burst is over. (The server's own reader keeps no buffer when idle.)
 const READ_BUFFER: usize = 256;
+
+/// The server's reader reads into this much stack, then keeps only what arrived...
+const READ_CHUNK: usize = 4096;
+/// ...unless a partial frame left at least this much room in its buffer.
+const DIRECT_READ: usize = 1024;
 
 /// Queued outbound bytes above which `poll_ready` writes to the socket before taking more.
 const WRITE_BACKPRESSURE: usize = 256 * 1024;
@@ -86,6 +93,19 @@ impl Decoder for FrameCodec {
     type Error = io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Inbound>> {
+        if src.is_empty() && self.grown && !self.failed {
+            // The burst is over: give the big buffer back, keep a small one for idle times.
+            *src = BytesMut::with_capacity(READ_BUFFER);
+            self.grown = false;
+        }
+        self.decode_frame(src)
+    }
+}
+
+impl FrameCodec {
+    /// One frame from the front of `src`, if it is all there; otherwise reserves room for the
+    /// rest of it (at most `max_frame` + 4 bytes, decided by the prefix).
+    fn decode_frame(&mut self, src: &mut BytesMut) -> io::Result<Option<Inbound>> {
         if self.failed {
             src.clear();
             return Err(io::Error::new(
@@ -94,11 +114,6 @@ impl Decoder for FrameCodec {
             ));
         }
         if src.len() < PREFIX_LEN {
-            if src.is_empty() && self.grown {
-                // The burst is over: give the big buffer back, keep a small one for idle times.
-                *src = BytesMut::with_capacity(READ_BUFFER);
-                self.grown = false;
-            }
             return Ok(None);
         }
         let n = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
@@ -110,7 +125,7 @@ impl Decoder for FrameCodec {
         }
         let total = PREFIX_LEN + n;
         if src.len() > READ_BUFFER || total > READ_BUFFER {
-            self.grown = true;
+            self.grown = true; // (only the `Decoder` impl shrinks the buffer back)
         }
         if src.len() < total {
             // `n <= max_frame`: this reserves at most max_frame + 4 bytes, once for the frame.
@@ -158,16 +173,52 @@ enum ReadState {
 
 /// The read half of a connection as a stream of [`Inbound`] items, ending right after
 /// [`Inbound::TooLarge`].
+///
+/// It holds no buffer while nothing is arriving: each read goes to the stack first and only
+/// the bytes that came are kept (a partial frame gets a buffer of its exact size). Ten
+/// thousand idle connections hold no read buffer at all.
 pub(crate) struct FrameReader<R> {
-    inner: FramedRead<R, FrameCodec>,
+    io: R,
+    codec: FrameCodec,
+    /// Bytes read and not yet decoded; empty and unallocated between frames.
+    buf: BytesMut,
     state: ReadState,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(io: R, max_frame: usize) -> Self {
-        FrameReader {
-            inner: FramedRead::with_capacity(io, FrameCodec::new(max_frame), READ_BUFFER),
-            state: ReadState::Open,
+        FrameReader { io, codec: FrameCodec::new(max_frame), buf: BytesMut::new(), state: ReadState::Open }
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Inbound>>> {
+        loop {
+            match self.codec.decode_frame(&mut self.buf) {
+                Ok(Some(item)) => return Poll::Ready(Some(Ok(item))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            if self.buf.is_empty() {
+                // Between frames: hold nothing, not even a view that keeps the last frame's
+                // allocation alive.
+                self.buf = BytesMut::new();
+            }
+            let n = if self.buf.capacity() - self.buf.len() >= DIRECT_READ {
+                // A partial frame reserved its size: read straight into it.
+                ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?
+            } else {
+                let mut chunk = [0u8; READ_CHUNK];
+                let mut rb = ReadBuf::new(&mut chunk);
+                ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+                self.buf.extend_from_slice(rb.filled());
+                rb.filled().len()
+            };
+            if n == 0 {
+                return Poll::Ready(if self.buf.is_empty() {
+                    None
+                } else {
+                    Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed in the middle of a frame")))
+                });
+            }
         }
     }
 
@@ -179,7 +230,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.state == ReadState::Ended {
             return;
         }
-        let io = self.inner.get_mut();
+        let io = &mut self.io;
         let mut scratch = [0u8; 1024];
         let mut left = LINGER_BYTES;
         let _ = tokio::time::timeout(LINGER_TIME, async {
@@ -201,7 +252,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
         if self.state != ReadState::Open {
             return Poll::Ready(None);
         }
-        let item = ready!(self.inner.poll_next_unpin(cx));
+        let item = ready!(self.poll_item(cx));
         self.state = match &item {
             Some(Ok(Inbound::TooLarge)) => ReadState::Stopped,
             Some(Ok(_)) => ReadState::Open,

@@ -169,8 +169,8 @@ impl TcpServer {
             });
             return;
         }
+        let mut stream = stream; // captured and split in place, not copied into the task twice
         tokio::spawn(async move {
-            let mut stream = stream;
             let (reader, writer) = stream.split();
             serve_halves(&engine, reader, writer, ConnInfo { peer: Some(peer), transport: TRANSPORT }).await;
         });
@@ -234,5 +234,6 @@ where
     let mut reader = FrameReader::new(reader, engine.config().max_frame);
     let mut writer = FrameWriter::new(writer);
     engine.serve(&mut reader, &mut writer, conn).await;
-    reader.linger().await;
+    // Boxed: its scratch buffer is needed once, at the end, not for the connection's life.
+    Box::pin(reader.linger()).await;
 }

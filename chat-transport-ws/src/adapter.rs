@@ -12,16 +12,17 @@
 //! every recipient: `Engine::serve` guarantees that every frame it writes is UTF-8 (it checks
 //! bodies handed back by a broker once, when it encodes them).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chat_core::{ConnInfo, Engine, Inbound};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{Sink, Stream, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -46,26 +47,55 @@ const PEER_CLOSED: u16 = 0;
 /// until its close arrives lets the peer read everything we sent (no reset on unread data).
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
+/// One upgraded connection, shared by its inbound and outbound halves.
+///
+/// The halves are polled by one task, one at a time, so the lock is never contended; it
+/// replaces `StreamExt::split`, whose `BiLock` would move the socket to a separate allocation.
+pub(crate) struct Shared<S> {
+    socket: Mutex<Socket<S>>,
+    /// The close code the outbound half sends when the core closes it.
+    close_code: AtomicU16,
+}
+
+impl<S> Shared<S> {
+    pub(crate) fn new(socket: Socket<S>) -> Self {
+        Shared { socket: Mutex::new(socket), close_code: AtomicU16::new(CLOSE_NORMAL) }
+    }
+
+    fn socket(&self) -> MutexGuard<'_, Socket<S>> {
+        self.socket.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Runs one upgraded connection to its end: the core's session, then the close handshake.
-pub(crate) async fn serve_socket<S>(engine: Engine, socket: Socket<S>, peer: Option<SocketAddr>)
+///
+/// Not an `async fn`: an `async` block keeps each captured value once, where an `async fn`
+/// would keep a second copy of `shared` (the whole socket) for the connection's life.
+pub(crate) fn serve_socket<S>(
+    engine: Engine,
+    shared: Shared<S>,
+    peer: Option<SocketAddr>,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let close_code = AtomicU16::new(CLOSE_NORMAL);
-    let (sink, stream) = socket.split();
-    let mut inbound = InboundFrames { stream, close_code: &close_code, finished: false, end_next: false };
-    let mut outbound = OutboundFrames { sink, close_code: &close_code, close_queued: false };
-    engine.serve(&mut inbound, &mut outbound, ConnInfo { peer, transport: "ws" }).await;
-    let wait_for_close = !inbound.finished && !inbound.end_next;
-    let Ok(mut socket) = inbound.stream.reunite(outbound.sink) else { return };
-    // After answering the peer's close, tungstenite reports the connection closed without
-    // flushing the socket: the reply may still be in `BatchedIo`.
-    let _ = tokio::time::timeout(CLOSE_DRAIN, socket.get_mut().flush()).await;
-    if wait_for_close {
-        // We closed on purpose (bye) and the socket is still readable: wait, briefly, for the
-        // peer's close frame.
-        let drain = async { while let Some(Ok(_)) = socket.next().await {} };
-        let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+    let mut shared = shared;
+    let conn = ConnInfo { peer, transport: "ws" };
+    async move {
+        let mut inbound = InboundFrames { shared: &shared, finished: false, end_next: false };
+        let mut outbound = OutboundFrames { shared: &shared, close_queued: false };
+        engine.serve(&mut inbound, &mut outbound, conn).await;
+        let wait_for_close = !inbound.finished && !inbound.end_next;
+        let socket = shared.socket.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // After answering the peer's close, tungstenite reports the connection closed without
+        // flushing the socket: the reply may still be in `BatchedIo`.
+        let _ = tokio::time::timeout(CLOSE_DRAIN, socket.get_mut().flush()).await;
+        if wait_for_close {
+            // We closed on purpose (bye) and the socket is still readable: wait, briefly, for
+            // the peer's close frame.
+            let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+            let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+        }
     }
 }
 
@@ -80,8 +110,7 @@ fn close_code_for(e: &tungstenite::Error) -> Option<u16> {
 
 /// The inbound half: WebSocket messages → [`Inbound`] items.
 pub(crate) struct InboundFrames<'a, S> {
-    stream: SplitStream<Socket<S>>,
-    close_code: &'a AtomicU16,
+    shared: &'a Shared<S>,
     /// The stream ended (peer closed, went away, or broke the protocol): nothing more to read.
     finished: bool,
     /// The last item was `TooLarge`: the socket's read side is unusable (the oversized payload
@@ -98,7 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
             this.finished = true;
             return Poll::Ready(None);
         }
-        let item = match ready!(this.stream.poll_next_unpin(cx)) {
+        let item = match ready!(this.shared.socket().poll_next_unpin(cx)) {
             Some(Ok(Message::Text(text))) => Ok(Inbound::Frame(Bytes::from(text))),
             Some(Ok(Message::Binary(_))) => Ok(Inbound::Binary),
             // tungstenite queued the pong; it goes out on the next read or write of this socket.
@@ -106,7 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(Inbound::Alive),
             // The peer closes: tungstenite queued the reply, which the sink's close flushes.
             Some(Ok(Message::Close(_))) => {
-                this.close_code.store(PEER_CLOSED, Ordering::Relaxed);
+                this.shared.close_code.store(PEER_CLOSED, Ordering::Relaxed);
                 this.finished = true;
                 return Poll::Ready(None);
             }
@@ -116,13 +145,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
             }
             Some(Err(e)) => match close_code_for(&e) {
                 Some(CLOSE_TOO_BIG) => {
-                    this.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
+                    this.shared.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
                     this.end_next = true;
                     Ok(Inbound::TooLarge)
                 }
                 code => {
                     if let Some(code) = code {
-                        this.close_code.store(code, Ordering::Relaxed);
+                        this.shared.close_code.store(code, Ordering::Relaxed);
                     }
                     this.finished = true;
                     Err(e)
@@ -135,19 +164,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
 
 /// The outbound half: the core's frames → text messages; closing sends a close frame.
 pub(crate) struct OutboundFrames<'a, S> {
-    sink: SplitSink<Socket<S>, Message>,
-    close_code: &'a AtomicU16,
+    shared: &'a Shared<S>,
     close_queued: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
     type Error = tungstenite::Error;
 
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.sink).poll_ready(cx)
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.shared.socket().poll_ready_unpin(cx)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> Result<(), Self::Error> {
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), Self::Error> {
         debug_assert!(std::str::from_utf8(&frame).is_ok(), "chat-core wrote a frame that is not UTF-8");
         // SAFETY: this sink is crate-private and only ever handed to `Engine::serve`, whose
         // outbound frames are documented to be valid UTF-8: the engine encodes them from Rust
@@ -155,15 +183,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
         // encoded, in `chat_core::protocol`). Skipping a second validation per recipient is the
         // point: the same frame goes to every member of a room.
         let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame) };
-        Pin::new(&mut self.sink).start_send(Message::Text(text))
+        self.shared.socket().start_send_unpin(Message::Text(text))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.sink).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.shared.socket().poll_flush_unpin(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let code = self.close_code.load(Ordering::Relaxed);
+        let code = self.shared.close_code.load(Ordering::Relaxed);
+        let mut socket = self.shared.socket();
         if !self.close_queued && code != PEER_CLOSED {
             let reason = match code {
                 CLOSE_INVALID_DATA => "invalid UTF-8 in a text message",
@@ -175,12 +204,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
                 reason: Utf8Bytes::from_static(reason),
             }));
             // A socket that already failed cannot take it; closing below then ends quickly.
-            if ready!(Pin::new(&mut self.sink).poll_ready(cx)).is_ok() {
-                let _ = Pin::new(&mut self.sink).start_send(close);
+            if ready!(socket.poll_ready_unpin(cx)).is_ok() {
+                let _ = socket.start_send_unpin(close);
             }
         }
+        drop(socket);
         self.close_queued = true;
         // Flushes our close frame, or the reply tungstenite queued to the peer's.
-        Pin::new(&mut self.sink).poll_close(cx)
+        self.shared.socket().poll_close_unpin(cx)
     }
 }

@@ -1,6 +1,9 @@
 //! [`BatchedIo`]: the socket under tungstenite. It gathers outbound bytes so that a batch of
 //! frames goes out in few large writes, and it holds no write buffer while the connection is
-//! quiet.
+//! quiet. On the read side it reads the socket in large chunks and hands tungstenite small
+//! steps from them, so that tungstenite's own read buffer (kept for the connection's life) can
+//! be small without costing a system call per step; what tungstenite has not taken yet is
+//! kept only until it does.
 //!
 //! Why not tungstenite's own write buffer: it is a `Vec` that keeps its largest capacity for the
 //! connection's life (tungstenite 0.29 never shrinks it), so a 64 KiB buffer, good for fan-out,
@@ -19,6 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The first allocation of a batch's buffer; it doubles as the batch grows.
 const INITIAL: usize = 1024;
 
+/// Bytes read from the socket at once (on the stack) when tungstenite asks for fewer.
+const READ_CHUNK: usize = 8192;
+
 /// A socket with a write buffer that fills to `limit` before it is written out.
 #[derive(Debug)]
 pub(crate) struct BatchedIo<S> {
@@ -30,12 +36,24 @@ pub(crate) struct BatchedIo<S> {
     limit: usize,
     /// Bytes accepted since the last flush: the size of the batch being written.
     batch: usize,
+    /// Bytes read from the socket that the reader has not taken yet start at
+    /// `read_buf[read_pos]`; unallocated when there are none.
+    read_buf: Vec<u8>,
+    read_pos: usize,
 }
 
 impl<S> BatchedIo<S> {
     /// Wraps `inner`, gathering up to `limit` outbound bytes before writing them.
     pub(crate) fn new(inner: S, limit: usize) -> Self {
-        BatchedIo { inner, buf: Vec::new(), written: 0, limit: limit.max(1), batch: 0 }
+        BatchedIo {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+            limit: limit.max(1),
+            batch: 0,
+            read_buf: Vec::new(),
+            read_pos: 0,
+        }
     }
 
     /// The capacity of the write buffer held now (tests).
@@ -109,7 +127,30 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for BatchedIo<S> {
 
 impl<S: AsyncRead + Unpin> AsyncRead for BatchedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.read_pos < this.read_buf.len() {
+            let n = buf.remaining().min(this.read_buf.len() - this.read_pos);
+            buf.put_slice(&this.read_buf[this.read_pos..this.read_pos + n]);
+            this.read_pos += n;
+            if this.read_pos == this.read_buf.len() {
+                this.read_buf = Vec::new();
+                this.read_pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= READ_CHUNK {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut chunk = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
+        let got = chunk.filled();
+        let n = buf.remaining().min(got.len());
+        buf.put_slice(&got[..n]);
+        if n < got.len() {
+            this.read_buf = got[n..].to_vec();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -139,6 +180,22 @@ mod tests {
         let mut got = [0; 4];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_large_read_and_nothing_is_kept_after() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut io = BatchedIo::new(server, 4096);
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        client.write_all(&data).await.unwrap();
+        let mut got = Vec::new();
+        let mut step = [0u8; 100];
+        while got.len() < data.len() {
+            let n = io.read(&mut step).await.unwrap();
+            got.extend_from_slice(&step[..n]);
+        }
+        assert_eq!(got, data);
+        assert_eq!(io.read_buf.capacity(), 0, "everything taken: no read buffer is held");
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ impl Default for WsOptions {
         WsOptions {
             path: "/ws".to_owned(),
             allowed_origins: None,
-            read_buffer_size: 1024,
+            read_buffer_size: 128,
             write_buffer_size: 64 * 1024,
             max_write_buffer_size: None,
             tls_handshake_timeout: Duration::from_secs(10),
@@ -83,11 +83,12 @@ impl WsOptions {
         }
     }
 
-    /// Bytes read from the socket at once, and the read buffer each connection keeps
-    /// (tungstenite's default is 128 KiB, which costs gigabytes for 10k idle sockets). A frame
-    /// larger than this is still read whole, into a buffer sized for it, in reads of this size.
-    /// Default 1 KiB: it is most of what an idle connection costs in this layer (measured: each
-    /// KiB here is about one KiB of RSS per idle connection), and chat frames are mostly smaller.
+    /// The read buffer each connection keeps in tungstenite, which hands it this many bytes
+    /// at a time (tungstenite's default is 128 KiB, which costs gigabytes for 10k idle
+    /// sockets). A larger frame is still read whole, into a buffer sized for it. The socket
+    /// itself is read in 8 KiB steps whatever this is, and what tungstenite has not taken yet
+    /// is kept only until it does, so a small value costs copies, not system calls. Default
+    /// 128 bytes: each byte here is a byte of RSS per idle connection.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes;
         self

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::adapter::serve_socket;
+use crate::adapter::{serve_socket, Shared};
 use crate::batch::BatchedIo;
 use crate::options::{WsOptions, SUBPROTOCOL};
 
@@ -84,7 +84,7 @@ pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request)
         };
         let io = BatchedIo::new(TokioIo::new(upgraded), batch);
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        serve_socket(engine, socket, peer).await;
+        serve_socket(engine, Shared::new(socket), peer).await;
     });
 
     let mut response = Response::new(Body::empty());

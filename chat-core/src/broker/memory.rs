@@ -5,7 +5,6 @@
 //! receives the room's messages in one order. Several engines attached to one `MemoryBroker`
 //! behave as a cluster, which is how the multi-node logic is tested without Redis.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -61,7 +60,9 @@ struct RoomData {
     keys: HashMap<(Arc<str>, String), u64>,
     key_order: VecDeque<(Instant, (Arc<str>, String))>,
     /// user -> (session, node) pairs
-    presence: HashMap<Arc<str>, Vec<(String, u64)>>,
+    /// Per user, their sessions and each session's node. Most users have one session in a
+    /// room: the lists are allocated to fit, not with spare room.
+    presence: HashMap<Arc<str>, Vec<(Box<str>, u64)>>,
     subscribers: Vec<Subscriber>,
 }
 
@@ -289,9 +290,12 @@ impl BrokerNode for MemoryNode {
     async fn presence_add(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
         let data = self.hub.room(room);
         let mut r = lock(&data);
-        let sessions = r.presence.entry(Arc::from(user)).or_default();
-        if !sessions.iter().any(|(s, _)| s == session) {
-            sessions.push((session.to_owned(), self.node));
+        let sessions = match r.presence.get_mut(user) {
+            Some(sessions) => sessions,
+            None => r.presence.entry(Arc::from(user)).or_insert_with(|| Vec::with_capacity(1)),
+        };
+        if !sessions.iter().any(|(s, _)| &**s == session) {
+            sessions.push((session.into(), self.node));
         }
         Ok(sessions.len() == 1)
     }
@@ -299,18 +303,18 @@ impl BrokerNode for MemoryNode {
     async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
         let data = self.hub.room(room);
         let mut r = lock(&data);
-        let last = match r.presence.entry(Arc::from(user)) {
-            Entry::Occupied(mut e) => {
-                let before = e.get().len();
-                e.get_mut().retain(|(s, _)| s != session);
-                let removed = e.get().len() < before;
-                let empty = e.get().is_empty();
+        let last = match r.presence.get_mut(user) {
+            Some(sessions) => {
+                let before = sessions.len();
+                sessions.retain(|(s, _)| &**s != session);
+                let removed = sessions.len() < before;
+                let empty = sessions.is_empty();
                 if empty {
-                    e.remove();
+                    r.presence.remove(user);
                 }
                 removed && empty
             }
-            Entry::Vacant(_) => false,
+            None => false,
         };
         drop(r);
         self.hub.forget_if_unused(room);

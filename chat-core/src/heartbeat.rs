@@ -1,0 +1,53 @@
+//! Heartbeats for every session of a node, from one task.
+//!
+//! A session marks its outbox when the peer sends something and when its writer flushes; it
+//! keeps no timer of its own (an idle connection costs less). One task per engine ticks
+//! [`TICKS`] times per heartbeat and looks at every session: one that sent nothing for a
+//! heartbeat gets a `ping`, one that received nothing for two heartbeats (before `hello`:
+//! since it connected) is closed with `bye timeout`. Each happens between one and one and
+//! [`TICKS`]-th heartbeats late at most, never early.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use crate::engine::{Inner, SessionEntry};
+use crate::outbox::Class;
+use crate::protocol::{encode_ping, ByeReason};
+
+/// Ticks per heartbeat: the precision of pings and timeouts, as a fraction of a heartbeat.
+pub(crate) const TICKS: u8 = 8;
+
+/// Starts the engine's heartbeat task. It ends with the engine (or its shutdown).
+pub(crate) fn spawn(inner: Weak<Inner>, heartbeat: Duration) {
+    let tick = (heartbeat / u32::from(TICKS)).max(Duration::from_millis(1));
+    tokio::spawn(async move {
+        let mut ticks = interval_at(Instant::now() + tick, tick);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.shutdown.is_cancelled() {
+                return;
+            }
+            for session in inner.lock_sessions().values_mut() {
+                tick_session(session);
+            }
+        }
+    });
+}
+
+fn tick_session(s: &mut SessionEntry) {
+    let (seen, sent) = s.outbox.take_activity();
+    s.quiet_in = if seen { 0 } else { s.quiet_in.saturating_add(1) };
+    if s.quiet_in >= 2 * TICKS {
+        s.outbox.close(ByeReason::Timeout, []);
+        return;
+    }
+    s.quiet_out = if sent { 0 } else { s.quiet_out.saturating_add(1) };
+    if s.quiet_out >= TICKS {
+        s.outbox.push(encode_ping(), Class::Must);
+        s.quiet_out = 0;
+    }
+}
