@@ -176,12 +176,16 @@ impl<O: Sink<Bytes> + Unpin> Writer<O> {
         Poll::Ready(())
     }
 
-    /// Runs `work` to completion while writing beside it.
+    /// Runs `work` to completion, writing whenever it waits. Work that completes at once
+    /// does not write: the session's loop writes once the peer's burst of requests is over.
     pub(crate) async fn drive<F: Future>(&mut self, outbox: &Outbox, work: F) -> F::Output {
         let mut work = pin!(work);
         poll_fn(|cx| {
-            let _ = self.poll_write(cx, outbox);
-            work.as_mut().poll(cx)
+            let done = work.as_mut().poll(cx);
+            if done.is_pending() {
+                let _ = self.poll_write(cx, outbox);
+            }
+            done
         })
         .await
     }

@@ -250,6 +250,24 @@ mod tests {
         assert!(!o.next_batch(&mut out).await);
     }
 
+    #[test]
+    fn an_idle_writer_holds_no_queue() {
+        let o = Outbox::new(100, 1 << 20);
+        for _ in 0..10 {
+            assert!(o.push(Bytes::from_static(b"m"), Class::Must));
+        }
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = VecDeque::new();
+        assert_eq!(o.poll_batch(&mut cx, &mut out), Poll::Ready(true));
+        assert_eq!(out.len(), 10);
+        out.clear();
+        assert_eq!(o.poll_batch(&mut cx, &mut out), Poll::Pending, "nothing queued: the writer waits");
+        assert_eq!((out.capacity(), o.lock().queue.capacity()), (0, 0), "and holds no memory meanwhile");
+        assert!(o.push(Bytes::from_static(b"m"), Class::Must));
+        assert_eq!(o.poll_batch(&mut cx, &mut out), Poll::Ready(true));
+    }
+
     #[tokio::test]
     async fn bytes_bound_and_close_order() {
         let o = Outbox::new(100, 10);

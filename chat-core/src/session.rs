@@ -59,6 +59,9 @@ struct RateLimit {
     strikes: u32,
 }
 
+/// The most requests handled in a row before the writer runs (see `Session::run`).
+const REQUESTS_PER_WRITE: u8 = 32;
+
 /// What the session task woke up for.
 enum Wake {
     /// The outbox was closed (kick, shutdown, overflow, timeout) or the connection broke.
@@ -122,20 +125,37 @@ impl Session {
     {
         let outbox = self.outbox.clone();
         let key = self.key;
+        let wake_for = |item: Option<Result<Inbound, E>>| match item {
+            Some(Ok(item)) => Wake::Inbound(item),
+            Some(Err(e)) => {
+                tracing::debug!(session = key, error = %e, "connection failed");
+                Wake::Gone
+            }
+            None => Wake::Gone,
+        };
+        // Requests handled since the writer last ran: it runs when the peer has nothing more
+        // for us (so a pipelined burst gets its replies in one write, not one write each) or
+        // after `REQUESTS_PER_WRITE` of them (so replies cannot starve behind requests).
+        let mut burst = 0u8;
         loop {
             let wake = poll_fn(|cx| {
+                if outbox.is_ending() {
+                    return Poll::Ready(Wake::Ending);
+                }
+                let first = (burst < REQUESTS_PER_WRITE).then(|| inbound.poll_next_unpin(cx));
+                if let Some(Poll::Ready(item)) = first {
+                    burst += 1;
+                    return Poll::Ready(wake_for(item));
+                }
+                burst = 0;
                 let _ = writer.poll_write(cx, &outbox);
                 if outbox.is_ending() {
                     return Poll::Ready(Wake::Ending);
                 }
-                inbound.poll_next_unpin(cx).map(|item| match item {
-                    Some(Ok(item)) => Wake::Inbound(item),
-                    Some(Err(e)) => {
-                        tracing::debug!(session = key, error = %e, "connection failed");
-                        Wake::Gone
-                    }
-                    None => Wake::Gone,
-                })
+                match first {
+                    Some(pending) => pending.map(wake_for),
+                    None => inbound.poll_next_unpin(cx).map(wake_for),
+                }
             })
             .await;
             match wake {

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -206,8 +207,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 // A partial frame reserved its size: read straight into it.
                 ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?
             } else {
-                let mut chunk = [0u8; READ_CHUNK];
-                let mut rb = ReadBuf::new(&mut chunk);
+                let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK]; // not zeroed on every poll
+                let mut rb = ReadBuf::uninit(&mut chunk);
                 ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
                 self.buf.extend_from_slice(rb.filled());
                 rb.filled().len()
@@ -419,6 +420,26 @@ mod tests {
         assert!(matches!(codec.decode(&mut buf).unwrap(), Some(Inbound::Frame(f)) if f.len() == 20_000));
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert_eq!(buf.capacity(), READ_BUFFER);
+    }
+
+    #[tokio::test]
+    async fn the_reader_holds_no_buffer_between_frames() {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(server, 65_536);
+        client.write_all(&framed(&[b"{\"a\":1}", &[b'x'; 3000], b"{}"])).await.unwrap();
+        client.write_all(&5u32.to_be_bytes()).await.unwrap(); // and the start of a fourth
+        assert!(matches!(reader.next().await, Some(Ok(Inbound::Frame(f))) if &f[..] == b"{\"a\":1}"));
+        assert!(matches!(reader.next().await, Some(Ok(Inbound::Frame(f))) if f.len() == 3000));
+        assert!(matches!(reader.next().await, Some(Ok(Inbound::Frame(f))) if &f[..] == b"{}"));
+        let waker = futures::task::noop_waker();
+        assert!(reader.poll_item(&mut Context::from_waker(&waker)).is_pending(), "the fourth is incomplete");
+        assert!(reader.buf.capacity() > 0, "a partial frame is kept");
+        client.write_all(b"{\"b\"}").await.unwrap();
+        assert!(matches!(reader.next().await, Some(Ok(Inbound::Frame(f))) if &f[..] == b"{\"b\"}"));
+        assert!(reader.poll_item(&mut Context::from_waker(&waker)).is_pending());
+        assert_eq!(reader.buf.capacity(), 0, "between frames, no read buffer at all");
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 //! batch at the latest, which the engine's heartbeat ping guarantees within `heartbeat_ms`.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -141,8 +142,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for BatchedIo<S> {
         if buf.remaining() >= READ_CHUNK {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut chunk = ReadBuf::new(&mut chunk);
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK]; // not zeroed on every poll
+        let mut chunk = ReadBuf::uninit(&mut chunk);
         ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
         let got = chunk.filled();
         let n = buf.remaining().min(got.len());
