@@ -35,6 +35,7 @@ mod driver;
 mod engine;
 mod heartbeat;
 pub mod hooks;
+pub mod io;
 mod outbox;
 pub mod protocol;
 mod rooms;

@@ -9,19 +9,18 @@
 //! connection's life (tungstenite 0.29 never shrinks it), so a 64 KiB buffer, good for fan-out,
 //! would stay 64 KiB on every connection that was once busy. Instead tungstenite gets a write
 //! buffer size of 0 (each frame is handed down here as soon as it is formatted, so its buffer
-//! holds one frame at most) and the gathering happens here, in a buffer freed after any flush
-//! that ended a small batch. A connection that goes quiet has its buffer freed by its next small
-//! batch at the latest, which the engine's heartbeat ping guarantees within `heartbeat_ms`.
+//! holds one frame at most) and the gathering happens here, in a `chat_core::io::WriteBuffer`
+//! (the TCP transport's too), freed after any flush that ended a small batch. A connection that
+//! goes quiet has its buffer freed by its next small batch at the latest, which the engine's
+//! heartbeat ping guarantees within `heartbeat_ms`.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use chat_core::io::WriteBuffer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// The first allocation of a batch's buffer; it doubles as the batch grows.
-const INITIAL: usize = 1024;
 
 /// Bytes read from the socket at once (on the stack) when tungstenite asks for fewer.
 const READ_CHUNK: usize = 8192;
@@ -30,13 +29,8 @@ const READ_CHUNK: usize = 8192;
 #[derive(Debug)]
 pub(crate) struct BatchedIo<S> {
     inner: S,
-    /// Outbound bytes not yet written to `inner` start at `buf[written]`.
-    buf: Vec<u8>,
-    written: usize,
-    /// Write to `inner` once this many bytes wait.
-    limit: usize,
-    /// Bytes accepted since the last flush: the size of the batch being written.
-    batch: usize,
+    /// Outbound bytes not yet written to `inner`.
+    out: WriteBuffer,
     /// Bytes read from the socket that the reader has not taken yet start at
     /// `read_buf[read_pos]`; unallocated when there are none.
     read_buf: Vec<u8>,
@@ -46,82 +40,44 @@ pub(crate) struct BatchedIo<S> {
 impl<S> BatchedIo<S> {
     /// Wraps `inner`, gathering up to `limit` outbound bytes before writing them.
     pub(crate) fn new(inner: S, limit: usize) -> Self {
-        BatchedIo {
-            inner,
-            buf: Vec::new(),
-            written: 0,
-            limit: limit.max(1),
-            batch: 0,
-            read_buf: Vec::new(),
-            read_pos: 0,
-        }
+        BatchedIo { inner, out: WriteBuffer::new(limit), read_buf: Vec::new(), read_pos: 0 }
     }
 
     /// The capacity of the write buffer held now (tests).
     #[cfg(test)]
     pub(crate) fn buffer_capacity(&self) -> usize {
-        self.buf.capacity()
-    }
-}
-
-impl<S: AsyncWrite + Unpin> BatchedIo<S> {
-    /// Writes out everything buffered.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.buf.len() {
-            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..])) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.written += n,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        self.buf.clear();
-        self.written = 0;
-        Poll::Ready(Ok(()))
+        self.out.capacity()
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for BatchedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.buf.len() - this.written >= this.limit {
-            ready!(this.poll_drain(cx))?;
+        if this.out.is_full() {
+            ready!(this.out.poll_drain(Pin::new(&mut this.inner), cx))?;
         }
-        if this.buf.is_empty() && data.len() >= this.limit {
+        if this.out.pending() == 0 && data.len() >= this.out.chunk() {
             // Larger than a whole batch: no point copying it.
             let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
-            this.batch += n;
+            this.out.count_written_through(n);
             return Poll::Ready(Ok(n));
         }
-        if this.written > 0 {
-            // A partial write left a tail (the peer reads slowly): move it to the front.
-            this.buf.drain(..this.written);
-            this.written = 0;
-        }
-        if this.buf.capacity() == 0 {
-            this.buf.reserve(data.len().max(INITIAL));
-        }
-        this.buf.extend_from_slice(data);
-        this.batch += data.len();
+        this.out.extend(&[data]);
         Poll::Ready(Ok(data.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        ready!(this.poll_drain(cx))?;
+        ready!(this.out.poll_drain(Pin::new(&mut this.inner), cx))?;
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
-        // A small batch: the connection is not busy, free the buffer. A large one: keep it for
-        // the next batch, which is likely large too.
-        if this.batch < this.limit / 4 {
-            this.buf = Vec::new();
-        }
-        this.batch = 0;
+        this.out.end_batch();
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        ready!(this.poll_drain(cx))?;
-        this.buf = Vec::new();
+        ready!(this.out.poll_drain(Pin::new(&mut this.inner), cx))?;
+        this.out.release();
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
