@@ -8,9 +8,12 @@
 //! 1007; tungstenite reports it as an error but does not close, so the close code is handed to
 //! the outbound half, which sends it when the core closes the sink.
 //!
-//! Outbound frames become text messages without a copy and without validating them again for
-//! every recipient: `Engine::serve` guarantees that every frame it writes is UTF-8 (it checks
-//! bodies handed back by a broker once, when it encodes them).
+//! Outbound frames become text messages formatted straight into the socket's write buffer
+//! (`BatchedIo::feed_text`: one copy per recipient, where tungstenite's own path would make two)
+//! and are not validated again for every recipient: `Engine::serve` guarantees that every frame
+//! it writes is UTF-8 (it checks bodies handed back by a broker once, when it encodes them).
+//! Control frames (pongs, close) still go through tungstenite, which hands the socket whole
+//! frames, so the two never interleave within a frame.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -83,7 +86,7 @@ where
     let conn = ConnInfo { peer, transport: "ws" };
     async move {
         let mut inbound = InboundFrames { shared: &shared, finished: false, end_next: false };
-        let mut outbound = OutboundFrames { shared: &shared, close_queued: false };
+        let mut outbound = OutboundFrames { shared: &shared, full: false, close_queued: false };
         engine.serve(&mut inbound, &mut outbound, conn).await;
         let wait_for_close = !inbound.finished && !inbound.end_next;
         let socket = shared.socket.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -165,25 +168,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
 /// The outbound half: the core's frames → text messages; closing sends a close frame.
 pub(crate) struct OutboundFrames<'a, S> {
     shared: &'a Shared<S>,
+    /// The write buffer holds a chunk's worth: write it before taking another frame.
+    full: bool,
     close_queued: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
     type Error = tungstenite::Error;
 
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.shared.socket().poll_ready_unpin(cx)
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.full {
+            ready!(self.shared.socket().get_mut().poll_drain(cx))?;
+            self.full = false;
+        }
+        Poll::Ready(Ok(()))
     }
 
-    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), Self::Error> {
+    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> Result<(), Self::Error> {
+        // The frame is formatted straight into the socket's write buffer, not through
+        // tungstenite (which would copy it into its own buffer first): one copy per recipient.
+        // `Engine::serve` guarantees UTF-8 frames, so a text message needs no check here.
         debug_assert!(std::str::from_utf8(&frame).is_ok(), "chat-core wrote a frame that is not UTF-8");
-        // SAFETY: this sink is crate-private and only ever handed to `Engine::serve`, whose
-        // outbound frames are documented to be valid UTF-8: the engine encodes them from Rust
-        // strings and from bodies it checked (client bodies when parsed, broker bodies when
-        // encoded, in `chat_core::protocol`). Skipping a second validation per recipient is the
-        // point: the same frame goes to every member of a room.
-        let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame) };
-        self.shared.socket().start_send_unpin(Message::Text(text))
+        let mut socket = self.shared.socket();
+        let io = socket.get_mut();
+        io.feed_text(&frame);
+        let full = io.is_full();
+        drop(socket);
+        self.full = full; // `poll_ready` writes before the next frame: one lock per frame
+        Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

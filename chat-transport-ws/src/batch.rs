@@ -43,10 +43,44 @@ impl<S> BatchedIo<S> {
         BatchedIo { inner, out: WriteBuffer::new(limit), read_buf: Vec::new(), read_pos: 0 }
     }
 
+    /// Appends one text message as a single unmasked WebSocket frame (RFC 6455 §5.2: FIN,
+    /// opcode 1, the payload length, the payload). Only for whole frames between
+    /// tungstenite's own writes, which always hand this type whole frames too.
+    pub(crate) fn feed_text(&mut self, payload: &[u8]) {
+        let len = payload.len();
+        let mut header = [0u8; 10];
+        header[0] = 0x81;
+        let n = if len < 126 {
+            header[1] = len as u8;
+            2
+        } else if let Ok(len) = u16::try_from(len) {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&len.to_be_bytes());
+            4
+        } else {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        self.out.extend(&[&header[..n], payload]);
+    }
+
+    /// Whether a chunk's worth of outbound bytes waits to be written.
+    pub(crate) fn is_full(&self) -> bool {
+        self.out.is_full()
+    }
+
     /// The capacity of the write buffer held now (tests).
     #[cfg(test)]
     pub(crate) fn buffer_capacity(&self) -> usize {
         self.out.capacity()
+    }
+}
+
+impl<S: AsyncWrite + Unpin> BatchedIo<S> {
+    /// Writes out everything buffered.
+    pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.out.poll_drain(Pin::new(&mut self.inner), cx)
     }
 }
 

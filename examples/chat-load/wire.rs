@@ -4,19 +4,17 @@
 //! frame's head, a channel per event and (on TCP) a 256-byte read buffer, so roughly one read
 //! call per frame. A load generator has to read millions of frames a second on one core, so it
 //! talks to the socket itself: large reads, whole frames handed to a callback as borrowed
-//! slices, and outbound frames coalesced into one write per batch.
+//! slices, and outbound frames coalesced into one write per batch. Over WebSocket it does the
+//! same with its own minimal framing (RFC 6455: an HTTP upgrade, then frames; ours are masked
+//! with a zero key, the server's are not masked): a tungstenite client decoding every message
+//! on one core was the bottleneck of the WS fan-out, not the server.
 
 use std::io;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{FutureExt, SinkExt, StreamExt};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::scan::{self, Kind};
 
@@ -29,150 +27,162 @@ pub enum Endpoint {
     Ws(String),
 }
 
-type Ws = WebSocketStream<TcpStream>;
+/// How frames are delimited on the connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A 4-byte big-endian length, then the frame.
+    Prefix,
+    /// WebSocket frames, one text message each.
+    Ws,
+}
 
 /// The read half of a connection.
-pub enum Reader {
-    Tcp { io: OwnedReadHalf, buf: BytesMut, chunk: usize },
-    Ws(SplitStream<Ws>),
+pub struct Reader {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+    chunk: usize,
+    framing: Framing,
 }
 
 /// The write half: frames are queued with [`push`](Writer::push) and written by
-/// [`flush`](Writer::flush), one write call per batch on TCP.
-pub enum Writer {
-    Tcp { io: OwnedWriteHalf, buf: Vec<u8> },
-    Ws { sink: SplitSink<Ws, Message>, pending: Vec<Bytes> },
+/// [`flush`](Writer::flush), one write call per batch.
+pub struct Writer {
+    io: OwnedWriteHalf,
+    buf: Vec<u8>,
+    framing: Framing,
 }
 
 /// Opens a connection. `chunk` is the read size: large for the load, small for idle mode.
 pub async fn open(endpoint: &Endpoint, chunk: usize) -> io::Result<(Reader, Writer)> {
-    match endpoint {
-        Endpoint::Tcp(addr) => {
-            let stream = TcpStream::connect(addr.as_str()).await?;
-            stream.set_nodelay(true)?;
-            let (r, w) = stream.into_split();
-            Ok((Reader::Tcp { io: r, buf: BytesMut::new(), chunk }, Writer::Tcp { io: w, buf: Vec::new() }))
-        }
+    let (addr, framing) = match endpoint {
+        Endpoint::Tcp(addr) => (addr.as_str(), Framing::Prefix),
         Endpoint::Ws(url) => {
             let authority = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: expected ws://host:port/path"))
             })?;
-            let stream = TcpStream::connect(authority).await?;
-            stream.set_nodelay(true)?;
-            let config = WebSocketConfig::default()
-                .read_buffer_size(chunk.max(1024))
-                .write_buffer_size(chunk.max(1024))
-                .max_write_buffer_size(64 << 20);
-            let (socket, _) = tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
-                .await
-                .map_err(io::Error::other)?;
-            let (sink, stream) = socket.split();
-            Ok((Reader::Ws(stream), Writer::Ws { sink, pending: Vec::new() }))
+            (authority, Framing::Ws)
+        }
+    };
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut buf = BytesMut::new();
+    if let Endpoint::Ws(url) = endpoint {
+        let path = url.strip_prefix("ws://").and_then(|rest| rest.find('/').map(|i| &rest[i..])).unwrap_or("/");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: chat.v1\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 16 * 1024 || stream.read_buf(&mut buf).await? == 0 {
+                return Err(io::Error::other(format!("{url}: no WebSocket upgrade response")));
+            }
+        };
+        if !buf.starts_with(b"HTTP/1.1 101") {
+            return Err(io::Error::other(format!("{url}: upgrade refused: {}", frame_text(&buf[..end]))));
+        }
+        buf.advance(end); // frames the server sent right after its response
+    }
+    let (r, w) = stream.into_split();
+    Ok((Reader { io: r, buf, chunk, framing }, Writer { io: w, buf: Vec::new(), framing }))
+}
+
+/// One whole frame at the start of `buf`: (header length, payload length, opcode), or `None`
+/// when more bytes are needed.
+fn next_frame(framing: Framing, buf: &[u8]) -> Option<(usize, usize, u8)> {
+    match framing {
+        Framing::Prefix => {
+            let n = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+            Some((4, n, 1))
+        }
+        Framing::Ws => {
+            let (b0, b1) = (*buf.first()?, *buf.get(1)?);
+            let (header, n) = match b1 & 0x7f {
+                126 => (4, u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize),
+                127 => (10, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize),
+                n => (2, n as usize),
+            };
+            let masked = if b1 & 0x80 != 0 { 4 } else { 0 }; // a server does not mask; skip it if it did
+            Some((header + masked, n, b0 & 0x0f))
         }
     }
 }
 
 impl Reader {
-    /// Waits for data, then calls `f` with every whole frame that has arrived. `Ok(false)` once
-    /// the connection is closed.
+    /// Waits for data, then calls `f` with every whole frame that has arrived (the payload of
+    /// every text message on WebSocket). `Ok(false)` once the connection is closed.
     pub async fn read_batch(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<bool> {
-        match self {
-            Reader::Tcp { io, buf, chunk } => {
-                if buf.capacity() - buf.len() < *chunk / 4 {
-                    buf.reserve(*chunk);
-                }
-                if io.read_buf(buf).await? == 0 {
-                    return Ok(false);
-                }
-                let mut pos = 0;
-                while buf.len() - pos >= 4 {
-                    let n = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
-                    if buf.len() - pos - 4 < n {
-                        buf.reserve(n + 4);
-                        break;
-                    }
-                    f(&buf[pos + 4..pos + 4 + n]);
-                    pos += 4 + n;
-                }
-                buf.advance(pos);
-                Ok(true)
-            }
-            Reader::Ws(stream) => {
-                if !ws_one(stream.next().await, &mut f)? {
-                    return Ok(false);
-                }
-                // Whatever tungstenite has already buffered, without another wake-up.
-                for _ in 0..1024 {
-                    match stream.next().now_or_never() {
-                        Some(item) => {
-                            if !ws_one(item, &mut f)? {
-                                return Ok(false);
-                            }
-                        }
-                        None => break,
-                    }
-                }
-                Ok(true)
-            }
+        let Reader { io, buf, chunk, framing } = self;
+        if buf.capacity() - buf.len() < *chunk / 4 {
+            buf.reserve(*chunk);
         }
-    }
-}
-
-fn ws_one(
-    item: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    f: &mut impl FnMut(&[u8]),
-) -> io::Result<bool> {
-    match item {
-        Some(Ok(Message::Text(text))) => {
-            f(text.as_bytes());
-            Ok(true)
+        if io.read_buf(buf).await? == 0 {
+            return Ok(false);
         }
-        Some(Ok(Message::Close(_))) | None => Ok(false),
-        Some(Ok(_)) => Ok(true),
-        Some(Err(e)) => Err(io::Error::other(e)),
+        let mut pos = 0;
+        while let Some((header, n, opcode)) = next_frame(*framing, &buf[pos..]) {
+            if buf.len() - pos < header + n {
+                buf.reserve(header + n);
+                break;
+            }
+            match opcode {
+                1 => f(&buf[pos + header..pos + header + n]),
+                8 => return Ok(false), // close
+                _ => {}                // pings, pongs, binary: not in this protocol's traffic
+            }
+            pos += header + n;
+        }
+        buf.advance(pos);
+        Ok(true)
     }
 }
 
 impl Writer {
     /// Queues one frame (its JSON bytes).
     pub fn push(&mut self, payload: &[u8]) {
-        match self {
-            Writer::Tcp { buf, .. } => {
-                buf.put_u32(payload.len() as u32);
-                buf.extend_from_slice(payload);
+        let buf = &mut self.buf;
+        match self.framing {
+            Framing::Prefix => buf.put_u32(payload.len() as u32),
+            Framing::Ws => {
+                // FIN + text, then the length with the mask bit and a zero masking key (a
+                // client must mask; a zero key leaves the payload as it is).
+                buf.put_u8(0x81);
+                match payload.len() {
+                    n if n < 126 => buf.put_u8(0x80 | n as u8),
+                    n if n <= 0xffff => {
+                        buf.put_u8(0x80 | 126);
+                        buf.put_u16(n as u16);
+                    }
+                    n => {
+                        buf.put_u8(0x80 | 127);
+                        buf.put_u64(n as u64);
+                    }
+                }
+                buf.put_u32(0);
             }
-            Writer::Ws { pending, .. } => pending.push(Bytes::copy_from_slice(payload)),
         }
+        buf.extend_from_slice(payload);
     }
 
     /// Writes every queued frame.
     pub async fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Writer::Tcp { io, buf } => {
-                io.write_all(buf).await?;
-                buf.clear();
-                Ok(())
-            }
-            Writer::Ws { sink, pending } => {
-                for frame in pending.drain(..) {
-                    let text = Utf8Bytes::try_from(frame).map_err(io::Error::other)?;
-                    sink.feed(Message::Text(text)).await.map_err(io::Error::other)?;
-                }
-                sink.flush().await.map_err(io::Error::other)
-            }
-        }
+        self.io.write_all(&self.buf).await?;
+        self.buf.clear();
+        Ok(())
     }
 
     /// Closes the connection politely.
     pub async fn close(&mut self) {
-        match self {
-            Writer::Tcp { io, .. } => {
-                let _ = io.shutdown().await;
-            }
-            Writer::Ws { sink, .. } => {
-                let _ = sink.close().await;
-            }
+        if self.framing == Framing::Ws {
+            // A close frame with no code, masked with a zero key.
+            self.buf.extend_from_slice(&[0x88, 0x80, 0, 0, 0, 0]);
+            let _ = self.flush().await;
         }
+        let _ = self.io.shutdown().await;
     }
 }
 
