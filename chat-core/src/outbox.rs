@@ -7,15 +7,16 @@
 //! are dropped instead once the queue is half full.
 //!
 //! The outbox is also how anybody else (kick, shutdown, overflow) ends a session: it holds the
-//! session task's one [`Waker`] and wakes it on a push the writer waits for and on close. That
+//! session task's waker and wakes it on a push the writer waits for and on close. That
 //! replaces a `Notify` and a cancellation token per session: an idle connection costs less.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 
 use crate::protocol::{encode_bye, ByeReason};
 
@@ -28,6 +29,9 @@ pub(crate) struct Outbox {
     seen: AtomicBool,
     /// The writer flushed something since the heartbeat task last looked.
     sent: AtomicBool,
+    /// The session task, woken when the writer waits and a frame arrives, and on close. Kept
+    /// out of `state`: a push touches one cache line of each recipient's outbox, not two.
+    waker: AtomicWaker,
     max_frames: u32,
     max_bytes: usize,
 }
@@ -43,8 +47,6 @@ struct State {
     /// The writer found the queue empty and waits to be woken: only then does a push pay for
     /// a wake-up.
     writer_waiting: bool,
-    /// The session task, woken when the writer waits and a frame arrives, and on close.
-    waker: Option<Waker>,
 }
 
 /// How a frame is to be treated when the queue is full.
@@ -66,6 +68,7 @@ impl Outbox {
             ending: AtomicBool::new(false),
             seen: AtomicBool::new(false),
             sent: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             max_frames: max_frames.clamp(1, u32::MAX as usize) as u32,
             max_bytes: max_bytes.max(1),
         }
@@ -95,12 +98,12 @@ impl Outbox {
             }
             Class::Must => {}
         }
-        let wake = if std::mem::take(&mut s.writer_waiting) { s.waker.take() } else { None };
+        let wake = std::mem::take(&mut s.writer_waiting);
         s.bytes = bytes;
         s.queue.push_back(frame);
         drop(s);
-        if let Some(waker) = wake {
-            waker.wake();
+        if wake {
+            self.waker.wake();
         }
         true
     }
@@ -141,13 +144,10 @@ impl Outbox {
     }
 
     /// Marks the session as ending and wakes its task (after unlocking).
-    fn end(&self, mut s: MutexGuard<'_, State>) {
+    fn end(&self, s: MutexGuard<'_, State>) {
         self.ending.store(true, Ordering::Release);
-        let waker = s.waker.take();
         drop(s);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.waker.wake();
     }
 
     /// Abandons the connection unless the session was closed on purpose (whose `bye` must
@@ -197,6 +197,8 @@ impl Outbox {
     /// Otherwise registers the task to be woken by the next push (or close) and releases both
     /// queues' memory: an idle connection holds no queue.
     pub(crate) fn poll_batch(&self, cx: &mut Context<'_>, out: &mut VecDeque<Bytes>) -> Poll<bool> {
+        // Registered before looking: a push or close after the look wakes this waker.
+        self.waker.register(cx.waker());
         let mut s = self.lock();
         if !s.queue.is_empty() {
             std::mem::swap(&mut s.queue, out);
@@ -207,10 +209,6 @@ impl Outbox {
             return Poll::Ready(false);
         }
         s.writer_waiting = true;
-        match &mut s.waker {
-            Some(w) => w.clone_from(cx.waker()),
-            slot => *slot = Some(cx.waker().clone()),
-        }
         if s.queue.capacity() > 0 {
             s.queue = VecDeque::new();
         }
