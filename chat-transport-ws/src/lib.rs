@@ -20,10 +20,13 @@
 //! # Why tokio-tungstenite
 //!
 //! * Conformance: tungstenite passes the Autobahn test suite, the reference for RFC 6455.
-//! * Speed and memory: zero-copy messages (`Bytes` in, `Bytes` out), explicit flushing so a
-//!   batch of frames goes out in few writes (64 KiB each), and small buffers at rest:
-//!   tungstenite defaults to 128 KiB per read and write buffer; here the read buffer is 1 KiB
-//!   and the write buffer exists only while a batch is written (see [`WsOptions`]).
+//! * Speed and memory: zero-copy inbound messages (`Bytes` out), explicit flushing so a batch
+//!   of frames goes out in few writes (64 KiB each), and small buffers at rest: tungstenite
+//!   defaults to 128 KiB per read and write buffer; here its read buffer is 128 bytes (fed from
+//!   8 KiB socket reads) and the write buffer exists only while a batch is written (see
+//!   [`WsOptions`]). Outbound text frames, the bulk of the traffic, are formatted by this crate
+//!   straight into that write buffer (a 2–10 byte header, then the payload); tungstenite reads
+//!   and sends the control frames.
 //! * One stack: the server does the HTTP upgrade itself (hyper) and drives tokio-tungstenite's
 //!   `WebSocketStream` directly, the client uses the same version (0.29, the one axum 0.8.9's
 //!   `ws` feature would pin, which this crate does not enable), so a single WebSocket
