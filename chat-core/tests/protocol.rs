@@ -656,3 +656,32 @@ async fn requests_without_id_get_errors_without_id() {
     raw.send(r#"{"type":"leave","room":"r"}"#);
     assert_eq!(raw.ask(r#"{"type":"ping","id":1}"#).await["type"], "pong", "no left reply without id");
 }
+
+/// A peer whose requests never stop arriving still gets its replies: the session writes at
+/// least every few requests, not only once the peer pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_flow_while_requests_never_stop() {
+    use bytes::Bytes;
+    use chat_core::{ConnInfo, Inbound};
+    use futures::StreamExt;
+    let engine = engine().await;
+    let hello = Bytes::from_static(br#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#);
+    let ping = Bytes::from_static(br#"{"type":"ping","id":7}"#);
+    // Always ready: never `Pending`, never ends.
+    let inbound = futures::stream::iter([Ok::<_, std::io::Error>(Inbound::Frame(hello))])
+        .chain(futures::stream::repeat_with(move || Ok(Inbound::Frame(ping.clone()))));
+    let (outbound, mut from_server) = futures::channel::mpsc::unbounded::<Bytes>();
+    let session = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.serve(inbound, outbound, ConnInfo::default()).await }
+    });
+    let within = std::time::Duration::from_secs(10);
+    let welcome = tokio::time::timeout(within, from_server.next()).await.expect("welcome in time").unwrap();
+    assert!(welcome.starts_with(br#"{"type":"welcome""#));
+    for _ in 0..100 {
+        let pong = tokio::time::timeout(within, from_server.next()).await.expect("replies flow").unwrap();
+        assert_eq!(&pong[..], br#"{"type":"pong","id":7}"#);
+    }
+    assert_eq!(engine.kick("alice"), 1);
+    tokio::time::timeout(within, session).await.expect("a kicked session ends").unwrap();
+}

@@ -190,6 +190,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn text_frames_carry_each_length_encoding() {
+        // RFC 6455 §5.2: 7-bit lengths up to 125, then 126 + 16 bits, then 127 + 64 bits.
+        for (len, header) in [
+            (0usize, vec![0x81, 0]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let (client, mut server) = tokio::io::duplex(1 << 20);
+            let mut io = BatchedIo::new(client, 1 << 20);
+            let payload = vec![b'x'; len];
+            io.feed_text(&payload);
+            io.flush().await.unwrap();
+            drop(io);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            assert_eq!(&got[..header.len()], &header[..], "length {len}");
+            assert_eq!(&got[header.len()..], &payload[..], "length {len}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_stalled_peer_bounds_what_is_buffered() {
         let (client, _server) = tokio::io::duplex(1024);
         let mut io = BatchedIo::new(client, 4096);

@@ -273,3 +273,23 @@ async fn close_handshake_both_ways() {
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1000));
     engine.shutdown().await;
 }
+
+/// Outbound text frames are formatted by this crate (not tungstenite): a client library must
+/// read every length encoding, including a history page over 64 KiB (the 64-bit form).
+#[tokio::test]
+async fn large_and_small_frames_reach_a_standard_client() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let client = connect(&url(addr), Some("alice"), None).await.expect("connect");
+    client.join("big", None).await.expect("join");
+    let body = "y".repeat(15_000);
+    for _ in 0..5 {
+        client.send("big", json!(body)).await.expect("send");
+    }
+    let page = client.history("big", None, None, Some(100)).await.expect("history");
+    let messages = page["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 5);
+    assert!(messages.iter().all(|m| m["body"] == json!(body)));
+    assert!(page.to_string().len() > 65_536, "the page needs the 64-bit length form");
+    engine.shutdown().await;
+}
