@@ -1,21 +1,22 @@
 //! The adapter between an upgraded WebSocket and the core's driver: messages in become
 //! [`Inbound`] items, frames out become text messages. Nothing here parses JSON.
 //!
-//! Text → `Inbound::Frame` (zero-copy: the message's buffer is the frame), binary →
-//! `Inbound::Binary`, ping/pong → `Inbound::Alive`, a message over `max_frame` (tungstenite's
-//! capacity error, raised from the frame header before the payload is read) →
-//! `Inbound::TooLarge`. Invalid UTF-8 in a text message ends the connection with close code
-//! 1007; tungstenite reports it as an error but does not close, so the close code is handed to
-//! the outbound half, which sends it when the core closes the sink.
+//! Reading is this crate's own (`frame.rs`): text → `Inbound::Frame` (the unmasked payload, no
+//! copy unless the message came in fragments), binary → `Inbound::Binary`, ping/pong →
+//! `Inbound::Alive` (a ping is answered with a pong at once), a message over `max_frame` →
+//! `Inbound::TooLarge`, decided from a frame's header before its payload is read (close 1009).
+//! A text message that is not UTF-8 closes with 1007, a frame no client may send with 1002.
+//! The read buffer is freed between frames, so a connection that once received a large
+//! message does not keep a large buffer.
 //!
 //! Outbound frames become text messages formatted straight into the socket's write buffer
-//! (`BatchedIo::feed_text`: one copy per recipient, where tungstenite's own path would make two)
-//! and are not validated again for every recipient: `Engine::serve` guarantees that every frame
-//! it writes is UTF-8 (it checks bodies handed back by a broker once, when it encodes them).
-//! Control frames (pongs, close) still go through tungstenite, which hands the socket whole
-//! frames, so the two never interleave within a frame.
+//! (`BatchedIo::feed_frame`: one copy per recipient) and are not validated again for every
+//! recipient: `Engine::serve` guarantees that every frame it writes is UTF-8 (it checks bodies
+//! handed back by a broker once, when it encodes them).
 
 use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -23,57 +24,48 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chat_core::{ConnInfo, Engine, Inbound};
-use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use futures::{Sink, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::batch::BatchedIo;
+use crate::frame::{self, Parsed, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
 
-/// A server-side WebSocket over a connection `S`, with the transport's write batching.
-pub(crate) type Socket<S> = WebSocketStream<BatchedIo<S>>;
-
-/// Normal closure.
-const CLOSE_NORMAL: u16 = 1000;
-/// A text message that is not UTF-8 (RFC 6455 §7.4.1).
-const CLOSE_INVALID_DATA: u16 = 1007;
-/// A message over `max_frame`.
-const CLOSE_TOO_BIG: u16 = 1009;
-/// Not a close code: the peer closed first, tungstenite queued the reply; only flush it.
+/// Not a close code: the peer closed first and the reply is already queued; only flush it.
 const PEER_CLOSED: u16 = 0;
 
 /// How long the peer may take to answer our close frame before the socket is dropped. Reading
 /// until its close arrives lets the peer read everything we sent (no reset on unread data).
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
+/// Bytes read from the socket at once, on the stack; only what arrived is kept.
+const READ_CHUNK: usize = 8192;
+
 /// One upgraded connection, shared by its inbound and outbound halves.
 ///
 /// The halves are polled by one task, one at a time, so the lock is never contended; it
 /// replaces `StreamExt::split`, whose `BiLock` would move the socket to a separate allocation.
 pub(crate) struct Shared<S> {
-    socket: Mutex<Socket<S>>,
+    io: Mutex<BatchedIo<S>>,
     /// The close code the outbound half sends when the core closes it.
     close_code: AtomicU16,
 }
 
 impl<S> Shared<S> {
-    pub(crate) fn new(socket: Socket<S>) -> Self {
-        Shared { socket: Mutex::new(socket), close_code: AtomicU16::new(CLOSE_NORMAL) }
+    pub(crate) fn new(io: BatchedIo<S>) -> Self {
+        Shared { io: Mutex::new(io), close_code: AtomicU16::new(CLOSE_NORMAL) }
     }
 
-    fn socket(&self) -> MutexGuard<'_, Socket<S>> {
-        self.socket.lock().unwrap_or_else(PoisonError::into_inner)
+    fn io(&self) -> MutexGuard<'_, BatchedIo<S>> {
+        self.io.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Runs one upgraded connection to its end: the core's session, then the close handshake.
 ///
 /// Not an `async fn`: an `async` block keeps each captured value once, where an `async fn`
-/// would keep a second copy of `shared` (the whole socket) for the connection's life.
+/// would keep a second copy of `shared` for the connection's life.
 pub(crate) fn serve_socket<S>(
     engine: Engine,
     shared: Shared<S>,
@@ -82,38 +74,31 @@ pub(crate) fn serve_socket<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut shared = shared;
     let conn = ConnInfo { peer, transport: "ws" };
+    let max = engine.config().max_frame;
     async move {
-        let mut inbound = InboundFrames { shared: &shared, finished: false, end_next: false };
+        let mut inbound = InboundFrames::new(&shared, max);
         let mut outbound = OutboundFrames { shared: &shared, full: false, close_queued: false };
         engine.serve(&mut inbound, &mut outbound, conn).await;
-        let wait_for_close = !inbound.finished && !inbound.end_next;
-        let socket = shared.socket.get_mut().unwrap_or_else(PoisonError::into_inner);
-        // After answering the peer's close, tungstenite reports the connection closed without
-        // flushing the socket: the reply may still be in `BatchedIo`.
-        let _ = tokio::time::timeout(CLOSE_DRAIN, socket.get_mut().flush()).await;
-        if wait_for_close {
+        if !inbound.finished && !inbound.end_next {
             // We closed on purpose (bye) and the socket is still readable: wait, briefly, for
-            // the peer's close frame.
-            let drain = async { while let Some(Ok(_)) = socket.next().await {} };
-            let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+            // the peer's close frame (it may still be sending frames before it).
+            let _ = tokio::time::timeout(CLOSE_DRAIN, inbound.by_ref().for_each(|_| async {})).await;
         }
+        let _ = tokio::time::timeout(CLOSE_DRAIN, futures::future::poll_fn(|cx| shared.io().poll_drain(cx))).await;
     }
 }
 
-/// What a WebSocket read error means for the connection.
-fn close_code_for(e: &tungstenite::Error) -> Option<u16> {
-    match e {
-        tungstenite::Error::Utf8(_) => Some(CLOSE_INVALID_DATA),
-        tungstenite::Error::Capacity(_) => Some(CLOSE_TOO_BIG),
-        _ => None,
-    }
-}
-
-/// The inbound half: WebSocket messages → [`Inbound`] items.
+/// The inbound half: WebSocket frames → [`Inbound`] items.
 pub(crate) struct InboundFrames<'a, S> {
     shared: &'a Shared<S>,
+    /// Bytes read and not yet parsed; unallocated between frames.
+    buf: BytesMut,
+    /// A fragmented message in progress: its opcode and what arrived of it.
+    partial: Option<(u8, BytesMut)>,
+    max: usize,
+    /// A pong or a close reply was queued and may not be written yet.
+    unflushed: bool,
     /// The stream ended (peer closed, went away, or broke the protocol): nothing more to read.
     finished: bool,
     /// The last item was `TooLarge`: the socket's read side is unusable (the oversized payload
@@ -121,47 +106,139 @@ pub(crate) struct InboundFrames<'a, S> {
     end_next: bool,
 }
 
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
+    fn new(shared: &'a Shared<S>, max: usize) -> Self {
+        InboundFrames {
+            shared,
+            buf: BytesMut::new(),
+            partial: None,
+            max,
+            unflushed: false,
+            finished: false,
+            end_next: false,
+        }
+    }
+
+    /// Ends the stream with `code` as the close code to send.
+    fn fail(&mut self, code: u16, why: &'static str) -> Poll<Option<io::Result<Inbound>>> {
+        self.shared.close_code.store(code, Ordering::Relaxed);
+        self.finished = true;
+        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
+    }
+
+    /// A whole message: text (checked for UTF-8) or binary.
+    fn message(&mut self, opcode: u8, payload: BytesMut) -> Poll<Option<io::Result<Inbound>>> {
+        if opcode == frame::BINARY {
+            return Poll::Ready(Some(Ok(Inbound::Binary)));
+        }
+        if std::str::from_utf8(&payload).is_err() {
+            return self.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+        }
+        Poll::Ready(Some(Ok(Inbound::Frame(payload.freeze()))))
+    }
+
+    /// Reads what the socket has into `buf`; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut io = self.shared.io();
+        if self.buf.capacity() - self.buf.len() >= READ_CHUNK {
+            // A large frame reserved its size: read straight into it.
+            return tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.buf);
+        }
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK]; // not zeroed on every poll
+        let mut chunk = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut chunk))?;
+        self.buf.extend_from_slice(chunk.filled());
+        Poll::Ready(Ok(chunk.filled().len()))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
-    type Item = Result<Inbound, tungstenite::Error>;
+    type Item = io::Result<Inbound>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.unflushed {
+            // A pong (or our close reply) waits in the write buffer: push it out.
+            let mut io = this.shared.io();
+            if let Poll::Ready(done) = io.poll_drain(cx) {
+                this.unflushed = false;
+                if done.is_err() {
+                    drop(io);
+                    this.finished = true;
+                }
+            }
+        }
         if this.finished || this.end_next {
             this.finished = true;
             return Poll::Ready(None);
         }
-        let item = match ready!(this.shared.socket().poll_next_unpin(cx)) {
-            Some(Ok(Message::Text(text))) => Ok(Inbound::Frame(Bytes::from(text))),
-            Some(Ok(Message::Binary(_))) => Ok(Inbound::Binary),
-            // tungstenite queued the pong; it goes out on the next read or write of this socket.
-            // (tungstenite never yields raw frames when reading.)
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(Inbound::Alive),
-            // The peer closes: tungstenite queued the reply, which the sink's close flushes.
-            Some(Ok(Message::Close(_))) => {
-                this.shared.close_code.store(PEER_CLOSED, Ordering::Relaxed);
-                this.finished = true;
-                return Poll::Ready(None);
-            }
-            None => {
-                this.finished = true;
-                return Poll::Ready(None);
-            }
-            Some(Err(e)) => match close_code_for(&e) {
-                Some(CLOSE_TOO_BIG) => {
+        loop {
+            let so_far = this.partial.as_ref().map_or(0, |(_, p)| p.len());
+            match frame::parse(&mut this.buf, this.max, so_far) {
+                Parsed::Frame { fin, opcode, payload } => match opcode {
+                    frame::TEXT | frame::BINARY if this.partial.is_some() => {
+                        return this.fail(CLOSE_PROTOCOL_ERROR, "a new message before the last one ended")
+                    }
+                    frame::TEXT | frame::BINARY if fin => return this.message(opcode, payload),
+                    frame::TEXT | frame::BINARY => {
+                        this.partial = Some((opcode, payload));
+                        continue; // the next fragment may be buffered already
+                    }
+                    frame::CONTINUATION => {
+                        let Some((opcode, mut message)) = this.partial.take() else {
+                            return this.fail(CLOSE_PROTOCOL_ERROR, "a continuation with no message to continue");
+                        };
+                        message.extend_from_slice(&payload);
+                        if fin {
+                            return this.message(opcode, message);
+                        }
+                        this.partial = Some((opcode, message));
+                        continue;
+                    }
+                    frame::PING => {
+                        this.shared.io().feed_frame(frame::PONG, &payload);
+                        this.unflushed = true;
+                        cx.waker().wake_by_ref(); // to write the pong on the next poll
+                        return Poll::Ready(Some(Ok(Inbound::Alive)));
+                    }
+                    frame::PONG => return Poll::Ready(Some(Ok(Inbound::Alive))),
+                    _ => {
+                        // Close: answer with the peer's code (RFC 6455 §5.5.1), then end.
+                        let code = match payload.get(..2) {
+                            Some(code) => u16::from_be_bytes([code[0], code[1]]),
+                            None if payload.is_empty() => CLOSE_NORMAL,
+                            None => CLOSE_PROTOCOL_ERROR,
+                        };
+                        this.shared.io().feed_frame(frame::CLOSE, &code.to_be_bytes());
+                        this.shared.close_code.store(PEER_CLOSED, Ordering::Relaxed);
+                        this.unflushed = true;
+                        this.finished = true;
+                        return Poll::Ready(None);
+                    }
+                },
+                Parsed::Incomplete => {}
+                Parsed::TooLarge => {
                     this.shared.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
                     this.end_next = true;
-                    Ok(Inbound::TooLarge)
+                    this.buf = BytesMut::new();
+                    this.partial = None;
+                    return Poll::Ready(Some(Ok(Inbound::TooLarge)));
                 }
-                code => {
-                    if let Some(code) = code {
-                        this.shared.close_code.store(code, Ordering::Relaxed);
-                    }
+                Parsed::Invalid(code, why) => return this.fail(code, why),
+            }
+            if this.buf.is_empty() {
+                // Between frames: hold nothing, not even a view that keeps the last frame's
+                // allocation alive.
+                this.buf = BytesMut::new();
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) | Err(_) => {
                     this.finished = true;
-                    Err(e)
+                    return Poll::Ready(None);
                 }
-            },
-        };
-        Poll::Ready(Some(item))
+                Ok(_) => {}
+            }
+        }
     }
 }
 
@@ -174,55 +251,48 @@ pub(crate) struct OutboundFrames<'a, S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
-    type Error = tungstenite::Error;
+    type Error = io::Error;
 
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.full {
-            ready!(self.shared.socket().get_mut().poll_drain(cx))?;
+            ready!(self.shared.io().poll_drain(cx))?;
             self.full = false;
         }
         Poll::Ready(Ok(()))
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> Result<(), Self::Error> {
-        // The frame is formatted straight into the socket's write buffer, not through
-        // tungstenite (which would copy it into its own buffer first): one copy per recipient.
+    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        // Formatted straight into the socket's write buffer: one copy per recipient.
         // `Engine::serve` guarantees UTF-8 frames, so a text message needs no check here.
         debug_assert!(std::str::from_utf8(&frame).is_ok(), "chat-core wrote a frame that is not UTF-8");
-        let mut socket = self.shared.socket();
-        let io = socket.get_mut();
-        io.feed_text(&frame);
+        let mut io = self.shared.io();
+        io.feed_frame(frame::TEXT, &frame);
         let full = io.is_full();
-        drop(socket);
+        drop(io);
         self.full = full; // `poll_ready` writes before the next frame: one lock per frame
         Ok(())
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.shared.socket().poll_flush_unpin(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.shared.io()).poll_flush(cx)
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let code = self.shared.close_code.load(Ordering::Relaxed);
-        let mut socket = self.shared.socket();
         if !self.close_queued && code != PEER_CLOSED {
-            let reason = match code {
-                CLOSE_INVALID_DATA => "invalid UTF-8 in a text message",
-                CLOSE_TOO_BIG => "message over max_frame",
-                _ => "",
+            let reason: &[u8] = match code {
+                CLOSE_INVALID_DATA => b"invalid UTF-8 in a text message",
+                CLOSE_TOO_BIG => b"message over max_frame",
+                CLOSE_PROTOCOL_ERROR => b"protocol error",
+                _ => b"",
             };
-            let close = Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: Utf8Bytes::from_static(reason),
-            }));
-            // A socket that already failed cannot take it; closing below then ends quickly.
-            if ready!(socket.poll_ready_unpin(cx)).is_ok() {
-                let _ = socket.start_send_unpin(close);
-            }
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            self.shared.io().feed_frame(frame::CLOSE, &payload);
         }
-        drop(socket);
         self.close_queued = true;
-        // Flushes our close frame, or the reply tungstenite queued to the peer's.
-        self.shared.socket().poll_close_unpin(cx)
+        // Writes our close frame, or the reply to the peer's. The TCP connection is closed
+        // after the peer's close frame arrives (or a short wait), by `serve_socket`.
+        Pin::new(&mut *self.shared.io()).poll_flush(cx)
     }
 }

@@ -1,29 +1,17 @@
-//! [`BatchedIo`]: the socket under tungstenite. It gathers outbound bytes so that a batch of
-//! frames goes out in few large writes, and it holds no write buffer while the connection is
-//! quiet. On the read side it reads the socket in large chunks and hands tungstenite small
-//! steps from them, so that tungstenite's own read buffer (kept for the connection's life) can
-//! be small without costing a system call per step; what tungstenite has not taken yet is
-//! kept only until it does.
-//!
-//! Why not tungstenite's own write buffer: it is a `Vec` that keeps its largest capacity for the
-//! connection's life (tungstenite 0.29 never shrinks it), so a 64 KiB buffer, good for fan-out,
-//! would stay 64 KiB on every connection that was once busy. Instead tungstenite gets a write
-//! buffer size of 0 (each frame is handed down here as soon as it is formatted, so its buffer
-//! holds one frame at most) and the gathering happens here, in a `chat_core::io::WriteBuffer`
-//! (the TCP transport's too), freed after any flush that ended a small batch. A connection that
-//! goes quiet has its buffer freed by its next small batch at the latest, which the engine's
-//! heartbeat ping guarantees within `heartbeat_ms`.
+//! [`BatchedIo`]: the upgraded socket with a write buffer. Frames (text frames from the core,
+//! pongs and close frames) are appended whole; a batch goes out in few large writes, and the
+//! buffer (a `chat_core::io::WriteBuffer`, as for TCP) is freed after any flush that ended a
+//! small batch, so a connection that goes quiet holds none: at the latest after its next small
+//! batch, which the engine's heartbeat ping guarantees within `heartbeat_ms`.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use chat_core::io::WriteBuffer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes read from the socket at once (on the stack) when tungstenite asks for fewer.
-const READ_CHUNK: usize = 8192;
+use crate::frame;
 
 /// A socket with a write buffer that fills to `limit` before it is written out.
 #[derive(Debug)]
@@ -31,37 +19,18 @@ pub(crate) struct BatchedIo<S> {
     inner: S,
     /// Outbound bytes not yet written to `inner`.
     out: WriteBuffer,
-    /// Bytes read from the socket that the reader has not taken yet start at
-    /// `read_buf[read_pos]`; unallocated when there are none.
-    read_buf: Vec<u8>,
-    read_pos: usize,
 }
 
 impl<S> BatchedIo<S> {
     /// Wraps `inner`, gathering up to `limit` outbound bytes before writing them.
     pub(crate) fn new(inner: S, limit: usize) -> Self {
-        BatchedIo { inner, out: WriteBuffer::new(limit), read_buf: Vec::new(), read_pos: 0 }
+        BatchedIo { inner, out: WriteBuffer::new(limit) }
     }
 
-    /// Appends one text message as a single unmasked WebSocket frame (RFC 6455 §5.2: FIN,
-    /// opcode 1, the payload length, the payload). Only for whole frames between
-    /// tungstenite's own writes, which always hand this type whole frames too.
-    pub(crate) fn feed_text(&mut self, payload: &[u8]) {
-        let len = payload.len();
-        let mut header = [0u8; 10];
-        header[0] = 0x81;
-        let n = if len < 126 {
-            header[1] = len as u8;
-            2
-        } else if let Ok(len) = u16::try_from(len) {
-            header[1] = 126;
-            header[2..4].copy_from_slice(&len.to_be_bytes());
-            4
-        } else {
-            header[1] = 127;
-            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
+    /// Appends one whole unmasked WebSocket frame (RFC 6455 §5.2): FIN, `opcode`, the
+    /// payload's length, the payload.
+    pub(crate) fn feed_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let (header, n) = frame::header(opcode, payload.len());
         self.out.extend(&[&header[..n], payload]);
     }
 
@@ -118,30 +87,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for BatchedIo<S> {
 
 impl<S: AsyncRead + Unpin> AsyncRead for BatchedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.read_pos < this.read_buf.len() {
-            let n = buf.remaining().min(this.read_buf.len() - this.read_pos);
-            buf.put_slice(&this.read_buf[this.read_pos..this.read_pos + n]);
-            this.read_pos += n;
-            if this.read_pos == this.read_buf.len() {
-                this.read_buf = Vec::new();
-                this.read_pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        if buf.remaining() >= READ_CHUNK {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK]; // not zeroed on every poll
-        let mut chunk = ReadBuf::uninit(&mut chunk);
-        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
-        let got = chunk.filled();
-        let n = buf.remaining().min(got.len());
-        buf.put_slice(&got[..n]);
-        if n < got.len() {
-            this.read_buf = got[n..].to_vec();
-        }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -174,22 +120,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn small_reads_are_served_from_one_large_read_and_nothing_is_kept_after() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let mut io = BatchedIo::new(server, 4096);
-        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        client.write_all(&data).await.unwrap();
-        let mut got = Vec::new();
-        let mut step = [0u8; 100];
-        while got.len() < data.len() {
-            let n = io.read(&mut step).await.unwrap();
-            got.extend_from_slice(&step[..n]);
-        }
-        assert_eq!(got, data);
-        assert_eq!(io.read_buf.capacity(), 0, "everything taken: no read buffer is held");
-    }
-
-    #[tokio::test]
     async fn text_frames_carry_each_length_encoding() {
         // RFC 6455 §5.2: 7-bit lengths up to 125, then 126 + 16 bits, then 127 + 64 bits.
         for (len, header) in [
@@ -202,7 +132,7 @@ mod tests {
             let (client, mut server) = tokio::io::duplex(1 << 20);
             let mut io = BatchedIo::new(client, 1 << 20);
             let payload = vec![b'x'; len];
-            io.feed_text(&payload);
+            io.feed_frame(frame::TEXT, &payload);
             io.flush().await.unwrap();
             drop(io);
             let mut got = Vec::new();

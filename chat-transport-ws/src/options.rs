@@ -15,7 +15,7 @@ pub const SUBPROTOCOL: &str = "chat.v1";
 /// let options = WsOptions::default()
 ///     .path("/chat")
 ///     .allowed_origins(["https://chat.example.com"])
-///     .read_buffer_size(4096);
+///     .write_buffer_size(16 * 1024);
 /// assert_eq!(options.get_path(), "/chat");
 /// assert!(options.origin_allowed(None)); // non-browser clients send no Origin
 /// assert!(options.origin_allowed(Some("https://CHAT.example.com")));
@@ -25,9 +25,7 @@ pub const SUBPROTOCOL: &str = "chat.v1";
 pub struct WsOptions {
     pub(crate) path: String,
     pub(crate) allowed_origins: Option<Vec<String>>,
-    pub(crate) read_buffer_size: usize,
     pub(crate) write_buffer_size: usize,
-    pub(crate) max_write_buffer_size: Option<usize>,
     pub(crate) tls_handshake_timeout: Duration,
 }
 
@@ -36,9 +34,7 @@ impl Default for WsOptions {
         WsOptions {
             path: "/ws".to_owned(),
             allowed_origins: None,
-            read_buffer_size: 128,
             write_buffer_size: 64 * 1024,
-            max_write_buffer_size: None,
             tls_handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -83,17 +79,6 @@ impl WsOptions {
         }
     }
 
-    /// The read buffer each connection keeps in tungstenite, which hands it this many bytes
-    /// at a time (tungstenite's default is 128 KiB, which costs gigabytes for 10k idle
-    /// sockets). A larger frame is still read whole, into a buffer sized for it. The socket
-    /// itself is read in 8 KiB steps whatever this is, and what tungstenite has not taken yet
-    /// is kept only until it does, so a small value costs copies, not system calls. Default
-    /// 128 bytes: each byte here is a byte of RSS per idle connection.
-    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
-        self.read_buffer_size = bytes;
-        self
-    }
-
     /// Outbound bytes gathered before they are written to the socket while a batch of frames
     /// is fed (the batch is flushed at its end anyway): a fan-out burst goes out in writes of
     /// this size. Default 64 KiB. The buffer exists only while a batch is written: it is freed
@@ -104,24 +89,9 @@ impl WsOptions {
         self
     }
 
-    /// The most outbound bytes one connection may buffer in the WebSocket layer. Default:
-    /// `write_buffer_size` + the engine's `max_frame` + 4 KiB, the least that always fits one
-    /// more frame; queueing beyond that is the engine outbox's job, which bounds it per session.
-    /// A smaller value is raised to that minimum.
-    pub fn max_write_buffer_size(mut self, bytes: usize) -> Self {
-        self.max_write_buffer_size = Some(bytes);
-        self
-    }
-
     /// How long a TLS client may take to finish its handshake. Default 10 s.
     pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.tls_handshake_timeout = timeout;
         self
-    }
-
-    /// The write buffer bound in force for an engine whose `max_frame` is given.
-    pub(crate) fn write_buffer_bound(&self, max_frame: usize) -> usize {
-        let least = self.write_buffer_size + max_frame + 4096;
-        self.max_write_buffer_size.map_or(least, |b| b.max(least))
     }
 }

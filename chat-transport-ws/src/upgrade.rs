@@ -1,6 +1,6 @@
 //! The server's side of the WebSocket opening handshake (RFC 6455 §4.2), done here rather than
-//! by axum's `ws` extractor so that a session drives tokio-tungstenite's `WebSocketStream`
-//! directly (axum's wrapper hides tungstenite's message types and its buffer settings).
+//! by axum's `ws` extractor so that a session reads and writes frames on the upgraded
+//! connection itself (see adapter.rs and frame.rs for why).
 //!
 //! [`accept`] checks the request (Origin allow-list, shutdown, GET, `Connection: upgrade`,
 //! `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`), answers 101 with
@@ -19,8 +19,6 @@ use chat_core::Engine;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::adapter::{serve_socket, Shared};
 use crate::batch::BatchedIo;
@@ -67,14 +65,6 @@ pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request)
     // Nothing of the request goes to the session: its headers share hyper's read buffer.
     drop(request);
 
-    let max_frame = engine.config().max_frame;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(options.read_buffer_size)
-        // tungstenite hands each frame down at once; `BatchedIo` gathers them (see batch.rs).
-        .write_buffer_size(0)
-        .max_write_buffer_size(options.write_buffer_bound(max_frame))
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame));
     let batch = options.write_buffer_size;
     let engine = engine.clone();
     tokio::spawn(async move {
@@ -83,8 +73,7 @@ pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request)
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
         let io = BatchedIo::new(TokioIo::new(upgraded), batch);
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        serve_socket(engine, Shared::new(socket), peer).await;
+        serve_socket(engine, Shared::new(io), peer).await;
     });
 
     let mut response = Response::new(Body::empty());

@@ -293,3 +293,40 @@ async fn large_and_small_frames_reach_a_standard_client() {
     assert!(page.to_string().len() > 65_536, "the page needs the 64-bit length form");
     engine.shutdown().await;
 }
+
+/// A message in fragments, with a ping between them (RFC 6455 §5.4: control frames may be
+/// interleaved), is one request; a continuation with nothing to continue, a frame with a
+/// reserved bit and an unmasked frame each close the connection with 1002.
+#[tokio::test]
+async fn fragments_and_interleaved_pings_and_protocol_errors() {
+    use tokio::io::AsyncWriteExt;
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let (mut tcp, head) = handshake(addr, "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(&masked_frame(0x1, br#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#)).await.unwrap();
+    assert!(read_frame(&mut tcp).await.expect("welcome").1.starts_with(br#"{"type":"welcome""#));
+    let not_last = |opcode: u8, payload: &[u8]| {
+        let mut frame = masked_frame(opcode, payload);
+        frame[0] &= 0x7f; // FIN cleared
+        frame
+    };
+    let mut bytes = not_last(0x1, br#"{"type":"pi"#);
+    bytes.extend(masked_frame(0x9, b"hi")); // a ping between fragments
+    bytes.extend(not_last(0x0, br#"ng","i"#));
+    bytes.extend(masked_frame(0x0, br#"d":5}"#));
+    tcp.write_all(&bytes).await.unwrap();
+    assert_eq!(read_frame(&mut tcp).await, Some((0xA, b"hi".to_vec())), "the pong first");
+    assert_eq!(read_frame(&mut tcp).await, Some((0x1, br#"{"type":"pong","id":5}"#.to_vec())));
+
+    let unmasked = vec![0x81, 2, b'{', b'}'];
+    let mut reserved = masked_frame(0x1, b"{}");
+    reserved[0] |= 0x40;
+    for bad in [masked_frame(0x0, b"{}"), reserved, unmasked] {
+        let (mut tcp, _) = handshake(addr, "").await;
+        tcp.write_all(&bad).await.unwrap();
+        let (opcode, payload) = read_frame(&mut tcp).await.expect("a close frame");
+        assert_eq!((opcode, u16::from_be_bytes([payload[0], payload[1]])), (0x8, 1002), "{bad:?}");
+    }
+    engine.shutdown().await;
+}
