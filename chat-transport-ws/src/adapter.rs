@@ -158,14 +158,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if this.unflushed {
-            // A pong (or our close reply) waits in the write buffer: push it out.
-            let mut io = this.shared.io();
-            if let Poll::Ready(done) = io.poll_drain(cx) {
-                this.unflushed = false;
-                if done.is_err() {
-                    drop(io);
-                    this.finished = true;
-                }
+            // A pong (or our close reply) waits in the write buffer: push it out before reading
+            // more, so that a peer sending pings without reading cannot grow the buffer.
+            let done = ready!(this.shared.io().poll_drain(cx));
+            this.unflushed = false;
+            if done.is_err() {
+                this.finished = true;
             }
         }
         if this.finished || this.end_next {
@@ -205,7 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                     _ => {
                         // Close: answer with the peer's code (RFC 6455 §5.5.1), then end.
                         let code = match payload.get(..2) {
-                            Some(code) => u16::from_be_bytes([code[0], code[1]]),
+                            Some(code) => frame::valid_close_code(u16::from_be_bytes([code[0], code[1]])),
                             None if payload.is_empty() => CLOSE_NORMAL,
                             None => CLOSE_PROTOCOL_ERROR,
                         };

@@ -84,6 +84,15 @@ pub(crate) fn parse(buf: &mut BytesMut, max: usize, so_far: usize) -> Parsed {
     Parsed::Frame { fin, opcode, payload }
 }
 
+/// The code to answer a peer's close with: its own when a peer may send it (RFC 6455 §7.4),
+/// else 1002.
+pub(crate) fn valid_close_code(code: u16) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1011 | 3000..=4999 => code,
+        _ => CLOSE_PROTOCOL_ERROR,
+    }
+}
+
 /// The header of an unmasked server frame (FIN set) carrying `len` bytes: the bytes, and how
 /// many of them are used (2, 4 or 10).
 pub(crate) fn header(opcode: u8, len: usize) -> ([u8; 10], usize) {
@@ -165,6 +174,15 @@ mod tests {
         assert!(matches!(parse(&mut buf, 100, 0), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "opcode 3");
         let mut buf = BytesMut::from(&masked(0x89, b"ok")[..]);
         assert!(matches!(parse(&mut buf, 1, 0), Parsed::Frame { opcode: PING, .. }), "control frames ignore max");
+    }
+
+    #[test]
+    fn close_codes_a_peer_may_not_send_are_answered_with_1002() {
+        assert_eq!(valid_close_code(1000), 1000);
+        assert_eq!(valid_close_code(4001), 4001);
+        for reserved in [999, 1004, 1005, 1006, 1015, 2000, 5000] {
+            assert_eq!(valid_close_code(reserved), CLOSE_PROTOCOL_ERROR, "{reserved}");
+        }
     }
 
     #[test]
