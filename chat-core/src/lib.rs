@@ -8,6 +8,8 @@
 //!
 //! Several engines attached to one [`MemoryBroker`] form a cluster inside one process; across
 //! processes a broker such as Redis plays that part through the same [`Broker`] trait.
+//! Transports share [`io::WriteBuffer`], the outbound buffer that turns a batch of frames into
+//! few writes and holds nothing while a connection is quiet.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
