@@ -19,7 +19,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -50,11 +50,13 @@ pub(crate) struct Shared<S> {
     io: Mutex<BatchedIo<S>>,
     /// The close code the outbound half sends when the core closes it.
     close_code: AtomicU16,
+    /// Our close frame was queued: the peer's close is the answer, not to be answered again.
+    close_sent: AtomicBool,
 }
 
 impl<S> Shared<S> {
     pub(crate) fn new(io: BatchedIo<S>) -> Self {
-        Shared { io: Mutex::new(io), close_code: AtomicU16::new(CLOSE_NORMAL) }
+        Shared { io: Mutex::new(io), close_code: AtomicU16::new(CLOSE_NORMAL), close_sent: AtomicBool::new(false) }
     }
 
     fn io(&self) -> MutexGuard<'_, BatchedIo<S>> {
@@ -207,9 +209,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                             None if payload.is_empty() => CLOSE_NORMAL,
                             None => CLOSE_PROTOCOL_ERROR,
                         };
-                        this.shared.io().feed_frame(frame::CLOSE, &code.to_be_bytes());
+                        if !this.shared.close_sent.load(Ordering::Relaxed) {
+                            this.shared.io().feed_frame(frame::CLOSE, &code.to_be_bytes());
+                            this.unflushed = true;
+                        }
                         this.shared.close_code.store(PEER_CLOSED, Ordering::Relaxed);
-                        this.unflushed = true;
                         this.finished = true;
                         return Poll::Ready(None);
                     }
@@ -287,6 +291,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
             let mut payload = code.to_be_bytes().to_vec();
             payload.extend_from_slice(reason);
             self.shared.io().feed_frame(frame::CLOSE, &payload);
+            self.shared.close_sent.store(true, Ordering::Relaxed);
         }
         self.close_queued = true;
         // Writes our close frame, or the reply to the peer's. The TCP connection is closed

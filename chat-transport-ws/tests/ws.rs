@@ -330,3 +330,25 @@ async fn fragments_and_interleaved_pings_and_protocol_errors() {
     }
     engine.shutdown().await;
 }
+
+/// The closing handshake started by the server: the client's close answers ours and gets no
+/// answer of its own (RFC 6455 §5.5.1); then the server closes the TCP connection.
+#[tokio::test]
+async fn a_close_that_answers_ours_is_not_answered() {
+    use tokio::io::AsyncWriteExt;
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let (mut tcp, _) = handshake(addr, "").await;
+    tcp.write_all(&masked_frame(0x1, br#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#)).await.unwrap();
+    assert!(read_frame(&mut tcp).await.expect("welcome").1.starts_with(br#"{"type":"welcome""#));
+    let shutdown = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.shutdown().await }
+    });
+    assert!(read_frame(&mut tcp).await.expect("bye").1.starts_with(br#"{"type":"bye""#));
+    let (opcode, payload) = read_frame(&mut tcp).await.expect("the server's close");
+    assert_eq!((opcode, &payload[..2]), (0x8, &1000u16.to_be_bytes()[..]));
+    tcp.write_all(&masked_frame(0x8, &1000u16.to_be_bytes())).await.unwrap();
+    assert_eq!(read_frame(&mut tcp).await, None, "no second close: the connection ends");
+    within(shutdown).await.unwrap();
+}
