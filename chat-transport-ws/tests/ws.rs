@@ -21,15 +21,13 @@ async fn invalid_utf8_text_message_closes_with_1007() {
     let engine = engine().await;
     let addr = serve(&engine).await;
     for hello_first in [false, true] {
-        let (mut tcp, head) = handshake(addr, "").await;
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        if hello_first {
-            let hello = br#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#;
-            tcp.write_all(&masked_frame(0x1, hello)).await.unwrap();
-            let (opcode, welcome) = read_frame(&mut tcp).await.expect("welcome");
-            assert_eq!(opcode, 0x1);
-            assert!(welcome.starts_with(br#"{"type":"welcome""#));
-        }
+        let mut tcp = if hello_first {
+            raw_tcp_hello(addr, "alice").await
+        } else {
+            let (tcp, head) = handshake(addr, "").await;
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            tcp
+        };
         // A text message whose payload is not UTF-8 (a lone continuation byte and 0xff).
         tcp.write_all(&masked_frame(0x1, b"{\"type\":\"ping\x80\xff\"}")).await.unwrap();
         let (opcode, payload) = read_frame(&mut tcp).await.expect("a close frame");
@@ -302,10 +300,7 @@ async fn fragments_and_interleaved_pings_and_protocol_errors() {
     use tokio::io::AsyncWriteExt;
     let engine = engine().await;
     let addr = serve(&engine).await;
-    let (mut tcp, head) = handshake(addr, "").await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    tcp.write_all(&masked_frame(0x1, br#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#)).await.unwrap();
-    assert!(read_frame(&mut tcp).await.expect("welcome").1.starts_with(br#"{"type":"welcome""#));
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
     let not_last = |opcode: u8, payload: &[u8]| {
         let mut frame = masked_frame(opcode, payload);
         frame[0] &= 0x7f; // FIN cleared
@@ -338,9 +333,7 @@ async fn a_close_that_answers_ours_is_not_answered() {
     use tokio::io::AsyncWriteExt;
     let engine = engine().await;
     let addr = serve(&engine).await;
-    let (mut tcp, _) = handshake(addr, "").await;
-    tcp.write_all(&masked_frame(0x1, br#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#)).await.unwrap();
-    assert!(read_frame(&mut tcp).await.expect("welcome").1.starts_with(br#"{"type":"welcome""#));
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
     let shutdown = tokio::spawn({
         let engine = engine.clone();
         async move { engine.shutdown().await }

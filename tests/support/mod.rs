@@ -1,10 +1,10 @@
 //! Helpers of the browser test: a chromedriver started (and killed) by the test, headless
 //! Chromium sessions with a fresh profile each, and DOM polling with a deadline.
 
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_testkit::{find_executable as find_exe, free_port};
 
@@ -33,19 +33,29 @@ impl Chromedriver {
             .unwrap_or_else(|| panic!("chromium not found in PATH; {INSTALL}"));
         let driver = find_exe(&["chromedriver"]).unwrap_or_else(|| panic!("chromedriver not found in PATH; {INSTALL}"));
         let port = free_port();
-        let child = Command::new(&driver)
+        let mut child = Command::new(&driver)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL}", driver.display()));
+        // chromedriver says when it listens; its stdout is read (and drained) by a thread.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (started, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut started = Some(started);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("started successfully") {
+                    if let Some(started) = started.take() {
+                        let _ = started.send(());
+                    }
+                }
+            }
+        });
         let this = Chromedriver { child, url: format!("http://127.0.0.1:{port}"), chromium, profiles: Vec::new() };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + DEADLINE;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen on {addr} within {DEADLINE:?}");
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err(e) = listening.recv_timeout(DEADLINE) {
+            panic!("chromedriver did not report listening on port {port} within {DEADLINE:?} ({e}); {INSTALL}");
         }
         this
     }

@@ -147,6 +147,19 @@ pub async fn handshake(addr: SocketAddr, extra: &str) -> (TcpStream, String) {
     (tcp, String::from_utf8(head).expect("ascii head"))
 }
 
+/// A hand-made WebSocket connection (see [`handshake`]) on which `user` said `hello` and got
+/// `welcome`.
+pub async fn raw_tcp_hello(addr: SocketAddr, user: &str) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let (mut tcp, head) = handshake(addr, "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let hello = format!(r#"{{"type":"hello","id":1,"protocol":1,"user":"{user}"}}"#);
+    within(tcp.write_all(&masked_frame(0x1, hello.as_bytes()))).await.expect("write");
+    let (opcode, welcome) = read_frame(&mut tcp).await.expect("welcome");
+    assert!(opcode == 0x1 && welcome.starts_with(br#"{"type":"welcome""#), "{:?}", String::from_utf8_lossy(&welcome));
+    tcp
+}
+
 /// One masked client frame (FIN set) with `opcode` and `payload`, built by hand.
 pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
