@@ -50,10 +50,10 @@ struct Args {
     /// The largest frame accepted, in bytes.
     #[arg(long)]
     max_frame: Option<usize>,
-    /// Sustained sends per second per session; 0 = unlimited.
+    /// Request tokens per second per session (a send costs 4, a join 1...); 0 = unlimited.
     #[arg(long)]
     rate_per_sec: Option<u32>,
-    /// Sends allowed in a burst above the rate.
+    /// Request tokens a session may spend at once above the rate.
     #[arg(long)]
     rate_burst: Option<u32>,
     /// Bound on each session's queued outbound frames (beyond it: `bye slow_consumer`).
@@ -101,10 +101,8 @@ async fn main() -> anyhow::Result<()> {
         if let Some(n) = args.max_frame {
             c.max_frame = n;
         }
-        match args.rate_per_sec {
-            Some(0) => c.rate_per_sec = u32::MAX, // refills faster than anyone can send
-            Some(n) => c.rate_per_sec = n,
-            None => {}
+        if let Some(n) = args.rate_per_sec {
+            c.rate_per_sec = n;
         }
         if let Some(n) = args.rate_burst {
             c.rate_burst = n;

@@ -40,17 +40,32 @@ pub struct Config {
     pub history_max_limit: usize,
     /// How long an idempotency key is remembered. Default 5 min.
     pub idempotency_window: Duration,
-    /// Bound on a session's queued outbound frames. Default 4,096.
+    /// Bound on a session's queued outbound frames, replies and the batch being written
+    /// included. An event that would exceed it closes the session (`bye slow_consumer`); while
+    /// replies fill it the session reads no more requests. Default 4,096.
     pub outbox_frames: usize,
-    /// Bound on a session's queued outbound bytes. Default 4 MiB.
+    /// Bound on a session's queued outbound bytes, as [`outbox_frames`](Self::outbox_frames).
+    /// A recovery replay may take at most half of each bound (beyond it `join` answers
+    /// `recovered: false`). Default 4 MiB.
     pub outbox_bytes: usize,
-    /// Sustained `send`s per second per session; 0 turns the limit off. Default 50.
+    /// Request tokens per second per session: one bucket covers every request, each costing
+    /// what [`costs`](Self::costs) says (a `send` 4 by default, so 50 sends per second); a
+    /// request without tokens is answered `rate_limited`. 0 turns the limit off. Default 200.
     pub rate_per_sec: u32,
-    /// Burst of `send`s allowed above the rate. Default 100.
+    /// The bucket's size: tokens a session may spend at once above the rate. Default 400 (100
+    /// sends, or joining [`max_rooms_per_session`](Self::max_rooms_per_session) rooms at once).
     pub rate_burst: u32,
     /// `rate_limited` errors in a row after which the session is closed (`protocol_error`).
     /// Default 100.
     pub rate_limit_strikes: u32,
+    /// What each request costs from the session's bucket.
+    pub costs: RequestCosts,
+    /// `member_joined` / `member_left` events per second that one room sends from this node;
+    /// beyond the rate (and [`member_events_burst`](Self::member_events_burst)) they are
+    /// dropped: presence stays the source of truth. 0 turns the limit off. Default 10.
+    pub member_events_per_sec: u32,
+    /// Membership events one room may send at once above the rate. Default 20.
+    pub member_events_burst: u32,
     /// Rooms one session may be in at once (more is `forbidden`). Default 256.
     pub max_rooms_per_session: usize,
     /// How long a closing session may take to deliver its last frames. Default 5 s.
@@ -69,13 +84,62 @@ impl Default for Config {
             idempotency_window: Duration::from_secs(300),
             outbox_frames: 4_096,
             outbox_bytes: 4 << 20,
-            rate_per_sec: 50,
-            rate_burst: 100,
+            rate_per_sec: 200,
+            rate_burst: 400,
             rate_limit_strikes: 100,
+            costs: RequestCosts::default(),
+            member_events_per_sec: 10,
+            member_events_burst: 20,
             max_rooms_per_session: 256,
             close_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// What each request costs from a session's token bucket ([`Config::rate_per_sec`]). A cost of
+/// 0 makes that request free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestCosts {
+    /// `send`, stored or ephemeral. Default 4.
+    pub send: u32,
+    /// `join`. Default 1.
+    pub join: u32,
+    /// `leave`. Default 1.
+    pub leave: u32,
+    /// `history` (up to a page of messages). Default 4.
+    pub history: u32,
+    /// `presence`. Default 2.
+    pub presence: u32,
+    /// A client's `ping` with an `id` (a bare `ping` and `pong` are free signs of life).
+    /// Default 1.
+    pub ping: u32,
+    /// A frame answered with an error before it became a request (`bad_frame`...). Default 1.
+    pub invalid: u32,
+}
+
+impl Default for RequestCosts {
+    fn default() -> Self {
+        RequestCosts { send: 4, join: 1, leave: 1, history: 4, presence: 2, ping: 1, invalid: 1 }
+    }
+}
+
+/// A snapshot of what a node holds ([`Engine::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections handed to [`Engine::serve`] and not yet ended, before `hello` included.
+    pub connections: usize,
+    /// Sessions past `hello`.
+    pub sessions: usize,
+    /// Rooms with members on this node.
+    pub rooms: usize,
+    /// Outbound frames queued for all sessions, or taken by their writers and not yet written.
+    pub queued_frames: usize,
+    /// Their bytes.
+    pub queued_bytes: usize,
+    /// The most bytes queued for any one session.
+    pub max_queued_bytes: usize,
 }
 
 /// Errors building or running an [`Engine`].
@@ -318,6 +382,30 @@ impl Engine {
     /// How many rooms have members on this node.
     pub fn room_count(&self) -> usize {
         self.inner.rooms.len()
+    }
+
+    /// What this node holds for its clients right now: the engine's own accounting, for
+    /// operators and for tests of its bounds. It visits every session (a lock each), so call it
+    /// now and then, not per message.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let engine = chat_core::Engine::builder().build().await.unwrap();
+    /// let stats = engine.stats();
+    /// assert_eq!((stats.connections, stats.sessions, stats.queued_bytes), (0, 0, 0));
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats { rooms: self.inner.rooms.len(), ..Stats::default() };
+        for session in self.inner.lock_sessions().values() {
+            let (frames, bytes) = session.outbox.queued();
+            stats.connections += 1;
+            stats.sessions += usize::from(session.user.is_some());
+            stats.queued_frames += frames;
+            stats.queued_bytes += bytes;
+            stats.max_queued_bytes = stats.max_queued_bytes.max(bytes);
+        }
+        stats
     }
 
     /// Whether [`shutdown`](Self::shutdown) has begun.

@@ -32,6 +32,7 @@
 
 pub mod auth;
 pub mod broker;
+mod bucket;
 pub mod client;
 mod driver;
 mod engine;
@@ -50,6 +51,6 @@ pub use auth::{AllowAll, AllowAnonymous, Authenticator, Authorizer, Identity, Jw
 pub use broker::memory::MemoryBroker;
 pub use broker::{Broker, BrokerError, BrokerNode};
 pub use driver::{ConnInfo, Inbound};
-pub use engine::{Config, Engine, EngineBuilder, EngineError};
+pub use engine::{Config, Engine, EngineBuilder, EngineError, RequestCosts, Stats};
 pub use hooks::{Hooks, NoHooks};
 pub use protocol::{ByeReason, ErrorCode, RoomName};

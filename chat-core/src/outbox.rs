@@ -2,9 +2,15 @@
 //!
 //! Fan-out pushes a shared `Bytes` (a reference count, no copy) under a short synchronous lock
 //! and never waits for a socket. The session's writer drains everything queued at once and
-//! flushes once. When a push would exceed the bounds (frames or bytes) the queue is dropped and
-//! replaced by `bye slow_consumer`: that session ends, nobody else notices. Ephemeral frames
-//! are dropped instead once the queue is half full.
+//! flushes once. Everything queued for the session counts against its bounds (frames and
+//! bytes), the batch the writer took and has not yet written included:
+//!
+//! * an event (a stored message, a membership event, a ping) that would exceed them drops the
+//!   queue and replaces it with `bye slow_consumer`: that session ends, nobody else notices;
+//! * an ephemeral message is dropped instead once the queue is half full;
+//! * a reply (to something the session asked) is always queued, and the session stops reading
+//!   requests while the outbox is [full](Outbox::is_full) (read-side backpressure), so a client
+//!   that asks without reading holds at most the bounds plus one reply.
 //!
 //! The outbox is also how anybody else (kick, shutdown, overflow) ends a session: it holds the
 //! session task's waker and wakes it on a push the writer waits for and on close. That
@@ -40,6 +46,10 @@ pub(crate) struct Outbox {
 struct State {
     queue: VecDeque<Bytes>,
     bytes: usize,
+    /// The batch the writer took and has not finished writing: it counts against the bounds
+    /// until the writer comes back for more.
+    inflight_frames: usize,
+    inflight_bytes: usize,
     /// Set once: why the session ends. Nothing is queued after it but the final frames.
     closed: Option<ByeReason>,
     /// The connection is gone: nothing more will be written.
@@ -52,13 +62,14 @@ struct State {
 /// How a frame is to be treated when the queue is full.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Class {
-    /// Replies and stored messages: overflow ends the session (`slow_consumer`).
+    /// Events the session must not miss (stored messages, membership events, pings):
+    /// overflow ends the session (`slow_consumer`).
     Must,
     /// Ephemeral messages: dropped when the queue is half full.
     Droppable,
-    /// Bounded bursts the session asked for itself (recovery replay, a history page): queued
-    /// past the bounds.
-    Forced,
+    /// Replies to the session's own requests (a history page, a recovery replay, `sent`...):
+    /// always queued and counted; the session reads no more requests while the outbox is full.
+    Reply,
 }
 
 impl Outbox {
@@ -86,12 +97,13 @@ impl Outbox {
             return false;
         }
         let (frames, bytes) = (s.queue.len() + 1, s.bytes + frame.len());
+        let (total_frames, total_bytes) = (frames + s.inflight_frames, bytes + s.inflight_bytes);
         let max_frames = self.max_frames as usize;
         match class {
-            Class::Forced => {}
-            Class::Droppable if frames * 2 > max_frames || bytes * 2 > self.max_bytes => return false,
+            Class::Reply => {}
+            Class::Droppable if total_frames * 2 > max_frames || total_bytes * 2 > self.max_bytes => return false,
             Class::Droppable => {}
-            Class::Must if frames > max_frames || bytes > self.max_bytes => {
+            Class::Must if total_frames > max_frames || total_bytes > self.max_bytes => {
                 Self::close_locked(&mut s, ByeReason::SlowConsumer, [], true);
                 self.end(s);
                 return false;
@@ -110,7 +122,7 @@ impl Outbox {
 
     fn close_locked<const N: usize>(s: &mut State, reason: ByeReason, last: [Bytes; N], discard: bool) {
         if discard {
-            s.queue.clear();
+            s.queue = VecDeque::new();
             s.bytes = 0;
         }
         for frame in last {
@@ -140,6 +152,7 @@ impl Outbox {
         s.abandoned = true;
         s.queue = VecDeque::new();
         s.bytes = 0;
+        (s.inflight_frames, s.inflight_bytes) = (0, 0);
         self.end(s);
     }
 
@@ -156,6 +169,20 @@ impl Outbox {
         if self.lock().closed.is_none() {
             self.abandon();
         }
+    }
+
+    /// Whether the session must stop reading requests: what is queued and in flight reaches
+    /// a bound. The session task is woken when the writer makes progress (it drives the
+    /// writer itself), so it looks again then.
+    pub(crate) fn is_full(&self) -> bool {
+        let s = self.lock();
+        s.queue.len() + s.inflight_frames >= self.max_frames as usize || s.bytes + s.inflight_bytes >= self.max_bytes
+    }
+
+    /// Frames and bytes queued or being written.
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.queue.len() + s.inflight_frames, s.bytes + s.inflight_bytes)
     }
 
     /// Why the session is ending, once it is.
@@ -190,9 +217,11 @@ impl Outbox {
         let mut s = self.lock();
         std::mem::swap(&mut s.queue, out);
         s.bytes = 0;
+        (s.inflight_frames, s.inflight_bytes) = (0, 0);
     }
 
-    /// Moves every queued frame into `out` (which must be empty): `Ready(true)`. `Ready(false)`
+    /// Moves every queued frame into `out` (which must be empty: the writer has written the
+    /// previous batch, which stops counting against the bounds): `Ready(true)`. `Ready(false)`
     /// once the session is closed and everything, its `bye` included, has been handed out.
     /// Otherwise registers the task to be woken by the next push (or close) and releases both
     /// queues' memory: an idle connection holds no queue.
@@ -200,9 +229,10 @@ impl Outbox {
         // Registered before looking: a push or close after the look wakes this waker.
         self.waker.register(cx.waker());
         let mut s = self.lock();
+        (s.inflight_frames, s.inflight_bytes) = (0, 0);
         if !s.queue.is_empty() {
             std::mem::swap(&mut s.queue, out);
-            s.bytes = 0;
+            (s.inflight_frames, s.inflight_bytes) = (out.len(), std::mem::take(&mut s.bytes));
             return Poll::Ready(true);
         }
         if s.closed.is_some() || s.abandoned {
@@ -266,11 +296,39 @@ mod tests {
         assert_eq!(o.poll_batch(&mut cx, &mut out), Poll::Ready(true));
     }
 
+    #[test]
+    fn replies_count_and_the_writers_batch_counts_until_written() {
+        let o = Outbox::new(4, 100);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(o.push(Bytes::from(vec![b'r'; 60]), Class::Reply));
+        assert!(!o.is_full());
+        assert!(o.push(Bytes::from(vec![b'r'; 60]), Class::Reply), "a reply is queued past the bytes bound");
+        assert!(o.is_full(), "and the session stops reading");
+        assert_eq!(o.queued(), (2, 120));
+        let mut out = VecDeque::new();
+        assert_eq!(o.poll_batch(&mut cx, &mut out), Poll::Ready(true));
+        assert_eq!(o.queued(), (2, 120), "the writer's batch still counts");
+        assert!(o.is_full());
+        assert!(!o.push(Bytes::from_static(b"m"), Class::Droppable), "ephemeral dropped");
+        out.clear();
+        assert_eq!(o.poll_batch(&mut cx, &mut out), Poll::Pending, "written: the writer comes back");
+        assert_eq!(o.queued(), (0, 0));
+        assert!(!o.is_full());
+        for _ in 0..3 {
+            assert!(o.push(Bytes::from_static(b"e"), Class::Must));
+        }
+        assert!(o.push(Bytes::from_static(b"r"), Class::Reply));
+        assert!(o.is_full(), "4 frames: at the frames bound");
+        assert!(!o.push(Bytes::from_static(b"e"), Class::Must), "an event over the bound");
+        assert_eq!(o.closed(), Some(ByeReason::SlowConsumer));
+    }
+
     #[tokio::test]
     async fn bytes_bound_and_close_order() {
         let o = Outbox::new(100, 10);
         assert!(o.push(Bytes::from_static(b"12345"), Class::Must));
-        assert!(o.push(Bytes::from_static(b"12345678901234"), Class::Forced));
+        assert!(o.push(Bytes::from_static(b"12345678901234"), Class::Reply));
         assert!(o.close(ByeReason::Shutdown, [Bytes::from_static(b"err")]));
         assert!(!o.close(ByeReason::Timeout, []));
         let mut out = VecDeque::new();

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::broker::{BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, HistoryQuery, Message, Transient};
+use crate::bucket::TokenBucket;
 use crate::outbox::{Class, Outbox};
 use crate::protocol::{encode_member_joined, encode_member_left, encode_message, encode_reset, MessageParts, RoomName};
 
@@ -54,6 +55,8 @@ struct RoomState {
     members: Vec<Member>,
     /// `Some` while a gap is being filled from history: later deliveries wait here.
     repairing: Option<Vec<Delivery>>,
+    /// The room's membership events sent from this node (`Config::member_events_per_sec`).
+    member_events: TokenBucket,
 }
 
 /// One room as this node sees it.
@@ -76,6 +79,7 @@ impl LocalRoom {
                 last: 0,
                 members: Vec::new(),
                 repairing: None,
+                member_events: TokenBucket::new(),
             }),
         }
     }
@@ -83,6 +87,12 @@ impl LocalRoom {
     /// The room's name.
     pub(crate) fn name(&self) -> &RoomName {
         &self.name
+    }
+
+    /// Whether one more membership event may go out from this node now (`rate` per second,
+    /// `burst` at once; rate 0: always).
+    pub(crate) fn allow_member_event(&self, rate: u32, burst: u32) -> bool {
+        lock(&self.state).member_events.take(1, rate, burst)
     }
 
     /// The epoch and the last seq this node delivered.
@@ -198,7 +208,7 @@ impl Rooms {
         let mut st = lock(&local.state);
         let Some(member) = st.members.iter_mut().find(|m| m.key == key) else { return };
         for frame in first {
-            member.outbox.push(frame, Class::Forced);
+            member.outbox.push(frame, Class::Reply);
         }
         let mut after_reset = false;
         for item in member.pending.take().unwrap_or_default() {

@@ -3,6 +3,12 @@
 //! Requests are handled one at a time, in the order they arrived, and every reply goes through
 //! the session's outbox, so replies come back in request order and interleave correctly with
 //! the room events fanned out to the same outbox.
+//!
+//! What one client can make its session hold is bounded: every request takes tokens from one
+//! bucket (`Config::costs`), replies count against the outbox's bounds and the session reads
+//! no more requests while the outbox is full, a recovery replay that would take more than half
+//! of the outbox is not sent (`recovered: false`), and a room's membership events are
+//! rate-limited per room.
 
 use std::future::poll_fn;
 use std::sync::{Arc, PoisonError};
@@ -10,10 +16,10 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use futures::{Sink, Stream, StreamExt};
-use tokio::time::Instant;
 
 use crate::auth::{Action, Credentials, Identity};
 use crate::broker::{BrokerError, HistoryQuery, Publication, PublishOpts, Transient};
+use crate::bucket::TokenBucket;
 use crate::driver::{ConnInfo, Inbound, Writer};
 use crate::engine::Inner;
 use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
@@ -51,14 +57,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A token bucket for `send`.
-struct RateLimit {
-    tokens: f64,
-    at: Instant,
-    /// `rate_limited` errors since the last accepted send.
-    strikes: u32,
-}
-
 /// The most requests handled in a row before the writer runs (see `Session::run`).
 const REQUESTS_PER_WRITE: u8 = 32;
 
@@ -83,14 +81,16 @@ pub(crate) struct Session {
     user: Arc<str>,
     /// The rooms joined, in no order; a few per session, so a list beats a map in memory.
     rooms: Vec<Arc<LocalRoom>>,
-    rate: RateLimit,
+    /// The session's request tokens (`Config::rate_per_sec`).
+    rate: TokenBucket,
+    /// `rate_limited` errors since the last accepted request.
+    strikes: u32,
 }
 
 impl Session {
     /// A new session, registered with the engine (so that shutdown reaches it from now on).
     pub(crate) fn new(inner: Arc<Inner>, outbox: Arc<Outbox>, conn: ConnInfo) -> Self {
         let key = inner.register(&outbox);
-        let tokens = f64::from(inner.config.rate_burst);
         Session {
             inner,
             key,
@@ -98,7 +98,8 @@ impl Session {
             info: Err(conn),
             user: Arc::from(""),
             rooms: Vec::new(),
-            rate: RateLimit { tokens, at: Instant::now(), strikes: 0 },
+            rate: TokenBucket::new(),
+            strikes: 0,
         }
     }
 
@@ -136,13 +137,16 @@ impl Session {
         // Requests handled since the writer last ran: it runs when the peer has nothing more
         // for us (so a pipelined burst gets its replies in one write, not one write each) or
         // after `REQUESTS_PER_WRITE` of them (so replies cannot starve behind requests).
+        // While the outbox is full nothing is read (read-side backpressure): the writer runs
+        // on this task, so the task is woken when it can make progress and looks again.
         let mut burst = 0u8;
         loop {
             let wake = poll_fn(|cx| {
                 if outbox.is_ending() {
                     return Poll::Ready(Wake::Ending);
                 }
-                let first = (burst < REQUESTS_PER_WRITE).then(|| inbound.poll_next_unpin(cx));
+                let may_read = burst < REQUESTS_PER_WRITE && !outbox.is_full();
+                let first = may_read.then(|| inbound.poll_next_unpin(cx));
                 if let Some(Poll::Ready(item)) = first {
                     burst += 1;
                     return Poll::Ready(wake_for(item));
@@ -154,6 +158,7 @@ impl Session {
                 }
                 match first {
                     Some(pending) => pending.map(wake_for),
+                    None if outbox.is_full() => Poll::Pending,
                     None => inbound.poll_next_unpin(cx).map(wake_for),
                 }
             })
@@ -193,8 +198,9 @@ impl Session {
         }
     }
 
+    /// Queues a reply (counted against the outbox's bounds, never a `slow_consumer` close).
     fn push(&self, frame: Bytes) {
-        self.outbox.push(frame, Class::Must);
+        self.outbox.push(frame, Class::Reply);
     }
 
     fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
@@ -243,13 +249,63 @@ impl Session {
                 ErrorCode::NotAuthenticated,
                 &format!("the first frame must be a well-formed hello: {}", e.message),
             ),
-            Err(e) => self.error(e.id, e.code, &e.message),
+            Err(e) => {
+                let invalid = self.inner.config.costs.invalid;
+                match self.charge(invalid) {
+                    Ok(()) => self.error(e.id, e.code, &e.message),
+                    Err(f) => self.fail(e.id, f),
+                }
+            }
             Ok(frame) => return Some(frame),
         }
         None
     }
 
+    /// Takes `cost` tokens from the session's bucket, or says `rate_limited`.
+    fn charge(&mut self, cost: u32) -> Result<(), Failure> {
+        let c = &self.inner.config;
+        if self.rate.take(cost, c.rate_per_sec, c.rate_burst) {
+            self.strikes = 0;
+            return Ok(());
+        }
+        self.strikes += 1;
+        let message =
+            format!("over {} request tokens per second (this request costs {cost}); slow down", c.rate_per_sec);
+        Err(Failure::new(ErrorCode::RateLimited, message))
+    }
+
+    /// Answers a failed request; too many `rate_limited` in a row close the session.
+    fn fail(&mut self, id: Option<u64>, f: Failure) {
+        if f.code == ErrorCode::RateLimited && self.strikes > self.inner.config.rate_limit_strikes {
+            self.outbox.close(ByeReason::ProtocolError, [encode_error(id, f.code, &f.message)]);
+        } else {
+            self.error(id, f.code, &f.message);
+        }
+    }
+
+    /// What a request costs from the session's bucket.
+    fn cost(&self, request: &Request) -> u32 {
+        let c = &self.inner.config.costs;
+        match request {
+            Request::Hello { .. } | Request::Pong => 0,
+            Request::Ping if self.info.is_err() => 0,
+            Request::Join { .. } => c.join,
+            Request::Leave { .. } => c.leave,
+            Request::Send { .. } => c.send,
+            Request::History { .. } => c.history,
+            Request::Presence { .. } => c.presence,
+            Request::Ping => c.ping,
+        }
+    }
+
     async fn request(&mut self, ClientFrame { id, request }: ClientFrame) {
+        if self.info.is_ok() {
+            // A bare `ping` (no id, no reply) is a free sign of life.
+            let cost = if matches!(request, Request::Ping) && id.is_none() { 0 } else { self.cost(&request) };
+            if let Err(f) = self.charge(cost) {
+                return self.fail(id, f);
+            }
+        }
         let result = match request {
             Request::Hello { protocol, token, user } => match &self.info {
                 Err(_) => return self.hello(id, protocol, token.as_deref(), user.as_deref()).await,
@@ -272,11 +328,7 @@ impl Session {
             Request::Pong => Ok(()),
         };
         if let Err(f) = result {
-            if f.code == ErrorCode::RateLimited && self.rate.strikes > self.inner.config.rate_limit_strikes {
-                self.outbox.close(ByeReason::ProtocolError, [encode_error(id, f.code, &f.message)]);
-            } else {
-                self.error(id, f.code, &f.message);
-            }
+            self.fail(id, f);
         }
     }
 
@@ -361,33 +413,41 @@ impl Session {
                 return Err(e.into());
             }
         };
-        if first_session && (self.inner.member_events)(&room) {
+        if first_session && self.member_event(&point.room) {
             if let Err(e) = broker.broadcast(&room, Transient::MemberJoined(self.user.clone())).await {
                 tracing::warn!(%room, error = %e, "member_joined not sent");
             }
         }
 
         // Recovery: the member is already buffering live deliveries after `point.seq`; replay
-        // what the client missed up to it, then the buffer follows.
+        // what the client missed up to it, then the buffer follows. A replay may take half of
+        // the outbox's bounds, no more, so that live messages still fit behind it: a client
+        // that missed more pages the gap with `history` instead of being closed as a slow
+        // consumer by its own replay (and coming back to the same replay, forever).
         let mut replay = Vec::new();
         let mut recovered = false;
         if let Some(since) = since.filter(|s| *s.epoch == *point.epoch && s.seq <= point.seq) {
             let missed = point.seq - since.seq;
+            let c = &self.inner.config;
+            let (max_frames, max_bytes) = (c.outbox_frames / 2, c.outbox_bytes / 2);
             if missed == 0 {
                 recovered = true;
-            } else if missed <= self.inner.config.history_size as u64 {
+            } else if missed <= c.history_size.min(max_frames) as u64 {
                 let query =
                     HistoryQuery { after: Some(since.seq), before: Some(point.seq + 1), limit: missed as usize };
                 match broker.history(&room, query).await {
                     Ok(page) => {
                         let contiguous = page.messages.iter().zip(since.seq + 1..).all(|(m, seq)| m.seq == seq);
                         if page.epoch == point.epoch && page.messages.len() as u64 == missed && contiguous {
-                            recovered = true;
                             replay = page.messages.iter().map(|m| message_frame(&room, m)).collect();
+                            recovered = replay.iter().map(Bytes::len).sum::<usize>() <= max_bytes;
                         }
                     }
                     Err(e) => tracing::debug!(%room, error = %e, "recovery history failed"),
                 }
+            }
+            if !recovered {
+                replay = Vec::new();
             }
         }
         let mut first = Vec::with_capacity(replay.len() + 1);
@@ -411,7 +471,7 @@ impl Session {
         let room = local.name();
         self.inner.rooms.leave(broker, local, self.key).await;
         match broker.presence_remove(room, self.id(), &self.user).await {
-            Ok(true) if (self.inner.member_events)(room) => {
+            Ok(true) if self.member_event(local) => {
                 if let Err(e) = broker.broadcast(room, Transient::MemberLeft(self.user.clone())).await {
                     tracing::warn!(%room, error = %e, "member_left not sent");
                 }
@@ -424,6 +484,14 @@ impl Session {
         }
     }
 
+    /// Whether a membership event of this room may go out now: the room shows them and is
+    /// within its rate (`Config::member_events_per_sec`).
+    fn member_event(&self, local: &LocalRoom) -> bool {
+        let c = &self.inner.config;
+        (self.inner.member_events)(local.name())
+            && local.allow_member_event(c.member_events_per_sec, c.member_events_burst)
+    }
+
     async fn leave(&mut self, id: Option<u64>, room: RoomName) -> Result<(), Failure> {
         if let Some(i) = self.rooms.iter().position(|r| r.name() == &room) {
             let local = self.rooms.swap_remove(i);
@@ -433,25 +501,6 @@ impl Session {
             self.push(encode_left(Some(id), &room));
         }
         Ok(())
-    }
-
-    fn take_token(&mut self) -> bool {
-        let c = &self.inner.config;
-        if c.rate_per_sec == 0 {
-            return true; // no limit
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.rate.at).as_secs_f64() * f64::from(c.rate_per_sec);
-        self.rate.tokens = (self.rate.tokens + refill).min(f64::from(c.rate_burst.max(1)));
-        self.rate.at = now;
-        if self.rate.tokens >= 1.0 {
-            self.rate.tokens -= 1.0;
-            self.rate.strikes = 0;
-            true
-        } else {
-            self.rate.strikes += 1;
-            false
-        }
     }
 
     async fn send(
@@ -467,10 +516,6 @@ impl Session {
         let max_body = self.inner.config.max_body;
         if body.len() > max_body {
             return Err(Failure::new(ErrorCode::BodyTooLarge, format!("bodies are limited to {max_body} bytes")));
-        }
-        if !self.take_token() {
-            let rate = self.inner.config.rate_per_sec;
-            return Err(Failure::new(ErrorCode::RateLimited, format!("at most {rate} messages per second; slow down")));
         }
         let body = match &self.info {
             Ok(info) => match self.inner.hooks.on_send(info, &room, &body).await {
@@ -530,7 +575,7 @@ impl Session {
                 ts: m.ts,
                 body: &m.body,
             });
-            self.outbox.push(encode_history(Some(id), &room, &page.epoch, messages), Class::Forced);
+            self.outbox.push(encode_history(Some(id), &room, &page.epoch, messages), Class::Reply);
         }
         Ok(())
     }
@@ -541,7 +586,7 @@ impl Session {
         let members = self.inner.broker.presence(&room).await?;
         if let Some(id) = id {
             let frame = encode_presence(Some(id), &room, members.iter().map(|m| (m.user.as_str(), m.sessions)));
-            self.outbox.push(frame, Class::Forced);
+            self.outbox.push(frame, Class::Reply);
         }
         Ok(())
     }

@@ -413,6 +413,7 @@ async fn rate_limits_and_then_closes_abusers() {
             c.rate_per_sec = 1;
             c.rate_burst = 3;
             c.rate_limit_strikes = 5;
+            (c.costs.send, c.costs.join) = (1, 0);
         })
         .build()
         .await
@@ -435,6 +436,52 @@ async fn rate_limits_and_then_closes_abusers() {
     let e = raw.recv().await;
     assert_eq!(e["code"], "rate_limited");
     raw.expect_bye("protocol_error").await;
+}
+
+/// One bucket covers every request type, each at its cost; a bare `ping` and `pong` are free.
+#[tokio::test(start_paused = true)]
+async fn one_bucket_covers_every_request() {
+    let engine = Engine::builder()
+        .tune(|c| {
+            c.rate_per_sec = 1;
+            c.rate_burst = 12;
+            c.costs.join = 1;
+            c.costs.leave = 1;
+            c.costs.history = 3;
+            c.costs.presence = 2;
+            c.costs.ping = 1;
+            c.costs.invalid = 1;
+            c.costs.send = 4;
+        })
+        .build()
+        .await
+        .unwrap();
+    let mut raw = Raw::hello(&engine, "alice").await;
+    raw.join("r").await; // 1: 11 left
+    for _ in 0..20 {
+        raw.send(r#"{"type":"ping"}"#);
+        raw.send(r#"{"type":"pong"}"#);
+    }
+    assert_eq!(raw.ask(r#"{"type":"history","id":1,"room":"r"}"#).await["type"], "history"); // 8 left
+    assert_eq!(raw.ask(r#"{"type":"presence","id":2,"room":"r"}"#).await["type"], "presence"); // 6
+    assert_eq!(raw.ask(r#"{"type":"ping","id":3}"#).await["type"], "pong"); // 5
+    assert_eq!(raw.ask(r#"{"type":"nonsense","id":4}"#).await["code"], "bad_frame"); // 4
+    raw.send(r#"{"type":"send","id":5,"room":"r","body":1}"#); // 0
+    assert_eq!(raw.recv_of("message").await["seq"], 1);
+    assert_eq!(raw.recv().await["type"], "sent");
+    for (id, frame) in [
+        (6, r#"{"type":"join","id":6,"room":"q"}"#),
+        (7, r#"{"type":"leave","id":7,"room":"r"}"#),
+        (8, r#"{"type":"history","id":8,"room":"r"}"#),
+        (9, r#"{"type":"presence","id":9,"room":"r"}"#),
+        (10, r#"{"type":"ping","id":10}"#),
+        (11, r#"{"type":"nonsense","id":11}"#),
+    ] {
+        raw.expect_error(frame, "rate_limited", Some(id)).await;
+    }
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    assert_eq!(raw.ask(r#"{"type":"presence","id":12,"room":"r"}"#).await["type"], "presence", "2 s refill 2");
+    raw.expect_error(r#"{"type":"leave","id":13,"room":"r"}"#, "rate_limited", Some(13)).await;
 }
 
 #[tokio::test]
@@ -664,7 +711,7 @@ async fn replies_flow_while_requests_never_stop() {
     use bytes::Bytes;
     use chat_core::{ConnInfo, Inbound};
     use futures::StreamExt;
-    let engine = engine().await;
+    let engine = Engine::builder().tune(|c| c.rate_per_sec = 0).build().await.unwrap();
     let hello = Bytes::from_static(br#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#);
     let ping = Bytes::from_static(br#"{"type":"ping","id":7}"#);
     // Always ready: never `Pending`, never ends.

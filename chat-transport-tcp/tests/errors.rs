@@ -139,9 +139,11 @@ async fn a_body_over_max_body_is_too_large_but_not_fatal() {
 
 #[tokio::test]
 async fn sends_over_the_rate_are_limited_but_not_fatal() {
+    // A send costs 1,000 tokens at 1 per second: nothing refills during the test.
     let engine = engine(|c| {
         c.rate_per_sec = 1;
-        c.rate_burst = 2;
+        c.rate_burst = 2_000;
+        (c.costs.send, c.costs.join, c.costs.history) = (1_000, 0, 0);
     })
     .await;
     let addr = serve(&engine).await;
@@ -152,7 +154,7 @@ async fn sends_over_the_rate_are_limited_but_not_fatal() {
     }
     let refused = within("send", alice.send("lobby", json!("too fast"))).await.expect_err("rate limited");
     assert_eq!(refused.code(), Some("rate_limited"));
-    // Still usable: other requests are not rate limited.
+    // Still usable: a request the bucket can pay for (history costs nothing here) goes through.
     within("history", alice.history("lobby", None, None, None)).await.expect("history");
 }
 
@@ -160,8 +162,9 @@ async fn sends_over_the_rate_are_limited_but_not_fatal() {
 async fn repeated_rate_limit_abuse_closes_with_protocol_error() {
     let engine = engine(|c| {
         c.rate_per_sec = 1;
-        c.rate_burst = 1;
+        c.rate_burst = 1_000;
         c.rate_limit_strikes = 3;
+        (c.costs.send, c.costs.join) = (1_000, 0);
     })
     .await;
     let addr = serve(&engine).await;

@@ -149,8 +149,11 @@ async fn room_errors_are_not_fatal() {
     let engine = Engine::builder()
         .tune(|c| {
             c.max_body = 64;
+            // A send costs 1,000 tokens at 1 per second (nothing refills during the test); the
+            // other requests here are free.
             c.rate_per_sec = 1;
-            c.rate_burst = 1;
+            c.rate_burst = 3_000;
+            (c.costs.send, c.costs.join, c.costs.history, c.costs.presence, c.costs.invalid) = (1_000, 0, 0, 0, 0);
             c.rate_limit_strikes = 2;
         })
         .build()
@@ -169,8 +172,9 @@ async fn room_errors_are_not_fatal() {
     assert_eq!(code(alice.send("lobby", json!("too soon")).await).as_deref(), Some("rate_limited"));
     alice.presence("lobby").await.expect("still usable after rate_limited");
     assert_eq!(code(alice.send("lobby", json!("again")).await).as_deref(), Some("rate_limited"));
-    // Repeated abuse: the third strike in a row closes with protocol_error.
     assert_eq!(code(alice.send("lobby", json!("and again")).await).as_deref(), Some("rate_limited"));
+    // Repeated abuse: the third strike in a row closes with protocol_error.
+    assert_eq!(code(alice.send("lobby", json!("once more")).await).as_deref(), Some("rate_limited"));
     let bye = next_of_type(&mut alice, "bye").await;
     assert_eq!(bye["reason"], "protocol_error");
     assert!(within(alice.next_event()).await.is_none(), "closed after bye");
