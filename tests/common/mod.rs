@@ -33,6 +33,7 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+#[allow(unused_imports)] // each test binary uses a different subset
 pub use chat_testkit::eventually;
 
 /// The next event of `client` matching `pred`, skipping others; fails after [`WAIT`] or if the
