@@ -71,6 +71,7 @@ fn broker_publish(c: &mut Criterion) {
         idempotency_window: Duration::from_secs(300),
         history_size: 1000,
         history_ttl: Duration::from_secs(86_400),
+        max_history_bytes: 256 << 20,
     };
     let from: Arc<str> = Arc::from("alice");
     let body = Bytes::from_static(BODY.as_bytes());

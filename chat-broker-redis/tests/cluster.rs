@@ -30,6 +30,7 @@ fn opts(key: Option<&str>, size: usize) -> PublishOpts {
         idempotency_window: Duration::from_secs(300),
         history_size: size,
         history_ttl: Duration::from_secs(3600),
+        max_history_bytes: usize::MAX, // ignored by Redis
     }
 }
 

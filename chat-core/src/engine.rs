@@ -70,6 +70,15 @@ pub struct Config {
     pub max_rooms_per_session: usize,
     /// How long a closing session may take to deliver its last frames. Default 5 s.
     pub close_timeout: Duration,
+    /// Rooms with members on this node; a join that would add one more answers `unavailable`.
+    /// Default 100,000.
+    pub max_rooms: usize,
+    /// Bytes of history the broker retains across all rooms (bodies, senders, keys and a fixed
+    /// overhead per message, key and room: see `chat_core::broker::memory`); beyond it the
+    /// oldest messages of the least recently active rooms are evicted, and a `since` into them
+    /// gets `recovered: false`. Enforced by the `MemoryBroker`; the Redis broker ignores it.
+    /// Default 256 MiB.
+    pub max_history_bytes: usize,
 }
 
 impl Default for Config {
@@ -92,6 +101,8 @@ impl Default for Config {
             member_events_burst: 20,
             max_rooms_per_session: 256,
             close_timeout: Duration::from_secs(5),
+            max_rooms: 100_000,
+            max_history_bytes: 256 << 20,
         }
     }
 }
@@ -232,7 +243,7 @@ impl EngineBuilder {
         }
         let node: Arc<str> = Arc::from(self.node_id.unwrap_or_else(|| format!("n{:x}", unique())).as_str());
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
-        let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone()));
+        let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone(), self.config.max_rooms));
         let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
         let broker_node = broker.attach(&node, sink).await?;
         rooms.set_broker(&broker_node);

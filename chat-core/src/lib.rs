@@ -48,7 +48,7 @@ mod session;
 pub use rooms::bench;
 
 pub use auth::{AllowAll, AllowAnonymous, Authenticator, Authorizer, Identity, JwtAuthenticator};
-pub use broker::memory::MemoryBroker;
+pub use broker::memory::{MemoryBroker, MemoryStats};
 pub use broker::{Broker, BrokerError, BrokerNode};
 pub use driver::{ConnInfo, Inbound};
 pub use engine::{Config, Engine, EngineBuilder, EngineError, RequestCosts, Stats};

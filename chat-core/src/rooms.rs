@@ -126,6 +126,8 @@ pub(crate) struct Rooms {
     /// Which rooms show `member_joined` / `member_left` (brokers may announce them anyway,
     /// e.g. for a node that died).
     member_events: MemberEvents,
+    /// The most rooms with local members (`Config::max_rooms`).
+    max_rooms: usize,
 }
 
 /// The host's choice of rooms with membership events.
@@ -139,12 +141,13 @@ pub(crate) struct JoinPoint {
 }
 
 impl Rooms {
-    pub(crate) fn new(repair_limit: usize, member_events: MemberEvents) -> Self {
+    pub(crate) fn new(repair_limit: usize, member_events: MemberEvents, max_rooms: usize) -> Self {
         Rooms {
             map: RwLock::new(HashMap::new()),
             broker: OnceLock::new(),
             repair_limit: repair_limit.max(1),
             member_events,
+            max_rooms,
         }
     }
 
@@ -163,7 +166,8 @@ impl Rooms {
 
     /// Adds a member that starts out buffering; subscribes the node to the room first when it
     /// is the room's first local member. The returned point is the last seq this node delivered:
-    /// everything after it will reach the member, in order.
+    /// everything after it will reach the member, in order. A join that would add a room beyond
+    /// `max_rooms` fails as `Unavailable` (the session answers `unavailable`).
     pub(crate) async fn join(
         &self,
         broker: &dyn BrokerNode,
@@ -174,7 +178,16 @@ impl Rooms {
         loop {
             let local = {
                 let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-                map.entry(room.clone()).or_insert_with(|| Arc::new(LocalRoom::new(room.clone()))).clone()
+                match map.get(room) {
+                    Some(local) => local.clone(),
+                    None if map.len() >= self.max_rooms => {
+                        return Err(BrokerError::Unavailable(format!(
+                            "this node holds its limit of {} rooms",
+                            self.max_rooms
+                        )));
+                    }
+                    None => map.entry(room.clone()).or_insert_with(|| Arc::new(LocalRoom::new(room.clone()))).clone(),
+                }
             };
             let _guard = local.membership.lock().await;
             if lock(&local.state).removed {
@@ -395,7 +408,7 @@ pub mod bench {
     impl Fanout {
         /// A room with `members` members; messages carry `body_len` bytes of body.
         pub fn new(members: usize, body_len: usize) -> Self {
-            let rooms = Arc::new(Rooms::new(1000, Arc::new(|_| true)));
+            let rooms = Arc::new(Rooms::new(1000, Arc::new(|_| true), usize::MAX));
             let room = RoomName::new("bench").unwrap_or_else(|_| unreachable!());
             let local = Arc::new(LocalRoom::new(room.clone()));
             let epoch: Epoch = Arc::from("e");

@@ -545,6 +545,7 @@ impl Session {
                 idempotency_window: c.idempotency_window,
                 history_size: c.history_size,
                 history_ttl: c.history_ttl,
+                max_history_bytes: c.max_history_bytes,
             };
             Some(broker.publish(&room, publication, &opts).await?.seq)
         };

@@ -4,10 +4,26 @@
 //! store, and deliver to every subscribed node before the lock is released, so every node
 //! receives the room's messages in one order. Several engines attached to one `MemoryBroker`
 //! behave as a cluster, which is how the multi-node logic is tested without Redis.
+//!
+//! It forgets, so that no client can make it hold more than its budget:
+//! * A background sweep (one task per broker, started by the first `attach` made inside a
+//!   Tokio runtime; it holds only a `Weak` to the broker and ends once the broker is dropped)
+//!   applies each room's `history_ttl`, prunes its expired idempotency keys, and drops the rooms
+//!   that hold nothing any more: no subscriber, no presence, no history, no key. Each room
+//!   remembers the retention of its latest publish (`PublishOpts`).
+//! * After every publish the retained bytes of all rooms are brought back under
+//!   `PublishOpts::max_history_bytes`: the oldest messages of the least recently published-to
+//!   rooms are evicted first, with their idempotency keys. How bytes are counted:
+//!   [`MESSAGE_OVERHEAD`], [`KEY_OVERHEAD`], [`ROOM_OVERHEAD`].
+//! * A room that had messages is never dropped and created again under its old epoch (see
+//!   `Hub::fresh_epoch`), so a returning client's `since` into lost history is answered
+//!   `recovered: false`, never with a silent gap.
+//!
+//! Lock order: the room map, then one room, then the LRU index; never the other way round.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,6 +33,25 @@ use super::{
     PresenceEntry, Publication, PublishOpts, Published, Transient,
 };
 use crate::protocol::RoomName;
+
+/// Bytes counted for each retained message on top of its body and sender: its history slot
+/// (store time and pointer, 24), the shared `Message` (64 plus the `Arc`'s 16), the body's
+/// shared-buffer header once it has been cloned for a history page (24), and the allocator's
+/// per-block headers (3 x 8), rounded up.
+pub const MESSAGE_OVERHEAD: usize = 160;
+
+/// Bytes counted for each remembered idempotency key on top of its sender and key text: its
+/// map slot (two `Arc<str>` and a seq, 40, at the map's load factor), its slot in the expiry
+/// queue (time, seq, the two `Arc<str>`: 56), the key text's `Arc` header (16) and allocator
+/// headers, rounded up.
+pub const KEY_OVERHEAD: usize = 128;
+
+/// Bytes counted for a room while it retains any message or key, on top of its name: the room
+/// itself (its mutex, queues, maps and counters: 336 with its `Arc`), its entries in the room
+/// map and the LRU index (about 80), and the spare slots of the first allocations of its
+/// queues and key map (which start at 4 slots), rounded up. A room that retains nothing costs
+/// nothing here: it exists only while it has members, which `Config::max_rooms` bounds per node.
+pub const ROOM_OVERHEAD: usize = 640;
 
 /// The in-memory broker. Clones share one set of rooms.
 ///
@@ -35,15 +70,52 @@ pub struct MemoryBroker {
     hub: Arc<Hub>,
 }
 
+/// What a [`MemoryBroker`] holds right now; see [`MemoryBroker::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Rooms the broker knows: those with subscribers, presence, history or keys (and, until
+    /// the next sweep, a room whose last message expired while nobody was there).
+    pub rooms: usize,
+    /// Retained messages, across all rooms.
+    pub messages: usize,
+    /// Retained bytes as `max_history_bytes` counts them: bodies, senders and keys, plus
+    /// [`MESSAGE_OVERHEAD`] per message, [`KEY_OVERHEAD`] per key, and [`ROOM_OVERHEAD`] plus
+    /// the name for each room that retains anything.
+    pub retained_bytes: usize,
+    /// Remembered idempotency keys, across all rooms.
+    pub idempotency_keys: usize,
+}
+
+type Room = Arc<Mutex<RoomData>>;
+
 #[derive(Default)]
 struct Hub {
-    rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomData>>>>,
+    rooms: Mutex<HashMap<RoomName, Room>>,
     next_node: AtomicU64,
     next_epoch: AtomicU64,
     /// The epoch of every room that has never had a message: such a room can be forgotten and
     /// created again without anyone's `since` becoming wrong.
-    /// A wipe replaces it, so that no epoch name is ever reused for other messages.
+    /// A wipe replaces it, so that no epoch name is ever reused for other messages. So does
+    /// dropping a room that had messages: that room may have been created under the current
+    /// fresh epoch, and coming back under it with seq from 1 would let an old `since` match
+    /// other messages. Rotating it (under the room-map lock, so no room is created in between)
+    /// costs only an extra epoch string, and a client whose `since` named an empty room's epoch
+    /// gets `recovered: false` for a room where it missed nothing.
     fresh_epoch: Mutex<Option<Epoch>>,
+    /// Rooms that retain anything, least recently published-to first, by their `stamp`.
+    lru: Mutex<BTreeMap<u64, Room>>,
+    /// The latest stamp handed out.
+    last_stamp: AtomicU64,
+    /// Totals over all rooms, kept by `settle`.
+    bytes: AtomicUsize,
+    messages: AtomicUsize,
+    keys: AtomicUsize,
+    /// The shortest `history_ttl` or `idempotency_window` seen, in ms (0: none yet).
+    shortest_retention_ms: AtomicU64,
+    /// The sweep's period set by [`MemoryBroker::sweep_every`], in ms (0: derived).
+    sweep_every_ms: AtomicU64,
+    /// A sweep task is running.
+    sweeping: AtomicBool,
 }
 
 struct Subscriber {
@@ -51,24 +123,55 @@ struct Subscriber {
     sink: Arc<dyn DeliverySink>,
 }
 
+/// An idempotency key: (sender, key).
+type KeyId = (Arc<str>, Arc<str>);
+
+/// What a room adds to the hub's totals.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Counted {
+    bytes: usize,
+    messages: usize,
+    keys: usize,
+}
+
 struct RoomData {
+    name: RoomName,
     epoch: Epoch,
     seq: u64,
+    /// The retention of the latest publish, applied by the sweep.
     ttl: Duration,
+    window: Duration,
     /// Stored messages, contiguous in seq, oldest first, with the time each was stored.
     history: VecDeque<(Instant, Arc<Message>)>,
-    keys: HashMap<(Arc<str>, String), u64>,
-    key_order: VecDeque<(Instant, (Arc<str>, String))>,
+    history_bytes: usize,
+    keys: HashMap<KeyId, u64>,
+    /// The keys in the order they were stored (so in seq order), with their time and seq.
+    key_order: VecDeque<(Instant, u64, KeyId)>,
+    key_bytes: usize,
     /// user -> (session, node) pairs
     /// Per user, their sessions and each session's node. Most users have one session in a
     /// room: the lists are allocated to fit, not with spare room.
     presence: HashMap<Arc<str>, Vec<(Box<str>, u64)>>,
     subscribers: Vec<Subscriber>,
+    /// What the hub's totals hold for this room (see `Hub::settle`).
+    counted: Counted,
+    /// This room's key in the hub's LRU index; 0 when it retains nothing.
+    stamp: u64,
+    /// Removed from the room map: whoever locked it late must look the room up again.
+    dropped: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the whole broker down with it.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn message_cost(m: &Message) -> usize {
+    MESSAGE_OVERHEAD + m.body.len() + m.from.len()
+}
+
+fn key_cost(k: &KeyId) -> usize {
+    KEY_OVERHEAD + k.0.len() + k.1.len()
 }
 
 impl Hub {
@@ -78,51 +181,305 @@ impl Hub {
         Arc::from(format!("m{:x}{:x}", t.as_millis(), n).as_str())
     }
 
-    fn room(&self, room: &RoomName) -> Arc<Mutex<RoomData>> {
+    fn room(&self, room: &RoomName) -> Room {
         let mut rooms = lock(&self.rooms);
         rooms
             .entry(room.clone())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(RoomData {
-                    epoch: lock(&self.fresh_epoch).get_or_insert_with(|| self.new_epoch()).clone(),
+                    name: room.clone(),
+                    epoch: self.fresh_epoch(),
                     seq: 0,
                     ttl: Duration::MAX,
+                    window: Duration::MAX,
                     history: VecDeque::new(),
+                    history_bytes: 0,
                     keys: HashMap::new(),
                     key_order: VecDeque::new(),
+                    key_bytes: 0,
                     presence: HashMap::new(),
                     subscribers: Vec::new(),
+                    counted: Counted::default(),
+                    stamp: 0,
+                    dropped: false,
                 }))
             })
             .clone()
     }
-}
 
-impl Hub {
-    /// Drops a room that never had a message and holds nothing any more (no subscriber, no
-    /// presence), so that rooms joined once and abandoned do not accumulate. A room with
-    /// messages is kept: its seq must never restart within its epoch.
+    /// Runs `f` on the room, created if need be.
+    fn with_room<T>(&self, room: &RoomName, f: impl FnOnce(&Room, &mut RoomData) -> T) -> T {
+        loop {
+            let data = self.room(room);
+            let mut r = lock(&data);
+            if r.dropped {
+                continue; // dropped between the lookup and the lock
+            }
+            return f(&data, &mut r);
+        }
+    }
+
+    /// Runs `f` on the room if it exists; a room that does not exist is not created.
+    fn with_existing<T>(&self, room: &RoomName, f: impl FnOnce(&Room, &mut RoomData) -> T) -> Option<T> {
+        loop {
+            let data = lock(&self.rooms).get(room).cloned()?;
+            let mut r = lock(&data);
+            if r.dropped {
+                continue;
+            }
+            return Some(f(&data, &mut r));
+        }
+    }
+
+    /// The epoch a room that does not exist would be created with.
+    fn fresh_epoch(&self) -> Epoch {
+        lock(&self.fresh_epoch).get_or_insert_with(|| self.new_epoch()).clone()
+    }
+
+    /// Brings the hub's totals and LRU index in line with what `r` retains; `touched` marks it
+    /// the most recently active room.
+    fn settle(&self, data: &Room, r: &mut RoomData, touched: bool) {
+        let now = r.retained();
+        let before = r.counted;
+        if now != before {
+            adjust(&self.bytes, before.bytes, now.bytes);
+            adjust(&self.messages, before.messages, now.messages);
+            adjust(&self.keys, before.keys, now.keys);
+            r.counted = now;
+        }
+        if now.bytes == 0 {
+            if r.stamp != 0 {
+                lock(&self.lru).remove(&r.stamp);
+                r.stamp = 0;
+            }
+        } else if r.stamp == 0 || (touched && r.stamp != self.last_stamp.load(Ordering::Relaxed)) {
+            // A room published to again and again keeps its place without taking the lock.
+            let mut lru = lock(&self.lru);
+            if r.stamp != 0 {
+                lru.remove(&r.stamp);
+            }
+            r.stamp = self.last_stamp.fetch_add(1, Ordering::Relaxed) + 1;
+            lru.insert(r.stamp, data.clone());
+        }
+    }
+
+    /// Removes `r` from the map (the caller holds the map's lock and made sure it retains
+    /// nothing, so it is not in the LRU index).
+    fn unlink(&self, r: &mut RoomData, rotate: &mut bool) {
+        r.dropped = true;
+        // See `fresh_epoch`: a room that had messages must not come back under its epoch.
+        *rotate |= r.seq > 0;
+    }
+
+    /// Drops a room that holds nothing any more (no subscriber, no presence, no history, no
+    /// key), so that rooms joined once and abandoned do not accumulate.
     fn forget_if_unused(&self, room: &RoomName) {
         let mut rooms = lock(&self.rooms);
-        let Some(data) = rooms.get(room) else { return };
-        let r = lock(data);
-        let unused = r.seq == 0 && r.subscribers.is_empty() && r.presence.is_empty();
+        let Some(data) = rooms.get(room).cloned() else { return };
+        let mut r = lock(&data);
+        if !r.unused() {
+            return;
+        }
+        let mut rotate = false;
+        self.unlink(&mut r, &mut rotate);
         drop(r);
-        if unused {
-            rooms.remove(room);
+        rooms.remove(room);
+        if rotate {
+            *lock(&self.fresh_epoch) = None;
+        }
+    }
+
+    /// One pass of the sweep as of `now`: every room's ttl and key window, then the rooms
+    /// left unused.
+    fn sweep(&self, now: Instant) {
+        let mut rooms = lock(&self.rooms);
+        let mut rotate = false;
+        rooms.retain(|_, data| {
+            let mut r = lock(data);
+            r.expire(now);
+            r.prune_keys(now);
+            self.settle(data, &mut r, false);
+            if r.unused() {
+                self.unlink(&mut r, &mut rotate);
+                false
+            } else {
+                true
+            }
+        });
+        if rotate {
+            *lock(&self.fresh_epoch) = None;
+        }
+        if rooms.capacity() > 2 * rooms.len() + 64 {
+            rooms.shrink_to_fit(); // a spray of room names must not leave its table behind
+        }
+    }
+
+    /// Evicts the oldest messages (and keys) of the least recently active rooms until the
+    /// retained bytes are at most `cap`.
+    fn enforce_cap(&self, cap: usize) {
+        while self.bytes.load(Ordering::Relaxed) > cap {
+            let Some((stamp, data)) = lock(&self.lru).first_key_value().map(|(s, d)| (*s, d.clone())) else {
+                return;
+            };
+            let mut r = lock(&data);
+            if r.stamp != stamp {
+                continue; // published to or emptied meanwhile: look again
+            }
+            while self.bytes.load(Ordering::Relaxed) > cap && r.evict_oldest() {
+                self.settle(&data, &mut r, false);
+            }
+            self.settle(&data, &mut r, false);
+            let unused = r.unused();
+            let name = r.name.clone();
+            drop(r);
+            if unused {
+                self.forget_if_unused(&name);
+            }
+        }
+    }
+
+    /// Remembers the shortest retention seen, from which the sweep's period derives.
+    fn note_retention(&self, opts: &PublishOpts) {
+        let shortest = opts.history_ttl.min(opts.idempotency_window).as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        let _ = self.shortest_retention_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+            (current == 0 || shortest < current).then_some(shortest)
+        });
+    }
+
+    /// The sweep's period: the one set, or a quarter of the shortest retention seen, within
+    /// 1 to 10 s (10 s before any publish).
+    fn sweep_period(&self) -> Duration {
+        match self.sweep_every_ms.load(Ordering::Relaxed) {
+            0 => match self.shortest_retention_ms.load(Ordering::Relaxed) {
+                0 => Duration::from_secs(10),
+                ms => Duration::from_millis(ms / 4).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            },
+            ms => Duration::from_millis(ms),
+        }
+    }
+}
+
+fn adjust(total: &AtomicUsize, before: usize, now: usize) {
+    if now > before {
+        total.fetch_add(now - before, Ordering::Relaxed);
+    } else {
+        total.fetch_sub(before - now, Ordering::Relaxed);
+    }
+}
+
+/// Starts the hub's sweep task unless one runs (or there is no runtime here: the next attach
+/// inside one starts it).
+fn start_sweep(hub: &Arc<Hub>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    if hub.sweeping.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let guard = SweepGuard(Arc::downgrade(hub));
+    runtime.spawn(async move {
+        let guard = guard;
+        loop {
+            let Some(period) = guard.0.upgrade().map(|hub| hub.sweep_period()) else { return };
+            tokio::time::sleep(period).await;
+            let Some(hub) = guard.0.upgrade() else { return };
+            hub.sweep(Instant::now());
+        }
+    });
+}
+
+/// Lets a later `attach` start the sweep again if its task ends with the broker still alive
+/// (its runtime shut down).
+struct SweepGuard(Weak<Hub>);
+
+impl Drop for SweepGuard {
+    fn drop(&mut self) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.sweeping.store(false, Ordering::Release);
         }
     }
 }
 
 impl RoomData {
-    fn expire(&mut self, now: Instant) {
-        while let Some((at, _)) = self.history.front() {
-            if now.saturating_duration_since(*at) > self.ttl {
-                self.history.pop_front();
-            } else {
-                break;
-            }
+    /// What this room adds to the hub's totals.
+    fn retained(&self) -> Counted {
+        if self.history.is_empty() && self.keys.is_empty() {
+            return Counted::default();
         }
+        Counted {
+            bytes: ROOM_OVERHEAD + self.name.len() + self.history_bytes + self.key_bytes,
+            messages: self.history.len(),
+            keys: self.keys.len(),
+        }
+    }
+
+    /// Holds nothing that anyone needs: it can be dropped and created again later.
+    fn unused(&self) -> bool {
+        self.subscribers.is_empty() && self.presence.is_empty() && self.history.is_empty() && self.keys.is_empty()
+    }
+
+    fn push_message(&mut self, now: Instant, message: Arc<Message>) {
+        self.history_bytes += message_cost(&message);
+        self.history.push_back((now, message));
+    }
+
+    fn pop_message(&mut self) -> Option<u64> {
+        let (_, m) = self.history.pop_front()?;
+        self.history_bytes -= message_cost(&m);
+        Some(m.seq)
+    }
+
+    fn push_key(&mut self, now: Instant, seq: u64, key: KeyId) {
+        self.key_bytes += key_cost(&key);
+        self.keys.insert(key.clone(), seq);
+        self.key_order.push_back((now, seq, key));
+    }
+
+    fn pop_key(&mut self) {
+        if let Some((_, _, key)) = self.key_order.pop_front() {
+            self.key_bytes -= key_cost(&key);
+            self.keys.remove(&key);
+        }
+    }
+
+    /// Drops the messages older than the ttl.
+    fn expire(&mut self, now: Instant) {
+        while self.history.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.ttl) {
+            self.pop_message();
+        }
+    }
+
+    /// Forgets the keys older than the window.
+    fn prune_keys(&mut self, now: Instant) {
+        while self.key_order.front().is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > self.window) {
+            self.pop_key();
+        }
+    }
+
+    /// Evicts the oldest thing the room retains: a key whose message is gone already, or else
+    /// the oldest message with its key. False when there was nothing to evict.
+    fn evict_oldest(&mut self) -> bool {
+        let oldest_message = self.history.front().map(|(_, m)| m.seq);
+        let oldest_key = self.key_order.front().map(|(_, seq, _)| *seq);
+        match (oldest_message, oldest_key) {
+            (Some(message), Some(key)) if key < message => self.pop_key(),
+            (Some(_), _) => {
+                let seq = self.pop_message().unwrap_or(0);
+                while self.key_order.front().is_some_and(|(_, s, _)| *s <= seq) {
+                    self.pop_key();
+                }
+            }
+            (None, Some(_)) => self.pop_key(),
+            (None, None) => return false,
+        }
+        true
+    }
+
+    /// Loses everything stored (a wipe).
+    fn clear_retained(&mut self) {
+        self.history.clear();
+        self.history_bytes = 0;
+        self.keys.clear();
+        self.key_order.clear();
+        self.key_bytes = 0;
     }
 
     fn deliver(&self, room: &RoomName, delivery: &Delivery) {
@@ -138,6 +495,67 @@ impl MemoryBroker {
         Self::default()
     }
 
+    /// Sets the sweep's period (default: a quarter of the shortest `history_ttl` or
+    /// `idempotency_window` published with, within 1 to 10 s). Meant for tests; takes effect
+    /// from the sweep's next wait.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let broker = chat_core::MemoryBroker::new().sweep_every(Duration::from_millis(50));
+    /// # drop(broker);
+    /// ```
+    pub fn sweep_every(self, period: Duration) -> Self {
+        let ms = period.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        self.hub.sweep_every_ms.store(ms, Ordering::Relaxed);
+        self
+    }
+
+    /// What the broker holds right now, across all rooms.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use chat_core::broker::memory::{MemoryStats, MESSAGE_OVERHEAD, ROOM_OVERHEAD};
+    /// use chat_core::broker::{Broker, Delivery, DeliverySink, Publication, PublishOpts};
+    /// use chat_core::{MemoryBroker, RoomName};
+    ///
+    /// struct Ignore;
+    /// impl DeliverySink for Ignore {
+    ///     fn deliver(&self, _: &RoomName, _: Delivery) {}
+    /// }
+    /// let broker = MemoryBroker::new();
+    /// let node = broker.attach("a", Arc::new(Ignore)).await.unwrap();
+    /// let opts = PublishOpts {
+    ///     key: None,
+    ///     idempotency_window: Duration::from_secs(300),
+    ///     history_size: 100,
+    ///     history_ttl: Duration::from_secs(3600),
+    ///     max_history_bytes: 1 << 20,
+    /// };
+    /// let hi = Publication { from: Arc::from("alice"), ts: 1, body: "\"hi\"".into() };
+    /// node.publish(&RoomName::new("lobby").unwrap(), hi, &opts).await.unwrap();
+    /// assert_eq!(
+    ///     broker.stats(),
+    ///     MemoryStats {
+    ///         rooms: 1,
+    ///         messages: 1,
+    ///         retained_bytes: ROOM_OVERHEAD + "lobby".len() + MESSAGE_OVERHEAD + "alice".len() + "\"hi\"".len(),
+    ///         idempotency_keys: 0,
+    ///     }
+    /// );
+    /// # }
+    /// ```
+    pub fn stats(&self) -> MemoryStats {
+        let rooms = lock(&self.hub.rooms).len();
+        MemoryStats {
+            rooms,
+            messages: self.hub.messages.load(Ordering::Relaxed),
+            retained_bytes: self.hub.bytes.load(Ordering::Relaxed),
+            idempotency_keys: self.hub.keys.load(Ordering::Relaxed),
+        }
+    }
+
     /// Loses every room's history, as a broker that restarted empty would: each room gets a new
     /// epoch, its seq starts again from 1, and subscribed nodes receive a reset. Presence is
     /// kept. Meant for tests of recovery and `reset`.
@@ -146,11 +564,13 @@ impl MemoryBroker {
         let rooms: Vec<_> = lock(&self.hub.rooms).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (name, room) in rooms {
             let mut r = lock(&room);
+            if r.dropped {
+                continue;
+            }
             r.epoch = self.hub.new_epoch();
             r.seq = 0;
-            r.history.clear();
-            r.keys.clear();
-            r.key_order.clear();
+            r.clear_retained();
+            self.hub.settle(&room, &mut r, false);
             let reset = Delivery::Reset { epoch: r.epoch.clone() };
             r.deliver(&name, &reset);
         }
@@ -160,6 +580,7 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn attach(&self, _node: &str, sink: Arc<dyn DeliverySink>) -> Result<Arc<dyn BrokerNode>, BrokerError> {
+        start_sweep(&self.hub);
         let node = self.hub.next_node.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(MemoryNode { hub: self.hub.clone(), node, sink }))
     }
@@ -190,6 +611,11 @@ impl MemoryNode {
             for user in gone {
                 r.deliver(&name, &Delivery::Transient(Transient::MemberLeft(user)));
             }
+            let unused = r.unused();
+            drop(r);
+            if unused {
+                self.hub.forget_if_unused(&name);
+            }
         }
     }
 }
@@ -203,107 +629,86 @@ impl Drop for MemoryNode {
 #[async_trait]
 impl BrokerNode for MemoryNode {
     async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
-        let data = self.hub.room(room);
-        let mut r = lock(&data);
-        let now = Instant::now();
-        while let Some((at, _)) = r.key_order.front() {
-            if now.saturating_duration_since(*at) > opts.idempotency_window {
-                if let Some((_, k)) = r.key_order.pop_front() {
-                    r.keys.remove(&k);
-                }
-            } else {
-                break;
+        let key = opts.key.as_deref().map(|k| (msg.from.clone(), Arc::<str>::from(k)));
+        let published = self.hub.with_room(room, |data, r| {
+            let now = Instant::now();
+            r.ttl = opts.history_ttl;
+            r.window = opts.idempotency_window;
+            r.prune_keys(now);
+            if let Some(seq) = key.as_ref().and_then(|k| r.keys.get(k)) {
+                let published = Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true };
+                self.hub.settle(data, r, false);
+                return published;
             }
-        }
-        if let Some(key) = &opts.key {
-            if let Some(seq) = r.keys.get(&(msg.from.clone(), key.clone())) {
-                return Ok(Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true });
+            r.seq += 1;
+            let seq = r.seq;
+            if let Some(key) = key {
+                r.push_key(now, seq, key);
             }
+            let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: msg.body });
+            r.push_message(now, message.clone());
+            while r.history.len() > opts.history_size {
+                r.pop_message();
+            }
+            r.expire(now);
+            self.hub.settle(data, r, true);
+            let epoch = r.epoch.clone();
+            r.deliver(room, &Delivery::Stored { epoch: epoch.clone(), message });
+            Published { epoch, seq, duplicate: false }
+        });
+        self.hub.note_retention(opts);
+        if !published.duplicate {
+            self.hub.enforce_cap(opts.max_history_bytes);
         }
-        r.seq += 1;
-        let seq = r.seq;
-        if let Some(key) = &opts.key {
-            let k = (msg.from.clone(), key.clone());
-            r.keys.insert(k.clone(), seq);
-            r.key_order.push_back((now, k));
-        }
-        let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: msg.body });
-        r.ttl = opts.history_ttl;
-        r.history.push_back((now, message.clone()));
-        while r.history.len() > opts.history_size {
-            r.history.pop_front();
-        }
-        r.expire(now);
-        let epoch = r.epoch.clone();
-        r.deliver(room, &Delivery::Stored { epoch: epoch.clone(), message });
-        Ok(Published { epoch, seq, duplicate: false })
+        Ok(published)
     }
 
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {
-        let data = self.hub.room(room);
-        let r = lock(&data);
-        r.deliver(room, &Delivery::Transient(what));
+        // A room that does not exist has nobody to deliver to.
+        self.hub.with_existing(room, |_, r| r.deliver(room, &Delivery::Transient(what)));
         Ok(())
     }
 
     async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {
-        let data = self.hub.room(room);
-        let mut r = lock(&data);
-        if !r.subscribers.iter().any(|s| s.node == self.node) {
-            r.subscribers.push(Subscriber { node: self.node, sink: self.sink.clone() });
-        }
-        Ok(Position { epoch: r.epoch.clone(), seq: r.seq })
+        Ok(self.hub.with_room(room, |_, r| {
+            if !r.subscribers.iter().any(|s| s.node == self.node) {
+                r.subscribers.push(Subscriber { node: self.node, sink: self.sink.clone() });
+            }
+            Position { epoch: r.epoch.clone(), seq: r.seq }
+        }))
     }
 
     async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
-        let data = self.hub.room(room);
-        lock(&data).subscribers.retain(|s| s.node != self.node);
+        self.hub.with_existing(room, |_, r| r.subscribers.retain(|s| s.node != self.node));
         self.hub.forget_if_unused(room);
         Ok(())
     }
 
     async fn history(&self, room: &RoomName, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
-        let data = self.hub.room(room);
-        let mut r = lock(&data);
-        r.expire(Instant::now());
-        let page = |messages| HistoryPage { epoch: r.epoch.clone(), latest: r.seq, messages };
-        let Some(first) = r.history.front().map(|(_, m)| m.seq) else {
-            return Ok(page(Vec::new()));
-        };
-        let last = r.seq;
-        let lo = q.after.map_or(first, |a| a.saturating_add(1)).max(first);
-        let hi = q.before.map_or(last, |b| b.saturating_sub(1)).min(last);
-        if q.limit == 0 || lo > hi || q.before == Some(0) {
-            return Ok(page(Vec::new()));
-        }
-        let limit = q.limit as u64;
-        let (from, to) = if q.after.is_some() {
-            (lo, hi.min(lo.saturating_add(limit - 1)))
-        } else {
-            (lo.max(hi.saturating_sub(limit - 1)), hi)
-        };
-        let messages =
-            (from..=to).filter_map(|seq| r.history.get((seq - first) as usize)).map(|(_, m)| (**m).clone()).collect();
-        Ok(page(messages))
+        let page = self.hub.with_existing(room, |data, r| {
+            r.expire(Instant::now());
+            self.hub.settle(data, r, false);
+            history_page(r, q)
+        });
+        // A room that does not exist is empty, under the epoch it would be created with.
+        Ok(page.unwrap_or_else(|| HistoryPage { epoch: self.hub.fresh_epoch(), latest: 0, messages: Vec::new() }))
     }
 
     async fn presence_add(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
-        let data = self.hub.room(room);
-        let mut r = lock(&data);
-        let sessions = match r.presence.get_mut(user) {
-            Some(sessions) => sessions,
-            None => r.presence.entry(Arc::from(user)).or_insert_with(|| Vec::with_capacity(1)),
-        };
-        if !sessions.iter().any(|(s, _)| &**s == session) {
-            sessions.push((session.into(), self.node));
-        }
-        Ok(sessions.len() == 1)
+        Ok(self.hub.with_room(room, |_, r| {
+            let sessions = match r.presence.get_mut(user) {
+                Some(sessions) => sessions,
+                None => r.presence.entry(Arc::from(user)).or_insert_with(|| Vec::with_capacity(1)),
+            };
+            if !sessions.iter().any(|(s, _)| &**s == session) {
+                sessions.push((session.into(), self.node));
+            }
+            sessions.len() == 1
+        }))
     }
 
     async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
-        let data = self.hub.room(room);
-        let mut r = lock(&data);
-        let last = match r.presence.get_mut(user) {
+        let last = self.hub.with_existing(room, |_, r| match r.presence.get_mut(user) {
             Some(sessions) => {
                 let before = sessions.len();
                 sessions.retain(|(s, _)| &**s != session);
@@ -315,20 +720,21 @@ impl BrokerNode for MemoryNode {
                 removed && empty
             }
             None => false,
-        };
-        drop(r);
+        });
         self.hub.forget_if_unused(room);
-        Ok(last)
+        Ok(last.unwrap_or(false))
     }
 
     async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
-        let data = self.hub.room(room);
-        let r = lock(&data);
-        let mut members: Vec<_> = r
-            .presence
-            .iter()
-            .map(|(user, s)| PresenceEntry { user: user.to_string(), sessions: s.len() as u64 })
-            .collect();
+        let mut members = self
+            .hub
+            .with_existing(room, |_, r| {
+                r.presence
+                    .iter()
+                    .map(|(user, s)| PresenceEntry { user: user.to_string(), sessions: s.len() as u64 })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
         members.sort_by(|a, b| a.user.cmp(&b.user));
         Ok(members)
     }
@@ -336,6 +742,29 @@ impl BrokerNode for MemoryNode {
     async fn detach(&self) {
         self.detach_now();
     }
+}
+
+/// The page of `r`'s history that `q` asks for.
+fn history_page(r: &RoomData, q: HistoryQuery) -> HistoryPage {
+    let page = |messages| HistoryPage { epoch: r.epoch.clone(), latest: r.seq, messages };
+    let Some(first) = r.history.front().map(|(_, m)| m.seq) else {
+        return page(Vec::new());
+    };
+    let last = r.seq;
+    let lo = q.after.map_or(first, |a| a.saturating_add(1)).max(first);
+    let hi = q.before.map_or(last, |b| b.saturating_sub(1)).min(last);
+    if q.limit == 0 || lo > hi || q.before == Some(0) {
+        return page(Vec::new());
+    }
+    let limit = q.limit as u64;
+    let (from, to) = if q.after.is_some() {
+        (lo, hi.min(lo.saturating_add(limit - 1)))
+    } else {
+        (lo.max(hi.saturating_sub(limit - 1)), hi)
+    };
+    let messages =
+        (from..=to).filter_map(|seq| r.history.get((seq - first) as usize)).map(|(_, m)| (**m).clone()).collect();
+    page(messages)
 }
 
 #[cfg(test)]
@@ -356,12 +785,24 @@ mod tests {
             idempotency_window: Duration::from_secs(300),
             history_size: size,
             history_ttl: Duration::from_secs(3600),
+            max_history_bytes: usize::MAX,
         }
     }
 
     fn publication(n: u64) -> Publication {
         Publication { from: Arc::from("u"), ts: n, body: Bytes::from(n.to_string()) }
     }
+
+    fn name(s: &str) -> RoomName {
+        RoomName::new(s).unwrap()
+    }
+
+    async fn node(broker: &MemoryBroker) -> Arc<dyn BrokerNode> {
+        broker.attach("a", Arc::new(Sink(Mutex::new(Vec::new())))).await.unwrap()
+    }
+
+    /// Long enough for the sweep task (every 10 ms here) to run many times on a loaded machine.
+    const SWEEP_DEADLINE: Duration = Duration::from_secs(30);
 
     #[tokio::test]
     async fn seq_history_and_keys() {
@@ -390,6 +831,7 @@ mod tests {
         let old_epoch = first.epoch;
         broker.wipe();
         assert!(matches!(lock(&sink.0).last(), Some(Delivery::Reset { epoch }) if *epoch != old_epoch));
+        assert_eq!(broker.stats(), MemoryStats { rooms: 1, ..MemoryStats::default() }, "a wipe frees everything");
         assert_eq!(node.publish(&room, publication(1), &opts(Some("k"), 5)).await.unwrap().seq, 1);
     }
 
@@ -431,5 +873,161 @@ mod tests {
         assert_eq!(a.presence(&room).await.unwrap(), vec![PresenceEntry { user: "alice".into(), sessions: 1 }]);
         assert!(matches!(lock(&sink.0).last(), Some(Delivery::Transient(Transient::MemberLeft(u))) if &**u == "bob"));
         assert!(a.presence_remove(&room, "s1", "alice").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_sweep_applies_the_ttl_without_any_publish() {
+        let broker = MemoryBroker::new().sweep_every(Duration::from_millis(10));
+        let node = node(&broker).await;
+        let (kept, dropped) = (name("kept"), name("dropped"));
+        node.subscribe(&kept).await.unwrap();
+        let short = PublishOpts { history_ttl: Duration::from_millis(200), ..opts(None, 10) };
+        for room in [&kept, &dropped] {
+            node.publish(room, publication(1), &short).await.unwrap();
+            node.publish(room, publication(2), &short).await.unwrap();
+        }
+        // Nothing is published from here on: only the sweep can expire them.
+        chat_testkit::eventually("the sweep to expire every message", SWEEP_DEADLINE, || async {
+            (broker.stats().messages == 0).then_some(())
+        })
+        .await;
+        let stats = broker.stats();
+        assert_eq!(stats, MemoryStats { rooms: 1, ..MemoryStats::default() }, "the subscribed room stays, emptied");
+        let page = node.history(&kept, HistoryQuery { before: None, after: None, limit: 10 }).await.unwrap();
+        assert_eq!((page.latest, page.messages.len()), (2, 0), "the seq holds, the messages are gone");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_prunes_expired_keys() {
+        let broker = MemoryBroker::new().sweep_every(Duration::from_millis(10));
+        let node = node(&broker).await;
+        let room = name("r");
+        node.subscribe(&room).await.unwrap();
+        let short = PublishOpts { idempotency_window: Duration::from_millis(200), ..opts(Some("k"), 10) };
+        let first = node.publish(&room, publication(1), &short).await.unwrap();
+        chat_testkit::eventually("the sweep to prune the key", SWEEP_DEADLINE, || async {
+            (broker.stats().idempotency_keys == 0).then_some(())
+        })
+        .await;
+        assert_eq!(broker.stats().messages, 1, "the message outlives its key");
+        let again = node.publish(&room, publication(2), &short).await.unwrap();
+        assert_eq!((again.seq, again.duplicate), (first.seq + 1, false), "a pruned key is new again");
+    }
+
+    #[tokio::test]
+    async fn unused_rooms_are_dropped_and_come_back_under_another_epoch() {
+        let broker = MemoryBroker::new();
+        let node = node(&broker).await;
+        let (room, never) = (name("r"), name("never"));
+        let fresh = node.subscribe(&room).await.unwrap().epoch;
+        let short = PublishOpts { history_ttl: Duration::from_secs(1), ..opts(Some("k"), 10) };
+        let p = node.publish(&room, publication(1), &short).await.unwrap();
+        assert_eq!(p.epoch, fresh, "created under the fresh epoch");
+        node.unsubscribe(&room).await.unwrap();
+        assert_eq!(broker.stats().rooms, 1, "its message and key keep it");
+        // The message has expired (1 s); the key has not (5 min): the room stays.
+        let now = Instant::now();
+        broker.hub.sweep(now + Duration::from_secs(2));
+        let stats = broker.stats();
+        assert_eq!((stats.rooms, stats.messages, stats.idempotency_keys), (1, 0, 1));
+        assert_eq!(stats.retained_bytes, ROOM_OVERHEAD + 1 + KEY_OVERHEAD + 2);
+        broker.hub.sweep(now + Duration::from_secs(301));
+        assert_eq!(broker.stats(), MemoryStats::default(), "nothing retained, nobody there: dropped");
+        let back = node.subscribe(&room).await.unwrap();
+        assert_eq!(back.seq, 0);
+        assert_ne!(back.epoch, fresh, "seq 1 of the old epoch must not match anything new");
+        let other = node.subscribe(&never).await.unwrap();
+        assert_ne!(other.epoch, fresh, "the fresh epoch rotated with the drop");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_ends_with_its_broker() {
+        let broker = MemoryBroker::new().sweep_every(Duration::from_millis(10));
+        let node = node(&broker).await;
+        assert!(broker.hub.sweeping.load(Ordering::Acquire));
+        let weak = Arc::downgrade(&broker.hub);
+        drop((broker, node));
+        assert!(weak.upgrade().is_none(), "the sweep task holds only a weak reference");
+    }
+
+    #[tokio::test]
+    async fn byte_cap_evicts_the_least_recently_active_rooms_first() {
+        let broker = MemoryBroker::new();
+        let node = node(&broker).await;
+        let (a, b, c) = (name("a"), name("b"), name("c"));
+        let message = MESSAGE_OVERHEAD + "u".len() + "1".len(); // publication(1)
+        let key = KEY_OVERHEAD + "u".len() + "k".len();
+        let room = ROOM_OVERHEAD + 1 + message; // one message, one-letter name
+        let cap = |cap| PublishOpts { max_history_bytes: cap, ..opts(None, 10) };
+        let keyed = PublishOpts { max_history_bytes: 3 * room + key, ..opts(Some("k"), 10) };
+        node.publish(&a, publication(1), &keyed).await.unwrap();
+        node.publish(&b, publication(1), &cap(3 * room + key)).await.unwrap();
+        node.publish(&c, publication(1), &cap(3 * room + key)).await.unwrap();
+        let full = MemoryStats { rooms: 3, messages: 3, retained_bytes: 3 * room + key, idempotency_keys: 1 };
+        assert_eq!(broker.stats(), full, "exactly at the cap: all kept");
+        node.publish(&b, publication(1), &cap(3 * room + key + message)).await.unwrap();
+        assert_eq!(broker.stats().retained_bytes, 3 * room + key + message, "exactly at the cap again");
+        // One byte over: `a`, the least recently active, loses its message and its key.
+        node.publish(&c, publication(1), &cap(3 * room + key + 2 * message - 1)).await.unwrap();
+        let stats = broker.stats();
+        assert_eq!(
+            stats,
+            MemoryStats { rooms: 2, messages: 4, retained_bytes: 2 * room + 2 * message, idempotency_keys: 0 }
+        );
+        let again = node.publish(&a, publication(1), &keyed).await.unwrap();
+        assert_eq!((again.seq, again.duplicate), (1, false), "the key went with its message; the room is new");
+        // `b` is now the least recently active: a cap that only `c` and `a` fit in drops `b`.
+        node.publish(&c, publication(1), &cap(room + 2 * message + room + key)).await.unwrap();
+        assert!(lock(&broker.hub.rooms).get("b").is_none());
+        assert_eq!(broker.stats().retained_bytes, room + 2 * message + room + key);
+    }
+
+    #[tokio::test]
+    async fn keys_whose_messages_are_gone_are_evicted_first_one_by_one() {
+        let broker = MemoryBroker::new();
+        let node = node(&broker).await;
+        let room = name("r");
+        for k in ["k1", "k2", "k3"] {
+            node.publish(&room, publication(1), &opts(Some(k), 1)).await.unwrap();
+            // keeps 1 message
+        }
+        let full = broker.stats();
+        assert_eq!((full.messages, full.idempotency_keys), (1, 3));
+        let key = KEY_OVERHEAD + "u".len() + "k1".len();
+        // The next publish adds a message and trims one: the same bytes. One byte under: one key.
+        let tight = PublishOpts { max_history_bytes: full.retained_bytes - 1, ..opts(None, 1) };
+        node.publish(&room, publication(1), &tight).await.unwrap();
+        let stats = broker.stats();
+        assert_eq!((stats.messages, stats.idempotency_keys), (1, 2), "only the oldest key went");
+        assert_eq!(stats.retained_bytes, full.retained_bytes - key);
+        assert!(!node.publish(&room, publication(1), &opts(Some("k1"), 1)).await.unwrap().duplicate);
+        assert!(node.publish(&room, publication(1), &opts(Some("k2"), 1)).await.unwrap().duplicate);
+    }
+
+    #[tokio::test]
+    async fn a_room_evicted_empty_comes_back_under_another_epoch() {
+        let broker = MemoryBroker::new();
+        let node = node(&broker).await;
+        let (old, new) = (name("old"), name("new"));
+        let first = node.publish(&old, publication(1), &opts(None, 10)).await.unwrap();
+        node.publish(&new, publication(1), &PublishOpts { max_history_bytes: 1, ..opts(None, 10) }).await.unwrap();
+        assert_eq!(broker.stats(), MemoryStats::default(), "a cap of one byte keeps nothing");
+        let back = node.subscribe(&old).await.unwrap();
+        assert_eq!(back.seq, 0);
+        assert_ne!(back.epoch, first.epoch);
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_room_keeps_its_epoch_and_seq_through_eviction() {
+        let broker = MemoryBroker::new();
+        let node = node(&broker).await;
+        let (kept, other) = (name("kept"), name("other"));
+        let at = node.subscribe(&kept).await.unwrap();
+        for n in 1..=3 {
+            node.publish(&kept, publication(n), &opts(None, 10)).await.unwrap();
+        }
+        node.publish(&other, publication(1), &PublishOpts { max_history_bytes: 1, ..opts(None, 10) }).await.unwrap();
+        let page = node.history(&kept, HistoryQuery { before: None, after: Some(1), limit: 10 }).await.unwrap();
+        assert_eq!((page.epoch, page.latest, page.messages.len()), (at.epoch, 3, 0), "a `since` of 1 cannot recover");
     }
 }

@@ -65,6 +65,11 @@ pub struct PublishOpts {
     pub history_size: usize,
     /// How long a message is kept.
     pub history_ttl: Duration,
+    /// The most bytes of history the broker may retain across all its rooms (the engine's
+    /// `Config::max_history_bytes`). The [`MemoryBroker`](memory::MemoryBroker) evicts the
+    /// oldest messages of the least recently active rooms beyond it, after every publish; the
+    /// Redis broker ignores it (Redis has its own `maxmemory`).
+    pub max_history_bytes: usize,
 }
 
 /// Where a publication landed.
