@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -55,6 +56,12 @@ pub struct Config {
     pub max_rooms_per_session: usize,
     /// How long a closing session may take to deliver its last frames. Default 5 s.
     pub close_timeout: Duration,
+    /// The handshake deadline: a connection that has not completed `hello` this long after it
+    /// was accepted (`ConnInfo::accepted`; the TLS handshake and the WebSocket upgrade count)
+    /// is closed with `bye timeout`, as is one silent for `2 × heartbeat` before `hello`,
+    /// whichever comes first. Default 10 s. The heartbeat task checks it, never early and at
+    /// most one tick late (a tick is `min(heartbeat, handshake_timeout) / 8`).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +81,7 @@ impl Default for Config {
             rate_limit_strikes: 100,
             max_rooms_per_session: 256,
             close_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -166,6 +174,10 @@ impl EngineBuilder {
         if c.max_frame < 256 || c.max_body == 0 || c.history_max_limit == 0 || c.heartbeat.is_zero() {
             return Err(EngineError::Config("max_frame >= 256, max_body, history_max_limit and heartbeat > 0"));
         }
+        if c.handshake_timeout.is_zero() {
+            return Err(EngineError::Config("handshake_timeout > 0"));
+        }
+        let clock = heartbeat::Clock::new(&self.config);
         let node: Arc<str> = Arc::from(self.node_id.unwrap_or_else(|| format!("n{:x}", unique())).as_str());
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone()));
@@ -187,9 +199,10 @@ impl EngineBuilder {
                 tracker: TaskTracker::new(),
                 sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
+                clock,
             }),
         };
-        heartbeat::spawn(Arc::downgrade(&engine.inner), engine.inner.config.heartbeat);
+        heartbeat::spawn(Arc::downgrade(&engine.inner));
         Ok(engine)
     }
 }
@@ -212,8 +225,11 @@ pub(crate) struct SessionEntry {
     pub(crate) user: Option<Arc<str>>,
     pub(crate) outbox: Arc<Outbox>,
     /// Heartbeat ticks with nothing received, and with nothing sent (see `heartbeat`).
-    pub(crate) quiet_in: u8,
-    pub(crate) quiet_out: u8,
+    pub(crate) quiet_in: u16,
+    pub(crate) quiet_out: u16,
+    /// Until `hello` succeeds (`user` is set): the heartbeat tick from which the session is
+    /// past its handshake deadline (see `heartbeat::Clock`).
+    pub(crate) hello_by: u32,
 }
 
 pub(crate) struct Inner {
@@ -230,19 +246,33 @@ pub(crate) struct Inner {
     pub(crate) sessions: Mutex<HashMap<u64, SessionEntry>>,
     next_session: AtomicU64,
     session_prefix: String,
+    /// The heartbeat task's ticks, in which handshake deadlines are kept.
+    pub(crate) clock: heartbeat::Clock,
 }
 
 impl Inner {
     /// Registers a new session and returns its key. A session registered once shutdown has
-    /// begun is closed at once (shutdown closes those it finds registered).
-    pub(crate) fn register(&self, outbox: &Arc<Outbox>) -> u64 {
+    /// begun is closed at once (shutdown closes those it finds registered), and so is one
+    /// already past its handshake deadline (`accepted`: when the transport accepted the
+    /// connection; `None` is now).
+    pub(crate) fn register(&self, outbox: &Arc<Outbox>, accepted: Option<Instant>) -> u64 {
         let key = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let c = &self.config;
+        let silent = now.checked_add(c.heartbeat.saturating_mul(2));
+        let deadline = match (accepted.unwrap_or(now).checked_add(c.handshake_timeout), silent) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let hello_by = deadline.map_or(self.clock.never(now), |d| self.clock.tick_at(d));
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0 });
+            .insert(key, SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0, hello_by });
         if self.shutdown.is_cancelled() {
             outbox.close(ByeReason::Shutdown, []);
+        } else if deadline.is_some_and(|d| d <= now) {
+            outbox.close(ByeReason::Timeout, []);
         }
         key
     }
