@@ -271,6 +271,11 @@ impl ChatServer {
         ChatServer { tcp, ws, log, child }
     }
 
+    /// The process id (for its `/proc` entry: memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("chat-server is running")
+    }
+
     /// The node's stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
