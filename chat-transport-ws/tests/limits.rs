@@ -3,7 +3,7 @@
 //! the place following the connection into its session; the same behind the host's own axum
 //! server), the 16 KiB cap on a request head, and the handshake deadline over the HTTP phase
 //! (a request head trickling in is dropped; an upgrade that came late still has to say
-//! `hello` by the deadline counted from accept).
+//! `hello` by the deadline counted from accept; over TLS, the TLS handshake counts).
 
 mod common;
 
@@ -216,4 +216,35 @@ async fn a_late_upgrade_must_still_say_hello_by_the_deadline_from_accept() {
     let after = start.elapsed();
     assert_eq!(bye, br#"{"type":"bye","reason":"timeout","reconnect":true}"#);
     assert!(after >= timeout && after <= timeout + timeout / 8 + SLACK, "closed {after:?} after connecting");
+}
+
+/// Over TLS: a client that never finishes its TLS handshake is closed at the deadline from
+/// accept, and one beyond the limits is closed at once, bare (a 503 would need a handshake).
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn over_tls_the_handshake_counts_and_one_over_the_limit_is_closed_at_accept() {
+    use chat_transport_ws::WsServer;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (certified.cert.pem(), certified.key_pair.serialize_pem());
+    let timeout = Duration::from_millis(2_000);
+    let engine = Engine::builder().tune(|c| c.handshake_timeout = timeout).build().await.expect("engine");
+    let limits = ConnectionLimits::new(1, 10).expect("limits");
+    let options = WsOptions::default().connection_limits(limits.clone());
+    let server = WsServer::bind("127.0.0.1:0", engine, options)
+        .await
+        .expect("bind")
+        .with_tls_pem(cert.as_bytes(), key.as_bytes())
+        .expect("TLS");
+    let addr = server.local_addr();
+    tokio::spawn(server.run());
+    let start = Instant::now();
+    let mut silent = connect_from(loopback(1), addr).await;
+    eventually("the first connection admitted", WAIT, || async { (limits.count() == 1).then_some(()) }).await;
+    let mut over = connect_from(loopback(2), addr).await;
+    assert_eq!(read_rest(&mut over).await, "", "closed without an answer");
+    assert!(start.elapsed() < timeout, "the one over the limit is closed at accept");
+    assert_eq!(read_rest(&mut silent).await, "", "closed without an answer");
+    let after = start.elapsed();
+    assert!(after >= timeout && after <= timeout + SLACK, "closed {after:?} after connecting");
+    eventually("the place given back", WAIT, || async { (limits.count() == 0).then_some(()) }).await;
 }
