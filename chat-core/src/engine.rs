@@ -30,8 +30,9 @@ pub struct Config {
     pub max_body: usize,
     /// The server pings after this long without sending; a client silent for twice this is
     /// closed (`welcome.heartbeat_ms`). Default 25 s. One task per engine checks every
-    /// session 8 times per heartbeat, so each happens up to an eighth of a heartbeat late,
-    /// never early: sessions keep no timer of their own (memory per idle connection).
+    /// session 8 times per `min(heartbeat, handshake_timeout)` (every 1.25 s by default), so
+    /// each happens up to that tick late, never early: sessions keep no timer of their own
+    /// (memory per idle connection).
     pub heartbeat: Duration,
     /// How many messages a room keeps. Default 1,000.
     pub history_size: usize,
