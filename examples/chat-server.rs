@@ -19,7 +19,7 @@ use anyhow::Context;
 use axum::http::header;
 use axum::routing::get;
 use axum::Router;
-use chat_engine::core::{AllowAnonymous, Engine, JwtAuthenticator, MemoryBroker};
+use chat_engine::core::{AllowAnonymous, ConnectionLimits, Engine, JwtAuthenticator, MemoryBroker};
 use chat_engine::redis::RedisBroker;
 use chat_engine::tcp::TcpServer;
 use chat_engine::ws::{WsOptions, WsServer};
@@ -66,6 +66,26 @@ struct Args {
     /// `hello.user`.
     #[arg(long)]
     token_secret: Option<String>,
+    /// The most connections held at once, TCP and WebSocket together (beyond it: closed at
+    /// accept, or `503`).
+    #[arg(long, default_value_t = chat_engine::core::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
+    max_connections: usize,
+    /// The most connections held at once from one IP address, both transports together.
+    #[arg(long, default_value_t = chat_engine::core::DEFAULT_MAX_CONNECTIONS_PER_IP, value_parser = at_least_one)]
+    max_connections_per_ip: usize,
+    /// The handshake deadline: from accept to `welcome` (TLS, the WebSocket upgrade and
+    /// `hello` included). Default 10,000.
+    #[arg(long)]
+    handshake_timeout_ms: Option<u64>,
+}
+
+/// A limit of at least 1 (0 would refuse every connection, not lift the limit).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The browser page and its scripts, compiled into the binary.
@@ -110,6 +130,9 @@ async fn main() -> anyhow::Result<()> {
         if let Some(n) = args.outbox_frames {
             c.outbox_frames = n;
         }
+        if let Some(ms) = args.handshake_timeout_ms {
+            c.handshake_timeout = Duration::from_millis(ms);
+        }
     });
     if let Some(id) = &args.node_id {
         builder = builder.node_id(id);
@@ -131,10 +154,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let engine = builder.build().await.context("starting the engine")?;
 
-    // 2. The transports. Binding both before announcing them means a client may connect as
-    // soon as it reads the `listening` line.
-    let tcp = TcpServer::bind(&args.tcp, engine.clone()).await.with_context(|| format!("binding {}", args.tcp))?;
-    let ws = WsServer::bind(&args.ws, engine.clone(), WsOptions::default())
+    // 2. The transports, sharing one connection limiter (the limits are the node's). Binding
+    // both before announcing them means a client may connect as soon as it reads the
+    // `listening` line.
+    let limits = ConnectionLimits::new(args.max_connections, args.max_connections_per_ip)?;
+    let tcp = TcpServer::bind(&args.tcp, engine.clone())
+        .await
+        .with_context(|| format!("binding {}", args.tcp))?
+        .connection_limits(limits.clone());
+    let ws = WsServer::bind(&args.ws, engine.clone(), WsOptions::default().connection_limits(limits))
         .await
         .with_context(|| format!("binding {}", args.ws))?
         .with_routes(page());

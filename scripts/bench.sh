@@ -144,6 +144,7 @@ FANOUT=(--rooms 1 --pubs 1 --subs 100 --body 128 --rate 0 --window "$WINDOW" --m
         --duration "$DUR" --warmup "$WARM")
 # Our server: memory broker, no rate limit, an outbox large enough for the backlog.
 CHAT_OPTS=(--rate-per-sec 0 --outbox-frames 1000000)
+IDLE_OPTS=(--max-connections "$((IDLE + 1000))" --max-connections-per-ip "$((IDLE + 1000))")
 
 run() {
   local name=$1; shift
@@ -169,8 +170,10 @@ run() {
           --max-lag 0 --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
         cleanup
       done ;;
-    idle-tcp) start_chat; load --tcp "$TCP" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
-    idle-ws) start_chat; load --ws "ws://$WS/ws" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
+    # $IDLE connections from one address: the connection limits (default 25,000, 1,000 per IP)
+    # raised above them.
+    idle-tcp) start_chat "${IDLE_OPTS[@]}"; load --tcp "$TCP" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
+    idle-ws) start_chat "${IDLE_OPTS[@]}"; load --ws "ws://$WS/ws" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-nats) start_nats; load --target nats --nats "$NATS" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     redis-cross-node)
       # Two nodes on one Redis; 10 rooms x (1 publisher at 100 msg/s on node a + 10 subscribers on

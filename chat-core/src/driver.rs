@@ -45,6 +45,11 @@ pub struct ConnInfo {
     pub peer: Option<SocketAddr>,
     /// The transport's name, for logs (`"tcp"`, `"ws"`).
     pub transport: &'static str,
+    /// When the transport accepted the connection: the handshake deadline
+    /// ([`Config::handshake_timeout`](crate::Config::handshake_timeout)) counts from here, so
+    /// that a TLS handshake or an HTTP upgrade before [`Engine::serve`] counts too. `None`:
+    /// from the call to `serve`.
+    pub accepted: Option<tokio::time::Instant>,
 }
 
 impl Engine {

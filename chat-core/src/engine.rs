@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,8 +30,9 @@ pub struct Config {
     pub max_body: usize,
     /// The server pings after this long without sending; a client silent for twice this is
     /// closed (`welcome.heartbeat_ms`). Default 25 s. One task per engine checks every
-    /// session 8 times per heartbeat, so each happens up to an eighth of a heartbeat late,
-    /// never early: sessions keep no timer of their own (memory per idle connection).
+    /// session 8 times per `min(heartbeat, handshake_timeout)` (every 1.25 s by default), so
+    /// each happens up to that tick late, never early: sessions keep no timer of their own
+    /// (memory per idle connection).
     pub heartbeat: Duration,
     /// How many messages a room keeps. Default 1,000.
     pub history_size: usize,
@@ -79,6 +81,12 @@ pub struct Config {
     /// gets `recovered: false`. Enforced by the `MemoryBroker`; the Redis broker ignores it.
     /// Default 256 MiB.
     pub max_history_bytes: usize,
+    /// The handshake deadline: a connection that has not completed `hello` this long after it
+    /// was accepted (`ConnInfo::accepted`; the TLS handshake and the WebSocket upgrade count)
+    /// is closed with `bye timeout`, as is one silent for `2 × heartbeat` before `hello`,
+    /// whichever comes first. Default 10 s. The heartbeat task checks it, never early and at
+    /// most one tick late (a tick is `min(heartbeat, handshake_timeout) / 8`).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -103,6 +111,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             max_rooms: 100_000,
             max_history_bytes: 256 << 20,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -241,6 +250,10 @@ impl EngineBuilder {
         if c.max_frame < 256 || c.max_body == 0 || c.history_max_limit == 0 || c.heartbeat.is_zero() {
             return Err(EngineError::Config("max_frame >= 256, max_body, history_max_limit and heartbeat > 0"));
         }
+        if c.handshake_timeout.is_zero() {
+            return Err(EngineError::Config("handshake_timeout > 0"));
+        }
+        let clock = heartbeat::Clock::new(&self.config);
         let node: Arc<str> = Arc::from(self.node_id.unwrap_or_else(|| format!("n{:x}", unique())).as_str());
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone(), self.config.max_rooms));
@@ -262,9 +275,10 @@ impl EngineBuilder {
                 tracker: TaskTracker::new(),
                 sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
+                clock,
             }),
         };
-        heartbeat::spawn(Arc::downgrade(&engine.inner), engine.inner.config.heartbeat);
+        heartbeat::spawn(Arc::downgrade(&engine.inner));
         Ok(engine)
     }
 }
@@ -287,8 +301,11 @@ pub(crate) struct SessionEntry {
     pub(crate) user: Option<Arc<str>>,
     pub(crate) outbox: Arc<Outbox>,
     /// Heartbeat ticks with nothing received, and with nothing sent (see `heartbeat`).
-    pub(crate) quiet_in: u8,
-    pub(crate) quiet_out: u8,
+    pub(crate) quiet_in: u16,
+    pub(crate) quiet_out: u16,
+    /// Until `hello` succeeds (`user` is set): the heartbeat tick from which the session is
+    /// past its handshake deadline (see `heartbeat::Clock`).
+    pub(crate) hello_by: u32,
 }
 
 pub(crate) struct Inner {
@@ -305,19 +322,33 @@ pub(crate) struct Inner {
     pub(crate) sessions: Mutex<HashMap<u64, SessionEntry>>,
     next_session: AtomicU64,
     session_prefix: String,
+    /// The heartbeat task's ticks, in which handshake deadlines are kept.
+    pub(crate) clock: heartbeat::Clock,
 }
 
 impl Inner {
     /// Registers a new session and returns its key. A session registered once shutdown has
-    /// begun is closed at once (shutdown closes those it finds registered).
-    pub(crate) fn register(&self, outbox: &Arc<Outbox>) -> u64 {
+    /// begun is closed at once (shutdown closes those it finds registered), and so is one
+    /// already past its handshake deadline (`accepted`: when the transport accepted the
+    /// connection; `None` is now).
+    pub(crate) fn register(&self, outbox: &Arc<Outbox>, accepted: Option<Instant>) -> u64 {
         let key = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let c = &self.config;
+        let silent = now.checked_add(c.heartbeat.saturating_mul(2));
+        let deadline = match (accepted.unwrap_or(now).checked_add(c.handshake_timeout), silent) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let hello_by = deadline.map_or(self.clock.never(now), |d| self.clock.tick_at(d));
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0 });
+            .insert(key, SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0, hello_by });
         if self.shutdown.is_cancelled() {
             outbox.close(ByeReason::Shutdown, []);
+        } else if deadline.is_some_and(|d| d <= now) {
+            outbox.close(ByeReason::Timeout, []);
         }
         key
     }

@@ -8,7 +8,8 @@
 //!
 //! Several engines attached to one [`MemoryBroker`] form a cluster inside one process; across
 //! processes a broker such as Redis plays that part through the same [`Broker`] trait.
-//! Transports share [`io::WriteBuffer`], the outbound buffer that turns a batch of frames into
+//! Transports share [`ConnectionLimits`] (how many connections a node holds, in total and per IP
+//! address) and [`io::WriteBuffer`], the outbound buffer that turns a batch of frames into
 //! few writes and holds nothing while a connection is quiet.
 //!
 //! ```
@@ -39,6 +40,7 @@ mod engine;
 mod heartbeat;
 pub mod hooks;
 pub mod io;
+mod limits;
 mod outbox;
 pub mod protocol;
 mod rooms;
@@ -53,4 +55,5 @@ pub use broker::{Broker, BrokerError, BrokerNode};
 pub use driver::{ConnInfo, Inbound};
 pub use engine::{Config, Engine, EngineBuilder, EngineError, RequestCosts, Stats};
 pub use hooks::{Hooks, NoHooks};
+pub use limits::{ConnectionLimits, ConnectionPermit, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use protocol::{ByeReason, ErrorCode, RoomName};

@@ -90,7 +90,7 @@ pub(crate) struct Session {
 impl Session {
     /// A new session, registered with the engine (so that shutdown reaches it from now on).
     pub(crate) fn new(inner: Arc<Inner>, outbox: Arc<Outbox>, conn: ConnInfo) -> Self {
-        let key = inner.register(&outbox);
+        let key = inner.register(&outbox, conn.accepted);
         Session {
             inner,
             key,

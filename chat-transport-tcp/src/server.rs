@@ -2,17 +2,22 @@
 //! the engine; [`serve_connection`] does that for one already-open byte stream.
 //!
 //! Every connection gets its own task running [`Engine::serve`] over the framing of
-//! [`crate::codec`]; nothing of the protocol is decided here. The accept loop survives accept
-//! errors (running out of file descriptors backs off instead of spinning) and stops when the
-//! engine's shutdown begins, which closes the listening socket.
+//! [`crate::codec`]; nothing of the protocol is decided here. A connection beyond the server's
+//! [`ConnectionLimits`] is closed at accept, before any task or session exists; an admitted one
+//! keeps its permit for as long as its task runs. The handshake deadline
+//! (`Config::handshake_timeout`) counts from accept: a TLS handshake gets what is left of it,
+//! the engine the rest. The accept loop survives accept errors (running out of file
+//! descriptors backs off instead of spinning) and stops when the engine's shutdown begins,
+//! which closes the listening socket.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_core::{ConnInfo, Engine};
+use chat_core::{ConnInfo, ConnectionLimits, ConnectionPermit, Engine};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
+use tokio::time::Instant;
 
 use crate::codec::{FrameReader, FrameWriter};
 #[cfg(feature = "tls")]
@@ -31,11 +36,11 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duratio
 /// retransmit of a second or more.
 const BACKLOG: u32 = 1024;
 
-/// How long a TLS client may take to finish its handshake.
-#[cfg(feature = "tls")]
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A TCP listener serving `chat/1` with an [`Engine`].
+///
+/// It admits connections within its [`ConnectionLimits`] (default: 25,000, 1,000 per IP
+/// address; give the same limiter to every transport of the node to make them node-wide) and
+/// closes the others as soon as they are accepted.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), chat_transport_tcp::Error> {
@@ -55,6 +60,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TcpServer {
     listener: TcpListener,
     engine: Engine,
+    limits: ConnectionLimits,
     #[cfg(feature = "tls")]
     tls: Option<TlsConfig>,
 }
@@ -63,6 +69,7 @@ impl std::fmt::Debug for TcpServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("TcpServer");
         d.field("local_addr", &self.listener.local_addr().ok()).field("engine", &self.engine);
+        d.field("limits", &self.limits);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.is_some());
         d.finish()
@@ -82,6 +89,7 @@ impl TcpServer {
         TcpServer {
             listener,
             engine,
+            limits: ConnectionLimits::default(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -100,6 +108,30 @@ impl TcpServer {
     pub fn with_tls(mut self, tls: TlsConfig) -> TcpServer {
         self.tls = Some(tls);
         self
+    }
+
+    /// Admits connections within `limits` (shared with the node's other transports, if they
+    /// are given the same limiter). Default: [`ConnectionLimits::default`], this server's own.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// use chat_core::{ConnectionLimits, Engine};
+    /// use chat_transport_tcp::TcpServer;
+    ///
+    /// let engine = Engine::builder().build().await.expect("in-memory broker");
+    /// let limits = ConnectionLimits::new(10_000, 100).expect("limits are at least 1");
+    /// let server = TcpServer::bind("127.0.0.1:0", engine.clone()).await?.connection_limits(limits.clone());
+    /// assert_eq!(server.limits().max_connections_per_ip(), 100);
+    /// # engine.shutdown().await; Ok(()) }
+    /// ```
+    pub fn connection_limits(mut self, limits: ConnectionLimits) -> TcpServer {
+        self.limits = limits;
+        self
+    }
+
+    /// The connection limits in force (and how many connections hold a place).
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
     }
 
     /// The address the listener is bound to.
@@ -127,7 +159,12 @@ impl TcpServer {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = ACCEPT_BACKOFF.0;
-                    self.spawn_connection(stream, peer);
+                    let accepted = Instant::now();
+                    match self.limits.try_acquire(peer.ip()) {
+                        Some(permit) => self.spawn_connection(stream, peer, accepted, permit),
+                        // Dropped here: closed before anything is spent on it.
+                        None => tracing::debug!(%peer, "connection limit reached; closed at accept"),
+                    }
                 }
                 // About that one connection (it was reset before we took it): go on at once.
                 Err(e) if is_per_connection(&e) => tracing::debug!(error = %e, "accept: connection lost"),
@@ -145,7 +182,8 @@ impl TcpServer {
         tracing::debug!("tcp listener closed");
     }
 
-    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr) {
+    /// One task per admitted connection; `permit` lives as long as it.
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, accepted: Instant, permit: ConnectionPermit) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
@@ -154,8 +192,13 @@ impl TcpServer {
         if let Some(tls) = &self.tls {
             let acceptor = tls.acceptor();
             tokio::spawn(async move {
+                let _permit = permit;
                 let shutdown = engine.shutdown_token();
-                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                // What is left of the handshake deadline after the TLS handshake is the
+                // engine's, for `hello`.
+                // (Capped at a day: an absurd setting must not overflow the clock.)
+                let deadline = accepted + engine.config().handshake_timeout.min(Duration::from_secs(86_400));
+                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
                 let stream = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     done = handshake => match done {
@@ -165,14 +208,17 @@ impl TcpServer {
                     },
                 };
                 let (reader, writer) = tokio::io::split(stream);
-                serve_halves(&engine, reader, writer, ConnInfo { peer: Some(peer), transport: TRANSPORT_TLS }).await;
+                let conn = ConnInfo { peer: Some(peer), transport: TRANSPORT_TLS, accepted: Some(accepted) };
+                serve_halves(&engine, reader, writer, conn).await;
             });
             return;
         }
         let mut stream = stream; // captured and split in place, not copied into the task twice
         tokio::spawn(async move {
+            let _permit = permit;
             let (reader, writer) = stream.split();
-            serve_halves(&engine, reader, writer, ConnInfo { peer: Some(peer), transport: TRANSPORT }).await;
+            let conn = ConnInfo { peer: Some(peer), transport: TRANSPORT, accepted: Some(accepted) };
+            serve_halves(&engine, reader, writer, conn).await;
         });
     }
 }
@@ -211,7 +257,8 @@ fn is_per_connection(e: &io::Error) -> bool {
 
 /// Runs one `chat/1` session over an open byte stream (a TCP stream, a TLS stream, a Unix
 /// socket...) with the TCP framing. [`TcpServer`] uses it for each connection; hosts with
-/// listeners of their own can too.
+/// listeners of their own can too (and then apply their own [`ConnectionLimits`]; the
+/// handshake deadline counts from this call).
 ///
 /// Returns when the session is over; if the peer was still sending then, after draining what
 /// it sends for at most a second, so that closing does not reset the connection before the
@@ -221,7 +268,7 @@ where
     IO: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let (reader, writer) = tokio::io::split(io);
-    serve_halves(engine, reader, writer, ConnInfo { peer, transport: TRANSPORT }).await;
+    serve_halves(engine, reader, writer, ConnInfo { peer, transport: TRANSPORT, accepted: None }).await;
 }
 
 /// The framing on both halves, the session, then a short lingering read (see

@@ -72,11 +72,12 @@ pub(crate) fn serve_socket<S>(
     engine: Engine,
     shared: Shared<S>,
     peer: Option<SocketAddr>,
+    accepted: Option<tokio::time::Instant>,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let conn = ConnInfo { peer, transport: "ws" };
+    let conn = ConnInfo { peer, transport: "ws", accepted };
     let max = engine.config().max_frame;
     async move {
         let mut inbound = InboundFrames::new(&shared, max);

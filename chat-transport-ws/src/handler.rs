@@ -65,8 +65,9 @@ pub fn router(engine: Engine, options: WsOptions) -> Router {
 /// The route handler: `Router::new().route("/ws", get(handler)).with_state(WsState::new(..))`.
 ///
 /// Answers 403 when the request's `Origin` is not allowed, 503 once the engine is shutting
-/// down, the usual 4xx when the request is not a WebSocket upgrade, and otherwise switches
-/// protocols and hands the connection to [`Engine::serve`]. The connection lives on the task
+/// down or when the connection limits ([`WsOptions::connection_limits`]) are reached, the
+/// usual 4xx when the request is not a WebSocket upgrade, and otherwise switches protocols and
+/// hands the connection to [`Engine::serve`], with its place within the limits. The connection lives on the task
 /// the upgrade spawns; no other task is added per connection.
 pub async fn handler(State(state): State<WsState>, request: Request) -> Response {
     accept(&state.engine, &state.options, request)

@@ -17,6 +17,12 @@
 //! pongs and count as signs of life; when the engine ends a session (after its `bye`) a close
 //! frame is sent and the peer's close awaited briefly.
 //!
+//! What a connection may hold before it is a session is bounded: connections beyond
+//! [`WsOptions::connection_limits`] are answered `503` before any session exists, and the
+//! engine's handshake deadline (`Config::handshake_timeout`, from accept to `welcome`) covers
+//! [`WsServer`]'s TLS handshake and HTTP upgrade, whose request head is capped at
+//! [`MAX_HEADER_BYTES`].
+//!
 //! # Framing: our own on the server, tokio-tungstenite on the client
 //!
 //! * The server reads and writes RFC 6455 frames itself (frame.rs, adapter.rs): the opening
@@ -78,6 +84,6 @@ pub use client::connect_tls;
 pub use error::Error;
 pub use handler::{handler, router, WsState};
 pub use options::{WsOptions, SUBPROTOCOL};
-pub use server::WsServer;
+pub use server::{WsServer, MAX_HEADER_BYTES};
 #[cfg(feature = "tls")]
 pub use tokio_rustls::rustls;

@@ -1,8 +1,11 @@
 //! [`WsOptions`]: what a host may tune about the WebSocket transport (path, allowed origins,
-//! buffer sizes, TLS handshake timeout). Frame limits are not here: they come from the engine's
-//! `max_frame`, so both transports enforce the same bound.
+//! buffer sizes, connection limits, TLS handshake timeout). Frame limits are not here: they
+//! come from the engine's `max_frame`, and the handshake deadline from its
+//! `handshake_timeout`, so both transports enforce the same bounds.
 
 use std::time::Duration;
+
+use chat_core::ConnectionLimits;
 
 /// The subprotocol of `chat/1` over WebSocket (PROTOCOL.md §1).
 pub const SUBPROTOCOL: &str = "chat.v1";
@@ -20,13 +23,15 @@ pub const SUBPROTOCOL: &str = "chat.v1";
 /// assert!(options.origin_allowed(None)); // non-browser clients send no Origin
 /// assert!(options.origin_allowed(Some("https://CHAT.example.com")));
 /// assert!(!options.origin_allowed(Some("https://evil.example")));
+/// assert_eq!(options.limits().max_connections(), 25_000);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsOptions {
     pub(crate) path: String,
     pub(crate) allowed_origins: Option<Vec<String>>,
     pub(crate) write_buffer_size: usize,
-    pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) tls_handshake_timeout: Option<Duration>,
+    pub(crate) connection_limits: ConnectionLimits,
 }
 
 impl Default for WsOptions {
@@ -35,7 +40,8 @@ impl Default for WsOptions {
             path: "/ws".to_owned(),
             allowed_origins: None,
             write_buffer_size: 64 * 1024,
-            tls_handshake_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: None,
+            connection_limits: ConnectionLimits::default(),
         }
     }
 }
@@ -89,9 +95,31 @@ impl WsOptions {
         self
     }
 
-    /// How long a TLS client may take to finish its handshake. Default 10 s.
+    /// A bound on the TLS handshake of [`WsServer`](crate::WsServer) shorter than the one it
+    /// always has: what is left of the engine's handshake deadline (`handshake_timeout`, from
+    /// accept to `welcome`). Default: that deadline alone.
     pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.tls_handshake_timeout = timeout;
+        self.tls_handshake_timeout = Some(timeout);
         self
+    }
+
+    /// How many connections are admitted, in total and per IP address: beyond them an upgrade
+    /// is answered `503 Service Unavailable` before any session exists ([`WsServer`](crate::WsServer)
+    /// answers at accept, without reading the request). Give the node's other transports the
+    /// same limiter to make the limits node-wide. Default: [`ConnectionLimits::default`]
+    /// (25,000 connections, 1,000 per IP address), one limiter per `WsOptions::default()`.
+    ///
+    /// Behind the host's own axum server ([`router`](crate::router), [`handler`](crate::handler))
+    /// the handler takes a place per upgrade request, from the peer address of
+    /// `ConnectInfo<SocketAddr>` when the router is served with it (otherwise against the total
+    /// only); the host's server bounds its own HTTP connections.
+    pub fn connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connection_limits = limits;
+        self
+    }
+
+    /// The connection limits in force (and how many connections hold a place).
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.connection_limits
     }
 }

@@ -8,21 +8,49 @@
 //! hyper to hand over the connection (`hyper::upgrade::on`: the request carries hyper's
 //! `OnUpgrade`, whether it came through [`WsServer`](crate::WsServer) or the host's own axum
 //! server).
+//!
+//! The connection's place within the [`ConnectionLimits`](chat_core::ConnectionLimits) moves
+//! into the session's task: [`WsServer`](crate::WsServer) took it at accept and hands it over
+//! in the request's extensions ([`Admitted`], with the moment of accept, from which the
+//! handshake deadline counts); behind the host's own server the place is taken here, and a
+//! request beyond the limits is answered 503.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
-use chat_core::Engine;
+use chat_core::{ConnectionPermit, Engine};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::adapter::{serve_socket, Shared};
 use crate::batch::BatchedIo;
 use crate::options::{WsOptions, SUBPROTOCOL};
+
+/// What [`WsServer`](crate::WsServer) knows of a connection it accepted, put in the
+/// extensions of each of its requests: when it was accepted, and its place within the
+/// connection limits, which the upgrade moves into the session (a connection that is not
+/// upgraded keeps it until it closes).
+#[derive(Clone)]
+pub(crate) struct Admitted {
+    pub(crate) accepted: Instant,
+    permit: Arc<Mutex<Option<ConnectionPermit>>>,
+}
+
+impl Admitted {
+    pub(crate) fn new(accepted: Instant, permit: ConnectionPermit) -> Self {
+        Admitted { accepted, permit: Arc::new(Mutex::new(Some(permit))) }
+    }
+
+    fn take_permit(&self) -> Option<ConnectionPermit> {
+        self.permit.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
 
 /// Answers an upgrade request: 101 and a spawned session, or the reason for refusing it.
 pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request) -> Response {
@@ -62,18 +90,27 @@ pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request)
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded");
     };
+    // The connection's place: taken at accept by `WsServer`, or here for the host's server.
+    let (permit, accepted) = match request.extensions().get::<Admitted>() {
+        Some(admitted) => (admitted.take_permit(), Some(admitted.accepted)),
+        None => match options.connection_limits.try_acquire(peer.map(|p| p.ip())) {
+            Some(permit) => (Some(permit), None),
+            None => return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
+        },
+    };
     // Nothing of the request goes to the session: its headers share hyper's read buffer.
     drop(request);
 
     let batch = options.write_buffer_size;
     let engine = engine.clone();
     tokio::spawn(async move {
+        let _permit = permit; // held for as long as the session runs
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
         let io = BatchedIo::new(TokioIo::new(upgraded), batch);
-        serve_socket(engine, Shared::new(io), peer).await;
+        serve_socket(engine, Shared::new(io), peer, accepted).await;
     });
 
     let mut response = Response::new(Body::empty());

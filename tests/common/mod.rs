@@ -272,12 +272,14 @@ impl ChatServer {
         ChatServer { tcp, ws, log, child }
     }
 
-    /// The process's resident memory (`VmRSS`), in KiB.
+    /// The process id (for its `/proc` entry: memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("chat-server is running")
+    }
+
+    /// The process's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().expect("chat-server is running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
-        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS in kB")
+        vm_rss_kib(self.pid())
     }
 
     /// The node's stderr so far.
@@ -290,6 +292,13 @@ impl ChatServer {
         self.child.start_kill().expect("SIGKILL chat-server");
         within("chat-server to die", self.child.wait()).await.expect("chat-server status");
     }
+}
+
+/// The resident memory (`VmRSS` of `/proc/PID/status`) of process `pid`, in KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kB")
 }
 
 /// `listening tcp=127.0.0.1:1234 ws=127.0.0.1:1235` → (tcp address, ws URL).
