@@ -30,7 +30,10 @@ pub struct Config {
     /// The server pings after this long without sending; a client silent for twice this is
     /// closed (`welcome.heartbeat_ms`). Default 25 s. One task per engine checks every
     /// session 8 times per heartbeat, so each happens up to an eighth of a heartbeat late,
-    /// never early: sessions keep no timer of their own (memory per idle connection).
+    /// never early: sessions keep no timer of their own (memory per idle connection). The
+    /// same check closes a session whose identity expired (a token's `exp`, `welcome.exp`)
+    /// with `bye expired`: at `exp` at the earliest, at most an eighth of a heartbeat after it
+    /// (plus up to a second: `exp` counts whole seconds).
     pub heartbeat: Duration,
     /// How many messages a room keeps. Default 1,000.
     pub history_size: usize,
@@ -214,6 +217,17 @@ pub(crate) struct SessionEntry {
     /// Heartbeat ticks with nothing received, and with nothing sent (see `heartbeat`).
     pub(crate) quiet_in: u8,
     pub(crate) quiet_out: u8,
+    /// When the identity expires, in seconds since the Unix epoch; 0: never. A `u32` (good
+    /// until 2106; later expiries are kept as `u32::MAX`) fits in the entry's padding, so an
+    /// entry stays 32 bytes (memory per idle connection).
+    pub(crate) expires: u32,
+}
+
+impl SessionEntry {
+    /// Sets the expiry (`None`: never).
+    pub(crate) fn set_expiry(&mut self, unix_secs: Option<u64>) {
+        self.expires = unix_secs.map_or(0, |t| u32::try_from(t).unwrap_or(u32::MAX).max(1));
+    }
 }
 
 pub(crate) struct Inner {
@@ -240,7 +254,7 @@ impl Inner {
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0 });
+            .insert(key, SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0, expires: 0 });
         if self.shutdown.is_cancelled() {
             outbox.close(ByeReason::Shutdown, []);
         }
@@ -351,5 +365,14 @@ impl Engine {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         self.inner.broker.detach().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_session_entry_stays_small() {
+        // One per connection: the expiry lives in padding that was already there.
+        assert!(std::mem::size_of::<super::SessionEntry>() <= 32);
     }
 }

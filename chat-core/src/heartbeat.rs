@@ -4,8 +4,10 @@
 //! keeps no timer of its own (an idle connection costs less). One task per engine ticks
 //! [`TICKS`] times per heartbeat and looks at every session: one that sent nothing for a
 //! heartbeat gets a `ping`, one that received nothing for two heartbeats (before `hello`:
-//! since it connected) is closed with `bye timeout`. Each happens between one and one and
-//! [`TICKS`]-th heartbeats late at most, never early.
+//! since it connected) is closed with `bye timeout`, one whose identity expired (a token's
+//! `exp`, unless `refresh` replaced it) is closed with `bye expired`. Each happens up to one
+//! [`TICKS`]-th of a heartbeat late, never early (an expiry counts whole seconds of the
+//! system clock: at `exp` at the earliest).
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -31,14 +33,19 @@ pub(crate) fn spawn(inner: Weak<Inner>, heartbeat: Duration) {
             if inner.shutdown.is_cancelled() {
                 return;
             }
+            let now = crate::auth::unix_now();
             for session in inner.lock_sessions().values_mut() {
-                tick_session(session);
+                tick_session(session, now);
             }
         }
     });
 }
 
-fn tick_session(s: &mut SessionEntry) {
+fn tick_session(s: &mut SessionEntry, now_unix_secs: u64) {
+    if s.expires != 0 && u64::from(s.expires) <= now_unix_secs {
+        s.outbox.close(ByeReason::Expired, []);
+        return;
+    }
     let (seen, sent) = s.outbox.take_activity();
     s.quiet_in = if seen { 0 } else { s.quiet_in.saturating_add(1) };
     if s.quiet_in >= 2 * TICKS {
