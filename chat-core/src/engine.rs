@@ -32,8 +32,8 @@ pub struct Config {
     /// session 8 times per heartbeat, so each happens up to an eighth of a heartbeat late,
     /// never early: sessions keep no timer of their own (memory per idle connection). The
     /// same check closes a session whose identity expired (a token's `exp`, `welcome.exp`)
-    /// with `bye expired`: at `exp` at the earliest, at most an eighth of a heartbeat after it
-    /// (plus up to a second: `exp` counts whole seconds).
+    /// with `bye expired`: at `exp` (by the system clock) at the earliest, at most an eighth
+    /// of a heartbeat after it.
     pub heartbeat: Duration,
     /// How many messages a room keeps. Default 1,000.
     pub history_size: usize,

@@ -6,8 +6,8 @@
 //! heartbeat gets a `ping`, one that received nothing for two heartbeats (before `hello`:
 //! since it connected) is closed with `bye timeout`, one whose identity expired (a token's
 //! `exp`, unless `refresh` replaced it) is closed with `bye expired`. Each happens up to one
-//! [`TICKS`]-th of a heartbeat late, never early (an expiry counts whole seconds of the
-//! system clock: at `exp` at the earliest).
+//! [`TICKS`]-th of a heartbeat late, never early (expiries are compared with the system
+//! clock's whole seconds: `exp` is a whole second, so `now >= exp` holds from `exp` on).
 
 use std::sync::Weak;
 use std::time::Duration;

@@ -277,7 +277,11 @@ pub enum Request {
         /// The room.
         room: RoomName,
     },
-    /// `refresh`: a new token for the session's identity, before the current one expires.
+    /// `refresh`: a new token for the session's identity, before the current one expires
+    /// (`{"type":"refresh","id":7,"token":"..."}`, answered
+    /// `{"type":"refreshed","id":7,"exp":1764205200}`, `exp` absent when the new identity
+    /// does not expire). A token for another user, or one the authenticator refuses, is the
+    /// fatal error `unauthorized`.
     Refresh {
         /// The new token for the authenticator.
         token: String,
