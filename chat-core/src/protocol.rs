@@ -10,6 +10,9 @@
 //! * An optional field whose value is `null` is treated as absent (`"id":null` is a request
 //!   without `id`). `body` is required and `null` is a valid body.
 //! * A `limit` larger than any integer the server can hold is capped like any other large one.
+//! * `refresh` without `id` gets no `refreshed` (fire and forget, like any request); its
+//!   refusal is still fatal. A `refresh` whose `token` is missing or not a string is
+//!   `bad_frame` (non-fatal): the authenticator never saw it.
 
 use std::fmt;
 use std::sync::Arc;
