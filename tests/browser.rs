@@ -2,6 +2,8 @@
 //! built like `examples/chat-server.rs`: two pages chat, the server restarts on the same port
 //! while a Rust client keeps talking, and the pages come back by themselves and show what they
 //! missed, once each. Then the server restarts with its history lost, and the pages start over.
+//! Apart from that, chat.js with a `tokenSource` refreshes its short-lived token by itself and
+//! outlives it.
 //!
 //! Needs `chromium` and `chromedriver` (`apt-get install chromium chromium-driver`); fails,
 //! never skips, without them. `SCREENSHOT=1` also saves the page to `docs/screenshot.png`.
@@ -13,7 +15,8 @@ use std::net::SocketAddr;
 use axum::http::header;
 use axum::routing::get;
 use axum::Router;
-use chat_engine::core::{AllowAnonymous, Engine, MemoryBroker};
+use chat_engine::core::auth::TokenClaims;
+use chat_engine::core::{AllowAnonymous, Engine, JwtAuthenticator, MemoryBroker};
 use chat_engine::tcp::TcpServer;
 use chat_engine::ws::{WsOptions, WsServer};
 use fantoccini::{Client, Locator};
@@ -214,4 +217,63 @@ async fn screenshot(alice: &Client, bob: &Client) {
     eprintln!("saved {}", path.display());
     // Leave bob's composer empty for what follows.
     bob.find(Locator::Css("#text")).await.unwrap().clear().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_with_a_token_source_refreshes_before_its_token_expires() {
+    let mut driver = Chromedriver::start();
+    // Tokens live 4 s; the heartbeat task looks at expiries every 125 ms.
+    let auth = JwtAuthenticator::new(b"browser test secret");
+    let engine = Engine::builder()
+        .authenticator(auth.clone())
+        .tune(|c| c.heartbeat = std::time::Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let issuer = auth.clone();
+    let routes = page().route("/token", get(move || std::future::ready(issuer.issue("alice", 4, None).unwrap())));
+    let ws = WsServer::bind("127.0.0.1:0", engine.clone(), WsOptions::default()).await.unwrap().with_routes(routes);
+    let addr = ws.local_addr();
+    let server = tokio::spawn(async move { ws.run().await.unwrap() });
+
+    let page = driver.browser().await;
+    let outcome = tokio::spawn(refresh_scenario(page.clone(), auth, addr)).await;
+    let _ = page.close().await;
+    drop(driver);
+    engine.shutdown().await;
+    server.await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn refresh_scenario(page: Client, auth: JwtAuthenticator, ws: SocketAddr) {
+    page.goto(&format!("http://{ws}/")).await.unwrap();
+    // The page's own app stays on its sign-in form; a second client, driven from here, uses
+    // the page's token endpoint as its token source.
+    let start = "window.t = { issued: 0, byes: [] };
+        import('/chat.js').then(async ({ ChatClient }) => {
+          const chat = new ChatClient({
+            tokenSource: () => (t.issued++, fetch('/token').then((r) => r.text())),
+          });
+          chat.on('bye', (b) => t.byes.push(b));
+          window.chat = chat;
+          t.firstExp = (await chat.connect()).exp;
+        });";
+    page.execute(start, vec![]).await.unwrap();
+    let first_exp = wait_until(&page, "window.t.firstExp").await.as_u64().expect("welcome.exp");
+
+    // A session on a token that expires with the page's first one is closed then...
+    let token = auth.sign(&TokenClaims::new("alice", 0).expires_at(first_exp)).unwrap();
+    let mut control = chat_engine::ws::connect(&format!("ws://{ws}/ws"), None, Some(&token)).await.unwrap();
+    let bye = tokio::time::timeout(std::time::Duration::from_secs(30), control.next_event()).await.unwrap();
+    assert_eq!(bye, Some(json!({"type":"bye","reason":"expired","reconnect":true})));
+    // ...while the page refreshed in time: still open, on a later expiry, never told `bye`.
+    page.execute("chat.request({ type: 'ping' }).then((p) => (t.pong = p));", vec![]).await.unwrap();
+    assert_eq!(wait_until(&page, "window.t.pong").await["type"], "pong");
+    let state = page.execute("return [chat.state, chat.exp, t.issued, t.byes.length];", vec![]).await.unwrap();
+    assert_eq!(state[0], "open", "{state}");
+    assert!(state[1].as_u64().is_some_and(|exp| exp > first_exp), "{state}");
+    assert!(state[2].as_u64().is_some_and(|n| n >= 2), "{state}");
+    assert_eq!(state[3], 0, "{state}");
 }

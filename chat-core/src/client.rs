@@ -1,15 +1,19 @@
 //! A `chat/1` client, generic over any framed connection: request ids and replies as futures,
-//! a stream of events, automatic answers to the server's heartbeat pings.
+//! a stream of events, automatic answers to the server's heartbeat pings, and, given a
+//! [`TokenSource`], `refresh` with a new token before the session's identity expires.
 //!
 //! Transports wrap it (`chat_transport_tcp::connect`, `chat_transport_ws::connect`) so that the
 //! client's protocol logic exists once, like the server's. The terminal client, the load
 //! generator and the tests use it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -65,6 +69,11 @@ pub struct Welcome {
     pub heartbeat_ms: u64,
     /// The largest frame the server accepts.
     pub max_frame: usize,
+    /// When the session's identity expires (seconds since the Unix epoch), if it does: the
+    /// server closes the session then (`bye expired`) unless it was refreshed
+    /// ([`Client::refresh`], [`Client::refresh_from`]).
+    #[serde(default)]
+    pub exp: Option<u64>,
 }
 
 /// The server's `joined` reply.
@@ -86,6 +95,44 @@ struct Shared {
     out: mpsc::UnboundedSender<Bytes>,
     pending: Pending,
     next_id: AtomicU64,
+    /// The session's current expiry (`welcome.exp`, then each `refreshed.exp`); 0: none.
+    exp: AtomicU64,
+}
+
+/// Where a client gets a new token when its session's identity is about to expire (see
+/// [`Client::refresh_from`]). Any `Fn() -> impl Future<Output = Option<String>>` is one;
+/// `None` means "no token right now" (the client asks again later, while there is time).
+pub trait TokenSource: Send + Sync + 'static {
+    /// A fresh token.
+    fn token(&self) -> BoxFuture<'_, Option<String>>;
+}
+
+impl<F, Fut> TokenSource for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<String>> + Send + 'static,
+{
+    fn token(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(self())
+    }
+}
+
+/// When to refresh a token that has `remaining` to live: at 80 % of it or 30 s before the end,
+/// whichever is earlier, but not before half of it has passed (short-lived tokens are not
+/// refreshed in a loop) nor sooner than 100 ms from now (unless less than that remains).
+///
+/// ```
+/// use std::time::Duration;
+/// use chat_core::client::refresh_delay;
+/// let s = Duration::from_secs;
+/// assert_eq!(refresh_delay(s(3600)), s(2880)); // 80 % of an hour
+/// assert_eq!(refresh_delay(s(100)), s(70)); // 30 s before
+/// assert_eq!(refresh_delay(s(10)), s(5)); // half
+/// assert_eq!(refresh_delay(Duration::from_millis(50)), Duration::from_millis(50));
+/// ```
+pub fn refresh_delay(remaining: Duration) -> Duration {
+    let earliest = remaining.mul_f64(0.8).min(remaining.saturating_sub(Duration::from_secs(30)));
+    earliest.max(remaining / 2).max(remaining.min(Duration::from_millis(100)))
 }
 
 /// A connected, authenticated client.
@@ -125,6 +172,8 @@ pub struct Client {
     welcome: Welcome,
     /// Cancelled on drop: the connection is closed.
     closer: CancellationToken,
+    /// Stops the task of [`refresh_from`](Self::refresh_from), when one runs.
+    refresher: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for Client {
@@ -169,7 +218,12 @@ impl Client {
     {
         let (out, out_rx) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
-        let shared = Arc::new(Shared { out, pending: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) });
+        let shared = Arc::new(Shared {
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            exp: AtomicU64::new(0),
+        });
         let closer = CancellationToken::new();
         tokio::spawn(write_task(out_rx, outbound, closer.clone()));
         tokio::spawn(read_task(inbound, shared.clone(), events_tx, closer.clone()));
@@ -190,14 +244,77 @@ impl Client {
                 return Err(e);
             }
         };
-        let mut client = Client { shared, events, welcome: Welcome::default(), closer };
+        let mut client = Client { shared, events, welcome: Welcome::default(), closer, refresher: None };
         client.welcome = serde_json::from_value(reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        client.shared.exp.store(client.welcome.exp.unwrap_or(0), Ordering::Relaxed);
         Ok(client)
     }
 
     /// The server's `welcome`.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// When the session's identity expires now (`welcome.exp`, then the latest
+    /// `refreshed.exp`), in seconds since the Unix epoch; `None`: never.
+    pub fn expires(&self) -> Option<u64> {
+        Some(self.shared.exp.load(Ordering::Relaxed)).filter(|&exp| exp != 0)
+    }
+
+    /// Sends `refresh` with a new token; returns the new expiry (`refreshed.exp`). The server
+    /// refuses a token for another user, or one its authenticator refuses, with the fatal error
+    /// `unauthorized`: the connection then closes.
+    pub async fn refresh(&self, token: &str) -> Result<Option<u64>, ClientError> {
+        Self::refresh_on(&self.shared, token).await
+    }
+
+    async fn refresh_on(shared: &Shared, token: &str) -> Result<Option<u64>, ClientError> {
+        let reply = Self::request_on(shared, json!({"type": "refresh", "token": token})).await?;
+        let exp = reply.get("exp").and_then(Value::as_u64);
+        shared.exp.store(exp.unwrap_or(0), Ordering::Relaxed);
+        Ok(exp)
+    }
+
+    /// Keeps the session alive past its token: from now on, while the session has an expiry,
+    /// the client takes a new token from `source` and sends `refresh` some time before the
+    /// expiry (see [`refresh_delay`]; the client's clock is compared with `exp`). A source that
+    /// has no token right now is asked again later. Replaces the source given before, if any.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use chat_core::{client::Client, ConnInfo, Engine, Inbound, JwtAuthenticator};
+    /// use futures::StreamExt;
+    ///
+    /// let auth = JwtAuthenticator::new(b"secret");
+    /// let engine = Engine::builder().authenticator(auth.clone()).build().await.unwrap();
+    /// let (to_server, from_client) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
+    /// let (to_client, from_server) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
+    /// let server = engine.clone();
+    /// tokio::spawn(async move {
+    ///     let inbound = from_client.map(|b| Ok::<_, std::io::Error>(Inbound::Frame(b)));
+    ///     server.serve(inbound, to_client, ConnInfo::default()).await
+    /// });
+    /// // The host's token endpoint would be called here.
+    /// let source = move || {
+    ///     let auth = auth.clone();
+    ///     async move { auth.issue("alice", 3600, None).ok() }
+    /// };
+    /// let first = source().await.unwrap();
+    /// let mut alice = Client::connect(from_server.map(Ok::<_, std::io::Error>), to_server, None, Some(&first))
+    ///     .await
+    ///     .unwrap();
+    /// assert!(alice.welcome().exp.is_some());
+    /// alice.refresh_from(source); // refreshes 48 minutes from now, and so on
+    /// # engine.shutdown().await;
+    /// # }
+    /// ```
+    pub fn refresh_from(&mut self, source: impl TokenSource) {
+        if let Some(previous) = self.refresher.take() {
+            previous.cancel();
+        }
+        let stop = self.closer.child_token();
+        self.refresher = Some(stop.clone());
+        tokio::spawn(refresh_task(self.shared.clone(), source, stop));
     }
 
     async fn request_on(shared: &Shared, mut frame: Value) -> Result<Value, ClientError> {
@@ -309,6 +426,37 @@ impl Client {
             if let Ok(value) = serde_json::from_slice(&frame) {
                 return Some(value);
             }
+        }
+    }
+}
+
+/// Refreshes the session's token before each expiry until the session has none, the
+/// connection closes, or `stop` is cancelled.
+async fn refresh_task(shared: Arc<Shared>, source: impl TokenSource, stop: CancellationToken) {
+    loop {
+        let exp = shared.exp.load(Ordering::Relaxed);
+        if exp == 0 {
+            return; // nothing expires
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let remaining = Duration::from_secs(exp).saturating_sub(now);
+        if remaining.is_zero() {
+            return; // too late: the server closes the session (`bye expired`)
+        }
+        let refreshed = async {
+            tokio::time::sleep(refresh_delay(remaining)).await;
+            match source.token().await {
+                Some(token) => Client::refresh_on(&shared, &token).await.map(drop),
+                None => Ok(()), // nothing yet: ask again, in half the time that is left
+            }
+        };
+        let result = tokio::select! { r = refreshed => r, _ = stop.cancelled() => return };
+        match result {
+            Ok(()) => {}
+            // Closed, or refused (`unauthorized` closes the connection): nothing more to do.
+            Err(ClientError::Closed) => return,
+            Err(e) if e.code() == Some("unauthorized") => return,
+            Err(e) => tracing::debug!(error = %e, "refresh failed; trying again"),
         }
     }
 }

@@ -32,7 +32,9 @@ pub struct Config {
     /// closed (`welcome.heartbeat_ms`). Default 25 s. One task per engine checks every
     /// session 8 times per `min(heartbeat, handshake_timeout)` (every 1.25 s by default), so
     /// each happens up to that tick late, never early: sessions keep no timer of their own
-    /// (memory per idle connection).
+    /// (memory per idle connection). The same check closes a session whose identity
+    /// expired (a token's `exp`, `welcome.exp`) with `bye expired`: at `exp` (by the system
+    /// clock) at the earliest, at most a tick after it.
     pub heartbeat: Duration,
     /// How many messages a room keeps. Default 1,000.
     pub history_size: usize,
@@ -131,6 +133,8 @@ pub struct RequestCosts {
     pub history: u32,
     /// `presence`. Default 2.
     pub presence: u32,
+    /// `refresh` (the authenticator checks a token). Default 2.
+    pub refresh: u32,
     /// A client's `ping` with an `id` (a bare `ping` and `pong` are free signs of life).
     /// Default 1.
     pub ping: u32,
@@ -140,7 +144,7 @@ pub struct RequestCosts {
 
 impl Default for RequestCosts {
     fn default() -> Self {
-        RequestCosts { send: 4, join: 1, leave: 1, history: 4, presence: 2, ping: 1, invalid: 1 }
+        RequestCosts { send: 4, join: 1, leave: 1, history: 4, presence: 2, refresh: 2, ping: 1, invalid: 1 }
     }
 }
 
@@ -303,9 +307,19 @@ pub(crate) struct SessionEntry {
     /// Heartbeat ticks with nothing received, and with nothing sent (see `heartbeat`).
     pub(crate) quiet_in: u16,
     pub(crate) quiet_out: u16,
-    /// Until `hello` succeeds (`user` is set): the heartbeat tick from which the session is
-    /// past its handshake deadline (see `heartbeat::Clock`).
-    pub(crate) hello_by: u32,
+    /// One deadline, in a `u32` that fits in the entry's padding (an entry stays 32 bytes:
+    /// memory per idle connection). Until `hello` succeeds (`user` is `None`): the heartbeat
+    /// tick from which the session is past its handshake deadline (see `heartbeat::Clock`).
+    /// After it: when the identity expires, in seconds since the Unix epoch (good until 2106;
+    /// later expiries are kept as `u32::MAX`); 0: never.
+    pub(crate) until: u32,
+}
+
+impl SessionEntry {
+    /// Sets the identity's expiry (`None`: never), once `hello` succeeded.
+    pub(crate) fn set_expiry(&mut self, unix_secs: Option<u64>) {
+        self.until = unix_secs.map_or(0, |t| u32::try_from(t).unwrap_or(u32::MAX).max(1));
+    }
 }
 
 pub(crate) struct Inner {
@@ -341,10 +355,10 @@ impl Inner {
             (a, b) => a.or(b),
         };
         let hello_by = deadline.map_or(self.clock.never(now), |d| self.clock.tick_at(d));
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0, hello_by });
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            key,
+            SessionEntry { user: None, outbox: outbox.clone(), quiet_in: 0, quiet_out: 0, until: hello_by },
+        );
         if self.shutdown.is_cancelled() {
             outbox.close(ByeReason::Shutdown, []);
         } else if deadline.is_some_and(|d| d <= now) {
@@ -481,5 +495,14 @@ impl Engine {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         self.inner.broker.detach().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_session_entry_stays_small() {
+        // One per connection: the expiry lives in padding that was already there.
+        assert!(std::mem::size_of::<super::SessionEntry>() <= 32);
     }
 }

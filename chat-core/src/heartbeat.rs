@@ -4,10 +4,13 @@
 //! keeps no timer of its own (an idle connection costs less). One task per engine ticks every
 //! `min(heartbeat, handshake_timeout) / 8` and looks at every session: one that has not
 //! completed `hello` by its handshake deadline (see [`Clock`]) is closed with `bye timeout`;
-//! one that sent nothing for a heartbeat gets a `ping`; one that received nothing for two
-//! heartbeats (before `hello`: since it connected) is closed with `bye timeout`. Each happens
-//! never early and at most one tick late (plus whatever delays the task on a busy machine):
-//! by default a tick is 1.25 s (heartbeat 25 s, handshake deadline 10 s).
+//! one whose identity expired (a token's `exp`, unless `refresh` replaced it) is closed with
+//! `bye expired`; one that sent nothing for a heartbeat gets a `ping`; one that received
+//! nothing for two heartbeats (before `hello`: since it connected) is closed with
+//! `bye timeout`. Each happens never early and at most one tick late (plus whatever delays the
+//! task on a busy machine): by default a tick is 1.25 s (heartbeat 25 s, handshake deadline
+//! 10 s). Expiries are compared with the system clock's whole seconds: `exp` is a whole
+//! second, so `now >= exp` holds from `exp` on.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -84,17 +87,23 @@ pub(crate) fn spawn(inner: Weak<Inner>) {
                 return;
             }
             let now = inner.clock.index(Instant::now());
+            let unix_now = crate::auth::unix_now();
             let per_heartbeat = inner.clock.per_heartbeat;
             for session in inner.lock_sessions().values_mut() {
-                tick_session(session, now, per_heartbeat);
+                tick_session(session, now, unix_now, per_heartbeat);
             }
         }
     });
 }
 
-fn tick_session(s: &mut SessionEntry, now: u32, per_heartbeat: u16) {
-    if s.user.is_none() && due(now, s.hello_by) {
-        s.outbox.close(ByeReason::Timeout, []);
+fn tick_session(s: &mut SessionEntry, now: u32, unix_now: u64, per_heartbeat: u16) {
+    let over = match s.user {
+        None if due(now, s.until) => Some(ByeReason::Timeout),
+        Some(_) if s.until != 0 && u64::from(s.until) <= unix_now => Some(ByeReason::Expired),
+        _ => None,
+    };
+    if let Some(reason) = over {
+        s.outbox.close(reason, []);
         return;
     }
     let (seen, sent) = s.outbox.take_activity();

@@ -10,6 +10,9 @@
 //! * An optional field whose value is `null` is treated as absent (`"id":null` is a request
 //!   without `id`). `body` is required and `null` is a valid body.
 //! * A `limit` larger than any integer the server can hold is capped like any other large one.
+//! * `refresh` without `id` gets no `refreshed` (fire and forget, like any request); its
+//!   refusal is still fatal. A `refresh` whose `token` is missing or not a string is
+//!   `bad_frame` (non-fatal): the authenticator never saw it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -106,7 +109,8 @@ pub enum ErrorCode {
     NotAuthenticated,
     /// `hello.protocol` is not 1 (fatal).
     UnsupportedProtocol,
-    /// The authenticator refused the `hello` (fatal).
+    /// The authenticator refused the `hello` or a `refresh`, or a `refresh` named another user
+    /// (fatal).
     Unauthorized,
     /// Invalid JSON, unknown `type`, missing or ill-typed field, too deep, empty or binary frame.
     BadFrame,
@@ -180,6 +184,8 @@ pub enum ByeReason {
     Timeout,
     /// The client did not read fast enough; its outbox overflowed.
     SlowConsumer,
+    /// The session's identity expired (a token's `exp`) and no `refresh` replaced it.
+    Expired,
     /// After a fatal protocol error or repeated `rate_limited`.
     ProtocolError,
     /// The authenticator refused the client.
@@ -195,6 +201,7 @@ impl ByeReason {
             ByeReason::Shutdown => "shutdown",
             ByeReason::Timeout => "timeout",
             ByeReason::SlowConsumer => "slow_consumer",
+            ByeReason::Expired => "expired",
             ByeReason::ProtocolError => "protocol_error",
             ByeReason::Unauthorized => "unauthorized",
             ByeReason::Kicked => "kicked",
@@ -203,7 +210,7 @@ impl ByeReason {
 
     /// Whether coming back (with `since`) makes sense after this reason.
     pub fn reconnect(self) -> bool {
-        matches!(self, ByeReason::Shutdown | ByeReason::Timeout | ByeReason::SlowConsumer)
+        matches!(self, ByeReason::Shutdown | ByeReason::Timeout | ByeReason::SlowConsumer | ByeReason::Expired)
     }
 }
 
@@ -272,6 +279,15 @@ pub enum Request {
     Presence {
         /// The room.
         room: RoomName,
+    },
+    /// `refresh`: a new token for the session's identity, before the current one expires
+    /// (`{"type":"refresh","id":7,"token":"..."}`, answered
+    /// `{"type":"refreshed","id":7,"exp":1764205200}`, `exp` absent when the new identity
+    /// does not expire). A token for another user, or one the authenticator refuses, is the
+    /// fatal error `unauthorized`.
+    Refresh {
+        /// The new token for the authenticator.
+        token: String,
     },
     /// `ping` from the client.
     Ping,
@@ -555,6 +571,10 @@ pub fn parse(frame: &[u8]) -> Result<ClientFrame, FrameError> {
             Request::History { room: room()?, before, after, limit }
         }
         "presence" => Request::Presence { room: room()? },
+        "refresh" => {
+            let token = opt_string(&wire.token, "token")?.ok_or_else(|| bad("missing string field token"))?;
+            Request::Refresh { token }
+        }
         "ping" => Request::Ping,
         "pong" => Request::Pong,
         other => {
@@ -683,18 +703,61 @@ struct WelcomeFrame<'a> {
     node: &'a str,
     heartbeat_ms: u64,
     max_frame: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
 }
 
-/// The `welcome` reply to `hello`.
-pub fn encode_welcome(
+/// The parts of a `welcome` reply.
+#[derive(Debug, Clone, Copy)]
+pub struct WelcomeParts<'a> {
+    /// The session id.
+    pub session: &'a str,
+    /// The user the authenticator decided on.
+    pub user: &'a str,
+    /// This node's id.
+    pub node: &'a str,
+    /// The heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// The largest frame accepted.
+    pub max_frame: usize,
+    /// When the identity expires (seconds since the Unix epoch); `None`: the field is absent.
+    pub exp: Option<u64>,
+}
+
+/// The `welcome` reply to `hello`; `exp` only when the identity expires.
+///
+/// ```
+/// use chat_core::protocol::{encode_welcome, WelcomeParts};
+/// let w = WelcomeParts { session: "s", user: "a", node: "n", heartbeat_ms: 25_000, max_frame: 65_536, exp: None };
+/// assert!(!encode_welcome(Some(1), &w).windows(5).any(|f| f == b"\"exp\""));
+/// let frame = encode_welcome(Some(1), &WelcomeParts { exp: Some(1_764_205_200), ..w });
+/// assert!(frame.ends_with(br#""max_frame":65536,"exp":1764205200}"#));
+/// ```
+pub fn encode_welcome(id: Option<u64>, w: &WelcomeParts<'_>) -> Bytes {
+    let WelcomeParts { session, user, node, heartbeat_ms, max_frame, exp } = *w;
+    to_bytes(&WelcomeFrame { ty: "welcome", id, session, user, node, heartbeat_ms, max_frame, exp })
+}
+
+#[derive(Serialize)]
+struct RefreshedFrame {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
-    session: &str,
-    user: &str,
-    node: &str,
-    heartbeat_ms: u64,
-    max_frame: usize,
-) -> Bytes {
-    to_bytes(&WelcomeFrame { ty: "welcome", id, session, user, node, heartbeat_ms, max_frame })
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
+}
+
+/// The `refreshed` reply to `refresh`: `exp` is the new identity's expiry, absent if it has
+/// none.
+///
+/// ```
+/// use chat_core::protocol::encode_refreshed;
+/// assert_eq!(&encode_refreshed(Some(7), Some(1_764_205_200))[..], br#"{"type":"refreshed","id":7,"exp":1764205200}"#);
+/// assert_eq!(&encode_refreshed(Some(7), None)[..], br#"{"type":"refreshed","id":7}"#);
+/// ```
+pub fn encode_refreshed(id: Option<u64>, exp: Option<u64>) -> Bytes {
+    to_bytes(&RefreshedFrame { ty: "refreshed", id, exp })
 }
 
 #[derive(Serialize)]
@@ -852,6 +915,20 @@ mod tests {
         assert!(matches!(f.request, Request::History { before: Some(58), after: None, limit: Some(50), .. }));
         assert_eq!(parse(br#"{"type":"ping","id":9}"#).unwrap().id, Some(9));
         assert_eq!(parse(br#"{"type":"\u0070ong"}"#).unwrap().request, Request::Pong);
+        let f = parse(br#"{"type":"refresh","id":7,"token":"t.u.v"}"#).unwrap();
+        assert_eq!((f.id, f.request), (Some(7), Request::Refresh { token: "t.u.v".into() }));
+    }
+
+    #[test]
+    fn refresh_needs_a_string_token() {
+        for bad in [
+            r#"{"type":"refresh","id":7}"#,
+            r#"{"type":"refresh","id":7,"token":null}"#,
+            r#"{"type":"refresh","id":7,"token":5}"#,
+        ] {
+            let e = err(bad);
+            assert_eq!((e.code, e.id), (ErrorCode::BadFrame, Some(7)), "{bad}");
+        }
     }
 
     #[test]
@@ -925,6 +1002,7 @@ mod tests {
         assert_eq!(&encode_sent(Some(4), "lobby", Some(58))[..], br#"{"type":"sent","id":4,"room":"lobby","seq":58}"#);
         assert_eq!(&encode_sent(None, "lobby", None)[..], br#"{"type":"sent","room":"lobby"}"#);
         assert_eq!(&encode_bye(ByeReason::Shutdown)[..], br#"{"type":"bye","reason":"shutdown","reconnect":true}"#);
+        assert_eq!(&encode_bye(ByeReason::Expired)[..], br#"{"type":"bye","reason":"expired","reconnect":true}"#);
         assert_eq!(
             &encode_joined(Some(2), "lobby", "e1", 57, true)[..],
             br#"{"type":"joined","id":2,"room":"lobby","epoch":"e1","seq":57,"recovered":true}"#

@@ -25,8 +25,9 @@ use crate::engine::Inner;
 use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
 use crate::outbox::{Class, Outbox};
 use crate::protocol::{
-    encode_error, encode_history, encode_joined, encode_left, encode_pong, encode_presence, encode_sent,
-    encode_welcome, parse, ByeReason, ClientFrame, ErrorCode, MessageParts, Request, RoomName, Since, PROTOCOL_VERSION,
+    encode_error, encode_history, encode_joined, encode_left, encode_pong, encode_presence, encode_refreshed,
+    encode_sent, encode_welcome, parse, ByeReason, ClientFrame, ErrorCode, MessageParts, Request, RoomName, Since,
+    WelcomeParts, PROTOCOL_VERSION,
 };
 use crate::rooms::{message_frame, LocalRoom};
 
@@ -294,6 +295,7 @@ impl Session {
             Request::Send { .. } => c.send,
             Request::History { .. } => c.history,
             Request::Presence { .. } => c.presence,
+            Request::Refresh { .. } => c.refresh,
             Request::Ping => c.ping,
         }
     }
@@ -319,6 +321,7 @@ impl Session {
             Request::Send { room, body, key, ephemeral } => self.send(id, room, body, key, ephemeral).await,
             Request::History { room, before, after, limit } => self.history(id, room, before, after, limit).await,
             Request::Presence { room } => self.presence(id, room).await,
+            Request::Refresh { token } => return self.refresh(id, &token).await,
             Request::Ping => {
                 if let Some(id) = id {
                     self.push(encode_pong(id));
@@ -350,20 +353,48 @@ impl Session {
         let c = &self.inner.config;
         self.push(encode_welcome(
             id,
-            &session,
-            &identity.user,
-            &self.inner.node,
-            c.heartbeat.as_millis() as u64,
-            c.max_frame,
+            &WelcomeParts {
+                session: &session,
+                user: &identity.user,
+                node: &self.inner.node,
+                heartbeat_ms: c.heartbeat.as_millis() as u64,
+                max_frame: c.max_frame,
+                exp: identity.expires,
+            },
         ));
         if let Some(entry) = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&self.key) {
             entry.user = Some(self.user.clone());
+            entry.set_expiry(identity.expires);
         }
         let info = SessionInfo { session, identity, peer };
         self.inner.hooks.on_connect(&info).await;
         tracing::debug!(session = %info.session, user = %self.user, transport, "session started");
         self.info = Ok(info);
         self.outbox.mark_seen(); // the idle timeout counts from here
+    }
+
+    /// `refresh`: the authenticator checks the new token (with no user: the token alone must
+    /// name the session's user); the new identity, room patterns and expiry replace the old.
+    /// A refusal, or another user, is fatal (`unauthorized`). Rooms already joined stay joined.
+    /// A refresh handled before the heartbeat task saw the expiry is accepted, even a little
+    /// after `exp`: the expiry is enforced up to an eighth of a heartbeat late, never early.
+    async fn refresh(&mut self, id: Option<u64>, token: &str) {
+        let Ok(info) = &self.info else { return };
+        let credentials = Credentials { token: Some(token), user: None, peer: info.peer };
+        let identity = match self.inner.authenticator.authenticate(&credentials).await {
+            Ok(identity) if identity.user == info.identity.user => identity,
+            Ok(_) => return self.fatal(id, ErrorCode::Unauthorized, "the new token names another user"),
+            Err(e) => return self.fatal(id, ErrorCode::Unauthorized, &e.0),
+        };
+        if let Some(entry) = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&self.key) {
+            entry.set_expiry(identity.expires);
+        }
+        if let Some(id) = id {
+            self.push(encode_refreshed(Some(id), identity.expires));
+        }
+        if let Ok(info) = &mut self.info {
+            info.identity = identity;
+        }
     }
 
     fn identity(&self) -> &Identity {

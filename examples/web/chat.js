@@ -15,6 +15,12 @@
 //   a ChatError {code, message} (code "disconnected" when the connection dropped first);
 // * heartbeats: answers the server's pings, and drops a connection that went silent;
 // * reconnection with exponential backoff and jitter, unless the server's `bye` says not to;
+// * tokens that expire: with `tokenSource: () => Promise<string>` (say, a fetch of your token
+//   endpoint) it takes the token for every `hello` from it, and sends `refresh` with a new one
+//   before `welcome.exp` (at 80% of the remaining lifetime or 30 s before the end, whichever
+//   is earlier, but not before half of it), so the session is never closed as `expired`. A
+//   plain `token` option is used as is (the session then ends at its `exp`, and reconnecting
+//   with the same token fails once it has expired);
 // * recovery: it remembers the epoch and last seq of every joined room and rejoins with
 //   `since`, so the server replays what was missed. When it cannot (`recovered:false`, or a
 //   `reset`), it emits `clear` for the room and reloads the newest history. Messages are
@@ -46,6 +52,7 @@ const DEFAULTS = {
   url: null, // default: ws(s)://<this page's host>/ws
   user: undefined,
   token: undefined,
+  tokenSource: undefined, // () => Promise<string>: a fresh token for each hello and refresh
   reconnect: true,
   backoffMin: 250, // ms: first retry delay
   backoffMax: 10000, // ms: the delay stops doubling here
@@ -72,6 +79,8 @@ export class ChatClient {
     this.closedByUser = false;
     this.retryTimer = null;
     this.silenceTimer = null;
+    this.refreshTimer = null;
+    this.exp = null; // the session's expiry (seconds since the Unix epoch), when it has one
   }
 
   // --- events -----------------------------------------------------------------------------
@@ -116,6 +125,7 @@ export class ChatClient {
     this.closedByUser = true;
     clearTimeout(this.retryTimer);
     clearTimeout(this.silenceTimer);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(1000);
     this.setState("closed", { reason: "closed" });
   }
@@ -125,10 +135,21 @@ export class ChatClient {
     const ws = new WebSocket(this.options.url, SUBPROTOCOL);
     this.ws = ws;
     let bye = null;
-    ws.onopen = () => {
+    ws.onopen = async () => {
       const hello = { type: "hello", protocol: 1 };
       if (this.options.user !== undefined) hello.user = this.options.user;
       if (this.options.token !== undefined) hello.token = this.options.token;
+      if (this.options.tokenSource) {
+        try {
+          hello.token = await this.options.tokenSource();
+        } catch (e) {
+          // No token now: drop this connection; the usual backoff retries.
+          console.warn("chat: the token source failed", e);
+          if (this.ws === ws) ws.close(4001, "no token");
+          return;
+        }
+        if (this.ws !== ws) return;
+      }
       this.request(hello).then((welcome) => this.onWelcome(welcome), () => {});
     };
     ws.onmessage = (ev) => {
@@ -146,7 +167,9 @@ export class ChatClient {
       if (this.ws !== ws) return;
       this.ws = null;
       this.welcome = null;
+      this.exp = null;
       clearTimeout(this.silenceTimer);
+      clearTimeout(this.refreshTimer);
       for (const [, p] of this.pending) (clearTimeout(p.timer), p.reject(new ChatError("disconnected", "the connection closed")));
       this.pending.clear();
       for (const r of this.rooms.values()) r.loading = false;
@@ -189,10 +212,50 @@ export class ChatClient {
     this.welcome = welcome;
     this.attempt = 0;
     this.heard();
+    this.scheduleRefresh(welcome.exp);
     this.setState("open", { user: welcome.user });
     this.emit("welcome", welcome);
     // Rejoin every room, each from where it stopped.
     for (const room of this.rooms.keys()) this.joinRoom(room, true).catch((e) => this.emit("error", e));
+  }
+
+  // --- token refresh ------------------------------------------------------------------------
+
+  /** Plans the next `refresh` for a session expiring at `exp` (seconds), if it expires. */
+  scheduleRefresh(exp) {
+    clearTimeout(this.refreshTimer);
+    this.exp = exp === undefined ? null : exp;
+    if (this.exp === null || !this.options.tokenSource) return;
+    const remaining = this.exp * 1000 - Date.now();
+    if (remaining <= 0) return; // too late: the server closes with `expired`, we reconnect
+    // 80% of the remaining lifetime or 30 s before the end, whichever is earlier; not before
+    // half of it (short-lived tokens are not refreshed in a loop), nor sooner than 100 ms.
+    const earliest = Math.min(0.8 * remaining, remaining - 30000);
+    const delay = Math.max(earliest, remaining / 2, Math.min(remaining, 100));
+    const ws = this.ws;
+    this.refreshTimer = setTimeout(() => this.refresh(ws), delay);
+  }
+
+  /** Takes a new token from `tokenSource` and sends `refresh` on the connection `ws`. */
+  async refresh(ws) {
+    if (this.ws !== ws || !this.welcome) return;
+    let token;
+    try {
+      token = await this.options.tokenSource();
+    } catch (e) {
+      console.warn("chat: the token source failed; trying again", e);
+      if (this.ws === ws) this.scheduleRefresh(this.exp); // again, in half the time left
+      return;
+    }
+    if (this.ws !== ws) return;
+    try {
+      const refreshed = await this.request({ type: "refresh", token });
+      if (this.ws === ws) this.scheduleRefresh(refreshed.exp);
+    } catch (e) {
+      // `unauthorized` closes the connection (and `bye` says not to come back); any other
+      // failure is tried again while there is time.
+      if (e.code !== "unauthorized" && this.ws === ws) this.scheduleRefresh(this.exp);
+    }
   }
 
   // --- requests -----------------------------------------------------------------------------

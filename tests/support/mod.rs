@@ -62,8 +62,10 @@ impl Chromedriver {
 
     /// A new headless Chromium session with a fresh profile and a desktop-sized window.
     pub async fn browser(&mut self) -> Client {
-        let profile =
-            std::env::temp_dir().join(format!("chat-browser-test-{}-{}", std::process::id(), self.profiles.len()));
+        // Unique across the drivers of this process too: tests run in parallel.
+        static PROFILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = PROFILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let profile = std::env::temp_dir().join(format!("chat-browser-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).expect("create a Chromium profile directory");
         self.profiles.push(profile.clone());
