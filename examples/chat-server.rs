@@ -59,6 +59,13 @@ struct Args {
     /// Bound on each session's queued outbound frames (beyond it: `bye slow_consumer`).
     #[arg(long)]
     outbox_frames: Option<usize>,
+    /// Rooms with members on this node (a join beyond it: `unavailable`).
+    #[arg(long)]
+    max_rooms: Option<usize>,
+    /// With the memory broker: bytes of history kept in memory across all rooms (beyond it
+    /// the least recently active rooms lose their oldest messages).
+    #[arg(long)]
+    max_history_bytes: Option<usize>,
     /// With the Redis broker: how long the sessions of a dead node stay in presence.
     #[arg(long)]
     presence_ttl_ms: Option<u64>,
@@ -129,6 +136,12 @@ async fn main() -> anyhow::Result<()> {
         }
         if let Some(n) = args.outbox_frames {
             c.outbox_frames = n;
+        }
+        if let Some(n) = args.max_rooms {
+            c.max_rooms = n;
+        }
+        if let Some(n) = args.max_history_bytes {
+            c.max_history_bytes = n;
         }
         if let Some(ms) = args.handshake_timeout_ms {
             c.handshake_timeout = Duration::from_millis(ms);

@@ -75,13 +75,16 @@ pub struct Config {
     /// How long a closing session may take to deliver its last frames. Default 5 s.
     pub close_timeout: Duration,
     /// Rooms with members on this node; a join that would add one more answers `unavailable`.
-    /// Default 100,000.
+    /// One client is in at most [`max_rooms_per_session`](Self::max_rooms_per_session) rooms;
+    /// this bounds them all together. Default 100,000.
     pub max_rooms: usize,
     /// Bytes of history the broker retains across all rooms (bodies, senders, keys and a fixed
     /// overhead per message, key and room: see `chat_core::broker::memory`); beyond it the
     /// oldest messages of the least recently active rooms are evicted, and a `since` into them
-    /// gets `recovered: false`. Enforced by the `MemoryBroker`; the Redis broker ignores it.
-    /// Default 256 MiB.
+    /// gets `recovered: false`. Enforced by the `MemoryBroker` (the Redis broker ignores it:
+    /// there Redis's memory holds history). Default 48 MiB, so that clients flooding a node
+    /// with messages cannot grow it by more than that; a host that wants more history in
+    /// memory raises it.
     pub max_history_bytes: usize,
     /// The handshake deadline: a connection that has not completed `hello` this long after it
     /// was accepted (`ConnInfo::accepted`; the TLS handshake and the WebSocket upgrade count)
@@ -112,7 +115,7 @@ impl Default for Config {
             max_rooms_per_session: 256,
             close_timeout: Duration::from_secs(5),
             max_rooms: 100_000,
-            max_history_bytes: 256 << 20,
+            max_history_bytes: 48 << 20,
             handshake_timeout: Duration::from_secs(10),
         }
     }
