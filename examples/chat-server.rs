@@ -73,6 +73,12 @@ struct Args {
     /// `hello.user`.
     #[arg(long)]
     token_secret: Option<String>,
+    /// With --token-secret: require tokens issued by this `iss`.
+    #[arg(long, requires = "token_secret")]
+    token_issuer: Option<String>,
+    /// With --token-secret: require tokens meant for this `aud`.
+    #[arg(long, requires = "token_secret")]
+    token_audience: Option<String>,
     /// The most connections held at once, TCP and WebSocket together (beyond it: closed at
     /// accept, or `503`).
     #[arg(long, default_value_t = chat_engine::core::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
@@ -151,7 +157,16 @@ async fn main() -> anyhow::Result<()> {
         builder = builder.node_id(id);
     }
     builder = match &args.token_secret {
-        Some(secret) => builder.authenticator(JwtAuthenticator::new(secret.as_bytes())),
+        Some(secret) => {
+            let mut jwt = JwtAuthenticator::new(secret.as_bytes());
+            if let Some(iss) = &args.token_issuer {
+                jwt = jwt.require_issuer(iss);
+            }
+            if let Some(aud) = &args.token_audience {
+                jwt = jwt.require_audience(aud);
+            }
+            builder.authenticator(jwt)
+        }
         None => builder.authenticator(AllowAnonymous),
     };
     builder = if args.broker == "memory" {
