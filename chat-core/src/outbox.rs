@@ -47,9 +47,10 @@ struct State {
     queue: VecDeque<Bytes>,
     bytes: usize,
     /// The batch the writer took and has not finished writing: it counts against the bounds
-    /// until the writer comes back for more.
-    inflight_frames: usize,
+    /// until the writer comes back for more. (Frames as a `u32` beside the flags: an outbox
+    /// stays within the allocation size it had before this was counted.)
     inflight_bytes: usize,
+    inflight_frames: u32,
     /// Set once: why the session ends. Nothing is queued after it but the final frames.
     closed: Option<ByeReason>,
     /// The connection is gone: nothing more will be written.
@@ -97,7 +98,7 @@ impl Outbox {
             return false;
         }
         let (frames, bytes) = (s.queue.len() + 1, s.bytes + frame.len());
-        let (total_frames, total_bytes) = (frames + s.inflight_frames, bytes + s.inflight_bytes);
+        let (total_frames, total_bytes) = (frames + s.inflight_frames as usize, bytes + s.inflight_bytes);
         let max_frames = self.max_frames as usize;
         match class {
             Class::Reply => {}
@@ -176,13 +177,14 @@ impl Outbox {
     /// writer itself), so it looks again then.
     pub(crate) fn is_full(&self) -> bool {
         let s = self.lock();
-        s.queue.len() + s.inflight_frames >= self.max_frames as usize || s.bytes + s.inflight_bytes >= self.max_bytes
+        s.queue.len() + s.inflight_frames as usize >= self.max_frames as usize
+            || s.bytes + s.inflight_bytes >= self.max_bytes
     }
 
     /// Frames and bytes queued or being written.
     pub(crate) fn queued(&self) -> (usize, usize) {
         let s = self.lock();
-        (s.queue.len() + s.inflight_frames, s.bytes + s.inflight_bytes)
+        (s.queue.len() + s.inflight_frames as usize, s.bytes + s.inflight_bytes)
     }
 
     /// Why the session is ending, once it is.
@@ -232,7 +234,8 @@ impl Outbox {
         (s.inflight_frames, s.inflight_bytes) = (0, 0);
         if !s.queue.is_empty() {
             std::mem::swap(&mut s.queue, out);
-            (s.inflight_frames, s.inflight_bytes) = (out.len(), std::mem::take(&mut s.bytes));
+            (s.inflight_frames, s.inflight_bytes) =
+                (u32::try_from(out.len()).unwrap_or(u32::MAX), std::mem::take(&mut s.bytes));
             return Poll::Ready(true);
         }
         if s.closed.is_some() || s.abandoned {
@@ -322,6 +325,13 @@ mod tests {
         assert!(o.is_full(), "4 frames: at the frames bound");
         assert!(!o.push(Bytes::from_static(b"e"), Class::Must), "an event over the bound");
         assert_eq!(o.closed(), Some(ByeReason::SlowConsumer));
+    }
+
+    #[test]
+    fn an_outbox_stays_small() {
+        // With the `Arc` counts, 120 bytes: one 128-byte allocation per session, as before
+        // the writer's batch was counted (memory per idle connection).
+        assert!(std::mem::size_of::<Outbox>() <= 104, "{}", std::mem::size_of::<Outbox>());
     }
 
     #[tokio::test]

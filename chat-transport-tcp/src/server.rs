@@ -184,6 +184,8 @@ impl TcpServer {
 
     /// One task per admitted connection; `permit` lives as long as it.
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, accepted: Instant, permit: ConnectionPermit) {
+        #[cfg(not(feature = "tls"))]
+        let _ = accepted; // only a TLS handshake comes between the accept and the session
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
@@ -192,7 +194,6 @@ impl TcpServer {
         if let Some(tls) = &self.tls {
             let acceptor = tls.acceptor();
             tokio::spawn(async move {
-                let _permit = permit;
                 let shutdown = engine.shutdown_token();
                 // What is left of the handshake deadline after the TLS handshake is the
                 // engine's, for `hello`.
@@ -210,15 +211,22 @@ impl TcpServer {
                 let (reader, writer) = tokio::io::split(stream);
                 let conn = ConnInfo { peer: Some(peer), transport: TRANSPORT_TLS, accepted: Some(accepted) };
                 serve_halves(&engine, reader, writer, conn).await;
+                drop(permit); // held for the connection's life
             });
             return;
         }
         let mut stream = stream; // captured and split in place, not copied into the task twice
         tokio::spawn(async move {
-            let _permit = permit;
+            // `serve_halves` inlined: an async fn keeps its arguments for its whole life, and
+            // this task is what an idle connection costs. Here the `ConnInfo` is gone once the
+            // session is built, and the deadline counts from now (the accept, a moment ago).
             let (reader, writer) = stream.split();
-            let conn = ConnInfo { peer: Some(peer), transport: TRANSPORT, accepted: Some(accepted) };
-            serve_halves(&engine, reader, writer, conn).await;
+            let (mut reader, mut writer) = framed(&engine, reader, writer);
+            engine
+                .serve(&mut reader, &mut writer, ConnInfo { peer: Some(peer), transport: TRANSPORT, accepted: None })
+                .await;
+            Box::pin(reader.linger()).await;
+            drop(permit); // held for the connection's life
         });
     }
 }
@@ -278,9 +286,17 @@ where
     R: AsyncRead + Send + Unpin,
     W: AsyncWrite + Send + Unpin,
 {
-    let mut reader = FrameReader::new(reader, engine.config().max_frame);
-    let mut writer = FrameWriter::new(writer);
+    let (mut reader, mut writer) = framed(engine, reader, writer);
     engine.serve(&mut reader, &mut writer, conn).await;
     // Boxed: its scratch buffer is needed once, at the end, not for the connection's life.
     Box::pin(reader.linger()).await;
+}
+
+/// The TCP framing on both halves of a connection.
+fn framed<R, W>(engine: &Engine, reader: R, writer: W) -> (FrameReader<R>, FrameWriter<W>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    (FrameReader::new(reader, engine.config().max_frame), FrameWriter::new(writer))
 }

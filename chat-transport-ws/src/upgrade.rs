@@ -104,13 +104,13 @@ pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request)
     let batch = options.write_buffer_size;
     let engine = engine.clone();
     tokio::spawn(async move {
-        let _permit = permit; // held for as long as the session runs
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
         let io = BatchedIo::new(TokioIo::new(upgraded), batch);
         serve_socket(engine, Shared::new(io), peer, accepted).await;
+        drop(permit); // held for as long as the session runs (moved, not copied, into the task)
     });
 
     let mut response = Response::new(Body::empty());
