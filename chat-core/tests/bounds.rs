@@ -255,13 +255,9 @@ async fn stats_return_to_zero() {
     assert!(taken.load(Ordering::Relaxed) == 2);
     drop(unread);
     drop(raw);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    chat_testkit::eventually("every connection to end", WAIT, || async {
         let s = engine.stats();
-        if (s.connections, s.queued_frames, s.queued_bytes, s.rooms) == (0, 0, 0, 0) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "connections never ended: {s:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await; // poll interval
-    }
+        ((s.connections, s.queued_frames, s.queued_bytes, s.rooms) == (0, 0, 0, 0)).then_some(())
+    })
+    .await;
 }
