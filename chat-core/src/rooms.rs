@@ -55,6 +55,12 @@ struct RoomState {
     members: Vec<Member>,
     /// `Some` while a gap is being filled from history: later deliveries wait here.
     repairing: Option<Vec<Delivery>>,
+    /// `Some` while the node subscribes to the room: what the broker delivers before it has
+    /// told the room's position waits here, and is applied after it (a message published
+    /// between the subscription and the position read is not lost, even in a room that stays
+    /// quiet afterwards). At most `repair_limit` deliveries; a later one leaves a gap that the
+    /// next delivery's repair fills.
+    subscribing: Option<Vec<Delivery>>,
     /// The room's membership events sent from this node (`Config::member_events_per_sec`).
     member_events: TokenBucket,
 }
@@ -79,6 +85,7 @@ impl LocalRoom {
                 last: 0,
                 members: Vec::new(),
                 repairing: None,
+                subscribing: None,
                 member_events: TokenBucket::new(),
             }),
         }
@@ -169,7 +176,7 @@ impl Rooms {
     /// everything after it will reach the member, in order. A join that would add a room beyond
     /// `max_rooms` fails as `Unavailable` (the session answers `unavailable`).
     pub(crate) async fn join(
-        &self,
+        self: &Arc<Self>,
         broker: &dyn BrokerNode,
         room: &RoomName,
         key: u64,
@@ -194,9 +201,11 @@ impl Rooms {
                 continue;
             }
             if !lock(&local.state).subscribed {
+                lock(&local.state).subscribing = Some(Vec::new());
                 let position = match broker.subscribe(room).await {
                     Ok(p) => p,
                     Err(e) => {
+                        lock(&local.state).subscribing = None;
                         self.remove_if_empty(&local);
                         return Err(e);
                     }
@@ -205,6 +214,13 @@ impl Rooms {
                 st.subscribed = true;
                 st.epoch = position.epoch;
                 st.last = position.seq;
+                // What came meanwhile: the position's epoch only (a delivery of another epoch
+                // came before the position was read, or its successor will say so again).
+                for delivery in st.subscribing.take().unwrap_or_default() {
+                    if matches!(&delivery, Delivery::Stored { epoch, .. } if *epoch == st.epoch) {
+                        self.apply(&local, &mut st, delivery, false);
+                    }
+                }
             }
             let mut st = lock(&local.state);
             st.members.retain(|m| m.key != key);
@@ -376,6 +392,12 @@ impl DeliverySink for RoomsSink {
         let Some(local) = rooms.get(room) else { return };
         let mut st = lock(&local.state);
         if !st.subscribed {
+            let limit = rooms.repair_limit;
+            if let Some(waiting) = st.subscribing.as_mut().filter(|w| w.len() < limit) {
+                if matches!(delivery, Delivery::Stored { .. }) {
+                    waiting.push(delivery);
+                }
+            }
             return;
         }
         if let Delivery::Transient(t) = delivery {
