@@ -45,6 +45,7 @@ pub(crate) struct Track {
 
 /// A session this node holds in presence, kept so it can be registered again when Redis lost
 /// it (a restart) or other nodes took this one for dead.
+#[derive(Clone)]
 pub(crate) struct Held {
     pub(crate) room: RoomName,
     pub(crate) session: String,
@@ -67,6 +68,10 @@ pub(crate) struct Shared {
     pub(crate) pubsub: Mutex<Option<PubSubSink>>,
     /// This node's sessions in presence, by registry field.
     pub(crate) held: Mutex<HashMap<String, Held>>,
+    /// Sessions whose removal from presence has not been confirmed (Redis was unreachable, or
+    /// the call was abandoned), by registry field: the presence task retries them, so a
+    /// ghost member disappears once Redis answers again.
+    pub(crate) unremoved: Mutex<HashMap<String, Held>>,
     /// Expiry (ms) given to an epoch created outside `publish`: the last `history_ttl` seen.
     pub(crate) epoch_ttl_ms: AtomicU64,
 }
@@ -168,6 +173,37 @@ impl Shared {
         Ok(first == 1)
     }
 
+    /// Removes one session from presence; true when it was the user's last in the room.
+    pub(crate) async fn presence_remove(&self, held: &Held) -> Result<bool, BrokerError> {
+        let room = held.room.as_str();
+        let mut inv = SCRIPTS.presence_remove.prepare_invoke();
+        inv.key(self.keys.sessions(room)).key(self.keys.users(room)).key(self.keys.node(&self.instance));
+        inv.arg(&held.session).arg(&held.user).arg(registry_field(room, &held.session));
+        let last: i64 = self.eval("presence_remove", &inv).await?;
+        Ok(last == 1)
+    }
+
+    /// Retries the removals Redis has not confirmed; announces `member_left` for users whose
+    /// last session went. Returns how many are still pending.
+    pub(crate) async fn retry_removals(&self) -> usize {
+        let pending: Vec<(String, Held)> = lock(&self.unremoved).iter().map(|(f, h)| (f.clone(), h.clone())).collect();
+        for (field, held) in pending {
+            match self.presence_remove(&held).await {
+                Ok(last) => {
+                    lock(&self.unremoved).remove(&field);
+                    if last {
+                        let left = wire::encode_member(b'L', &held.user);
+                        if let Err(e) = self.publish_raw(&held.room, left).await {
+                            tracing::warn!(room = %held.room, error = %e, "member_left not sent after a retried removal");
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(room = %held.room, error = %e, "presence removal retry failed"),
+            }
+        }
+        lock(&self.unremoved).len()
+    }
+
     /// Publishes a transient payload on the room's channel.
     pub(crate) async fn publish_raw(&self, room: &str, payload: Vec<u8>) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
@@ -225,6 +261,7 @@ impl RedisNode {
             subs: Mutex::new(HashMap::new()),
             pubsub: Mutex::new(Some(pubsub)),
             held: Mutex::new(HashMap::new()),
+            unremoved: Mutex::new(HashMap::new()),
         });
         presence::beat(&shared).await?;
         let stop = CancellationToken::new();
@@ -322,21 +359,37 @@ impl BrokerNode for RedisNode {
     }
 
     async fn presence_add(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
+        let s = &self.shared;
         let held = Held { room: room.clone(), session: session.to_owned(), user: user.to_owned() };
-        let first = self.shared.presence_add(&held).await?;
-        lock(&self.shared.held).insert(registry_field(room, session), held);
-        Ok(first)
+        let field = registry_field(room, session);
+        // A pending removal of the same session is superseded: it is present again.
+        lock(&s.unremoved).remove(&field);
+        match s.presence_add(&held).await {
+            Ok(first) => {
+                lock(&s.held).insert(field, held);
+                Ok(first)
+            }
+            Err(e) => {
+                // The join fails, but Redis may have added the session before the call failed:
+                // remove it (retried until Redis confirms), or it would stay as a ghost.
+                lock(&s.unremoved).insert(field, held);
+                Err(e)
+            }
+        }
     }
 
     async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
         let s = &self.shared;
         let field = registry_field(room, session);
-        let mut inv = SCRIPTS.presence_remove.prepare_invoke();
-        inv.key(s.keys.sessions(room)).key(s.keys.users(room)).key(s.keys.node(&s.instance));
-        inv.arg(session).arg(user).arg(&field);
-        let last: i64 = s.eval("presence_remove", &inv).await?;
-        lock(&s.held).remove(&field);
-        Ok(last == 1)
+        // No longer held (a restarted Redis does not get it back), and pending until Redis
+        // confirms: if this call fails or is abandoned, the presence task retries it.
+        let held = lock(&s.held).remove(&field);
+        let held =
+            held.unwrap_or_else(|| Held { room: room.clone(), session: session.to_owned(), user: user.to_owned() });
+        lock(&s.unremoved).insert(field.clone(), held.clone());
+        let last = s.presence_remove(&held).await?;
+        lock(&s.unremoved).remove(&field);
+        Ok(last)
     }
 
     async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {

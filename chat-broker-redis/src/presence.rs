@@ -6,7 +6,9 @@
 //! A node's deadline is set three quarters of the expiry ahead and sweeps run every quarter, so
 //! a dead node's sessions are gone within the expiry. A node that finds itself missing from the
 //! set (Redis lost its data, or others took it for dead after a long stall) registers every
-//! session it holds again; after a sweep it also announces `member_joined` again.
+//! session it holds again; after a sweep it also announces `member_joined` again. Removals that
+//! Redis did not confirm (it was unreachable) are retried on every beat, so a member who left
+//! meanwhile does not stay in presence as a ghost.
 
 use std::sync::Arc;
 
@@ -28,10 +30,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
     if state == 0 {
         return Ok(());
     }
-    let held: Vec<Held> = lock(&shared.held)
-        .values()
-        .map(|h| Held { room: h.room.clone(), session: h.session.clone(), user: h.user.clone() })
-        .collect();
+    let held: Vec<Held> = lock(&shared.held).values().cloned().collect();
     if held.is_empty() {
         return Ok(());
     }
@@ -65,6 +64,12 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         if let Err(e) = beat(&shared).await {
             tracing::debug!(node = %shared.instance, error = %e, "presence heartbeat failed");
             continue;
+        }
+        if !lock(&shared.unremoved).is_empty() {
+            let pending = shared.retry_removals().await;
+            if pending > 0 {
+                tracing::debug!(node = %shared.instance, pending, "presence removals still pending");
+            }
         }
         match shared.sweep(None).await {
             Ok(0) => {}

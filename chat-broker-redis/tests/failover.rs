@@ -96,3 +96,57 @@ async fn redis_restarting_empty_under_the_nodes() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A leave while Redis is frozen cannot remove the session from presence; once Redis answers
+/// again the node retries, and the ghost disappears (with `member_left`) within the expiry.
+#[tokio::test]
+async fn a_leave_while_redis_is_frozen_leaves_no_ghost() {
+    let redis = RedisServer::start();
+    let a = engine(&redis, "ghost:", "a").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let (bob, _tb) = connect(&a, "bob").await;
+    alice.join("r", None).await.unwrap();
+    bob.join("r", None).await.unwrap();
+    next_matching(&mut alice, WAIT, |e| e["type"] == "member_joined" && e["user"] == "bob").await;
+
+    redis.pause();
+    // The reply comes once the removal has failed (the op timeout): nothing was removed.
+    bob.leave("r").await.expect("left");
+    redis.resume();
+
+    next_matching(&mut alice, WAIT, |e| e["type"] == "member_left" && e["user"] == "bob").await;
+    let members = alice.presence("r").await.unwrap();
+    assert_eq!(members["members"], json!([{"user": "alice", "sessions": 1}]));
+    a.shutdown().await;
+}
+
+/// A session in many rooms ends in bounded time while Redis is frozen: its rooms are left at
+/// once under one deadline, not one after another (each call waiting for its timeout).
+#[tokio::test]
+async fn ending_a_session_while_redis_is_frozen_is_bounded() {
+    const ROOMS: usize = 40;
+    let redis = RedisServer::start();
+    let a = engine(&redis, "frozen:", "a").await;
+    let (bob, bob_task) = connect(&a, "bob").await;
+    for i in 0..ROOMS {
+        bob.join(&format!("r{i}"), None).await.unwrap();
+    }
+    assert_eq!(a.stats().rooms, ROOMS);
+    redis.pause();
+    let ended = Instant::now();
+    drop(bob); // the peer goes away
+               // One after another, each room's unsubscribe and presence removal would wait for the op
+               // timeout (0.5 s): 40 s. At once, under the close deadline (5 s): about one op timeout.
+    tokio::time::timeout(Duration::from_secs(20), bob_task).await.expect("the session ends").unwrap();
+    let took = ended.elapsed();
+    redis.resume();
+    assert!(took < Duration::from_secs(ROOMS as u64 / 4), "ending took {took:?}");
+    eventually("presence to forget bob", WAIT, || async {
+        let (carol, _tc) = connect(&a, "carol").await;
+        carol.join("r0", None).await.ok()?;
+        let members = carol.presence("r0").await.ok()?;
+        (members["members"] == json!([{"user": "carol", "sessions": 1}])).then_some(())
+    })
+    .await;
+    a.shutdown().await;
+}

@@ -253,12 +253,18 @@ impl Rooms {
         }
     }
 
+    /// Removes a member from this node's view of the room at once (no broker call): nothing
+    /// more is queued for it.
+    pub(crate) fn remove_member(&self, local: &LocalRoom, key: u64) {
+        lock(&local.state).members.retain(|m| m.key != key);
+    }
+
     /// Removes a member; unsubscribes the node when it was the last one here.
     pub(crate) async fn leave(&self, broker: &dyn BrokerNode, local: &Arc<LocalRoom>, key: u64) {
+        self.remove_member(local, key);
         let _guard = local.membership.lock().await;
         let now_empty = {
-            let mut st = lock(&local.state);
-            st.members.retain(|m| m.key != key);
+            let st = lock(&local.state);
             st.members.is_empty() && st.subscribed
         };
         if now_empty {

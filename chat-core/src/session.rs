@@ -190,8 +190,16 @@ impl Session {
         // The peer is gone if nobody closed the session on purpose.
         self.outbox.abandon_unless_closed();
         self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
-        for local in std::mem::take(&mut self.rooms) {
-            self.leave_room(&local).await;
+        let rooms = std::mem::take(&mut self.rooms);
+        for local in &rooms {
+            self.inner.rooms.remove_member(local, self.key);
+        }
+        // Every room at once, within one deadline: with the broker unreachable each call waits
+        // for its own timeout, and they overlap instead of adding up. What does not finish in
+        // time is left to the broker's own clean-up (presence retries, expiry).
+        let leaving = futures::future::join_all(rooms.iter().map(|local| self.leave_room(local)));
+        if tokio::time::timeout(self.inner.config.close_timeout, leaving).await.is_err() {
+            tracing::warn!(session = self.key, rooms = rooms.len(), "leaving rooms took too long; left to the broker");
         }
         if let Ok(info) = &self.info {
             let reason = reason.map_or(DisconnectReason::PeerGone, DisconnectReason::Bye);
