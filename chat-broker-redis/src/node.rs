@@ -110,11 +110,18 @@ impl Shared {
         }
     }
 
-    /// A room script's invocation with the epoch prologue's keys and arguments.
+    /// A room script's invocation with the epoch prologue's keys and arguments: among them
+    /// the epoch this node knows for the room and the last seq it delivered there, so that a
+    /// Redis that came back older starts a new epoch (lua/epoch.lua) instead of handing out
+    /// seqs the node has already delivered.
     fn room_script<'a>(&self, script: &'a Script, room: &str) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         inv.key(self.keys.epoch(room)).key(self.keys.seq(room)).key(self.keys.stream(room));
         inv.arg(new_epoch()).arg(self.epoch_ttl_ms.load(Ordering::Relaxed));
+        match lock(&self.subs).get(room).and_then(|t| Some((t.epoch.clone()?, t.last))) {
+            Some((epoch, last)) => inv.arg(&*epoch).arg(last),
+            None => inv.arg("").arg(0),
+        };
         inv
     }
 

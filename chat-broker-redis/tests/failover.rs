@@ -150,3 +150,77 @@ async fn ending_a_session_while_redis_is_frozen_is_bounded() {
     .await;
     a.shutdown().await;
 }
+
+/// The issue's finding: Redis killed and restarted from an older snapshot. Its seq is behind
+/// what the node delivered, so the room starts a new epoch: connected members get `reset`, the
+/// next sends are seq 1, 2, 3 of the new epoch and reach everyone, and a client coming back
+/// with a `since` of the old epoch is not told it recovered.
+#[tokio::test]
+async fn redis_coming_back_from_an_older_snapshot_starts_a_new_epoch() {
+    let mut redis = RedisServer::start_persistent();
+    let a = engine(&redis, "snap:", "a").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let (mut bob, _tb) = connect(&a, "bob").await;
+    let old = alice.join("r", None).await.unwrap().epoch;
+    bob.join("r", None).await.unwrap();
+    let send = |n: u64| json!({ "n": n });
+    for n in 1..=5 {
+        assert_eq!(alice.send("r", send(n)).await.unwrap(), Some(n));
+    }
+    let _: () = redis::cmd("SAVE").query_async(&mut common::conn(&redis).await).await.expect("SAVE");
+    for n in 6..=10 {
+        assert_eq!(alice.send("r", send(n)).await.unwrap(), Some(n));
+    }
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(seqs(&messages(c, "r", 10, WAIT).await), (1..=10).collect::<Vec<_>>());
+    }
+
+    redis.restart(); // SIGKILL, then back from the snapshot: seq 5 in the old epoch
+
+    // The next three sends (retried while the node reconnects: `unavailable` stores nothing).
+    let mut acked = Vec::new();
+    for n in 11..=13 {
+        let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", send(n)).await.ok() }).await;
+        acked.push(seq.expect("a stored seq"));
+    }
+    assert_eq!(acked, vec![1, 2, 3], "a new epoch starts at 1");
+    for c in [&mut alice, &mut bob] {
+        let reset = next_matching(c, WAIT, |e| e["type"] == "reset" && e["room"] == "r").await;
+        assert_ne!(reset["epoch"], json!(old));
+        let got = messages(c, "r", 3, WAIT).await;
+        assert_eq!(got, (11..=13).zip(1..).map(|(n, seq)| (seq, send(n))).collect::<Vec<_>>(), "every ack reached");
+    }
+    let (carol, _tc) = connect(&a, "carol").await;
+    let back = carol.join("r", Some((&old, 10))).await.unwrap();
+    assert!(!back.recovered, "{back:?}");
+    assert_ne!(back.epoch, old);
+    a.shutdown().await;
+}
+
+/// One of a room's keys evicted (or deleted) on its own: the seq, the stream, the epoch. Each
+/// loses history or its numbering, so each starts a new epoch, announced with `reset`; the
+/// next send is seq 1 and reaches the member.
+#[tokio::test]
+async fn a_room_key_lost_on_its_own_starts_a_new_epoch() {
+    let redis = RedisServer::start();
+    let a = engine(&redis, "evict:", "a").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    for (i, key) in ["s", "h", "e"].into_iter().enumerate() {
+        let room = format!("r{i}");
+        let old = alice.join(&room, None).await.unwrap().epoch;
+        for n in 1..=3 {
+            assert_eq!(alice.send(&room, json!(n)).await.unwrap(), Some(n));
+        }
+        assert_eq!(seqs(&messages(&mut alice, &room, 3, WAIT).await), vec![1, 2, 3]);
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("evict:{{{room}}}:{key}"))
+            .query_async(&mut common::conn(&redis).await)
+            .await
+            .expect("DEL");
+        assert_eq!(alice.send(&room, json!("after")).await.unwrap(), Some(1), "key {key}");
+        let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset" && e["room"] == room.as_str()).await;
+        assert_ne!(reset["epoch"], json!(old), "key {key}");
+        assert_eq!(messages(&mut alice, &room, 1, WAIT).await, vec![(1, json!("after"))], "key {key}");
+    }
+    a.shutdown().await;
+}

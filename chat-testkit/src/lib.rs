@@ -28,12 +28,16 @@ fn is_executable(path: &std::path::Path) -> bool {
     path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// A `redis-server` child process on a free loopback port, without persistence; killed on
-/// drop. It can be killed and started again, empty, on the same port.
+/// A `redis-server` child process on a free loopback port; killed on drop. Without
+/// persistence ([`start`](Self::start)) it comes back empty when started again on the same
+/// port; with a data directory of its own ([`start_persistent`](Self::start_persistent)) it
+/// comes back from its last snapshot (`SAVE`), as a crashed Redis with RDB persistence does.
 pub struct RedisServer {
     bin: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// The data directory (removed on drop), when the server keeps snapshots.
+    dir: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -45,14 +49,33 @@ impl RedisServer {
                 "redis-server not found on PATH: these tests need it; install it with `apt-get install redis-server`"
             )
         });
-        let mut server = RedisServer { bin, port: free_port(), child: None };
+        let mut server = RedisServer { bin, port: free_port(), child: None, dir: None };
+        server.spawn();
+        server
+    }
+
+    /// Like [`start`](Self::start), with a data directory of its own: `SAVE` writes a snapshot
+    /// there, and [`restart`](Self::restart) (after a SIGKILL) loads it, so the server comes
+    /// back as it was at the last `SAVE`. No automatic snapshots, no append-only file.
+    pub fn start_persistent() -> RedisServer {
+        let mut server = RedisServer::start();
+        server.kill();
+        let dir = std::env::temp_dir().join(format!("chat-redis-{}-{}", std::process::id(), server.port));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a data directory for redis-server");
+        server.dir = Some(dir);
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
+        let mut args = vec!["--bind".to_owned(), "127.0.0.1".into(), "--port".into(), self.port.to_string()];
+        args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        if let Some(dir) = &self.dir {
+            args.extend(["--dir".to_owned(), dir.display().to_string(), "--dbfilename".into(), "dump.rdb".into()]);
+        }
         let child = Command::new(&self.bin)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -108,7 +131,8 @@ impl RedisServer {
         assert!(status.success(), "kill {which} {pid} failed");
     }
 
-    /// Starts it again, empty, on the same port.
+    /// Kills it (SIGKILL) and starts it again on the same port: empty, or from its last
+    /// snapshot when it was started with [`start_persistent`](Self::start_persistent).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -118,6 +142,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

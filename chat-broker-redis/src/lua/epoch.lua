@@ -1,9 +1,22 @@
--- Prologue shared by the room scripts: makes sure the room has an epoch.
--- KEYS[1] epoch, KEYS[2] seq, KEYS[3] stream; ARGV[1] a fresh epoch, ARGV[2] its expiry (ms).
--- A missing epoch, or a stream whose seq key vanished, means the history was lost: a new epoch
--- starts and whatever is left of the old history goes, so seq restarts at 1.
+-- Prologue shared by the room scripts: makes sure the room has an epoch, and that its history
+-- is the one the nodes know.
+-- KEYS[1] epoch, KEYS[2] seq, KEYS[3] stream; ARGV[1] a fresh epoch, ARGV[2] its expiry (ms),
+-- ARGV[3] the epoch the calling node knows ('' if none), ARGV[4] the last seq it delivered in
+-- that epoch.
+-- The history was lost, and a new epoch starts (whatever is left of the old history goes, so
+-- seq restarts at 1), when the epoch is missing; when the seq is missing but the stream is not,
+-- or the stream is missing though the seq says messages were stored (a key evicted or
+-- deleted); or when the seq is behind what a node already delivered in this epoch (Redis came
+-- back older: restarted from a snapshot, or failed over to a replica that missed writes).
+-- Every room script runs this first, so the first call of any node that knows better makes
+-- the new epoch, atomically, before anything is stored or read.
 local epoch = redis.call('GET', KEYS[1])
-if (not epoch) or ((not redis.call('GET', KEYS[2])) and redis.call('EXISTS', KEYS[3]) == 1) then
+local stored = redis.call('GET', KEYS[2])
+local has_stream = redis.call('EXISTS', KEYS[3]) == 1
+if (not epoch)
+  or ((not stored) and has_stream)
+  or (stored and tonumber(stored) > 0 and not has_stream)
+  or (epoch == ARGV[3] and tonumber(stored or '0') < tonumber(ARGV[4])) then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
   redis.call('DEL', KEYS[2], KEYS[3])

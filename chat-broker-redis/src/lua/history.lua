@@ -1,6 +1,6 @@
 -- A page of history (after the epoch prologue).
--- ARGV[3] 'f' (XRANGE, oldest first), 'b' (XREVRANGE, newest first) or 'n' (no messages);
--- ARGV[4] lowest id, ARGV[5] highest id (both inclusive), ARGV[6] count.
+-- ARGV[5] 'f' (XRANGE, oldest first), 'b' (XREVRANGE, newest first) or 'n' (no messages);
+-- ARGV[6] lowest id, ARGV[7] highest id (both inclusive), ARGV[8] count.
 -- Entries past their age ('x' field, ms) are deleted from the front first.
 -- Returns {epoch, latest seq, entries}.
 local t = redis.call('TIME')
@@ -23,9 +23,9 @@ while true do
   if expired < 16 then break end
 end
 local entries = {}
-if ARGV[3] == 'f' then
-  entries = redis.call('XRANGE', KEYS[3], ARGV[4], ARGV[5], 'COUNT', ARGV[6])
-elseif ARGV[3] == 'b' then
-  entries = redis.call('XREVRANGE', KEYS[3], ARGV[5], ARGV[4], 'COUNT', ARGV[6])
+if ARGV[5] == 'f' then
+  entries = redis.call('XRANGE', KEYS[3], ARGV[6], ARGV[7], 'COUNT', ARGV[8])
+elseif ARGV[5] == 'b' then
+  entries = redis.call('XREVRANGE', KEYS[3], ARGV[7], ARGV[6], 'COUNT', ARGV[8])
 end
 return {epoch, redis.call('GET', KEYS[2]) or '0', entries}
