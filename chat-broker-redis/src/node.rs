@@ -41,6 +41,9 @@ pub(crate) struct Track {
     pub(crate) epoch: Option<Epoch>,
     /// The last seq delivered to the engine (or the position read at subscribe).
     pub(crate) last: u64,
+    /// That message's id, when known (lua/publish.lua): Redis compares it with what it holds
+    /// at `last`, so a history that diverged there starts a new epoch.
+    pub(crate) last_id: Option<u64>,
 }
 
 /// A session this node holds in presence, kept so it can be registered again when Redis lost
@@ -118,9 +121,9 @@ impl Shared {
         let mut inv = script.prepare_invoke();
         inv.key(self.keys.epoch(room)).key(self.keys.seq(room)).key(self.keys.stream(room));
         inv.arg(new_epoch()).arg(self.epoch_ttl_ms.load(Ordering::Relaxed));
-        match lock(&self.subs).get(room).and_then(|t| Some((t.epoch.clone()?, t.last))) {
-            Some((epoch, last)) => inv.arg(&*epoch).arg(last),
-            None => inv.arg("").arg(0),
+        match lock(&self.subs).get(room).and_then(|t| Some((t.epoch.clone()?, t.last, t.last_id))) {
+            Some((epoch, last, id)) => inv.arg(&*epoch).arg(last).arg(id.map_or_else(String::new, |id| id.to_string())),
+            None => inv.arg("").arg(0).arg(""),
         };
         inv
     }
@@ -138,6 +141,15 @@ impl Shared {
 
     /// A page of the room's history (PROTOCOL.md §4: exclusive bounds, oldest first).
     pub(crate) async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        Ok(self.history_with_ids(room, q).await?.0)
+    }
+
+    /// A page of history and each message's id (see [`Track::last_id`]).
+    pub(crate) async fn history_with_ids(
+        &self,
+        room: &str,
+        q: HistoryQuery,
+    ) -> Result<(HistoryPage, Vec<Option<u64>>), BrokerError> {
         let lo = q.after.map_or(1, |a| a.saturating_add(1)).max(1);
         let hi = q.before.map_or(Some(u64::MAX), |b| b.checked_sub(1));
         let direction = match hi {
@@ -160,14 +172,15 @@ impl Shared {
         let epoch = Epoch::from(reply::string(epoch).ok_or_else(|| bad_reply("history"))?);
         let latest = reply::uint(&latest).ok_or_else(|| bad_reply("history"))?;
         let entries = reply::array(entries).ok_or_else(|| bad_reply("history"))?;
-        let mut messages = entries.into_iter().map(reply::entry).collect::<Option<Vec<_>>>().ok_or_else(|| {
+        let mut entries = entries.into_iter().map(reply::entry).collect::<Option<Vec<_>>>().ok_or_else(|| {
             tracing::error!(room, "malformed stream entry");
             bad_reply("history")
         })?;
         if direction == "b" {
-            messages.reverse();
+            entries.reverse();
         }
-        Ok(HistoryPage { epoch, latest, messages })
+        let (messages, ids) = entries.into_iter().unzip();
+        Ok((HistoryPage { epoch, latest, messages }, ids))
     }
 
     /// Adds one held session to presence; true when it is the user's first in the room.
@@ -318,7 +331,12 @@ impl BrokerNode for RedisNode {
 
     async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {
         let s = &self.shared;
-        lock(&s.subs).entry(room.to_string()).or_insert_with(|| Track { room: room.clone(), epoch: None, last: 0 });
+        lock(&s.subs).entry(room.to_string()).or_insert_with(|| Track {
+            room: room.clone(),
+            epoch: None,
+            last: 0,
+            last_id: None,
+        });
         let result = async {
             let sink = lock(&s.pubsub).clone();
             let mut sink = sink.ok_or_else(|| BrokerError::Unavailable("redis pub/sub is reconnecting".into()))?;
@@ -334,11 +352,11 @@ impl BrokerNode for RedisNode {
         match result {
             Ok(position) => {
                 if let Some(track) = subs.get_mut(room.as_str()) {
-                    if track.epoch.as_ref() == Some(&position.epoch) {
-                        track.last = track.last.max(position.seq);
+                    if track.epoch.as_ref() == Some(&position.epoch) && track.last >= position.seq {
+                        // Delivered meanwhile: `last` and its id stand.
                     } else {
                         track.epoch = Some(position.epoch.clone());
-                        track.last = position.seq;
+                        (track.last, track.last_id) = (position.seq, None);
                     }
                 }
                 Ok(position)

@@ -40,24 +40,26 @@ pub(crate) fn array(v: Value) -> Option<Vec<Value>> {
     }
 }
 
-/// One stream entry `[id, [field, value, ...]]` as a message; its id is `<seq>-0`.
-pub(crate) fn entry(v: Value) -> Option<Message> {
+/// One stream entry `[id, [field, value, ...]]` as a message (its entry id is `<seq>-0`), with
+/// the message's id (field `i`; `None` for an entry without one).
+pub(crate) fn entry(v: Value) -> Option<(Message, Option<u64>)> {
     let mut parts = array(v)?.into_iter();
     let (id, fields) = (parts.next()?, parts.next()?);
     let id = bytes(id)?;
     let seq_text = id.split(|&b| b == b'-').next()?;
     let seq = std::str::from_utf8(seq_text).ok()?.parse().ok()?;
-    let (mut from, mut ts, mut body) = (None, None, None);
+    let (mut from, mut ts, mut body, mut message_id) = (None, None, None, None);
     let mut fields = array(fields)?.into_iter();
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         match bytes(name)?.as_slice() {
             b"f" => from = Some(Arc::<str>::from(string(value)?)),
             b"t" => ts = uint(&value),
             b"b" => body = Some(Bytes::from(bytes(value)?)),
+            b"i" => message_id = uint(&value),
             _ => {}
         }
     }
-    Some(Message { seq, from: from?, ts: ts?, body: body? })
+    Some((Message { seq, from: from?, ts: ts?, body: body? }, message_id))
 }
 
 #[cfg(test)]
@@ -79,9 +81,11 @@ mod tests {
             bulk("{}"),
             bulk("x"),
             bulk("9"),
+            bulk("i"),
+            bulk("1764201600123456"),
         ]);
-        let m = entry(Value::Array(vec![bulk("42-0"), fields])).unwrap();
-        assert_eq!((m.seq, &*m.from, m.ts, &m.body[..]), (42, "al", 5, &b"{}"[..]));
+        let (m, id) = entry(Value::Array(vec![bulk("42-0"), fields])).unwrap();
+        assert_eq!((m.seq, &*m.from, m.ts, &m.body[..], id), (42, "al", 5, &b"{}"[..], Some(1_764_201_600_123_456)));
         assert_eq!(entry(Value::Array(vec![bulk("42-0"), Value::Array(vec![bulk("f")])])), None);
         assert_eq!(entry(Value::Int(3)), None);
     }

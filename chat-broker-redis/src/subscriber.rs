@@ -114,7 +114,7 @@ async fn catch_up(shared: &Shared, room: &str) -> Result<(), BrokerError> {
     };
     loop {
         let query = HistoryQuery { before: None, after: Some(after), limit: CATCH_UP_PAGE };
-        let page = shared.history(room, query).await?;
+        let (page, ids) = shared.history_with_ids(room, query).await?;
         if page.epoch != epoch {
             tracing::warn!(room, old = %epoch, new = %page.epoch, "room history lost; resetting");
             if !reset(shared, room, page.epoch.clone()) {
@@ -124,8 +124,8 @@ async fn catch_up(shared: &Shared, room: &str) -> Result<(), BrokerError> {
             continue;
         }
         let Some(last) = page.messages.last().map(|m| m.seq) else { return Ok(()) };
-        for message in page.messages {
-            deliver_stored(shared, room, &epoch, message);
+        for (message, id) in page.messages.into_iter().zip(ids) {
+            deliver_stored(shared, room, &epoch, message, id);
         }
         if last >= page.latest {
             return Ok(());
@@ -142,8 +142,8 @@ fn on_message(shared: &Shared, channel: &str, payload: &[u8]) {
         return;
     };
     let transient = match wire {
-        Wire::Stored { seq, ts, epoch, from, body } => {
-            let Some((room_name, epoch)) = accept(shared, room, epoch, seq) else { return };
+        Wire::Stored { seq, ts, epoch, from, body, id } => {
+            let Some((room_name, epoch)) = accept(shared, room, epoch, seq, Some(id)) else { return };
             let message = Message { seq, from: from.into(), ts, body: bytes::Bytes::copy_from_slice(body) };
             shared.sink.deliver(&room_name, Delivery::Stored { epoch, message: Arc::new(message) });
             return;
@@ -159,15 +159,15 @@ fn on_message(shared: &Shared, channel: &str, payload: &[u8]) {
 }
 
 /// Delivers a stored message read from the stream.
-fn deliver_stored(shared: &Shared, room: &str, epoch: &Epoch, message: Message) {
-    if let Some((room_name, epoch)) = accept(shared, room, epoch, message.seq) {
+fn deliver_stored(shared: &Shared, room: &str, epoch: &Epoch, message: Message, id: Option<u64>) {
+    if let Some((room_name, epoch)) = accept(shared, room, epoch, message.seq, id) {
         shared.sink.deliver(&room_name, Delivery::Stored { epoch, message: Arc::new(message) });
     }
 }
 
 /// Whether a stored message is news for this node (tracked room, not yet delivered); if so,
-/// records it as the last delivered and returns the room and the (shared) epoch.
-fn accept(shared: &Shared, room: &str, epoch: &str, seq: u64) -> Option<(chat_core::RoomName, Epoch)> {
+/// records it (and its id) as the last delivered and returns the room and the (shared) epoch.
+fn accept(shared: &Shared, room: &str, epoch: &str, seq: u64, id: Option<u64>) -> Option<(chat_core::RoomName, Epoch)> {
     let mut subs = lock(&shared.subs);
     let track = subs.get_mut(room)?;
     let epoch = match &track.epoch {
@@ -180,7 +180,7 @@ fn accept(shared: &Shared, room: &str, epoch: &str, seq: u64) -> Option<(chat_co
         _ => Epoch::from(epoch),
     };
     track.epoch = Some(epoch.clone());
-    track.last = seq;
+    (track.last, track.last_id) = (seq, id);
     Some((track.room.clone(), epoch))
 }
 
@@ -190,7 +190,7 @@ fn reset(shared: &Shared, room: &str, epoch: Epoch) -> bool {
         let mut subs = lock(&shared.subs);
         let Some(track) = subs.get_mut(room) else { return false };
         track.epoch = Some(epoch.clone());
-        track.last = 0;
+        (track.last, track.last_id) = (0, None);
         track.room.clone()
     };
     shared.sink.deliver(&room_name, Delivery::Reset { epoch });

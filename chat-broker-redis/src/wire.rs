@@ -2,7 +2,7 @@
 //! a newline, then raw bytes. `lua/publish.lua` and `lua/sweep.lua` write some of these.
 //!
 //! ```text
-//! S<seq> <ts> <epoch len> <from len>\n<epoch><from><body>   a stored message
+//! S<seq> <ts> <epoch len> <from len> <id>\n<epoch><from><body>   a stored message
 //! M<ts> <from len>\n<from><body>                            an ephemeral message
 //! J\n<user>                                                 a user's first session joined
 //! L\n<user>                                                 a user's last session left
@@ -11,8 +11,20 @@
 /// One decoded channel message, borrowing from the payload.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Wire<'a> {
-    Stored { seq: u64, ts: u64, epoch: &'a str, from: &'a str, body: &'a [u8] },
-    Message { ts: u64, from: &'a str, body: &'a [u8] },
+    /// `id`: the message's id (Redis's clock in µs when it was stored; see lua/publish.lua).
+    Stored {
+        seq: u64,
+        ts: u64,
+        epoch: &'a str,
+        from: &'a str,
+        body: &'a [u8],
+        id: u64,
+    },
+    Message {
+        ts: u64,
+        from: &'a str,
+        body: &'a [u8],
+    },
     Joined(&'a str),
     Left(&'a str),
 }
@@ -60,10 +72,10 @@ pub(crate) fn decode(payload: &[u8]) -> Option<Wire<'_>> {
     let (header, data) = (&rest[..nl], &rest[nl + 1..]);
     match kind {
         b'S' => {
-            let [seq, ts, epoch_len, from_len] = numbers::<4>(header)?;
+            let [seq, ts, epoch_len, from_len, id] = numbers::<5>(header)?;
             let (epoch, data) = split_str(data, epoch_len)?;
             let (from, body) = split_str(data, from_len)?;
-            Some(Wire::Stored { seq, ts, epoch, from, body })
+            Some(Wire::Stored { seq, ts, epoch, from, body, id })
         }
         b'M' => {
             let [ts, from_len] = numbers::<2>(header)?;
@@ -86,15 +98,23 @@ mod tests {
         assert_eq!(decode(&m), Some(Wire::Message { ts: 7, from: "al\nice", body: b"{\"a\":1}" }));
         assert_eq!(decode(&encode_member(b'J', "bob")), Some(Wire::Joined("bob")));
         assert_eq!(decode(&encode_member(b'L', "")), Some(Wire::Left("")));
-        let s = b"S12 99 2 3\ne1bob\"hi\"";
-        assert_eq!(decode(s), Some(Wire::Stored { seq: 12, ts: 99, epoch: "e1", from: "bob", body: b"\"hi\"" }));
+        let s = b"S12 99 2 3 1764201600123456\ne1bob\"hi\"";
+        let id = 1_764_201_600_123_456;
+        assert_eq!(decode(s), Some(Wire::Stored { seq: 12, ts: 99, epoch: "e1", from: "bob", body: b"\"hi\"", id }));
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in
-            [&b""[..], b"S", b"S1 2 3\nabc", b"S1 2 9 9\nab", b"Sx 2 1 1\nab", b"X\n", b"J1\nbob", b"S1 2 1 1 1\nab"]
-        {
+        for bad in [
+            &b""[..],
+            b"S",
+            b"S1 2 3 4\nabc",
+            b"S1 2 9 9 1\nab",
+            b"Sx 2 1 1 1\nab",
+            b"X\n",
+            b"J1\nbob",
+            b"S1 2 1 1 1 1\nab",
+        ] {
             assert_eq!(decode(bad), None, "{bad:?}");
         }
     }

@@ -224,3 +224,48 @@ async fn a_room_key_lost_on_its_own_starts_a_new_epoch() {
     }
     a.shutdown().await;
 }
+
+/// Redis comes back older, and before this node calls it again another node (one that was
+/// behind) stores new messages under the seqs this node already delivered: Redis's seq has
+/// caught up with this node's, but the message at it is another. The message ids tell, and the
+/// room starts a new epoch instead of this node taking the new messages for duplicates.
+#[tokio::test(flavor = "current_thread")]
+async fn a_history_that_diverged_under_the_same_seqs_starts_a_new_epoch() {
+    let mut redis = RedisServer::start_persistent();
+    let a = engine(&redis, "lag:", "a").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let old = alice.join("r", None).await.unwrap().epoch;
+    for n in 1..=5 {
+        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    let _: () = redis::cmd("SAVE").query_async(&mut common::conn(&redis).await).await.expect("SAVE");
+    for n in 6..=8 {
+        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    assert_eq!(seqs(&messages(&mut alice, "r", 8, WAIT).await), (1..=8).collect::<Vec<_>>());
+
+    // No await from here to the end of the block: node a (on this test's one thread) cannot
+    // run while Redis restarts from the snapshot (seq 5) and "another node" stores 6..8 anew,
+    // with ids of its own, as lua/publish.lua would.
+    {
+        redis.restart();
+        let mut other = redis::Client::open(redis.url()).unwrap().get_connection().expect("a blocking connection");
+        for n in 6..=8u64 {
+            let seq: u64 = redis::cmd("INCR").arg("lag:{r}:s").query(&mut other).unwrap();
+            assert_eq!(seq, n);
+            let _: String = redis::cmd("XADD")
+                .arg("lag:{r}:h")
+                .arg(format!("{n}-0"))
+                .arg(&["f", "lagger", "t", "1", "b", "\"new\"", "x", "99999999999999", "i", &format!("{n}")])
+                .query(&mut other)
+                .unwrap();
+        }
+    }
+
+    let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!("after")).await.ok() }).await;
+    assert_eq!(seq, Some(1), "a new epoch, not seq 9 after messages alice never got");
+    let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset").await;
+    assert_ne!(reset["epoch"], json!(old));
+    assert_eq!(messages(&mut alice, "r", 1, WAIT).await, vec![(1, json!("after"))]);
+    a.shutdown().await;
+}

@@ -2,21 +2,34 @@
 -- is the one the nodes know.
 -- KEYS[1] epoch, KEYS[2] seq, KEYS[3] stream; ARGV[1] a fresh epoch, ARGV[2] its expiry (ms),
 -- ARGV[3] the epoch the calling node knows ('' if none), ARGV[4] the last seq it delivered in
--- that epoch.
+-- that epoch, ARGV[5] that message's id (its 'i' field; '' if unknown).
 -- The history was lost, and a new epoch starts (whatever is left of the old history goes, so
 -- seq restarts at 1), when the epoch is missing; when the seq is missing but the stream is not,
 -- or the stream is missing though the seq says messages were stored (a key evicted or
 -- deleted); or when the seq is behind what a node already delivered in this epoch (Redis came
--- back older: restarted from a snapshot, or failed over to a replica that missed writes).
+-- back older: restarted from a snapshot, or failed over to a replica that missed writes); or
+-- when the message stored at that seq is not the one the node delivered (Redis came back older
+-- and another node, which was behind, has stored new messages under the same seqs since).
 -- Every room script runs this first, so the first call of any node that knows better makes
 -- the new epoch, atomically, before anything is stored or read.
 local epoch = redis.call('GET', KEYS[1])
 local stored = redis.call('GET', KEYS[2])
 local has_stream = redis.call('EXISTS', KEYS[3]) == 1
+local function diverged()
+  if ARGV[5] == '' then return false end
+  local at = redis.call('XRANGE', KEYS[3], ARGV[4] .. '-0', ARGV[4] .. '-0')
+  if #at == 0 then return false end -- trimmed: nothing to compare
+  local f = at[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 'i' then return f[i + 1] ~= ARGV[5] end
+  end
+  return false
+end
 if (not epoch)
   or ((not stored) and has_stream)
   or (stored and tonumber(stored) > 0 and not has_stream)
-  or (epoch == ARGV[3] and tonumber(stored or '0') < tonumber(ARGV[4])) then
+  or (epoch == ARGV[3] and tonumber(stored or '0') < tonumber(ARGV[4]))
+  or (epoch == ARGV[3] and diverged()) then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
   redis.call('DEL', KEYS[2], KEYS[3])

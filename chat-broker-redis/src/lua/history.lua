@@ -1,6 +1,6 @@
 -- A page of history (after the epoch prologue).
--- ARGV[5] 'f' (XRANGE, oldest first), 'b' (XREVRANGE, newest first) or 'n' (no messages);
--- ARGV[6] lowest id, ARGV[7] highest id (both inclusive), ARGV[8] count.
+-- ARGV[6] 'f' (XRANGE, oldest first), 'b' (XREVRANGE, newest first) or 'n' (no messages);
+-- ARGV[7] lowest id, ARGV[8] highest id (both inclusive), ARGV[9] count.
 -- Entries past their age ('x' field, ms) are deleted from the front first.
 -- Returns {epoch, latest seq, entries}.
 local t = redis.call('TIME')
@@ -23,9 +23,9 @@ while true do
   if expired < 16 then break end
 end
 local entries = {}
-if ARGV[5] == 'f' then
-  entries = redis.call('XRANGE', KEYS[3], ARGV[6], ARGV[7], 'COUNT', ARGV[8])
-elseif ARGV[5] == 'b' then
-  entries = redis.call('XREVRANGE', KEYS[3], ARGV[7], ARGV[6], 'COUNT', ARGV[8])
+if ARGV[6] == 'f' then
+  entries = redis.call('XRANGE', KEYS[3], ARGV[7], ARGV[8], 'COUNT', ARGV[9])
+elseif ARGV[6] == 'b' then
+  entries = redis.call('XREVRANGE', KEYS[3], ARGV[8], ARGV[7], 'COUNT', ARGV[9])
 end
 return {epoch, redis.call('GET', KEYS[2]) or '0', entries}

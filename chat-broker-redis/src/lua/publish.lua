@@ -1,7 +1,9 @@
 -- Publishes one stored message atomically (after the epoch prologue).
 -- KEYS[4] (optional) idempotency key.
--- ARGV[5] channel, ARGV[6] from, ARGV[7] ts, ARGV[8] body, ARGV[9] maxlen, ARGV[10] idempotency window
--- (ms); ARGV[2] (the new epoch's expiry) is the history's age limit.
+-- ARGV[6] channel, ARGV[7] from, ARGV[8] ts, ARGV[9] body, ARGV[10] maxlen, ARGV[11] idempotency
+-- window (ms); ARGV[2] (the new epoch's expiry) is the history's age limit.
+-- Each message gets an id, Redis's clock in microseconds when it was stored ('i', also in the
+-- delivery): two messages stored under one seq, before and after Redis came back older, differ.
 -- Returns {epoch, seq, duplicate 0|1}.
 if KEYS[4] then
   local prev = redis.call('GET', KEYS[4])
@@ -15,15 +17,16 @@ end
 local seq = redis.call('INCR', KEYS[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = t[1] .. string.format('%06d', tonumber(t[2]))
 local seqs = string.format('%d', seq)
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[9], seqs .. '-0',
-  'f', ARGV[6], 't', ARGV[7], 'b', ARGV[8], 'x', string.format('%d', now + tonumber(ARGV[2])))
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[10], seqs .. '-0',
+  'f', ARGV[7], 't', ARGV[8], 'b', ARGV[9], 'x', string.format('%d', now + tonumber(ARGV[2])), 'i', id)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 if KEYS[4] then
-  redis.call('SET', KEYS[4], seqs .. ' ' .. epoch, 'PX', ARGV[10])
+  redis.call('SET', KEYS[4], seqs .. ' ' .. epoch, 'PX', ARGV[11])
 end
-redis.call('PUBLISH', ARGV[5],
-  'S' .. seqs .. ' ' .. ARGV[7] .. ' ' .. #epoch .. ' ' .. #ARGV[6] .. '\n' .. epoch .. ARGV[6] .. ARGV[8])
+redis.call('PUBLISH', ARGV[6],
+  'S' .. seqs .. ' ' .. ARGV[8] .. ' ' .. #epoch .. ' ' .. #ARGV[7] .. ' ' .. id .. '\n' .. epoch .. ARGV[7] .. ARGV[9])
 return {epoch, seq, 0}
