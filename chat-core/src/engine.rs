@@ -72,7 +72,8 @@ pub struct Config {
     pub member_events_burst: u32,
     /// Rooms one session may be in at once (more is `forbidden`). Default 256.
     pub max_rooms_per_session: usize,
-    /// How long a closing session may take to deliver its last frames. Default 5 s.
+    /// How long a closing session may take to deliver its last frames, and to leave its rooms
+    /// at the broker (all at once; what is left after it, the broker cleans up). Default 5 s.
     pub close_timeout: Duration,
     /// Rooms with members on this node; a join that would add one more answers `unavailable`.
     /// One client is in at most [`max_rooms_per_session`](Self::max_rooms_per_session) rooms;
