@@ -44,6 +44,9 @@ pub(crate) struct Track {
     /// That message's id, when known (lua/publish.lua): Redis compares it with what it holds
     /// at `last`, so a history that diverged there starts a new epoch.
     pub(crate) last_id: Option<u64>,
+    /// The epoch this room moved on from here: a delivery of it that was still queued when the
+    /// room reset is late, not a change of epoch back to it (epochs are never reused).
+    pub(crate) retired: Option<Epoch>,
 }
 
 /// A session this node holds in presence, kept so it can be registered again when Redis lost
@@ -336,6 +339,7 @@ impl BrokerNode for RedisNode {
             epoch: None,
             last: 0,
             last_id: None,
+            retired: None,
         });
         let result = async {
             let sink = lock(&s.pubsub).clone();

@@ -8,6 +8,7 @@
 //! dropped as duplicates up to that seq). A room whose epoch changed meanwhile (Redis lost its
 //! data) gets `Delivery::Reset` first. Only this task delivers, so deliveries keep seq order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{from_redis, timed_out};
-use crate::node::{lock, Shared};
+use crate::node::{lock, Shared, Track};
 use crate::wire::{self, Wire};
 
 /// How many messages one catch-up read asks for.
@@ -168,7 +169,17 @@ fn deliver_stored(shared: &Shared, room: &str, epoch: &Epoch, message: Message, 
 /// Whether a stored message is news for this node (tracked room, not yet delivered); if so,
 /// records it (and its id) as the last delivered and returns the room and the (shared) epoch.
 fn accept(shared: &Shared, room: &str, epoch: &str, seq: u64, id: Option<u64>) -> Option<(chat_core::RoomName, Epoch)> {
-    let mut subs = lock(&shared.subs);
+    accept_in(&mut lock(&shared.subs), room, epoch, seq, id)
+}
+
+/// [`accept`] on the tracked rooms themselves.
+fn accept_in(
+    subs: &mut HashMap<String, Track>,
+    room: &str,
+    epoch: &str,
+    seq: u64,
+    id: Option<u64>,
+) -> Option<(chat_core::RoomName, Epoch)> {
     let track = subs.get_mut(room)?;
     let epoch = match &track.epoch {
         Some(current) if **current == *epoch => {
@@ -177,7 +188,12 @@ fn accept(shared: &Shared, room: &str, epoch: &str, seq: u64, id: Option<u64>) -
             }
             current.clone()
         }
-        _ => Epoch::from(epoch),
+        // Queued before the room reset here: late, not news.
+        _ if track.retired.as_deref() == Some(epoch) => return None,
+        _ => {
+            track.retired = track.epoch.take();
+            Epoch::from(epoch)
+        }
     };
     track.epoch = Some(epoch.clone());
     (track.last, track.last_id) = (seq, id);
@@ -189,10 +205,31 @@ fn reset(shared: &Shared, room: &str, epoch: Epoch) -> bool {
     let room_name = {
         let mut subs = lock(&shared.subs);
         let Some(track) = subs.get_mut(room) else { return false };
-        track.epoch = Some(epoch.clone());
+        track.retired = track.epoch.replace(epoch.clone());
         (track.last, track.last_id) = (0, None);
         track.room.clone()
     };
     shared.sink.deliver(&room_name, Delivery::Reset { epoch });
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_and_late_deliveries_of_a_retired_epoch_are_not_news() {
+        let room = chat_core::RoomName::new("r").unwrap();
+        let track = Track { room, epoch: Some(Epoch::from("e1")), last: 5, last_id: None, retired: None };
+        let mut subs = HashMap::from([("r".to_owned(), track)]);
+        let news = |subs: &mut HashMap<String, Track>, epoch, seq| accept_in(subs, "r", epoch, seq, None).is_some();
+        assert!(!news(&mut subs, "e1", 5), "already delivered");
+        assert!(news(&mut subs, "e1", 6));
+        assert!(news(&mut subs, "e2", 1), "a new epoch");
+        assert!(!news(&mut subs, "e1", 7), "queued before the new epoch: late");
+        assert!(news(&mut subs, "e2", 2));
+        assert!(news(&mut subs, "e3", 1));
+        assert_eq!(subs["r"].retired.as_deref(), Some("e2"), "another new epoch retires e2");
+        assert!(accept_in(&mut subs, "elsewhere", "e1", 1, None).is_none(), "an untracked room");
+    }
 }
