@@ -313,11 +313,14 @@ pub struct FrameError {
     pub code: ErrorCode,
     /// What was wrong, for people.
     pub message: String,
+    /// The frame is a `hello` (its `type` said so) that is otherwise malformed: after the
+    /// handshake, any second `hello` is fatal (PROTOCOL.md §3), this one included.
+    pub hello: bool,
 }
 
 impl FrameError {
     fn bad(id: Option<u64>, message: impl Into<String>) -> Self {
-        FrameError { id, code: ErrorCode::BadFrame, message: message.into() }
+        FrameError { id, code: ErrorCode::BadFrame, message: message.into(), hello: false }
     }
 }
 
@@ -497,7 +500,12 @@ pub fn parse(frame: &[u8]) -> Result<ClientFrame, FrameError> {
     let room = || -> Result<RoomName, FrameError> {
         let raw = wire.room.present().ok_or_else(|| bad("missing string field room"))?;
         let name = string(raw).ok_or_else(|| bad("room must be a string"))?;
-        RoomName::new(&name).map_err(|e| FrameError { id, code: ErrorCode::InvalidRoom, message: e.to_string() })
+        RoomName::new(&name).map_err(|e| FrameError {
+            id,
+            code: ErrorCode::InvalidRoom,
+            message: e.to_string(),
+            hello: false,
+        })
     };
     let opt_unsigned = |field: &Field<'_>, name: &str| -> Result<Option<u64>, FrameError> {
         field
@@ -511,9 +519,12 @@ pub fn parse(frame: &[u8]) -> Result<ClientFrame, FrameError> {
 
     let request = match ty {
         "hello" => {
-            let raw = wire.protocol.present().ok_or_else(|| bad("missing integer field protocol"))?;
-            let protocol = unsigned(raw).ok_or_else(|| bad("protocol must be a non-negative integer"))?;
-            Request::Hello { protocol, token: opt_string(&wire.token, "token")?, user: opt_string(&wire.user, "user")? }
+            let hello = |e: FrameError| FrameError { hello: true, ..e };
+            let raw = wire.protocol.present().ok_or_else(|| hello(bad("missing integer field protocol")))?;
+            let protocol = unsigned(raw).ok_or_else(|| hello(bad("protocol must be a non-negative integer")))?;
+            let token = opt_string(&wire.token, "token").map_err(hello)?;
+            let user = opt_string(&wire.user, "user").map_err(hello)?;
+            Request::Hello { protocol, token, user }
         }
         "join" => {
             // Type checks of every field come before the room's own rules (§6 order).

@@ -258,6 +258,7 @@ impl Session {
                 ErrorCode::NotAuthenticated,
                 &format!("the first frame must be a well-formed hello: {}", e.message),
             ),
+            Err(e) if e.hello => self.fatal(e.id, ErrorCode::NotAuthenticated, "hello was already sent"),
             Err(e) => {
                 let invalid = self.inner.config.costs.invalid;
                 match self.charge(invalid) {

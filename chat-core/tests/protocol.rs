@@ -61,6 +61,27 @@ async fn second_hello_is_fatal() {
     assert_eq!(bye, json!({"type":"bye","reason":"protocol_error","reconnect":false}));
 }
 
+/// A second `hello` is fatal even when it is malformed (PROTOCOL.md §3), where any other
+/// malformed request is the non-fatal `bad_frame`.
+#[tokio::test]
+async fn a_malformed_second_hello_is_fatal_too() {
+    let engine = engine().await;
+    for second in [
+        r#"{"type":"hello","id":9}"#,
+        r#"{"type":"hello","id":9,"protocol":"one"}"#,
+        r#"{"type":"hello","id":9,"protocol":1,"user":7}"#,
+        r#"{"type":"hello","id":9,"protocol":1,"token":[]}"#,
+    ] {
+        let mut raw = Raw::hello(&engine, "alice").await;
+        raw.expect_error(second, "not_authenticated", Some(9)).await;
+        raw.expect_bye("protocol_error").await;
+    }
+    // Another request, malformed the same way, is not.
+    let mut raw = Raw::hello(&engine, "alice").await;
+    raw.expect_error(r#"{"type":"join","id":9}"#, "bad_frame", Some(9)).await;
+    assert_eq!(raw.ask(r#"{"type":"ping","id":10}"#).await["type"], "pong");
+}
+
 #[tokio::test]
 async fn unsupported_protocol_and_unauthorized() {
     let engine = engine().await;
