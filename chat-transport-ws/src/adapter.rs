@@ -196,6 +196,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                         this.partial = Some((opcode, message));
                         continue;
                     }
+                    // Nothing follows our close frame (RFC 6455 §5.5.1), not even a pong.
+                    frame::PING if this.shared.close_sent.load(Ordering::Relaxed) => {
+                        return Poll::Ready(Some(Ok(Inbound::Alive)));
+                    }
                     frame::PING => {
                         this.shared.io().feed_frame(frame::PONG, &payload);
                         this.unflushed = true;
@@ -205,11 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                     frame::PONG => return Poll::Ready(Some(Ok(Inbound::Alive))),
                     _ => {
                         // Close: answer with the peer's code (RFC 6455 §5.5.1), then end.
-                        let code = match payload.get(..2) {
-                            Some(code) => frame::valid_close_code(u16::from_be_bytes([code[0], code[1]])),
-                            None if payload.is_empty() => CLOSE_NORMAL,
-                            None => CLOSE_PROTOCOL_ERROR,
-                        };
+                        let code = frame::close_reply(&payload);
                         if !this.shared.close_sent.load(Ordering::Relaxed) {
                             this.shared.io().feed_frame(frame::CLOSE, &code.to_be_bytes());
                             this.unflushed = true;

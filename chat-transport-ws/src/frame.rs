@@ -60,6 +60,14 @@ pub(crate) fn parse(buf: &mut BytesMut, max: usize, so_far: usize) -> Parsed {
         },
         n => (0, u64::from(n)),
     };
+    // RFC 6455 §5.2: "the minimal number of bytes MUST be used to encode the length", and a
+    // 64-bit length has its most significant bit 0.
+    if (extended == 2 && len < 126) || (extended == 8 && len <= 0xffff) {
+        return Parsed::Invalid(CLOSE_PROTOCOL_ERROR, "a length not in its shortest encoding");
+    }
+    if len >> 63 != 0 {
+        return Parsed::Invalid(CLOSE_PROTOCOL_ERROR, "a 64-bit length with its most significant bit set");
+    }
     match opcode {
         CLOSE | PING | PONG if !fin || len > 125 => {
             return Parsed::Invalid(CLOSE_PROTOCOL_ERROR, "control frames are whole and at most 125 bytes")
@@ -84,10 +92,17 @@ pub(crate) fn parse(buf: &mut BytesMut, max: usize, so_far: usize) -> Parsed {
     Parsed::Frame { fin, opcode, payload }
 }
 
-/// The code to answer a peer's close with: its own when a peer may send it (RFC 6455 §7.4),
-/// else 1002.
-pub(crate) fn valid_close_code(code: u16) -> u16 {
+/// The code to answer a peer's close frame with (RFC 6455 §5.5.1, §7.4): 1000 for an empty
+/// one, the peer's own code when a peer may send it, 1002 for a code it may not send or a
+/// one-byte payload, 1007 for a reason that is not UTF-8.
+pub(crate) fn close_reply(payload: &[u8]) -> u16 {
+    let code = match payload {
+        [] => return CLOSE_NORMAL,
+        [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+        [_] => return CLOSE_PROTOCOL_ERROR,
+    };
     match code {
+        1000..=1003 | 1007..=1011 | 3000..=4999 if std::str::from_utf8(&payload[2..]).is_err() => CLOSE_INVALID_DATA,
         1000..=1003 | 1007..=1011 | 3000..=4999 => code,
         _ => CLOSE_PROTOCOL_ERROR,
     }
@@ -116,6 +131,27 @@ pub(crate) fn header(opcode: u8, len: usize) -> ([u8; 10], usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_are_minimal_and_63_bits() {
+        let parsed = |bytes: &[u8]| parse(&mut BytesMut::from(bytes), 1 << 20, 0);
+        let invalid = |p: Parsed| matches!(p, Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _));
+        assert!(invalid(parsed(&[0x81, 0x80 | 126, 0, 125])), "16 bits for 125");
+        assert!(matches!(parsed(&[0x81, 0x80 | 126, 0, 126]), Parsed::Incomplete), "16 bits for 126");
+        assert!(invalid(parsed(&[0x81, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0xff, 0xff])), "64 bits for 65,535");
+        assert!(matches!(parsed(&[0x81, 0x80 | 127, 0, 0, 0, 0, 0, 1, 0, 0]), Parsed::Incomplete), "64 for 65,536");
+        assert!(invalid(parsed(&[0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 0])), "top bit: 1002, not 1009");
+    }
+
+    #[test]
+    fn close_replies() {
+        assert_eq!(close_reply(b""), CLOSE_NORMAL);
+        assert_eq!(close_reply(&[3]), CLOSE_PROTOCOL_ERROR);
+        assert_eq!(close_reply(&[0x03, 0xe8]), 1000);
+        assert_eq!(close_reply(&[0x0b, 0xb8, b'o', b'k']), 3000);
+        assert_eq!(close_reply(&[0x03, 0xed]), CLOSE_PROTOCOL_ERROR, "1005 is not for the wire");
+        assert_eq!(close_reply(&[0x03, 0xe8, 0xff, 0xfe]), CLOSE_INVALID_DATA, "a reason that is not UTF-8");
+    }
 
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x12u8, 0x34, 0x56, 0x78];
@@ -178,10 +214,11 @@ mod tests {
 
     #[test]
     fn close_codes_a_peer_may_not_send_are_answered_with_1002() {
-        assert_eq!(valid_close_code(1000), 1000);
-        assert_eq!(valid_close_code(4001), 4001);
+        let code = |c: u16| close_reply(&c.to_be_bytes());
+        assert_eq!(code(1000), 1000);
+        assert_eq!(code(4001), 4001);
         for reserved in [999, 1004, 1005, 1006, 1015, 2000, 5000] {
-            assert_eq!(valid_close_code(reserved), CLOSE_PROTOCOL_ERROR, "{reserved}");
+            assert_eq!(code(reserved), CLOSE_PROTOCOL_ERROR, "{reserved}");
         }
     }
 

@@ -65,7 +65,7 @@ pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request)
     if request.method() != Method::GET {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade is a GET request");
     }
-    if request.version() > Version::HTTP_11 {
+    if request.version() != Version::HTTP_11 {
         return refuse(StatusCode::HTTP_VERSION_NOT_SUPPORTED, "WebSocket upgrades are served over HTTP/1.1");
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
@@ -82,6 +82,9 @@ pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request)
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing");
     };
+    if !is_websocket_key(key.as_bytes()) {
+        return refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` must be 16 bytes in base64");
+    }
     let Ok(accept) = HeaderValue::try_from(derive_accept_key(key.as_bytes())) else {
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, "accept key");
     };
@@ -129,6 +132,18 @@ fn refuse(status: StatusCode, why: &'static str) -> Response {
     (status, why).into_response()
 }
 
+/// Whether `key` is 16 bytes in base64 (RFC 6455 §4.1): 22 characters of the alphabet, the
+/// last of which carries only 2 bits, then `==`. Checked by hand: a base64 crate for 24 bytes
+/// would be more code to read than this.
+fn is_websocket_key(key: &[u8]) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let value = |c: &u8| ALPHABET.iter().position(|a| a == c);
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|c| value(c).is_some())
+        && value(&key[21]).is_some_and(|v| v & 0x0f == 0)
+}
+
 /// Whether any `name` header lists `token` (comma-separated, ASCII case-insensitive).
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
@@ -164,6 +179,16 @@ mod tests {
         assert!(offers_subprotocol(&headers(&[("sec-websocket-protocol", "other , chat.v1")])));
         assert!(!offers_subprotocol(&headers(&[("sec-websocket-protocol", "chat.v10")])));
         assert!(!offers_subprotocol(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn websocket_keys() {
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "the RFC's sample");
+        assert!(!is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ"), "no padding");
+        assert!(!is_websocket_key(b"dGhlIHNhbXBsZSBub25jZR=="), "bits past the 16 bytes");
+        assert!(!is_websocket_key(b"dGhlIHNhbXBsZSBub25j*Q=="), "not base64");
+        assert!(!is_websocket_key(b"c2hvcnQ="), "5 bytes");
+        assert!(!is_websocket_key(b""));
     }
 
     #[test]

@@ -180,3 +180,66 @@ async fn room_errors_are_not_fatal() {
     assert!(within(alice.next_event()).await.is_none(), "closed after bye");
     engine.shutdown().await;
 }
+
+/// What a careful reading of RFC 6455 found (issue 11), each answered as the RFC says.
+#[tokio::test]
+async fn rfc_6455_departures_found_by_reading() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let upgrade = |version: &str, key: &str| {
+        format!(
+            "GET /ws {version}\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let (_tcp, head) = request_head(addr, &upgrade("HTTP/1.0", "dGhlIHNhbXBsZSBub25jZQ==")).await;
+    assert!(head.contains(" 505 "), "an HTTP/1.0 upgrade: {head}");
+    let (_tcp, head) = request_head(addr, &upgrade("HTTP/1.1", "c2hvcnQ=")).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "a key that is not 16 bytes: {head}");
+
+    // A 64-bit length with its top bit set is a protocol error (1002), not a message too big.
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
+    let frame = [0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1, 0x37, 0xfa, 0x21, 0x3d];
+    within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &frame)).await.expect("write");
+    assert_eq!(close_code_after(&mut tcp).await, 1002);
+
+    // A length not in its shortest form likewise.
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
+    let frame = [0x81, 0x80 | 126, 0, 5, 0x37, 0xfa, 0x21, 0x3d, 1, 2, 3, 4, 5];
+    within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &frame)).await.expect("write");
+    assert_eq!(close_code_after(&mut tcp).await, 1002);
+
+    // A close whose reason is not UTF-8 is answered 1007.
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
+    let close = masked_frame(0x8, &[0x03, 0xe8, 0xff, 0xfe]);
+    within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &close)).await.expect("write");
+    assert_eq!(close_code_after(&mut tcp).await, 1007);
+    engine.shutdown().await;
+}
+
+/// The code of the server's close frame, skipping the frames before it.
+async fn close_code_after(tcp: &mut tokio::net::TcpStream) -> u16 {
+    loop {
+        let (opcode, payload) = read_frame(tcp).await.expect("a close frame before the end");
+        if opcode == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// Nothing follows the server's close frame (RFC 6455 §5.5.1): a ping that arrives after it
+/// gets no pong.
+#[tokio::test]
+async fn no_pong_after_our_close() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
+    assert_eq!(engine.kick("alice"), 1);
+    close_code_after(&mut tcp).await;
+    let ping_then_close = [masked_frame(0x9, b"late"), masked_frame(0x8, &[0x03, 0xe8])].concat();
+    within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &ping_then_close)).await.expect("write");
+    while let Some((opcode, payload)) = read_frame(&mut tcp).await {
+        assert_ne!(opcode, 0xA, "a pong after the close frame: {payload:?}");
+    }
+    engine.shutdown().await;
+}

@@ -130,12 +130,18 @@ pub async fn next_of_type(client: &mut chat_core::client::Client, ty: &str) -> V
 /// A WebSocket handshake written by hand on a raw TCP socket (`extra` holds more header lines,
 /// each ending in `\r\n`). Returns the socket and the response head.
 pub async fn handshake(addr: SocketAddr, extra: &str) -> (TcpStream, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = within(TcpStream::connect(addr)).await.expect("connect");
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
+    request_head(addr, &request).await
+}
+
+/// Writes `request` (a whole HTTP request head) on a new raw TCP socket; returns the socket and
+/// the response head.
+pub async fn request_head(addr: SocketAddr, request: &str) -> (TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within(TcpStream::connect(addr)).await.expect("connect");
     within(tcp.write_all(request.as_bytes())).await.expect("write");
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
