@@ -188,22 +188,22 @@ impl Shared {
 
     /// Adds one held session to presence; true when it is the user's first in the room.
     pub(crate) async fn presence_add(&self, held: &Held) -> Result<bool, BrokerError> {
-        let room = held.room.as_str();
-        let mut inv = SCRIPTS.presence_add.prepare_invoke();
-        inv.key(self.keys.sessions(room)).key(self.keys.users(room)).key(self.keys.node(&self.instance));
-        inv.arg(&held.session).arg(&held.user).arg(registry_field(room, &held.session));
-        let first: i64 = self.eval("presence_add", &inv).await?;
-        Ok(first == 1)
+        self.presence_script("presence_add", &SCRIPTS.presence_add, held).await
     }
 
     /// Removes one session from presence; true when it was the user's last in the room.
     pub(crate) async fn presence_remove(&self, held: &Held) -> Result<bool, BrokerError> {
+        self.presence_script("presence_remove", &SCRIPTS.presence_remove, held).await
+    }
+
+    /// Runs one of the two presence scripts (same keys and arguments) for `held`.
+    async fn presence_script(&self, what: &str, script: &Script, held: &Held) -> Result<bool, BrokerError> {
         let room = held.room.as_str();
-        let mut inv = SCRIPTS.presence_remove.prepare_invoke();
+        let mut inv = script.prepare_invoke();
         inv.key(self.keys.sessions(room)).key(self.keys.users(room)).key(self.keys.node(&self.instance));
         inv.arg(&held.session).arg(&held.user).arg(registry_field(room, &held.session));
-        let last: i64 = self.eval("presence_remove", &inv).await?;
-        Ok(last == 1)
+        let answer: i64 = self.eval(what, &inv).await?;
+        Ok(answer == 1)
     }
 
     /// Retries the removals Redis has not confirmed; announces `member_left` for users whose
