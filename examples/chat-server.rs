@@ -35,7 +35,9 @@ struct Args {
     /// WebSocket listener: chat/1 at /ws, the browser page at /. Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7071")]
     ws: String,
-    /// `memory` (this process only) or `redis://HOST:PORT` (many nodes share rooms).
+    /// `memory` (this process only), or Redis, which many nodes share rooms through: one server,
+    /// `redis://HOST:PORT`, or a primary managed by Sentinel,
+    /// `redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE` (the hosts are the sentinels).
     #[arg(long, default_value = "memory")]
     broker: String,
     /// This node's id (`welcome.node`). Default: a random one.
@@ -69,6 +71,10 @@ struct Args {
     /// With the Redis broker: how long the sessions of a dead node stay in presence.
     #[arg(long)]
     presence_ttl_ms: Option<u64>,
+    /// With the Redis broker: the longest one Redis call may take before it fails with
+    /// `unavailable` (default 2000).
+    #[arg(long)]
+    redis_op_timeout_ms: Option<u64>,
     /// Require HS256 tokens signed with this secret (`hello.token`) instead of trusting
     /// `hello.user`.
     #[arg(long)]
@@ -171,14 +177,21 @@ async fn main() -> anyhow::Result<()> {
     };
     builder = if args.broker == "memory" {
         builder.broker(MemoryBroker::new())
-    } else if args.broker.starts_with("redis://") {
+    } else {
         let mut redis = RedisBroker::builder(&args.broker);
         if let Some(ms) = args.presence_ttl_ms {
             redis = redis.presence_ttl(Duration::from_millis(ms));
         }
-        builder.broker(redis.build()?)
-    } else {
-        anyhow::bail!("--broker must be `memory` or `redis://HOST:PORT`, not {:?}", args.broker);
+        if let Some(ms) = args.redis_op_timeout_ms {
+            redis = redis.op_timeout(Duration::from_millis(ms));
+        }
+        let redis = redis.build().with_context(|| {
+            format!(
+                "--broker must be `memory`, `redis://HOST:PORT` or `redis+sentinel://HOST:PORT,…/SERVICE`, not {:?}",
+                args.broker
+            )
+        })?;
+        builder.broker(redis)
     };
     let engine = builder.build().await.context("starting the engine")?;
 

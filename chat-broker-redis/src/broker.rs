@@ -10,6 +10,7 @@ use chat_core::{Broker, BrokerError, BrokerNode};
 
 use crate::error::RedisBrokerError;
 use crate::node::RedisNode;
+use crate::primary::Locator;
 
 /// Everything a host may tune; see [`RedisBrokerBuilder`] for each one's meaning and default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,17 +50,31 @@ impl Settings {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisBroker {
-    client: redis::Client,
+    locator: Arc<Locator>,
     settings: Arc<Settings>,
 }
 
 impl RedisBroker {
-    /// A broker on the Redis at `url` (`redis://host:port/db`), with default settings.
+    /// A broker on the Redis at `url`, with default settings. `url` is either one server,
+    /// `redis://[[user]:password@]host:port/db`, or a primary managed by Redis Sentinel,
+    /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]`: the hosts are
+    /// sentinels (give all of them, or at least a majority), `service` is the name they monitor
+    /// the primary under, and the credentials and database are the primary's (sentinels
+    /// without a password). Each node asks the sentinels where the primary is whenever its
+    /// connection drops, so it follows a failover.
+    ///
+    /// ```
+    /// use chat_broker_redis::RedisBroker;
+    ///
+    /// assert!(RedisBroker::new("redis://127.0.0.1:6379/0").is_ok());
+    /// assert!(RedisBroker::new("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/chat").is_ok());
+    /// assert!(RedisBroker::new("redis+sentinel://10.0.0.1:26379").is_err(), "the service name is missing");
+    /// ```
     pub fn new(url: &str) -> Result<Self, RedisBrokerError> {
         Self::builder(url).build()
     }
 
-    /// Starts building a broker on the Redis at `url`.
+    /// Starts building a broker on the Redis at `url` (see [`new`](Self::new) for its forms).
     pub fn builder(url: impl Into<String>) -> RedisBrokerBuilder {
         RedisBrokerBuilder {
             url: url.into(),
@@ -77,7 +92,7 @@ impl RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<Arc<dyn BrokerNode>, BrokerError> {
-        let node = RedisNode::attach(self.client.clone(), self.settings.clone(), node, sink).await?;
+        let node = RedisNode::attach(self.locator.clone(), self.settings.clone(), node, sink).await?;
         Ok(Arc::new(node))
     }
 }
@@ -138,8 +153,8 @@ impl RedisBrokerBuilder {
                 "op_timeout, reconnect_max_delay and default_history_ttl must be > 0",
             ));
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(RedisBrokerError::InvalidUrl)?;
-        Ok(RedisBroker { client, settings: Arc::new(self.settings) })
+        let locator = Locator::parse(&self.url)?;
+        Ok(RedisBroker { locator: Arc::new(locator), settings: Arc::new(self.settings) })
     }
 }
 

@@ -7,7 +7,8 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 /// What can go wrong building a [`RedisBroker`](crate::RedisBroker).
 #[derive(Debug, thiserror::Error)]
 pub enum RedisBrokerError {
-    /// The URL is not a Redis URL (`redis://host:port/db`).
+    /// The URL is not a Redis URL (`redis://host:port/db`) or a list of sentinels redis-rs
+    /// accepts.
     #[error("invalid Redis URL: {0}")]
     InvalidUrl(#[source] RedisError),
     /// A setting is out of range.

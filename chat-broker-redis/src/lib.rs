@@ -57,12 +57,24 @@
 //! pub/sub left. fred would have served as well; redis-rs was chosen for its smaller
 //! dependency tree and because owning the reconnect loop removes fred's main advantage.
 //!
+//! # High availability
+//!
+//! With a `redis+sentinel://` URL (see [`RedisBroker::new`]) a node asks the sentinels where the
+//! primary is when it attaches and again whenever its pub/sub connection comes back, and moves
+//! its command connection there; a command that meets a read-only server (a primary demoted
+//! to replica) makes it ask at once. Replication is asynchronous, so a failover can lose
+//! messages Redis acknowledged. It cannot lose them silently: each node passes the newest
+//! message it delivered *or stored* in a room to every room script, and the new primary, finding
+//! its history older, starts a new epoch (members get `reset`, returning clients
+//! `recovered: false`). What is left is the case where the primary and every node that knew of
+//! the lost messages die together.
+//!
 //! # Limits
 //!
 //! A publish that times out is reported `Unavailable` although Redis may have run it (the
 //! reply was lost, not the request): clients that must not duplicate send with a `key`.
 //! Redis Cluster is not supported (the sweep script builds key names itself); a single
-//! primary, with replicas or Sentinel in front, is.
+//! primary, alone or with replicas under Sentinel, is.
 
 #![warn(missing_docs)]
 
@@ -71,6 +83,7 @@ mod error;
 mod keys;
 mod node;
 mod presence;
+mod primary;
 mod reply;
 mod scripts;
 mod subscriber;

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Settings;
 use crate::error::{bad_reply, from_redis, timed_out};
 use crate::keys::{registry_field, Keys};
+use crate::primary::{same_server, Locator};
 use crate::reply;
 use crate::scripts::SCRIPTS;
 use crate::{presence, subscriber, wire};
@@ -44,9 +45,36 @@ pub(crate) struct Track {
     /// That message's id, when known (lua/publish.lua): Redis compares it with what it holds
     /// at `last`, so a history that diverged there starts a new epoch.
     pub(crate) last_id: Option<u64>,
+    /// The newest message this node stored in `epoch` (seq, id) while it had not delivered it
+    /// yet. Redis acknowledged it, so if Redis comes back without it (a failover to a replica
+    /// that missed it) the room must start a new epoch even though no delivery showed it here.
+    pub(crate) stored: Option<(u64, u64)>,
     /// The epoch this room moved on from here: a delivery of it that was still queued when the
     /// room reset is late, not a change of epoch back to it (epochs are never reused).
     pub(crate) retired: Option<Epoch>,
+}
+
+impl Track {
+    /// A tracked room with nothing known yet.
+    pub(crate) fn new(room: RoomName) -> Track {
+        Track { room, epoch: None, last: 0, last_id: None, stored: None, retired: None }
+    }
+
+    /// The room starts over (or anew) at `seq` of `epoch`, with that message's id if known.
+    pub(crate) fn start(&mut self, epoch: Epoch, seq: u64, id: Option<u64>) {
+        self.epoch = Some(epoch);
+        (self.last, self.last_id, self.stored) = (seq, id, None);
+    }
+
+    /// What this node knows the room's history holds: its epoch, and the newest seq it
+    /// delivered or stored there, with that message's id if known.
+    pub(crate) fn known(&self) -> Option<(Epoch, u64, Option<u64>)> {
+        let epoch = self.epoch.clone()?;
+        Some(match self.stored {
+            Some((seq, id)) if seq > self.last => (epoch, seq, Some(id)),
+            _ => (epoch, self.last, self.last_id),
+        })
+    }
 }
 
 /// A session this node holds in presence, kept so it can be registered again when Redis lost
@@ -62,8 +90,13 @@ pub(crate) struct Held {
 pub(crate) struct Shared {
     pub(crate) keys: Keys,
     pub(crate) settings: Arc<Settings>,
-    pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
+    /// How to find the primary (asked again on every pub/sub reconnect).
+    pub(crate) locator: Arc<Locator>,
+    /// The primary as last located, and the command connection to it.
+    pub(crate) primary: Mutex<Primary>,
+    /// Wakes the pub/sub task to reconnect (and locate the primary again): a command met a
+    /// server that is no longer the primary.
+    pub(crate) relocate: tokio::sync::Notify,
     /// This incarnation of the node in Redis: the engine's node id and a random suffix, so a
     /// restarted node never inherits the presence of the one that died.
     pub(crate) instance: String,
@@ -80,6 +113,30 @@ pub(crate) struct Shared {
     pub(crate) unremoved: Mutex<HashMap<String, Held>>,
     /// Expiry (ms) given to an epoch created outside `publish`: the last `history_ttl` seen.
     pub(crate) epoch_ttl_ms: AtomicU64,
+}
+
+/// The primary a node talks to: its client (for new pub/sub connections) and the multiplexed
+/// command connection to it.
+pub(crate) struct Primary {
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+}
+
+impl Primary {
+    /// Connects the command connection (which reconnects by itself, to this same server).
+    async fn connect(client: redis::Client, settings: &Settings) -> Result<Primary, BrokerError> {
+        let op = settings.op_timeout;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op))
+            .set_response_timeout(Some(op))
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(settings.reconnect_max_delay)
+            .set_number_of_retries(4);
+        match timeout(op, client.get_connection_manager_with_config(config)).await {
+            Ok(conn) => Ok(Primary { conn: conn.map_err(from_redis)?, client }),
+            Err(_) => Err(timed_out("connect")),
+        }
+    }
 }
 
 /// A duration in whole milliseconds, at least 1 (Redis refuses a zero expiry).
@@ -103,17 +160,51 @@ pub(crate) fn random() -> u64 {
 }
 
 impl Shared {
+    /// The command connection to the primary.
+    fn conn(&self) -> ConnectionManager {
+        lock(&self.primary).conn.clone()
+    }
+
+    /// The primary as of now: asks the locator, and when the primary moved (a failover),
+    /// connects the command connection to the new one. Returns its client.
+    pub(crate) async fn follow_primary(&self) -> Result<redis::Client, BrokerError> {
+        let client = self.locator.primary(self.settings.op_timeout).await?;
+        if same_server(&client, &lock(&self.primary).client) {
+            return Ok(client);
+        }
+        let primary = Primary::connect(client.clone(), &self.settings).await?;
+        tracing::warn!(node = %self.instance, primary = ?client.get_connection_info().addr(), "following the new redis primary");
+        *lock(&self.primary) = primary;
+        Ok(client)
+    }
+
+    /// Runs a command within the op timeout. A server that says it is read-only was the
+    /// primary and is now a replica: the pub/sub task is woken to locate the new one.
+    async fn query<T: FromRedisValue>(
+        &self,
+        what: &str,
+        run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, BrokerError> {
+        let mut conn = self.conn();
+        match timeout(self.settings.op_timeout, run(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+                    self.relocate.notify_one();
+                }
+                Err(from_redis(e))
+            }
+            Err(_) => Err(timed_out(what)),
+        }
+    }
+
     /// Runs a script within the op timeout.
     pub(crate) async fn eval<T: FromRedisValue>(
         &self,
         what: &str,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, BrokerError> {
-        let mut conn = self.conn.clone();
-        match timeout(self.settings.op_timeout, inv.invoke_async(&mut conn)).await {
-            Ok(result) => result.map_err(from_redis),
-            Err(_) => Err(timed_out(what)),
-        }
+        self.query(what, async |conn| inv.invoke_async(conn).await).await
     }
 
     /// A room script's invocation with the epoch prologue's keys and arguments: among them
@@ -124,7 +215,7 @@ impl Shared {
         let mut inv = script.prepare_invoke();
         inv.key(self.keys.epoch(room)).key(self.keys.seq(room)).key(self.keys.stream(room));
         inv.arg(new_epoch()).arg(self.epoch_ttl_ms.load(Ordering::Relaxed));
-        match lock(&self.subs).get(room).and_then(|t| Some((t.epoch.clone()?, t.last, t.last_id))) {
+        match lock(&self.subs).get(room).and_then(Track::known) {
             Some((epoch, last, id)) => inv.arg(&*epoch).arg(last).arg(id.map_or_else(String::new, |id| id.to_string())),
             None => inv.arg("").arg(0).arg(""),
         };
@@ -229,12 +320,8 @@ impl Shared {
 
     /// Publishes a transient payload on the room's channel.
     pub(crate) async fn publish_raw(&self, room: &str, payload: Vec<u8>) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("PUBLISH").arg(self.keys.channel(room)).arg(payload).to_owned();
-        match timeout(self.settings.op_timeout, cmd.query_async::<Value>(&mut conn)).await {
-            Ok(result) => result.map(drop).map_err(from_redis),
-            Err(_) => Err(timed_out("publish")),
-        }
+        self.query("publish", async |conn| cmd.query_async::<Value>(conn).await).await.map(drop)
     }
 
     /// Removes a node's sessions from presence now (or every dead node's, with `None`); the
@@ -256,30 +343,23 @@ pub(crate) struct RedisNode {
 impl RedisNode {
     /// Connects both connections, registers the node and starts its tasks.
     pub(crate) async fn attach(
-        client: redis::Client,
+        locator: Arc<Locator>,
         settings: Arc<Settings>,
         node: &str,
         sink: Arc<dyn DeliverySink>,
     ) -> Result<RedisNode, BrokerError> {
         let op = settings.op_timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(op))
-            .set_response_timeout(Some(op))
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(settings.reconnect_max_delay)
-            .set_number_of_retries(4);
-        let conn = match timeout(op, client.get_connection_manager_with_config(config)).await {
-            Ok(conn) => conn.map_err(from_redis)?,
-            Err(_) => return Err(timed_out("connect")),
-        };
+        let client = locator.primary(op).await?;
+        let primary = Primary::connect(client.clone(), &settings).await?;
         let (pubsub, stream) = subscriber::connect(&client, op).await?;
         let shared = Arc::new(Shared {
             keys: Keys::new(&settings.key_prefix),
             epoch_ttl_ms: AtomicU64::new(millis(settings.default_history_ttl)),
             instance: format!("{node}-{:x}", random()),
             settings,
-            client,
-            conn,
+            locator,
+            primary: Mutex::new(primary),
+            relocate: tokio::sync::Notify::new(),
             sink,
             subs: Mutex::new(HashMap::new()),
             pubsub: Mutex::new(Some(pubsub)),
@@ -320,6 +400,14 @@ impl BrokerNode for RedisNode {
         };
         let epoch = reply::string(epoch).ok_or_else(|| bad_reply("publish"))?;
         let seq = reply::uint(&seq).ok_or_else(|| bad_reply("publish"))?;
+        if let Some(id) = items.next().as_ref().and_then(reply::uint) {
+            if let Some(track) = lock(&s.subs).get_mut(room.as_str()) {
+                let newer = track.stored.is_none_or(|(stored, _)| seq > stored);
+                if track.epoch.as_deref() == Some(epoch.as_str()) && seq > track.last && newer {
+                    track.stored = Some((seq, id));
+                }
+            }
+        }
         Ok(Published { epoch: Epoch::from(epoch), seq, duplicate: reply::uint(&dup) == Some(1) })
     }
 
@@ -334,13 +422,7 @@ impl BrokerNode for RedisNode {
 
     async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {
         let s = &self.shared;
-        lock(&s.subs).entry(room.to_string()).or_insert_with(|| Track {
-            room: room.clone(),
-            epoch: None,
-            last: 0,
-            last_id: None,
-            retired: None,
-        });
+        lock(&s.subs).entry(room.to_string()).or_insert_with(|| Track::new(room.clone()));
         let result = async {
             let sink = lock(&s.pubsub).clone();
             let mut sink = sink.ok_or_else(|| BrokerError::Unavailable("redis pub/sub is reconnecting".into()))?;
@@ -359,8 +441,7 @@ impl BrokerNode for RedisNode {
                     if track.epoch.as_ref() == Some(&position.epoch) && track.last >= position.seq {
                         // Delivered meanwhile: `last` and its id stand.
                     } else {
-                        track.epoch = Some(position.epoch.clone());
-                        (track.last, track.last_id) = (position.seq, None);
+                        track.start(position.epoch.clone(), position.seq, None);
                     }
                 }
                 Ok(position)
@@ -423,12 +504,8 @@ impl BrokerNode for RedisNode {
 
     async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
         let s = &self.shared;
-        let mut conn = s.conn.clone();
         let cmd = redis::cmd("HGETALL").arg(s.keys.users(room)).to_owned();
-        let value = match timeout(s.settings.op_timeout, cmd.query_async::<Value>(&mut conn)).await {
-            Ok(result) => result.map_err(from_redis)?,
-            Err(_) => return Err(timed_out("presence")),
-        };
+        let value = s.query("presence", async |conn| cmd.query_async::<Value>(conn).await).await?;
         let items = match value {
             Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
             other => reply::array(other).ok_or_else(|| bad_reply("presence"))?,
@@ -455,5 +532,24 @@ impl BrokerNode for RedisNode {
             tracing::warn!(node = %s.instance, error = %e, "detach: could not clear presence; it will expire");
         }
         lock(&s.held).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_node_knows_includes_what_it_stored_but_has_not_delivered_yet() {
+        let mut track = Track::new(RoomName::new("r").unwrap());
+        assert_eq!(track.known(), None, "nothing before the position is read");
+        track.start(Epoch::from("e1"), 5, Some(50));
+        assert_eq!(track.known(), Some((Epoch::from("e1"), 5, Some(50))));
+        track.stored = Some((7, 70)); // acknowledged, its delivery still on the way
+        assert_eq!(track.known(), Some((Epoch::from("e1"), 7, Some(70))));
+        (track.last, track.last_id) = (8, Some(80)); // delivered past it
+        assert_eq!(track.known(), Some((Epoch::from("e1"), 8, Some(80))));
+        track.start(Epoch::from("e2"), 0, None);
+        assert_eq!((track.known(), track.stored), (Some((Epoch::from("e2"), 0, None)), None), "a new epoch forgets");
     }
 }

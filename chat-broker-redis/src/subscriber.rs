@@ -77,6 +77,10 @@ async fn pump(shared: &Shared, stream: &mut PubSubStream, stop: &CancellationTok
                 Some(msg) => on_message(shared, msg.get_channel_name(), msg.get_payload_bytes()),
                 None => return false,
             },
+            _ = shared.relocate.notified() => {
+                tracing::warn!(node = %shared.instance, "redis says it is no longer the primary");
+                return false;
+            }
             _ = ping.tick() => {
                 let Some(mut sink) = lock(&shared.pubsub).clone() else { return false };
                 if !matches!(timeout(shared.settings.op_timeout, sink.ping::<Value>()).await, Ok(Ok(_))) {
@@ -87,9 +91,11 @@ async fn pump(shared: &Shared, stream: &mut PubSubStream, stop: &CancellationTok
     }
 }
 
-/// A new connection, subscribed to every tracked room, with every room caught up.
+/// A new connection to the primary (located again: it may have moved), subscribed to every
+/// tracked room, with every room caught up.
 async fn reconnect(shared: &Shared) -> Result<PubSubStream, BrokerError> {
-    let (mut sink, stream) = connect(&shared.client, shared.settings.op_timeout).await?;
+    let client = shared.follow_primary().await?;
+    let (mut sink, stream) = connect(&client, shared.settings.op_timeout).await?;
     let channels: Vec<String> = lock(&shared.subs).keys().map(|room| shared.keys.channel(room)).collect();
     if !channels.is_empty() {
         match timeout(shared.settings.op_timeout, sink.subscribe(&channels)).await {
@@ -195,8 +201,11 @@ fn accept_in(
             Epoch::from(epoch)
         }
     };
-    track.epoch = Some(epoch.clone());
-    (track.last, track.last_id) = (seq, id);
+    if track.epoch.as_ref() == Some(&epoch) {
+        (track.last, track.last_id) = (seq, id);
+    } else {
+        track.start(epoch.clone(), seq, id);
+    }
     Some((track.room.clone(), epoch))
 }
 
@@ -205,8 +214,8 @@ fn reset(shared: &Shared, room: &str, epoch: Epoch) -> bool {
     let room_name = {
         let mut subs = lock(&shared.subs);
         let Some(track) = subs.get_mut(room) else { return false };
-        track.retired = track.epoch.replace(epoch.clone());
-        (track.last, track.last_id) = (0, None);
+        track.retired = track.epoch.take();
+        track.start(epoch.clone(), 0, None);
         track.room.clone()
     };
     shared.sink.deliver(&room_name, Delivery::Reset { epoch });
@@ -220,7 +229,8 @@ mod tests {
     #[test]
     fn duplicates_and_late_deliveries_of_a_retired_epoch_are_not_news() {
         let room = chat_core::RoomName::new("r").unwrap();
-        let track = Track { room, epoch: Some(Epoch::from("e1")), last: 5, last_id: None, retired: None };
+        let mut track = Track::new(room);
+        track.start(Epoch::from("e1"), 5, None);
         let mut subs = HashMap::from([("r".to_owned(), track)]);
         let news = |subs: &mut HashMap<String, Track>, epoch, seq| accept_in(subs, "r", epoch, seq, None).is_some();
         assert!(!news(&mut subs, "e1", 5), "already delivered");

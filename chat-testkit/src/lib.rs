@@ -30,49 +30,115 @@ fn is_executable(path: &std::path::Path) -> bool {
 
 /// A `redis-server` child process on a free loopback port; killed on drop. Without
 /// persistence ([`start`](Self::start)) it comes back empty when started again on the same
-/// port; with a data directory of its own ([`start_persistent`](Self::start_persistent)) it
-/// comes back from its last snapshot (`SAVE`), as a crashed Redis with RDB persistence does.
+/// port; with persistence ([`start_persistent`](Self::start_persistent)) it comes back from its last snapshot (`SAVE`), as a crashed Redis with RDB persistence does.
+/// The same process can be a replica ([`start_replica_of`](Self::start_replica_of)) or a
+/// Sentinel ([`start_sentinel`](Self::start_sentinel)), for high-availability tests.
 pub struct RedisServer {
     bin: PathBuf,
     port: u16,
     child: Option<Child>,
-    /// The data directory (removed on drop), when the server keeps snapshots.
-    dir: Option<PathBuf>,
+    /// The server's own directory (removed on drop): its snapshot, a replica's copy of its
+    /// primary's data, a sentinel's configuration file (Sentinel rewrites it). Never the test's
+    /// working directory, where a file left behind would be loaded by the next server.
+    dir: PathBuf,
+    /// Whether it starts again from its last snapshot ([`start_persistent`](Self::start_persistent)).
+    persistent: bool,
+    role: Role,
+}
+
+/// What a [`RedisServer`] process is.
+#[derive(Clone)]
+enum Role {
+    Primary,
+    /// A replica of the server on this port.
+    Replica(u16),
+    /// A sentinel monitoring the primary on this port under this name, with this quorum.
+    Sentinel {
+        primary: u16,
+        name: String,
+        quorum: u32,
+    },
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers `PING`. Panics, saying what to install, when
     /// `redis-server` is missing.
     pub fn start() -> RedisServer {
-        let bin = find_executable(&["redis-server"]).unwrap_or_else(|| {
+        Self::start_as(Self::executable(), Role::Primary, false)
+    }
+
+    /// The `redis-server` on `PATH`; panics, saying what to install, when it is missing.
+    fn executable() -> PathBuf {
+        find_executable(&["redis-server"]).unwrap_or_else(|| {
             panic!(
                 "redis-server not found on PATH: these tests need it; install it with `apt-get install redis-server`"
             )
-        });
-        let mut server = RedisServer { bin, port: free_port(), child: None, dir: None };
+        })
+    }
+
+    /// A replica of `primary` (`--replicaof`), without persistence. Its data is whatever it
+    /// received: after [`pause`](Self::pause) it misses writes, as a lagging replica does.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        Self::start_as(Self::executable(), Role::Replica(primary.port), false)
+    }
+
+    /// A Redis Sentinel (`redis-server CONFIG --sentinel`) monitoring `primary` under `name`,
+    /// agreeing on failure with `quorum` sentinels. It takes a primary for down after 500 ms
+    /// without an answer, so a failover takes a second or two. Its [`port`](Self::port) is the
+    /// one clients ask (`SENTINEL get-master-addr-by-name`).
+    pub fn start_sentinel(primary: &RedisServer, name: &str, quorum: u32) -> RedisServer {
+        Self::start_as(
+            Self::executable(),
+            Role::Sentinel { primary: primary.port, name: name.to_owned(), quorum },
+            false,
+        )
+    }
+
+    /// Starts a server of `role` on a free port, in a fresh directory of its own.
+    fn start_as(bin: PathBuf, role: Role, persistent: bool) -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("chat-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a data directory for redis-server");
+        let mut server = RedisServer { bin, port, child: None, dir, persistent, role };
         server.spawn();
         server
     }
 
-    /// Like [`start`](Self::start), with a data directory of its own: `SAVE` writes a snapshot
-    /// there, and [`restart`](Self::restart) (after a SIGKILL) loads it, so the server comes
+    /// Like [`start`](Self::start), with persistence: `SAVE` writes a snapshot to its directory, and [`restart`](Self::restart) (after a SIGKILL) loads it, so the server comes
     /// back as it was at the last `SAVE`. No automatic snapshots, no append-only file.
     pub fn start_persistent() -> RedisServer {
-        let mut server = RedisServer::start();
-        server.kill();
-        let dir = std::env::temp_dir().join(format!("chat-redis-{}-{}", std::process::id(), server.port));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a data directory for redis-server");
-        server.dir = Some(dir);
-        server.spawn();
-        server
+        Self::start_as(Self::executable(), Role::Primary, true)
     }
 
     fn spawn(&mut self) {
-        let mut args = vec!["--bind".to_owned(), "127.0.0.1".into(), "--port".into(), self.port.to_string()];
-        args.extend(["--save", "", "--appendonly", "no"].map(String::from));
-        if let Some(dir) = &self.dir {
-            args.extend(["--dir".to_owned(), dir.display().to_string(), "--dbfilename".into(), "dump.rdb".into()]);
+        let mut args = Vec::new();
+        let dir = &self.dir;
+        if !self.persistent {
+            let _ = std::fs::remove_file(dir.join("dump.rdb")); // it comes back empty
+        }
+        if let Role::Sentinel { primary, name, quorum } = &self.role {
+            // Sentinel insists on a configuration file it can rewrite. Written afresh only the
+            // first time: a restarted sentinel comes back with what it had learned.
+            let conf = dir.join("sentinel.conf");
+            if !conf.exists() {
+                let text = format!(
+                    "sentinel monitor {name} 127.0.0.1 {primary} {quorum}\n\
+                     sentinel down-after-milliseconds {name} 500\n\
+                     sentinel failover-timeout {name} 2000\n\
+                     sentinel parallel-syncs {name} 1\n"
+                );
+                std::fs::write(&conf, text).expect("write sentinel.conf");
+            }
+            args.extend([conf.display().to_string(), "--sentinel".into()]);
+        }
+        args.extend(["--bind".to_owned(), "127.0.0.1".into(), "--port".into(), self.port.to_string()]);
+        if !matches!(self.role, Role::Sentinel { .. }) {
+            args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        }
+        args.extend(["--dir".to_owned(), dir.display().to_string()]);
+        if let Role::Replica(primary) = self.role {
+            args.extend(["--replicaof".to_owned(), "127.0.0.1".into(), primary.to_string()]);
         }
         let child = Command::new(&self.bin)
             .args(&args)
@@ -142,9 +208,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -4,7 +4,7 @@
 -- window (ms); ARGV[2] (the new epoch's expiry) is the history's age limit.
 -- Each message gets an id, Redis's clock in microseconds when it was stored ('i', also in the
 -- delivery): two messages stored under one seq, before and after Redis came back older, differ.
--- Returns {epoch, seq, duplicate 0|1}.
+-- Returns {epoch, seq, duplicate 0|1, id (not for a duplicate)}.
 if KEYS[4] then
   local prev = redis.call('GET', KEYS[4])
   if prev then
@@ -29,4 +29,4 @@ if KEYS[4] then
 end
 redis.call('PUBLISH', ARGV[6],
   'S' .. seqs .. ' ' .. ARGV[8] .. ' ' .. #epoch .. ' ' .. #ARGV[7] .. ' ' .. id .. '\n' .. epoch .. ARGV[7] .. ARGV[9])
-return {epoch, seq, 0}
+return {epoch, seq, 0, tonumber(id)}

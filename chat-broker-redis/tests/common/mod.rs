@@ -24,7 +24,12 @@ pub async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
 
 /// A broker on `redis` with short timings for tests (presence expires after 2 s).
 pub fn broker(redis: &RedisServer, prefix: &str) -> RedisBroker {
-    RedisBroker::builder(redis.url())
+    broker_at(&redis.url(), prefix)
+}
+
+/// A broker on the Redis at `url` (any form `RedisBroker::new` takes), with short timings.
+pub fn broker_at(url: &str, prefix: &str) -> RedisBroker {
+    RedisBroker::builder(url)
         .key_prefix(prefix)
         .presence_ttl(Duration::from_secs(2))
         .op_timeout(Duration::from_millis(500))
