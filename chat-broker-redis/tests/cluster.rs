@@ -1,135 +1,17 @@
-//! Several engines on one real Redis: one order for every member on every node, history with
-//! the memory broker's semantics, idempotency across nodes, seq and epoch across an engine
-//! restart, and catch-up after the pub/sub connection was cut.
+//! Several engines on one real Redis, end to end through clients: one order for every member on
+//! every node, idempotency across nodes, seq and epoch across an engine restart, and catch-up
+//! after the pub/sub connection was cut. The broker's own semantics (seq, history, epochs,
+//! presence) are the conformance suite's (tests/conformance.rs).
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use chat_core::broker::{Delivery, DeliverySink, HistoryPage, HistoryQuery, PresenceEntry, Publication, PublishOpts};
-use chat_core::{Broker, RoomName};
-use common::{broker, connect, engine, eventually, messages, seqs, RedisServer};
+use common::{connect, engine, messages, seqs, RedisServer};
 use futures::future::join_all;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-struct Sink(Mutex<Vec<Delivery>>);
-
-impl DeliverySink for Sink {
-    fn deliver(&self, _room: &RoomName, d: Delivery) {
-        self.0.lock().unwrap().push(d);
-    }
-}
-
-fn opts(key: Option<&str>, size: usize) -> PublishOpts {
-    PublishOpts {
-        key: key.map(str::to_owned),
-        idempotency_window: Duration::from_secs(300),
-        history_size: size,
-        history_ttl: Duration::from_secs(3600),
-        max_history_bytes: usize::MAX, // ignored by Redis
-    }
-}
-
-fn publication(n: u64) -> Publication {
-    Publication { from: Arc::from("u"), ts: n, body: Bytes::from(n.to_string()) }
-}
-
-#[tokio::test]
-async fn broker_node_matches_memory_semantics() {
-    let redis = RedisServer::start();
-    let sink = Arc::new(Sink(Mutex::new(Vec::new())));
-    let node = broker(&redis, "sem:").attach("a", sink.clone()).await.unwrap();
-    let room = RoomName::new("r").unwrap();
-    let start = node.subscribe(&room).await.unwrap();
-    assert_eq!(start.seq, 0);
-    for n in 1..=10 {
-        let p = node.publish(&room, publication(n), &opts(None, 5)).await.unwrap();
-        assert_eq!((p.seq, p.duplicate, &p.epoch), (n, false, &start.epoch));
-    }
-    let delivered = || sink.0.lock().unwrap().len();
-    eventually("10 deliveries", WAIT, || async { (delivered() == 10).then_some(()) }).await;
-    let got: Vec<u64> = sink
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| match d {
-            Delivery::Stored { message, epoch } if *epoch == start.epoch => message.seq,
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
-    assert_eq!(got, (1..=10).collect::<Vec<_>>());
-
-    let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
-    let q = |before, after, limit| HistoryQuery { before, after, limit };
-    assert_eq!(seqs(node.history(&room, q(None, None, 3)).await.unwrap()), vec![8, 9, 10]);
-    assert_eq!(seqs(node.history(&room, q(None, None, 50)).await.unwrap()), vec![6, 7, 8, 9, 10]);
-    assert_eq!(seqs(node.history(&room, q(Some(9), None, 2)).await.unwrap()), vec![7, 8]);
-    assert_eq!(seqs(node.history(&room, q(None, Some(6), 2)).await.unwrap()), vec![7, 8]);
-    assert_eq!(seqs(node.history(&room, q(Some(9), Some(6), 50)).await.unwrap()), vec![7, 8]);
-    assert_eq!(seqs(node.history(&room, q(Some(1), None, 50)).await.unwrap()), Vec::<u64>::new());
-    assert_eq!(seqs(node.history(&room, q(Some(0), None, 50)).await.unwrap()), Vec::<u64>::new());
-    assert_eq!(seqs(node.history(&room, q(None, Some(10), 50)).await.unwrap()), Vec::<u64>::new());
-    let page = node.history(&room, q(None, Some(8), 50)).await.unwrap();
-    assert_eq!((page.latest, &page.epoch), (10, &start.epoch));
-    let m = &page.messages[0];
-    assert_eq!((m.seq, &*m.from, m.ts, &m.body[..]), (9, "u", 9, &b"9"[..]));
-
-    let first = node.publish(&room, publication(11), &opts(Some("k"), 5)).await.unwrap();
-    let again = node.publish(&room, publication(12), &opts(Some("k"), 5)).await.unwrap();
-    assert_eq!((again.seq, again.duplicate), (first.seq, true));
-    eventually("11 deliveries", WAIT, || async { (delivered() == 11).then_some(()) }).await;
-
-    // Redis loses everything: a new epoch, seq from 1, and the old key is forgotten.
-    let mut conn = common::conn(&redis).await;
-    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
-    let after = node.publish(&room, publication(1), &opts(Some("k"), 5)).await.unwrap();
-    assert_eq!((after.seq, after.duplicate), (1, false));
-    assert_ne!(after.epoch, start.epoch);
-}
-
-#[tokio::test]
-async fn history_drops_messages_past_their_age() {
-    let redis = RedisServer::start();
-    let sink = Arc::new(Sink(Mutex::new(Vec::new())));
-    let node = broker(&redis, "age:").attach("a", sink).await.unwrap();
-    let room = RoomName::new("r").unwrap();
-    let short = PublishOpts { history_ttl: Duration::from_millis(100), ..opts(None, 10) };
-    let old = node.publish(&room, publication(1), &short).await.unwrap();
-    let new = node.publish(&room, publication(2), &opts(None, 10)).await.unwrap();
-    assert_eq!((old.seq, new.seq, &old.epoch), (1, 2, &new.epoch));
-    let q = HistoryQuery { before: None, after: Some(0), limit: 10 };
-    let page = eventually("the old message to age out", WAIT, || async {
-        let page = node.history(&room, q).await.unwrap();
-        (page.messages.len() == 1).then_some(page)
-    })
-    .await;
-    assert_eq!((page.messages[0].seq, page.latest, &page.epoch), (2, 2, &new.epoch));
-}
-
-#[tokio::test]
-async fn presence_counts_sessions_across_nodes() {
-    let redis = RedisServer::start();
-    let sink = Arc::new(Sink(Mutex::new(Vec::new())));
-    let a = broker(&redis, "pres:").attach("a", sink.clone()).await.unwrap();
-    let b = broker(&redis, "pres:").attach("b", sink.clone()).await.unwrap();
-    let room = RoomName::new("r").unwrap();
-    assert!(a.presence_add(&room, "s1", "alice").await.unwrap());
-    assert!(!b.presence_add(&room, "s2", "alice").await.unwrap());
-    assert!(b.presence_add(&room, "s3", "bob").await.unwrap());
-    let expected =
-        vec![PresenceEntry { user: "alice".into(), sessions: 2 }, PresenceEntry { user: "bob".into(), sessions: 1 }];
-    assert_eq!(a.presence(&room).await.unwrap(), expected);
-    assert!(!b.presence_remove(&room, "s2", "alice").await.unwrap());
-    assert!(!b.presence_remove(&room, "s2", "alice").await.unwrap(), "removing twice is not a leave");
-    assert!(a.presence_remove(&room, "s1", "alice").await.unwrap());
-    b.detach().await;
-    assert_eq!(a.presence(&room).await.unwrap(), vec![]);
-}
 
 /// `nodes` engines, two members on each, everyone sending at once: every member sees every
 /// message once, seqs 1..=total in order, and the same message under each seq.

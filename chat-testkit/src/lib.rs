@@ -4,6 +4,8 @@
 //! A tool that is missing makes the test fail with a message saying how to install it: no
 //! test skips.
 
+pub mod conformance;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -57,6 +57,7 @@ pub async fn connect(engine: &Engine, user: &str) -> (Client, JoinHandle<()>) {
     (client, task)
 }
 
+#[allow(unused_imports)] // each test binary uses a different subset
 pub use chat_testkit::eventually;
 
 /// The next event matching `pred`, skipping others; panics after `within`.

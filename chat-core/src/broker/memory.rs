@@ -804,33 +804,18 @@ mod tests {
     /// Long enough for the sweep task (every 10 ms here) to run many times on a loaded machine.
     const SWEEP_DEADLINE: Duration = Duration::from_secs(30);
 
+    /// The broker's semantics are the conformance suite's (tests/broker_conformance.rs); what
+    /// is the memory broker's own is here: a wipe frees everything and tells subscribers.
     #[tokio::test]
-    async fn seq_history_and_keys() {
+    async fn a_wipe_frees_everything_and_resets_subscribers() {
         let broker = MemoryBroker::new();
         let sink = Arc::new(Sink(Mutex::new(Vec::new())));
         let node = broker.attach("a", sink.clone()).await.unwrap();
         let room = RoomName::new("r").unwrap();
-        assert_eq!(node.subscribe(&room).await.unwrap().seq, 0);
-        for n in 1..=10 {
-            let p = node.publish(&room, publication(n), &opts(None, 5)).await.unwrap();
-            assert_eq!(p.seq, n);
-        }
-        assert_eq!(lock(&sink.0).len(), 10);
-        let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
-        let q = |before, after, limit| HistoryQuery { before, after, limit };
-        assert_eq!(seqs(node.history(&room, q(None, None, 3)).await.unwrap()), vec![8, 9, 10]);
-        assert_eq!(seqs(node.history(&room, q(None, None, 50)).await.unwrap()), vec![6, 7, 8, 9, 10]);
-        assert_eq!(seqs(node.history(&room, q(Some(9), None, 2)).await.unwrap()), vec![7, 8]);
-        assert_eq!(seqs(node.history(&room, q(None, Some(6), 2)).await.unwrap()), vec![7, 8]);
-        assert_eq!(seqs(node.history(&room, q(Some(9), Some(6), 50)).await.unwrap()), vec![7, 8]);
-        assert_eq!(seqs(node.history(&room, q(Some(1), None, 50)).await.unwrap()), Vec::<u64>::new());
-        let first = node.publish(&room, publication(11), &opts(Some("k"), 5)).await.unwrap();
-        let again = node.publish(&room, publication(12), &opts(Some("k"), 5)).await.unwrap();
-        assert_eq!((again.seq, again.duplicate), (first.seq, true));
-        assert_eq!(lock(&sink.0).len(), 11);
-        let old_epoch = first.epoch;
+        node.subscribe(&room).await.unwrap();
+        let first = node.publish(&room, publication(1), &opts(Some("k"), 5)).await.unwrap();
         broker.wipe();
-        assert!(matches!(lock(&sink.0).last(), Some(Delivery::Reset { epoch }) if *epoch != old_epoch));
+        assert!(matches!(lock(&sink.0).last(), Some(Delivery::Reset { epoch }) if *epoch != first.epoch));
         assert_eq!(broker.stats(), MemoryStats { rooms: 1, ..MemoryStats::default() }, "a wipe frees everything");
         assert_eq!(node.publish(&room, publication(1), &opts(Some("k"), 5)).await.unwrap().seq, 1);
     }
@@ -851,7 +836,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn presence_counts_sessions_and_dies_with_its_node() {
+    async fn presence_dies_with_a_dropped_node() {
         let broker = MemoryBroker::new();
         let sink = Arc::new(Sink(Mutex::new(Vec::new())));
         let a = broker.attach("a", sink.clone()).await.unwrap();
@@ -861,15 +846,7 @@ mod tests {
         assert!(a.presence_add(&room, "s1", "alice").await.unwrap());
         assert!(!b.presence_add(&room, "s2", "alice").await.unwrap());
         assert!(b.presence_add(&room, "s3", "bob").await.unwrap());
-        let p = a.presence(&room).await.unwrap();
-        assert_eq!(
-            p,
-            vec![
-                PresenceEntry { user: "alice".into(), sessions: 2 },
-                PresenceEntry { user: "bob".into(), sessions: 1 }
-            ]
-        );
-        drop(b);
+        drop(b); // no detach: as a node that died
         assert_eq!(a.presence(&room).await.unwrap(), vec![PresenceEntry { user: "alice".into(), sessions: 1 }]);
         assert!(matches!(lock(&sink.0).last(), Some(Delivery::Transient(Transient::MemberLeft(u))) if &**u == "bob"));
         assert!(a.presence_remove(&room, "s1", "alice").await.unwrap());
