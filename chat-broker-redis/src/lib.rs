@@ -17,7 +17,7 @@
 //!
 //! Per room (every key carries the room as a hash tag, `<prefix>{room}:…`):
 //!
-//! * `:e` the epoch (a random string), `:s` the latest seq, `:h` the history, a stream whose
+//! * `:e` the epoch (when it began by Redis's clock, and a random part), `:s` the latest seq, `:h` the history, a stream whose
 //!   entry ids are `<seq>-0`, so history reads are plain `XRANGE`/`XREVRANGE` over seq
 //!   bounds with no secondary index, and Redis itself refuses an out-of-order append. Each entry
 //!   holds the sender, the timestamp, the body and the time it expires. The stream is trimmed to

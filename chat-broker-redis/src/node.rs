@@ -144,9 +144,9 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// A fresh epoch name: time and randomness, unlikely to repeat across nodes and restarts.
+/// The random part of a new epoch's name (lua/epoch.lua puts Redis's clock in front of it).
 fn new_epoch() -> String {
-    format!("r{:x}{:08x}", std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis(), random() & 0xffff_ffff)
+    format!("{:08x}", random() & 0xffff_ffff)
 }
 
 /// A random number from std's randomly keyed hasher (no extra dependency for ids).

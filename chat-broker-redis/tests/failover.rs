@@ -269,3 +269,43 @@ async fn a_history_that_diverged_under_the_same_seqs_starts_a_new_epoch() {
     assert_eq!(messages(&mut alice, "r", 1, WAIT).await, vec![(1, json!("after"))]);
     a.shutdown().await;
 }
+
+/// Found by the history checker (tests/faults.rs): Redis restarted twice from the same
+/// snapshot. The first restart starts a new epoch; the second brings back the epoch the room
+/// had left, at the snapshot's seq. Going back to it would hand out its seqs a second time
+/// (members already had other messages under them), so that too starts a new epoch: epochs
+/// are named by when they began, and Redis holding one older than a node knows is a rollback.
+#[tokio::test]
+async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_each_time() {
+    let mut redis = RedisServer::start_persistent();
+    let a = engine(&redis, "twice:", "a").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let first = alice.join("r", None).await.unwrap().epoch;
+    for n in 1..=3 {
+        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    let _: () = redis::cmd("SAVE").query_async(&mut common::conn(&redis).await).await.expect("SAVE");
+    for n in 4..=6 {
+        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    assert_eq!(seqs(&messages(&mut alice, "r", 6, WAIT).await), (1..=6).collect::<Vec<_>>());
+
+    let mut epochs = vec![json!(first)];
+    for round in 1..=2 {
+        redis.restart(); // back to the snapshot: the first epoch, seq 3
+        let text = format!("after restart {round}");
+        let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!(text)).await.ok() }).await;
+        assert_eq!(seq, Some(1), "round {round}: a new epoch starts at 1");
+        let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset" && e["room"] == "r").await;
+        assert!(
+            !epochs.contains(&reset["epoch"]),
+            "round {round}: back to an old epoch {} ({epochs:?})",
+            reset["epoch"]
+        );
+        epochs.push(reset["epoch"].clone());
+        assert_eq!(messages(&mut alice, "r", 1, WAIT).await, vec![(1, json!(text))]);
+        assert_eq!(alice.send("r", json!("more")).await.unwrap(), Some(2));
+        assert_eq!(messages(&mut alice, "r", 1, WAIT).await, vec![(2, json!("more"))]);
+    }
+    a.shutdown().await;
+}

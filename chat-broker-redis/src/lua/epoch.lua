@@ -1,15 +1,19 @@
 -- Prologue shared by the room scripts: makes sure the room has an epoch, and that its history
 -- is the one the nodes know.
--- KEYS[1] epoch, KEYS[2] seq, KEYS[3] stream; ARGV[1] a fresh epoch, ARGV[2] its expiry (ms),
--- ARGV[3] the epoch the calling node knows ('' if none), ARGV[4] the last seq it delivered in
--- that epoch, ARGV[5] that message's id (its 'i' field; '' if unknown).
+-- KEYS[1] epoch, KEYS[2] seq, KEYS[3] stream; ARGV[1] a random name for a new epoch, ARGV[2] its
+-- expiry (ms), ARGV[3] the epoch the calling node knows ('' if none), ARGV[4] the newest seq it
+-- delivered or stored in that epoch, ARGV[5] that message's id (its 'i' field; '' if unknown).
+-- An epoch is named 'e<16 digits: Redis's clock in microseconds when it began>-<random>', so
+-- of two epochs the later one is known.
 -- The history was lost, and a new epoch starts (whatever is left of the old history goes, so
 -- seq restarts at 1), when the epoch is missing; when the seq is missing but the stream is not,
 -- or the stream is missing though the seq says messages were stored (a key evicted or
--- deleted); or when the seq is behind what a node already delivered in this epoch (Redis came
--- back older: restarted from a snapshot, or failed over to a replica that missed writes); or
--- when the message stored at that seq is not the one the node delivered (Redis came back older
--- and another node, which was behind, has stored new messages under the same seqs since).
+-- deleted); when the seq is behind what a node already delivered in this epoch (Redis came
+-- back older: restarted from a snapshot, or failed over to a replica that missed writes); when
+-- the message stored at that seq is not the one the node delivered (Redis came back older and
+-- another node, which was behind, has stored new messages under the same seqs since); or when
+-- Redis holds an epoch older than the one the node knows (Redis came back older, to an epoch
+-- the room had already left: going back to it would hand out its seqs a second time).
 -- Every room script runs this first, so the first call of any node that knows better makes
 -- the new epoch, atomically, before anything is stored or read.
 local epoch = redis.call('GET', KEYS[1])
@@ -25,12 +29,22 @@ local function diverged()
   end
   return false
 end
+local function born(e)
+  return string.match(e, '^e(%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d)%-')
+end
+local function older_than_known()
+  if not epoch or epoch == ARGV[3] then return false end
+  local now, known = born(epoch), born(ARGV[3])
+  return now ~= nil and known ~= nil and now < known
+end
 if (not epoch)
+  or older_than_known()
   or ((not stored) and has_stream)
   or (stored and tonumber(stored) > 0 and not has_stream)
   or (epoch == ARGV[3] and tonumber(stored or '0') < tonumber(ARGV[4]))
   or (epoch == ARGV[3] and diverged()) then
-  epoch = ARGV[1]
+  local t = redis.call('TIME')
+  epoch = 'e' .. t[1] .. string.format('%06d', tonumber(t[2])) .. '-' .. ARGV[1]
   redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
   redis.call('DEL', KEYS[2], KEYS[3])
 end
