@@ -1,10 +1,12 @@
-//! The adapter between an upgraded WebSocket and the core's driver: messages in become
-//! [`Inbound`] items, frames out become text messages. Nothing here parses JSON.
+//! The adapter between an upgraded WebSocket and its [`ConnectionHandler`] (the core's driver,
+//! for chat connections): messages in become [`Incoming`] items, [`Message`]s out become
+//! frames. Nothing here parses JSON.
 //!
-//! Reading is this crate's own (`frame.rs`): text → `Inbound::Frame` (the unmasked payload, no
-//! copy unless the message came in fragments), binary → `Inbound::Binary`, ping/pong →
-//! `Inbound::Alive` (a ping is answered with a pong at once), a message over `max_frame` →
-//! `Inbound::TooLarge`, decided from a frame's header before its payload is read (close 1009).
+//! Reading is this crate's own (`frame.rs`): text → `Incoming::Text` (the unmasked payload, no
+//! copy unless the message came in fragments), binary → `Incoming::Binary`, ping/pong →
+//! `Incoming::Alive` (a ping is answered with a pong at once), a message over the handler's
+//! `max_message` (the engine's `max_frame`) → `Incoming::TooLarge`, decided from a frame's
+//! header before its payload is read (close 1009).
 //! A text message that is not UTF-8 closes with 1007, a frame no client may send with 1002.
 //! The read buffer is freed between frames, so a connection that once received a large
 //! message does not keep a large buffer.
@@ -24,12 +26,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use chat_core::{ConnInfo, Engine, Inbound};
+use bytes::BytesMut;
+use chat_core::ConnInfo;
 use futures::{Sink, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::batch::BatchedIo;
+use crate::connection::{ConnectionHandler, Incoming, Message};
 use crate::frame::{self, Parsed, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
 
 /// Not a close code: the peer closed first and the reply is already queued; only flush it.
@@ -64,25 +67,27 @@ impl<S> Shared<S> {
     }
 }
 
-/// Runs one upgraded connection to its end: the core's session, then the close handshake.
+/// Runs one upgraded connection to its end: `handler`'s run (the core's session, for chat
+/// connections), then the close handshake.
 ///
 /// Not an `async fn`: an `async` block keeps each captured value once, where an `async fn`
 /// would keep a second copy of `shared` for the connection's life.
-pub(crate) fn serve_socket<S>(
-    engine: Engine,
+pub(crate) fn serve_socket<H, S>(
+    handler: H,
     shared: Shared<S>,
     peer: Option<SocketAddr>,
     accepted: Option<tokio::time::Instant>,
 ) -> impl Future<Output = ()> + Send
 where
+    H: ConnectionHandler,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let conn = ConnInfo { peer, transport: "ws", accepted };
-    let max = engine.config().max_frame;
+    let max = handler.max_message();
     async move {
         let mut inbound = InboundFrames::new(&shared, max);
         let mut outbound = OutboundFrames { shared: &shared, full: false, close_queued: false };
-        engine.serve(&mut inbound, &mut outbound, conn).await;
+        handler.run(&mut inbound, &mut outbound, conn).await;
         if !inbound.finished && !inbound.end_next {
             // We closed on purpose (bye) and the socket is still readable: wait, briefly, for
             // the peer's close frame (it may still be sending frames before it).
@@ -92,7 +97,7 @@ where
     }
 }
 
-/// The inbound half: WebSocket frames → [`Inbound`] items.
+/// The inbound half: WebSocket frames → [`Incoming`] items.
 pub(crate) struct InboundFrames<'a, S> {
     shared: &'a Shared<S>,
     /// Bytes read and not yet parsed; unallocated between frames.
@@ -123,21 +128,21 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
     }
 
     /// Ends the stream with `code` as the close code to send.
-    fn fail(&mut self, code: u16, why: &'static str) -> Poll<Option<io::Result<Inbound>>> {
+    fn fail(&mut self, code: u16, why: &'static str) -> Poll<Option<io::Result<Incoming>>> {
         self.shared.close_code.store(code, Ordering::Relaxed);
         self.finished = true;
         Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
     }
 
     /// A whole message: text (checked for UTF-8) or binary.
-    fn message(&mut self, opcode: u8, payload: BytesMut) -> Poll<Option<io::Result<Inbound>>> {
+    fn message(&mut self, opcode: u8, payload: BytesMut) -> Poll<Option<io::Result<Incoming>>> {
         if opcode == frame::BINARY {
-            return Poll::Ready(Some(Ok(Inbound::Binary)));
+            return Poll::Ready(Some(Ok(Incoming::Binary(payload.freeze()))));
         }
         if std::str::from_utf8(&payload).is_err() {
             return self.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
         }
-        Poll::Ready(Some(Ok(Inbound::Frame(payload.freeze()))))
+        Poll::Ready(Some(Ok(Incoming::Text(payload.freeze()))))
     }
 
     /// Reads what the socket has into `buf`; `Ok(0)` at its end.
@@ -156,7 +161,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
-    type Item = io::Result<Inbound>;
+    type Item = io::Result<Incoming>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -198,15 +203,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                     }
                     // Nothing follows our close frame (RFC 6455 §5.5.1), not even a pong.
                     frame::PING if this.shared.close_sent.load(Ordering::Relaxed) => {
-                        return Poll::Ready(Some(Ok(Inbound::Alive)));
+                        return Poll::Ready(Some(Ok(Incoming::Alive)));
                     }
                     frame::PING => {
                         this.shared.io().feed_frame(frame::PONG, &payload);
                         this.unflushed = true;
                         cx.waker().wake_by_ref(); // to write the pong on the next poll
-                        return Poll::Ready(Some(Ok(Inbound::Alive)));
+                        return Poll::Ready(Some(Ok(Incoming::Alive)));
                     }
-                    frame::PONG => return Poll::Ready(Some(Ok(Inbound::Alive))),
+                    frame::PONG => return Poll::Ready(Some(Ok(Incoming::Alive))),
                     _ => {
                         // Close: answer with the peer's code (RFC 6455 §5.5.1), then end.
                         let code = frame::close_reply(&payload);
@@ -225,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                     this.end_next = true;
                     this.buf = BytesMut::new();
                     this.partial = None;
-                    return Poll::Ready(Some(Ok(Inbound::TooLarge)));
+                    return Poll::Ready(Some(Ok(Incoming::TooLarge)));
                 }
                 Parsed::Invalid(code, why) => return this.fail(code, why),
             }
@@ -245,7 +250,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
     }
 }
 
-/// The outbound half: the core's frames → text messages; closing sends a close frame.
+/// The outbound half: messages → frames (the core's frames are text messages); closing sends a
+/// close frame.
 pub(crate) struct OutboundFrames<'a, S> {
     shared: &'a Shared<S>,
     /// The write buffer holds a chunk's worth: write it before taking another frame.
@@ -253,7 +259,7 @@ pub(crate) struct OutboundFrames<'a, S> {
     close_queued: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for OutboundFrames<'_, S> {
     type Error = io::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -264,12 +270,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
         Poll::Ready(Ok(()))
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+    fn start_send(mut self: Pin<&mut Self>, message: Message) -> io::Result<()> {
         // Formatted straight into the socket's write buffer: one copy per recipient.
         // `Engine::serve` guarantees UTF-8 frames, so a text message needs no check here.
-        debug_assert!(std::str::from_utf8(&frame).is_ok(), "chat-core wrote a frame that is not UTF-8");
+        let (opcode, payload) = match &message {
+            Message::Text(text) => (frame::TEXT, text),
+            Message::Binary(data) => (frame::BINARY, data),
+        };
+        debug_assert!(
+            opcode != frame::TEXT || std::str::from_utf8(payload).is_ok(),
+            "a text message that is not UTF-8"
+        );
         let mut io = self.shared.io();
-        io.feed_frame(frame::TEXT, &frame);
+        io.feed_frame(opcode, payload);
         let full = io.is_full();
         drop(io);
         self.full = full; // `poll_ready` writes before the next frame: one lock per frame
