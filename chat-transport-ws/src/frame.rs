@@ -93,8 +93,9 @@ pub(crate) fn parse(buf: &mut BytesMut, max: usize, so_far: usize) -> Parsed {
 }
 
 /// The code to answer a peer's close frame with (RFC 6455 §5.5.1, §7.4): 1000 for an empty
-/// one, the peer's own code when a peer may send it, 1002 for a code it may not send or a
-/// one-byte payload, 1007 for a reason that is not UTF-8.
+/// one, the peer's own code when a peer may send it (1000-1003, 1007-1014 as IANA's registry
+/// has them, 3000-4999), 1002 for a code it may not send (1004-1006, 1015, the rest below
+/// 3000) or a one-byte payload, 1007 for a reason that is not UTF-8.
 pub(crate) fn close_reply(payload: &[u8]) -> u16 {
     let code = match payload {
         [] => return CLOSE_NORMAL,
@@ -102,8 +103,8 @@ pub(crate) fn close_reply(payload: &[u8]) -> u16 {
         [_] => return CLOSE_PROTOCOL_ERROR,
     };
     match code {
-        1000..=1003 | 1007..=1011 | 3000..=4999 if std::str::from_utf8(&payload[2..]).is_err() => CLOSE_INVALID_DATA,
-        1000..=1003 | 1007..=1011 | 3000..=4999 => code,
+        1000..=1003 | 1007..=1014 | 3000..=4999 if std::str::from_utf8(&payload[2..]).is_err() => CLOSE_INVALID_DATA,
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code,
         _ => CLOSE_PROTOCOL_ERROR,
     }
 }
@@ -217,7 +218,10 @@ mod tests {
         let code = |c: u16| close_reply(&c.to_be_bytes());
         assert_eq!(code(1000), 1000);
         assert_eq!(code(4001), 4001);
-        for reserved in [999, 1004, 1005, 1006, 1015, 2000, 5000] {
+        for registered in [1011, 1012, 1013, 1014] {
+            assert_eq!(code(registered), registered);
+        }
+        for reserved in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000] {
             assert_eq!(code(reserved), CLOSE_PROTOCOL_ERROR, "{reserved}");
         }
     }

@@ -243,3 +243,18 @@ async fn no_pong_after_our_close() {
     }
     engine.shutdown().await;
 }
+
+/// 1012, 1013 and 1014 are close codes a peer may send (IANA's registry: service restart, try
+/// again later, bad gateway): echoed, not answered 1002 (Autobahn does not test them).
+#[tokio::test]
+async fn registered_close_codes_are_echoed() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    for code in [1012u16, 1013, 1014] {
+        let mut tcp = raw_tcp_hello(addr, "alice").await;
+        let close = masked_frame(0x8, &code.to_be_bytes());
+        within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &close)).await.expect("write");
+        assert_eq!(close_code_after(&mut tcp).await, code);
+    }
+    engine.shutdown().await;
+}
