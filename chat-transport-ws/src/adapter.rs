@@ -7,7 +7,8 @@
 //! `Incoming::Alive` (a ping is answered with a pong at once), a message over the handler's
 //! `max_message` (the engine's `max_frame`) → `Incoming::TooLarge`, decided from a frame's
 //! header before its payload is read (close 1009).
-//! A text message that is not UTF-8 closes with 1007, a frame no client may send with 1002.
+//! A text message that is not UTF-8 closes with 1007 as soon as the invalid bytes arrive (a
+//! fragment, or the part of a frame read so far), a frame no client may send with 1002.
 //! The read buffer is freed between frames, so a connection that once received a large
 //! message does not keep a large buffer.
 //!
@@ -33,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::batch::BatchedIo;
 use crate::connection::{ConnectionHandler, Incoming, Message};
-use crate::frame::{self, Parsed, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
+use crate::frame::{self, Parsed, Utf8Check, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
 
 /// Not a close code: the peer closed first and the reply is already queued; only flush it.
 const PEER_CLOSED: u16 = 0;
@@ -104,6 +105,10 @@ pub(crate) struct InboundFrames<'a, S> {
     buf: BytesMut,
     /// A fragmented message in progress: its opcode and what arrived of it.
     partial: Option<(u8, BytesMut)>,
+    /// The text message in progress, checked as UTF-8 so far (a character split between pieces).
+    utf8: Utf8Check,
+    /// Bytes of the text frame at the front of `buf`, not yet whole, already checked.
+    checked: usize,
     max: usize,
     /// A pong or a close reply was queued and may not be written yet.
     unflushed: bool,
@@ -120,6 +125,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
             shared,
             buf: BytesMut::new(),
             partial: None,
+            utf8: Utf8Check::default(),
+            checked: 0,
             max,
             unflushed: false,
             finished: false,
@@ -134,15 +141,50 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
         Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
     }
 
-    /// A whole message: text (checked for UTF-8) or binary.
-    fn message(&mut self, opcode: u8, payload: BytesMut) -> Poll<Option<io::Result<Incoming>>> {
-        if opcode == frame::BINARY {
-            return Poll::Ready(Some(Ok(Incoming::Binary(payload.freeze()))));
+    /// A whole message: text (its UTF-8 checked as its frames arrived) or binary.
+    fn message(opcode: u8, payload: BytesMut) -> Poll<Option<io::Result<Incoming>>> {
+        let message = match opcode {
+            frame::TEXT => Incoming::Text(payload.freeze()),
+            _ => Incoming::Binary(payload.freeze()),
+        };
+        Poll::Ready(Some(Ok(message)))
+    }
+
+    /// Checks a whole frame of a text message: what [`check_arriving_text`](Self::check_arriving_text)
+    /// did not check of `payload`, and at the message's end (`fin`) that its last character is
+    /// whole.
+    fn check_text(&mut self, payload: &[u8], checked: usize, fin: bool) -> bool {
+        self.utf8.feed(&payload[checked..]) && (!fin || self.utf8.is_complete())
+    }
+
+    /// Checks what has arrived of a text frame that is not whole yet (fail fast: a peer that
+    /// sends invalid text hears 1007 before it sends the rest): the bytes since the last check,
+    /// unmasked on the stack a block at a time. `false` when they are not UTF-8.
+    fn check_arriving_text(&mut self) -> bool {
+        let Some(head) = frame::head(&self.buf) else { return true };
+        let text = match head.opcode {
+            frame::TEXT => self.partial.is_none(),
+            frame::CONTINUATION => matches!(self.partial, Some((frame::TEXT, _))),
+            _ => false,
+        };
+        if !text {
+            return true;
         }
-        if std::str::from_utf8(&payload).is_err() {
-            return self.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+        let arrived = &self.buf[head.len.min(self.buf.len())..];
+        let arrived = &arrived[..arrived.len().min(usize::try_from(head.payload).unwrap_or(usize::MAX))];
+        let mut block = [0u8; 512];
+        while self.checked < arrived.len() {
+            let n = (arrived.len() - self.checked).min(block.len());
+            for (i, byte) in block[..n].iter_mut().enumerate() {
+                let at = self.checked + i;
+                *byte = arrived[at] ^ head.mask[at & 3];
+            }
+            if !self.utf8.feed(&block[..n]) {
+                return false;
+            }
+            self.checked += n;
         }
-        Poll::Ready(Some(Ok(Incoming::Text(payload.freeze()))))
+        true
     }
 
     /// Reads what the socket has into `buf`; `Ok(0)` at its end.
@@ -181,37 +223,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
         loop {
             let so_far = this.partial.as_ref().map_or(0, |(_, p)| p.len());
             match frame::parse(&mut this.buf, this.max, so_far) {
-                Parsed::Frame { fin, opcode, payload } => match opcode {
-                    frame::TEXT | frame::BINARY if this.partial.is_some() => {
+                Parsed::Frame { fin, opcode, payload } => match (opcode, std::mem::take(&mut this.checked)) {
+                    (frame::TEXT | frame::BINARY, _) if this.partial.is_some() => {
                         return this.fail(CLOSE_PROTOCOL_ERROR, "a new message before the last one ended")
                     }
-                    frame::TEXT | frame::BINARY if fin => return this.message(opcode, payload),
-                    frame::TEXT | frame::BINARY => {
+                    (frame::TEXT, checked) if !this.check_text(&payload, checked, fin) => {
+                        return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+                    }
+                    (frame::TEXT | frame::BINARY, _) if fin => return Self::message(opcode, payload),
+                    (frame::TEXT | frame::BINARY, _) => {
                         this.partial = Some((opcode, payload));
                         continue; // the next fragment may be buffered already
                     }
-                    frame::CONTINUATION => {
+                    (frame::CONTINUATION, checked) => {
                         let Some((opcode, mut message)) = this.partial.take() else {
                             return this.fail(CLOSE_PROTOCOL_ERROR, "a continuation with no message to continue");
                         };
+                        if opcode == frame::TEXT && !this.check_text(&payload, checked, fin) {
+                            return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+                        }
                         message.extend_from_slice(&payload);
                         if fin {
-                            return this.message(opcode, message);
+                            return Self::message(opcode, message);
                         }
                         this.partial = Some((opcode, message));
                         continue;
                     }
                     // Nothing follows our close frame (RFC 6455 §5.5.1), not even a pong.
-                    frame::PING if this.shared.close_sent.load(Ordering::Relaxed) => {
+                    (frame::PING, _) if this.shared.close_sent.load(Ordering::Relaxed) => {
                         return Poll::Ready(Some(Ok(Incoming::Alive)));
                     }
-                    frame::PING => {
+                    (frame::PING, _) => {
                         this.shared.io().feed_frame(frame::PONG, &payload);
                         this.unflushed = true;
                         cx.waker().wake_by_ref(); // to write the pong on the next poll
                         return Poll::Ready(Some(Ok(Incoming::Alive)));
                     }
-                    frame::PONG => return Poll::Ready(Some(Ok(Incoming::Alive))),
+                    (frame::PONG, _) => return Poll::Ready(Some(Ok(Incoming::Alive))),
                     _ => {
                         // Close: answer with the peer's code (RFC 6455 §5.5.1), then end.
                         let code = frame::close_reply(&payload);
@@ -224,12 +272,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                         return Poll::Ready(None);
                     }
                 },
-                Parsed::Incomplete => {}
+                Parsed::Incomplete => {
+                    if !this.check_arriving_text() {
+                        return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+                    }
+                }
                 Parsed::TooLarge => {
                     this.shared.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
                     this.end_next = true;
                     this.buf = BytesMut::new();
                     this.partial = None;
+                    this.checked = 0;
                     return Poll::Ready(Some(Ok(Incoming::TooLarge)));
                 }
                 Parsed::Invalid(code, why) => return this.fail(code, why),
