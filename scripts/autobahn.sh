@@ -8,8 +8,8 @@
 #   scripts/autobahn.sh            # cases 1 to 10; report in target/autobahn/report/index.html
 #
 # The suite is Python 2 only. It is installed when missing, with pip, into AUTOBAHN_DIR
-# (default ~/.cache/chat-engine/autobahntestsuite-py27), from CPython 2.7: `PYENV_VERSION=2.7.18
-# python` when pyenv has it, else `python2.7` on the PATH, else AUTOBAHN_PYTHON. Without one
+# (default ~/.cache/chat-engine/autobahntestsuite-py27), from CPython 2.7: AUTOBAHN_PYTHON when
+# set, else pyenv's 2.7.18 (PYENV_VERSION=2.7.18), else `python2.7` on the PATH. Without one
 # this fails (it never skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +29,11 @@ start=$(date +%s)
 
 # CPython 2.7.
 py=()
+pyenv_python=${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin/python
 if [ -n "${AUTOBAHN_PYTHON:-}" ]; then
   py=("$AUTOBAHN_PYTHON")
+elif [ -x "$pyenv_python" ]; then
+  py=("$pyenv_python") # pyenv's 2.7.18, whether or not pyenv is on the PATH
 elif command -v pyenv >/dev/null 2>&1 && PYENV_VERSION=2.7.18 pyenv exec python --version >/dev/null 2>&1; then
   py=(env PYENV_VERSION=2.7.18 pyenv exec python)
 elif command -v python2.7 >/dev/null 2>&1; then
