@@ -103,8 +103,13 @@ pub(crate) struct InboundFrames<'a, S> {
     shared: &'a Shared<S>,
     /// Bytes read and not yet parsed; unallocated between frames.
     buf: BytesMut,
-    /// A fragmented message in progress: its opcode and what arrived of it.
-    partial: Option<(u8, BytesMut)>,
+    /// What arrived of a fragmented message in progress (empty, unallocated, when none).
+    partial: BytesMut,
+    /// The opcode of the message in progress (text or binary); `CONTINUATION` (0) when none.
+    /// Not an `Option<(u8, BytesMut)>`: apart, it shares a word with the small fields below.
+    /// Every byte here is in the connection's task, whose size tokio rounds up to 128 bytes:
+    /// 8 bytes more (for `utf8` and `checked`) cost 160 bytes per idle connection (measured).
+    partial_opcode: u8,
     /// The text message in progress, checked as UTF-8 so far (a character split between pieces).
     utf8: Utf8Check,
     /// Bytes of the text frame at the front of `buf`, not yet whole, already checked.
@@ -124,7 +129,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
         InboundFrames {
             shared,
             buf: BytesMut::new(),
-            partial: None,
+            partial: BytesMut::new(),
+            partial_opcode: frame::CONTINUATION,
             utf8: Utf8Check::default(),
             checked: 0,
             max,
@@ -163,8 +169,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
     fn check_arriving_text(&mut self) -> bool {
         let Some(head) = frame::head(&self.buf) else { return true };
         let text = match head.opcode {
-            frame::TEXT => self.partial.is_none(),
-            frame::CONTINUATION => matches!(self.partial, Some((frame::TEXT, _))),
+            frame::TEXT => self.partial_opcode == frame::CONTINUATION,
+            frame::CONTINUATION => self.partial_opcode == frame::TEXT,
             _ => false,
         };
         if !text {
@@ -221,10 +227,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
             return Poll::Ready(None);
         }
         loop {
-            let so_far = this.partial.as_ref().map_or(0, |(_, p)| p.len());
+            let so_far = this.partial.len();
             match frame::parse(&mut this.buf, this.max, so_far) {
                 Parsed::Frame { fin, opcode, payload } => match (opcode, std::mem::take(&mut this.checked)) {
-                    (frame::TEXT | frame::BINARY, _) if this.partial.is_some() => {
+                    (frame::TEXT | frame::BINARY, _) if this.partial_opcode != frame::CONTINUATION => {
                         return this.fail(CLOSE_PROTOCOL_ERROR, "a new message before the last one ended")
                     }
                     (frame::TEXT, checked) if !this.check_text(&payload, checked, fin) => {
@@ -232,13 +238,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                     }
                     (frame::TEXT | frame::BINARY, _) if fin => return Self::message(opcode, payload),
                     (frame::TEXT | frame::BINARY, _) => {
-                        this.partial = Some((opcode, payload));
+                        (this.partial, this.partial_opcode) = (payload, opcode);
                         continue; // the next fragment may be buffered already
                     }
                     (frame::CONTINUATION, checked) => {
-                        let Some((opcode, mut message)) = this.partial.take() else {
+                        let opcode = std::mem::replace(&mut this.partial_opcode, frame::CONTINUATION);
+                        if opcode == frame::CONTINUATION {
                             return this.fail(CLOSE_PROTOCOL_ERROR, "a continuation with no message to continue");
-                        };
+                        }
+                        let mut message = std::mem::take(&mut this.partial);
                         if opcode == frame::TEXT && !this.check_text(&payload, checked, fin) {
                             return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
                         }
@@ -246,7 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                         if fin {
                             return Self::message(opcode, message);
                         }
-                        this.partial = Some((opcode, message));
+                        (this.partial, this.partial_opcode) = (message, opcode);
                         continue;
                     }
                     // Nothing follows our close frame (RFC 6455 §5.5.1), not even a pong.
@@ -281,7 +289,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                     this.shared.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
                     this.end_next = true;
                     this.buf = BytesMut::new();
-                    this.partial = None;
+                    (this.partial, this.partial_opcode) = (BytesMut::new(), frame::CONTINUATION);
                     this.checked = 0;
                     return Poll::Ready(Some(Ok(Incoming::TooLarge)));
                 }

@@ -124,24 +124,34 @@ pub(crate) fn head(buf: &[u8]) -> Option<Head> {
 /// begun at the end of the last piece, nothing else.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Utf8Check {
-    pending: [u8; 4],
+    /// The character begun (at most 3 bytes: 4 would be whole or invalid) and its length.
+    pending: [u8; 3],
     len: u8,
 }
 
 impl Utf8Check {
     /// Takes the next piece: `false` when the text so far cannot be the start of valid UTF-8.
     pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> bool {
-        // First the character begun in the last piece (up to 4 bytes: then it is whole or invalid).
-        while self.len > 0 {
-            let Some((&byte, rest)) = bytes.split_first() else { return true };
-            self.pending[usize::from(self.len)] = byte;
-            self.len += 1;
-            bytes = rest;
-            match std::str::from_utf8(&self.pending[..usize::from(self.len)]) {
-                Ok(_) => self.len = 0,
-                Err(e) if e.error_len().is_some() => return false,
-                Err(_) => {}
+        if self.len > 0 {
+            // First the character begun in the last piece: with up to 4 bytes it is whole,
+            // invalid, or (the piece ended) still begun.
+            let mut begun = [0u8; 4];
+            let mut len = usize::from(self.len);
+            begun[..len].copy_from_slice(&self.pending[..len]);
+            loop {
+                let Some((&byte, rest)) = bytes.split_first() else {
+                    self.pending[..len].copy_from_slice(&begun[..len]);
+                    self.len = len as u8;
+                    return true;
+                };
+                (begun[len], len, bytes) = (byte, len + 1, rest);
+                match std::str::from_utf8(&begun[..len]) {
+                    Ok(_) => break,
+                    Err(e) if e.error_len().is_some() => return false,
+                    Err(_) => {}
+                }
             }
+            self.len = 0;
         }
         match std::str::from_utf8(bytes) {
             Ok(_) => true,
