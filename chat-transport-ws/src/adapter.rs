@@ -1,11 +1,14 @@
-//! The adapter between an upgraded WebSocket and the core's driver: messages in become
-//! [`Inbound`] items, frames out become text messages. Nothing here parses JSON.
+//! The adapter between an upgraded WebSocket and its [`ConnectionHandler`] (the core's driver,
+//! for chat connections): messages in become [`Incoming`] items, [`Message`]s out become
+//! frames. Nothing here parses JSON.
 //!
-//! Reading is this crate's own (`frame.rs`): text → `Inbound::Frame` (the unmasked payload, no
-//! copy unless the message came in fragments), binary → `Inbound::Binary`, ping/pong →
-//! `Inbound::Alive` (a ping is answered with a pong at once), a message over `max_frame` →
-//! `Inbound::TooLarge`, decided from a frame's header before its payload is read (close 1009).
-//! A text message that is not UTF-8 closes with 1007, a frame no client may send with 1002.
+//! Reading is this crate's own (`frame.rs`): text → `Incoming::Text` (the unmasked payload, no
+//! copy unless the message came in fragments), binary → `Incoming::Binary`, ping/pong →
+//! `Incoming::Alive` (a ping is answered with a pong at once), a message over the handler's
+//! `max_message` (the engine's `max_frame`) → `Incoming::TooLarge`, decided from a frame's
+//! header before its payload is read (close 1009).
+//! A text message that is not UTF-8 closes with 1007 as soon as the invalid bytes arrive (a
+//! fragment, or the part of a frame read so far), a frame no client may send with 1002.
 //! The read buffer is freed between frames, so a connection that once received a large
 //! message does not keep a large buffer.
 //!
@@ -24,13 +27,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use chat_core::{ConnInfo, Engine, Inbound};
+use bytes::BytesMut;
+use chat_core::ConnInfo;
 use futures::{Sink, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::batch::BatchedIo;
-use crate::frame::{self, Parsed, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
+use crate::connection::{ConnectionHandler, Incoming, Message};
+use crate::frame::{self, Parsed, Utf8Check, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
 
 /// Not a close code: the peer closed first and the reply is already queued; only flush it.
 const PEER_CLOSED: u16 = 0;
@@ -64,25 +68,27 @@ impl<S> Shared<S> {
     }
 }
 
-/// Runs one upgraded connection to its end: the core's session, then the close handshake.
+/// Runs one upgraded connection to its end: `handler`'s run (the core's session, for chat
+/// connections), then the close handshake.
 ///
 /// Not an `async fn`: an `async` block keeps each captured value once, where an `async fn`
 /// would keep a second copy of `shared` for the connection's life.
-pub(crate) fn serve_socket<S>(
-    engine: Engine,
+pub(crate) fn serve_socket<H, S>(
+    handler: H,
     shared: Shared<S>,
     peer: Option<SocketAddr>,
     accepted: Option<tokio::time::Instant>,
 ) -> impl Future<Output = ()> + Send
 where
+    H: ConnectionHandler,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let conn = ConnInfo { peer, transport: "ws", accepted };
-    let max = engine.config().max_frame;
+    let max = handler.max_message();
     async move {
         let mut inbound = InboundFrames::new(&shared, max);
         let mut outbound = OutboundFrames { shared: &shared, full: false, close_queued: false };
-        engine.serve(&mut inbound, &mut outbound, conn).await;
+        handler.run(&mut inbound, &mut outbound, conn).await;
         if !inbound.finished && !inbound.end_next {
             // We closed on purpose (bye) and the socket is still readable: wait, briefly, for
             // the peer's close frame (it may still be sending frames before it).
@@ -92,13 +98,22 @@ where
     }
 }
 
-/// The inbound half: WebSocket frames → [`Inbound`] items.
+/// The inbound half: WebSocket frames → [`Incoming`] items.
 pub(crate) struct InboundFrames<'a, S> {
     shared: &'a Shared<S>,
     /// Bytes read and not yet parsed; unallocated between frames.
     buf: BytesMut,
-    /// A fragmented message in progress: its opcode and what arrived of it.
-    partial: Option<(u8, BytesMut)>,
+    /// What arrived of a fragmented message in progress (empty, unallocated, when none).
+    partial: BytesMut,
+    /// The opcode of the message in progress (text or binary); `CONTINUATION` (0) when none.
+    /// Not an `Option<(u8, BytesMut)>`: apart, it shares a word with the small fields below.
+    /// Every byte here is in the connection's task, whose size tokio rounds up to 128 bytes:
+    /// 8 bytes more (for `utf8` and `checked`) cost 160 bytes per idle connection (measured).
+    partial_opcode: u8,
+    /// The text message in progress, checked as UTF-8 so far (a character split between pieces).
+    utf8: Utf8Check,
+    /// Bytes of the text frame at the front of `buf`, not yet whole, already checked.
+    checked: usize,
     max: usize,
     /// A pong or a close reply was queued and may not be written yet.
     unflushed: bool,
@@ -114,7 +129,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
         InboundFrames {
             shared,
             buf: BytesMut::new(),
-            partial: None,
+            partial: BytesMut::new(),
+            partial_opcode: frame::CONTINUATION,
+            utf8: Utf8Check::default(),
+            checked: 0,
             max,
             unflushed: false,
             finished: false,
@@ -123,21 +141,56 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
     }
 
     /// Ends the stream with `code` as the close code to send.
-    fn fail(&mut self, code: u16, why: &'static str) -> Poll<Option<io::Result<Inbound>>> {
+    fn fail(&mut self, code: u16, why: &'static str) -> Poll<Option<io::Result<Incoming>>> {
         self.shared.close_code.store(code, Ordering::Relaxed);
         self.finished = true;
         Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
     }
 
-    /// A whole message: text (checked for UTF-8) or binary.
-    fn message(&mut self, opcode: u8, payload: BytesMut) -> Poll<Option<io::Result<Inbound>>> {
-        if opcode == frame::BINARY {
-            return Poll::Ready(Some(Ok(Inbound::Binary)));
+    /// A whole message: text (its UTF-8 checked as its frames arrived) or binary.
+    fn message(opcode: u8, payload: BytesMut) -> Poll<Option<io::Result<Incoming>>> {
+        let message = match opcode {
+            frame::TEXT => Incoming::Text(payload.freeze()),
+            _ => Incoming::Binary(payload.freeze()),
+        };
+        Poll::Ready(Some(Ok(message)))
+    }
+
+    /// Checks a whole frame of a text message: what [`check_arriving_text`](Self::check_arriving_text)
+    /// did not check of `payload`, and at the message's end (`fin`) that its last character is
+    /// whole.
+    fn check_text(&mut self, payload: &[u8], checked: usize, fin: bool) -> bool {
+        self.utf8.feed(&payload[checked..]) && (!fin || self.utf8.is_complete())
+    }
+
+    /// Checks what has arrived of a text frame that is not whole yet (fail fast: a peer that
+    /// sends invalid text hears 1007 before it sends the rest): the bytes since the last check,
+    /// unmasked on the stack a block at a time. `false` when they are not UTF-8.
+    fn check_arriving_text(&mut self) -> bool {
+        let Some(head) = frame::head(&self.buf) else { return true };
+        let text = match head.opcode {
+            frame::TEXT => self.partial_opcode == frame::CONTINUATION,
+            frame::CONTINUATION => self.partial_opcode == frame::TEXT,
+            _ => false,
+        };
+        if !text {
+            return true;
         }
-        if std::str::from_utf8(&payload).is_err() {
-            return self.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+        let arrived = &self.buf[head.len.min(self.buf.len())..];
+        let arrived = &arrived[..arrived.len().min(usize::try_from(head.payload).unwrap_or(usize::MAX))];
+        let mut block = [0u8; 512];
+        while self.checked < arrived.len() {
+            let n = (arrived.len() - self.checked).min(block.len());
+            for (i, byte) in block[..n].iter_mut().enumerate() {
+                let at = self.checked + i;
+                *byte = arrived[at] ^ head.mask[at & 3];
+            }
+            if !self.utf8.feed(&block[..n]) {
+                return false;
+            }
+            self.checked += n;
         }
-        Poll::Ready(Some(Ok(Inbound::Frame(payload.freeze()))))
+        true
     }
 
     /// Reads what the socket has into `buf`; `Ok(0)` at its end.
@@ -156,7 +209,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
-    type Item = io::Result<Inbound>;
+    type Item = io::Result<Incoming>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -174,39 +227,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
             return Poll::Ready(None);
         }
         loop {
-            let so_far = this.partial.as_ref().map_or(0, |(_, p)| p.len());
+            let so_far = this.partial.len();
             match frame::parse(&mut this.buf, this.max, so_far) {
-                Parsed::Frame { fin, opcode, payload } => match opcode {
-                    frame::TEXT | frame::BINARY if this.partial.is_some() => {
+                Parsed::Frame { fin, opcode, payload } => match (opcode, std::mem::take(&mut this.checked)) {
+                    (frame::TEXT | frame::BINARY, _) if this.partial_opcode != frame::CONTINUATION => {
                         return this.fail(CLOSE_PROTOCOL_ERROR, "a new message before the last one ended")
                     }
-                    frame::TEXT | frame::BINARY if fin => return this.message(opcode, payload),
-                    frame::TEXT | frame::BINARY => {
-                        this.partial = Some((opcode, payload));
+                    (frame::TEXT, checked) if !this.check_text(&payload, checked, fin) => {
+                        return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+                    }
+                    (frame::TEXT | frame::BINARY, _) if fin => return Self::message(opcode, payload),
+                    (frame::TEXT | frame::BINARY, _) => {
+                        (this.partial, this.partial_opcode) = (payload, opcode);
                         continue; // the next fragment may be buffered already
                     }
-                    frame::CONTINUATION => {
-                        let Some((opcode, mut message)) = this.partial.take() else {
+                    (frame::CONTINUATION, checked) => {
+                        let opcode = std::mem::replace(&mut this.partial_opcode, frame::CONTINUATION);
+                        if opcode == frame::CONTINUATION {
                             return this.fail(CLOSE_PROTOCOL_ERROR, "a continuation with no message to continue");
-                        };
+                        }
+                        let mut message = std::mem::take(&mut this.partial);
+                        if opcode == frame::TEXT && !this.check_text(&payload, checked, fin) {
+                            return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+                        }
                         message.extend_from_slice(&payload);
                         if fin {
-                            return this.message(opcode, message);
+                            return Self::message(opcode, message);
                         }
-                        this.partial = Some((opcode, message));
+                        (this.partial, this.partial_opcode) = (message, opcode);
                         continue;
                     }
                     // Nothing follows our close frame (RFC 6455 §5.5.1), not even a pong.
-                    frame::PING if this.shared.close_sent.load(Ordering::Relaxed) => {
-                        return Poll::Ready(Some(Ok(Inbound::Alive)));
+                    (frame::PING, _) if this.shared.close_sent.load(Ordering::Relaxed) => {
+                        return Poll::Ready(Some(Ok(Incoming::Alive)));
                     }
-                    frame::PING => {
+                    (frame::PING, _) => {
                         this.shared.io().feed_frame(frame::PONG, &payload);
                         this.unflushed = true;
                         cx.waker().wake_by_ref(); // to write the pong on the next poll
-                        return Poll::Ready(Some(Ok(Inbound::Alive)));
+                        return Poll::Ready(Some(Ok(Incoming::Alive)));
                     }
-                    frame::PONG => return Poll::Ready(Some(Ok(Inbound::Alive))),
+                    (frame::PONG, _) => return Poll::Ready(Some(Ok(Incoming::Alive))),
                     _ => {
                         // Close: answer with the peer's code (RFC 6455 §5.5.1), then end.
                         let code = frame::close_reply(&payload);
@@ -219,13 +280,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                         return Poll::Ready(None);
                     }
                 },
-                Parsed::Incomplete => {}
+                Parsed::Incomplete => {
+                    if !this.check_arriving_text() {
+                        return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+                    }
+                }
                 Parsed::TooLarge => {
                     this.shared.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
                     this.end_next = true;
                     this.buf = BytesMut::new();
-                    this.partial = None;
-                    return Poll::Ready(Some(Ok(Inbound::TooLarge)));
+                    (this.partial, this.partial_opcode) = (BytesMut::new(), frame::CONTINUATION);
+                    this.checked = 0;
+                    return Poll::Ready(Some(Ok(Incoming::TooLarge)));
                 }
                 Parsed::Invalid(code, why) => return this.fail(code, why),
             }
@@ -245,7 +311,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
     }
 }
 
-/// The outbound half: the core's frames → text messages; closing sends a close frame.
+/// The outbound half: messages → frames (the core's frames are text messages); closing sends a
+/// close frame.
 pub(crate) struct OutboundFrames<'a, S> {
     shared: &'a Shared<S>,
     /// The write buffer holds a chunk's worth: write it before taking another frame.
@@ -253,7 +320,7 @@ pub(crate) struct OutboundFrames<'a, S> {
     close_queued: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for OutboundFrames<'_, S> {
     type Error = io::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -264,12 +331,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for OutboundFrames<'_, S> {
         Poll::Ready(Ok(()))
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+    fn start_send(mut self: Pin<&mut Self>, message: Message) -> io::Result<()> {
         // Formatted straight into the socket's write buffer: one copy per recipient.
         // `Engine::serve` guarantees UTF-8 frames, so a text message needs no check here.
-        debug_assert!(std::str::from_utf8(&frame).is_ok(), "chat-core wrote a frame that is not UTF-8");
+        let (opcode, payload) = match &message {
+            Message::Text(text) => (frame::TEXT, text),
+            Message::Binary(data) => (frame::BINARY, data),
+        };
+        debug_assert!(
+            opcode != frame::TEXT || std::str::from_utf8(payload).is_ok(),
+            "a text message that is not UTF-8"
+        );
         let mut io = self.shared.io();
-        io.feed_frame(frame::TEXT, &frame);
+        io.feed_frame(opcode, payload);
         let full = io.is_full();
         drop(io);
         self.full = full; // `poll_ready` writes before the next frame: one lock per frame

@@ -92,9 +92,90 @@ pub(crate) fn parse(buf: &mut BytesMut, max: usize, so_far: usize) -> Parsed {
     Parsed::Frame { fin, opcode, payload }
 }
 
+/// A data frame's header, whole (masking key included), as [`head`] reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) opcode: u8,
+    /// Bytes of the header, masking key included: where the payload begins.
+    pub(crate) len: usize,
+    /// The payload's length.
+    pub(crate) payload: u64,
+    pub(crate) mask: [u8; 4],
+}
+
+/// The header at the front of `buf` when all of it has arrived (the payload may not have):
+/// for checking a text frame's payload as it arrives. It does not validate what [`parse`]
+/// does; call it where `parse` returned [`Parsed::Incomplete`].
+pub(crate) fn head(buf: &[u8]) -> Option<Head> {
+    let (b0, b1) = (*buf.first()?, *buf.get(1)?);
+    let (extended, payload) = match b1 & 0x7f {
+        126 => (2, u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?))),
+        127 => (8, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)),
+        n => (0, u64::from(n)),
+    };
+    let len = 2 + extended + 4;
+    let mask = buf.get(len - 4..len)?.try_into().ok()?;
+    Some(Head { opcode: b0 & 0x0f, len, payload, mask })
+}
+
+/// UTF-8 checked as a text message arrives, in pieces split anywhere (fragments, or the parts
+/// of a frame read so far), so that invalid text fails the connection when it arrives rather
+/// than when the message ends (RFC 6455 §8.1, "fail fast"). Holds the bytes of a character
+/// begun at the end of the last piece, nothing else.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Utf8Check {
+    /// The character begun (at most 3 bytes: 4 would be whole or invalid) and its length.
+    pending: [u8; 3],
+    len: u8,
+}
+
+impl Utf8Check {
+    /// Takes the next piece: `false` when the text so far cannot be the start of valid UTF-8.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        if self.len > 0 {
+            // First the character begun in the last piece: with up to 4 bytes it is whole,
+            // invalid, or (the piece ended) still begun.
+            let mut begun = [0u8; 4];
+            let mut len = usize::from(self.len);
+            begun[..len].copy_from_slice(&self.pending[..len]);
+            loop {
+                let Some((&byte, rest)) = bytes.split_first() else {
+                    self.pending[..len].copy_from_slice(&begun[..len]);
+                    self.len = len as u8;
+                    return true;
+                };
+                (begun[len], len, bytes) = (byte, len + 1, rest);
+                match std::str::from_utf8(&begun[..len]) {
+                    Ok(_) => break,
+                    Err(e) if e.error_len().is_some() => return false,
+                    Err(_) => {}
+                }
+            }
+            self.len = 0;
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_some() => false,
+            Err(e) => {
+                // An incomplete character at the end (at most 3 bytes): kept for the next piece.
+                let tail = &bytes[e.valid_up_to()..];
+                self.pending[..tail.len()].copy_from_slice(tail);
+                self.len = tail.len() as u8;
+                true
+            }
+        }
+    }
+
+    /// Whether the text so far ends with a whole character (a message may end here).
+    pub(crate) fn is_complete(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// The code to answer a peer's close frame with (RFC 6455 §5.5.1, §7.4): 1000 for an empty
-/// one, the peer's own code when a peer may send it, 1002 for a code it may not send or a
-/// one-byte payload, 1007 for a reason that is not UTF-8.
+/// one, the peer's own code when a peer may send it (1000-1003, 1007-1014 as IANA's registry
+/// has them, 3000-4999), 1002 for a code it may not send (1004-1006, 1015, the rest below
+/// 3000) or a one-byte payload, 1007 for a reason that is not UTF-8.
 pub(crate) fn close_reply(payload: &[u8]) -> u16 {
     let code = match payload {
         [] => return CLOSE_NORMAL,
@@ -102,8 +183,8 @@ pub(crate) fn close_reply(payload: &[u8]) -> u16 {
         [_] => return CLOSE_PROTOCOL_ERROR,
     };
     match code {
-        1000..=1003 | 1007..=1011 | 3000..=4999 if std::str::from_utf8(&payload[2..]).is_err() => CLOSE_INVALID_DATA,
-        1000..=1003 | 1007..=1011 | 3000..=4999 => code,
+        1000..=1003 | 1007..=1014 | 3000..=4999 if std::str::from_utf8(&payload[2..]).is_err() => CLOSE_INVALID_DATA,
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code,
         _ => CLOSE_PROTOCOL_ERROR,
     }
 }
@@ -217,9 +298,43 @@ mod tests {
         let code = |c: u16| close_reply(&c.to_be_bytes());
         assert_eq!(code(1000), 1000);
         assert_eq!(code(4001), 4001);
-        for reserved in [999, 1004, 1005, 1006, 1015, 2000, 5000] {
+        for registered in [1011, 1012, 1013, 1014] {
+            assert_eq!(code(registered), registered);
+        }
+        for reserved in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000] {
             assert_eq!(code(reserved), CLOSE_PROTOCOL_ERROR, "{reserved}");
         }
+    }
+
+    #[test]
+    fn utf8_is_checked_in_pieces_split_anywhere() {
+        let text = "κόσμε a€𝄞".as_bytes();
+        for cut in 0..=text.len() {
+            for cut2 in cut..=text.len() {
+                let mut check = Utf8Check::default();
+                assert!(check.feed(&text[..cut]) && check.feed(&text[cut..cut2]) && check.feed(&text[cut2..]));
+                assert!(check.is_complete(), "{cut} {cut2}");
+            }
+        }
+        let mut check = Utf8Check::default();
+        assert!(check.feed(&[0xce, 0xba, 0xe2]) && !check.is_complete(), "a character begun");
+        assert!(!check.feed(&[0x41]), "and not continued");
+        // Case 6.4.1's: U+110000 is invalid from its second byte, whatever follows.
+        let mut check = Utf8Check::default();
+        assert!(check.feed(&[0xce, 0xba, 0xf4]));
+        assert!(!check.feed(&[0x90]));
+        let mut check = Utf8Check::default();
+        assert!(!check.feed(&[0xed, 0xa0, 0x80]), "a surrogate");
+        assert!(!Utf8Check::default().feed(&[0xc0, 0xaf]), "an overlong encoding");
+    }
+
+    #[test]
+    fn heads_are_read_once_whole() {
+        let frame = masked(0x01, &[b'a'; 300]);
+        assert_eq!(head(&frame[..7]), None, "the masking key is missing");
+        let want = Head { opcode: TEXT, len: 8, payload: 300, mask: [0x12, 0x34, 0x56, 0x78] };
+        assert_eq!(head(&frame[..8]), Some(want));
+        assert_eq!(head(&masked(0x89, b"x")).map(|h| (h.opcode, h.len, h.payload)), Some((PING, 6, 1)));
     }
 
     #[test]

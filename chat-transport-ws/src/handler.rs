@@ -2,9 +2,10 @@
 //! `Router` to merge) and [`handler`] (the route handler itself, with its [`WsState`]).
 //!
 //! The handler checks `Origin`, refuses new connections once the engine is shutting down, and
-//! upgrades with small tungstenite buffers and the engine's `max_frame` as message and frame
-//! limit, selecting the `chat.v1` subprotocol when the client offers it (the handshake itself is
-//! in upgrade.rs, which [`WsServer`](crate::WsServer) reaches through this handler too).
+//! upgrades with the engine's `max_frame` as message limit, selecting the `chat.v1` subprotocol
+//! when the client offers it (the handshake itself is in upgrade.rs, which
+//! [`WsServer`](crate::WsServer) reaches through this handler too, and
+//! [`router_with`](crate::router_with) with a handler of the host's own).
 
 use std::sync::Arc;
 

@@ -9,6 +9,8 @@
 //!   (the example server's browser page at `GET /`).
 //! * [`connect`] / [`connect_tls`]: the Rust client, the core's
 //!   [`Client`](chat_core::client::Client) over a WebSocket.
+//! * [`ConnectionHandler`] / [`router_with`]: the same WebSocket with something other than the
+//!   engine on each connection (the Autobahn testee's echo, `examples/autobahn-testee.rs`).
 //!
 //! What the transport does on the wire: the subprotocol `chat.v1` is selected when the client
 //! offers it; a binary message is `bad_frame`; a message over the engine's `max_frame` is
@@ -69,6 +71,7 @@
 mod adapter;
 mod batch;
 mod client;
+mod connection;
 mod error;
 mod frame;
 mod handler;
@@ -81,6 +84,7 @@ mod upgrade;
 pub use client::connect;
 #[cfg(feature = "tls")]
 pub use client::connect_tls;
+pub use connection::{router_with, ConnectionHandler, Incoming, Message};
 pub use error::Error;
 pub use handler::{handler, router, WsState};
 pub use options::{WsOptions, SUBPROTOCOL};

@@ -22,7 +22,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
-use chat_core::{ConnectionPermit, Engine};
+use chat_core::ConnectionPermit;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::adapter::{serve_socket, Shared};
 use crate::batch::BatchedIo;
+use crate::connection::ConnectionHandler;
 use crate::options::{WsOptions, SUBPROTOCOL};
 
 /// What [`WsServer`](crate::WsServer) knows of a connection it accepted, put in the
@@ -52,14 +53,15 @@ impl Admitted {
     }
 }
 
-/// Answers an upgrade request: 101 and a spawned session, or the reason for refusing it.
-pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request) -> Response {
+/// Answers an upgrade request: 101 and a spawned task running `handler` on the connection
+/// (the chat engine's session, for [`router`](crate::router)), or the reason for refusing it.
+pub(crate) fn accept<H: ConnectionHandler>(handler: &H, options: &WsOptions, mut request: Request) -> Response {
     let headers = request.headers();
     let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("\u{fffd}"));
     if !options.origin_allowed(origin) {
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }
-    if engine.is_shutting_down() {
+    if !handler.accepting() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     if request.method() != Method::GET {
@@ -105,14 +107,14 @@ pub(crate) fn accept(engine: &Engine, options: &WsOptions, mut request: Request)
     drop(request);
 
     let batch = options.write_buffer_size;
-    let engine = engine.clone();
+    let handler = handler.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
         let io = BatchedIo::new(TokioIo::new(upgraded), batch);
-        serve_socket(engine, Shared::new(io), peer, accepted).await;
+        serve_socket(handler, Shared::new(io), peer, accepted).await;
         drop(permit); // held for as long as the session runs (moved, not copied, into the task)
     });
 

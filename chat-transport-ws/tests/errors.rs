@@ -243,3 +243,58 @@ async fn no_pong_after_our_close() {
     }
     engine.shutdown().await;
 }
+
+/// Invalid UTF-8 fails the connection (1007) when it arrives, not when its message ends
+/// (RFC 6455 §8.1; Autobahn 6.4.1 to 6.4.4, NON-STRICT before): in a fragment of a message
+/// whose last fragment never comes, and in the part of a frame that has arrived.
+#[tokio::test]
+async fn invalid_utf8_fails_fast() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    // Autobahn 6.4.1's parts: valid, then U+110000 (invalid from its second byte), then more.
+    let (part1, part2) = ("κόσμε".as_bytes(), [0xf4, 0x90, 0x80, 0x80]);
+
+    // In fragments: the first is held, the second fails the connection; the third is never sent.
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
+    let mut first = masked_frame(0x1, part1);
+    first[0] &= 0x7f; // not FIN
+    let mut second = masked_frame(0x0, &part2);
+    second[0] &= 0x7f;
+    within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &[first, second].concat())).await.expect("write");
+    assert_eq!(close_code_after(&mut tcp).await, 1007, "a fragment");
+
+    // In one frame of 100 bytes, of which only the first 25 (the invalid bytes among them) come.
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
+    let payload = [part1, &part2[..], &[b'x'; 100 - 10 - 4][..]].concat();
+    let frame = masked_frame(0x1, &payload);
+    within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &frame[..6 + 25])).await.expect("write");
+    assert_eq!(close_code_after(&mut tcp).await, 1007, "the part of a frame that arrived");
+
+    // A character split between fragments is valid, and so is a message of them.
+    let mut tcp = raw_tcp_hello(addr, "alice").await;
+    let ping = r#"{"type":"ping","id":7,"x":"€"}"#.as_bytes();
+    let cut = ping.len() - 3; // inside the euro sign
+    let mut first = masked_frame(0x1, &ping[..cut]);
+    first[0] &= 0x7f;
+    let last = masked_frame(0x0, &ping[cut..]);
+    within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &[first, last].concat())).await.expect("write");
+    let (opcode, pong) = read_frame(&mut tcp).await.expect("pong");
+    assert_eq!(opcode, 0x1);
+    assert!(pong.starts_with(br#"{"type":"pong","id":7"#), "{}", String::from_utf8_lossy(&pong));
+    engine.shutdown().await;
+}
+
+/// 1012, 1013 and 1014 are close codes a peer may send (IANA's registry: service restart, try
+/// again later, bad gateway): echoed, not answered 1002 (Autobahn does not test them).
+#[tokio::test]
+async fn registered_close_codes_are_echoed() {
+    let engine = engine().await;
+    let addr = serve(&engine).await;
+    for code in [1012u16, 1013, 1014] {
+        let mut tcp = raw_tcp_hello(addr, "alice").await;
+        let close = masked_frame(0x8, &code.to_be_bytes());
+        within(tokio::io::AsyncWriteExt::write_all(&mut tcp, &close)).await.expect("write");
+        assert_eq!(close_code_after(&mut tcp).await, code);
+    }
+    engine.shutdown().await;
+}
