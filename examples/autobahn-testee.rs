@@ -9,7 +9,8 @@
 //! connections: the upgrade, frame reader, writer and close handling of `chat-transport-ws`,
 //! reached through `router_with` (the chat endpoint's `router` with a
 //! [`ConnectionHandler`] that echoes instead of the engine). Only the message limit differs:
-//! 32 MiB, above the suite's largest messages (16 MiB). The endpoint is `/`.
+//! 32 MiB, above the suite's largest messages (16 MiB). The endpoint is `/`; permessage-deflate
+//! is offered (cases 12 and 13) with its default settings.
 //!
 //! Once it accepts it prints one line on stdout, `listening ADDR` (port 0 picks a free port).
 
@@ -17,7 +18,7 @@ use std::io::{self, Write};
 
 use anyhow::Context;
 use chat_engine::core::ConnInfo;
-use chat_engine::ws::{router_with, ConnectionHandler, Incoming, Message, WsOptions};
+use chat_engine::ws::{router_with, ConnectionHandler, DeflateOptions, Incoming, Message, WsOptions};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 
 /// The largest message echoed: the suite sends up to 16 MiB (cases 9.1.6, 9.2.6).
@@ -63,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    let app = router_with(Echo, WsOptions::default().path("/"));
+    let app = router_with(Echo, WsOptions::default().path("/").deflate(DeflateOptions::default()));
     println!("listening {local}");
     io::stdout().flush()?;
     axum::serve(listener, app).await?;

@@ -22,7 +22,7 @@ use axum::Router;
 use chat_engine::core::{AllowAnonymous, ConnectionLimits, Engine, JwtAuthenticator, MemoryBroker};
 use chat_engine::redis::RedisBroker;
 use chat_engine::tcp::TcpServer;
-use chat_engine::ws::{WsOptions, WsServer};
+use chat_engine::ws::{DeflateOptions, WsOptions, WsServer};
 use clap::Parser;
 
 /// Command-line options. Engine limits left unset keep the engine's defaults.
@@ -35,6 +35,10 @@ struct Args {
     /// WebSocket listener: chat/1 at /ws, the browser page at /. Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7071")]
     ws: String,
+    /// Offer permessage-deflate on the WebSocket listener (browsers accept it): long messages
+    /// go out compressed, each compressed once for all its recipients.
+    #[arg(long)]
+    ws_deflate: bool,
     /// `memory` (this process only), or Redis, which many nodes share rooms through: one server,
     /// `redis://HOST:PORT`, or a primary managed by Sentinel,
     /// `redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE` (the hosts are the sentinels).
@@ -203,7 +207,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.tcp))?
         .connection_limits(limits.clone());
-    let ws = WsServer::bind(&args.ws, engine.clone(), WsOptions::default().connection_limits(limits))
+    let mut ws_options = WsOptions::default().connection_limits(limits);
+    if args.ws_deflate {
+        ws_options = ws_options.deflate(DeflateOptions::default());
+    }
+    let ws = WsServer::bind(&args.ws, engine.clone(), ws_options)
         .await
         .with_context(|| format!("binding {}", args.ws))?
         .with_routes(page());

@@ -5,7 +5,7 @@
 # fails on any case whose behavior (or close behavior) is not OK, NON-STRICT or INFORMATIONAL.
 # docs/autobahn.md has the results and how to read them.
 #
-#   scripts/autobahn.sh            # cases 1 to 10; report in target/autobahn/report/index.html
+#   scripts/autobahn.sh            # every case; report in target/autobahn/report/index.html
 #
 # The suite is Python 2 only. It is installed when missing, with pip, into AUTOBAHN_DIR
 # (default ~/.cache/chat-engine/autobahntestsuite-py27), from CPython 2.7: AUTOBAHN_PYTHON when
@@ -16,9 +16,8 @@ cd "$(dirname "$0")/.."
 
 # The suite's version, pinned: its cases and verdicts are what docs/autobahn.md reports.
 SUITE_VERSION=25.10.1
-# Cases 12 and 13 are permessage-deflate (RFC 7692), which the transport does not negotiate
-# yet: drop them from this list once it does (issue 11 item 3).
-EXCLUDE_CASES='"12.*", "13.*"'
+# Cases to leave out (none: 12 and 13 are permessage-deflate, which the testee offers).
+EXCLUDE_CASES=''
 # Verdicts that pass. NON-STRICT: a failure detected later than it could have been (e.g.
 # invalid UTF-8 found at the end of a frame rather than in its middle).
 PASSING='OK NON-STRICT INFORMATIONAL'

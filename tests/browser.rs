@@ -18,7 +18,7 @@ use axum::Router;
 use chat_engine::core::auth::TokenClaims;
 use chat_engine::core::{AllowAnonymous, Engine, JwtAuthenticator, MemoryBroker};
 use chat_engine::tcp::TcpServer;
-use chat_engine::ws::{WsOptions, WsServer};
+use chat_engine::ws::{DeflateOptions, WsOptions, WsServer};
 use fantoccini::{Client, Locator};
 use serde_json::json;
 use support::{messages, wait_for, wait_until, Chromedriver};
@@ -55,8 +55,12 @@ impl Server {
         server
     }
 
+    /// Opens the WebSocket listener, with permessage-deflate offered for every message that
+    /// shrinks (Chromium accepts it and compresses what it sends): the pages' conversation
+    /// goes both ways compressed.
     async fn open_ws(&mut self, addr: SocketAddr) {
-        let ws = WsServer::bind(addr, self.engine.clone(), WsOptions::default()).await.unwrap().with_routes(page());
+        let options = WsOptions::default().deflate(DeflateOptions { min_size: 16, ..DeflateOptions::default() });
+        let ws = WsServer::bind(addr, self.engine.clone(), options).await.unwrap().with_routes(page());
         self.ws = ws.local_addr();
         self.tasks.push(tokio::spawn(async move { ws.run().await.unwrap() }));
     }

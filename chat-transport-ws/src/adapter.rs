@@ -16,6 +16,11 @@
 //! (`BatchedIo::feed_frame`: one copy per recipient) and are not validated again for every
 //! recipient: `Engine::serve` guarantees that every frame it writes is UTF-8 (it checks bodies
 //! handed back by a broker once, when it encodes them).
+//!
+//! With permessage-deflate negotiated (deflate.rs), a message whose first frame has RSV1 is
+//! inflated once whole (within the handler's `max_message`, or it is `TooLarge`) and its text
+//! checked then; outbound messages go out compressed when that makes them smaller, each
+//! compressed once for all the connections that agreed on the same parameters.
 
 use std::future::Future;
 use std::io;
@@ -34,7 +39,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::batch::BatchedIo;
 use crate::connection::{ConnectionHandler, Incoming, Message};
-use crate::frame::{self, Parsed, Utf8Check, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
+use crate::deflate::{self, Agreed, InflateError};
+use crate::frame::{
+    self, Parsed, Utf8Check, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, RSV1,
+};
 
 /// Not a close code: the peer closed first and the reply is already queued; only flush it.
 const PEER_CLOSED: u16 = 0;
@@ -56,11 +64,14 @@ pub(crate) struct Shared<S> {
     close_code: AtomicU16,
     /// Our close frame was queued: the peer's close is the answer, not to be answered again.
     close_sent: AtomicBool,
+    /// permessage-deflate, when the upgrade negotiated it.
+    deflate: Option<Agreed>,
 }
 
 impl<S> Shared<S> {
-    pub(crate) fn new(io: BatchedIo<S>) -> Self {
-        Shared { io: Mutex::new(io), close_code: AtomicU16::new(CLOSE_NORMAL), close_sent: AtomicBool::new(false) }
+    pub(crate) fn new(io: BatchedIo<S>, deflate: Option<Agreed>) -> Self {
+        let (close_code, close_sent) = (AtomicU16::new(CLOSE_NORMAL), AtomicBool::new(false));
+        Shared { io: Mutex::new(io), close_code, close_sent, deflate }
     }
 
     fn io(&self) -> MutexGuard<'_, BatchedIo<S>> {
@@ -105,8 +116,9 @@ pub(crate) struct InboundFrames<'a, S> {
     buf: BytesMut,
     /// What arrived of a fragmented message in progress (empty, unallocated, when none).
     partial: BytesMut,
-    /// The opcode of the message in progress (text or binary); `CONTINUATION` (0) when none.
-    /// Not an `Option<(u8, BytesMut)>`: apart, it shares a word with the small fields below.
+    /// The opcode of the message in progress (text or binary), with [`RSV1`] added when it is
+    /// compressed; `CONTINUATION` (0) when none. Not an `Option<(u8, BytesMut)>` nor a separate
+    /// flag: apart and packed, it shares a word with the small fields below.
     /// Every byte here is in the connection's task, whose size tokio rounds up to 128 bytes:
     /// 8 bytes more (for `utf8` and `checked`) cost 160 bytes per idle connection (measured).
     partial_opcode: u8,
@@ -147,13 +159,38 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
         Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
     }
 
-    /// A whole message: text (its UTF-8 checked as its frames arrived) or binary.
-    fn message(opcode: u8, payload: BytesMut) -> Poll<Option<io::Result<Incoming>>> {
+    /// A whole message: text (its UTF-8 checked as its frames arrived) or binary; a compressed
+    /// one is inflated first (within `max`) and its text checked then.
+    fn message(&mut self, opcode: u8, compressed: bool, payload: BytesMut) -> Poll<Option<io::Result<Incoming>>> {
+        let payload = if compressed {
+            match deflate::inflate(&payload, self.max) {
+                Ok(inflated) if opcode == frame::TEXT && std::str::from_utf8(&inflated).is_err() => {
+                    return self.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+                }
+                Ok(inflated) => bytes::Bytes::from(inflated),
+                Err(InflateError::TooLarge) => return self.too_large(),
+                Err(InflateError::Invalid) => {
+                    return self.fail(CLOSE_INVALID_DATA, "a compressed message that does not inflate")
+                }
+            }
+        } else {
+            payload.freeze()
+        };
         let message = match opcode {
-            frame::TEXT => Incoming::Text(payload.freeze()),
-            _ => Incoming::Binary(payload.freeze()),
+            frame::TEXT => Incoming::Text(payload),
+            _ => Incoming::Binary(payload),
         };
         Poll::Ready(Some(Ok(message)))
+    }
+
+    /// A message over `max`: the last item (close 1009).
+    fn too_large(&mut self) -> Poll<Option<io::Result<Incoming>>> {
+        self.shared.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
+        self.end_next = true;
+        self.buf = BytesMut::new();
+        (self.partial, self.partial_opcode) = (BytesMut::new(), frame::CONTINUATION);
+        self.checked = 0;
+        Poll::Ready(Some(Ok(Incoming::TooLarge)))
     }
 
     /// Checks a whole frame of a text message: what [`check_arriving_text`](Self::check_arriving_text)
@@ -168,6 +205,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> InboundFrames<'a, S> {
     /// unmasked on the stack a block at a time. `false` when they are not UTF-8.
     fn check_arriving_text(&mut self) -> bool {
         let Some(head) = frame::head(&self.buf) else { return true };
+        if head.compressed {
+            return true; // not text until it is inflated, whole
+        }
         let text = match head.opcode {
             frame::TEXT => self.partial_opcode == frame::CONTINUATION,
             frame::CONTINUATION => self.partial_opcode == frame::TEXT,
@@ -228,33 +268,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
         }
         loop {
             let so_far = this.partial.len();
-            match frame::parse(&mut this.buf, this.max, so_far) {
-                Parsed::Frame { fin, opcode, payload } => match (opcode, std::mem::take(&mut this.checked)) {
+            match frame::parse(&mut this.buf, this.max, so_far, this.shared.deflate.is_some()) {
+                Parsed::Frame { fin, opcode, compressed, payload } => match (opcode, std::mem::take(&mut this.checked))
+                {
                     (frame::TEXT | frame::BINARY, _) if this.partial_opcode != frame::CONTINUATION => {
                         return this.fail(CLOSE_PROTOCOL_ERROR, "a new message before the last one ended")
                     }
-                    (frame::TEXT, checked) if !this.check_text(&payload, checked, fin) => {
+                    (frame::TEXT, checked) if !compressed && !this.check_text(&payload, checked, fin) => {
                         return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
                     }
-                    (frame::TEXT | frame::BINARY, _) if fin => return Self::message(opcode, payload),
+                    (frame::TEXT | frame::BINARY, _) if fin => return this.message(opcode, compressed, payload),
                     (frame::TEXT | frame::BINARY, _) => {
-                        (this.partial, this.partial_opcode) = (payload, opcode);
+                        let flag = if compressed { RSV1 } else { 0 };
+                        (this.partial, this.partial_opcode) = (payload, opcode | flag);
                         continue; // the next fragment may be buffered already
                     }
                     (frame::CONTINUATION, checked) => {
-                        let opcode = std::mem::replace(&mut this.partial_opcode, frame::CONTINUATION);
-                        if opcode == frame::CONTINUATION {
+                        let begun = std::mem::replace(&mut this.partial_opcode, frame::CONTINUATION);
+                        if begun == frame::CONTINUATION {
                             return this.fail(CLOSE_PROTOCOL_ERROR, "a continuation with no message to continue");
                         }
+                        let (opcode, compressed) = (begun & !RSV1, begun & RSV1 != 0);
                         let mut message = std::mem::take(&mut this.partial);
-                        if opcode == frame::TEXT && !this.check_text(&payload, checked, fin) {
+                        if opcode == frame::TEXT && !compressed && !this.check_text(&payload, checked, fin) {
                             return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
                         }
                         message.extend_from_slice(&payload);
                         if fin {
-                            return Self::message(opcode, message);
+                            return this.message(opcode, compressed, message);
                         }
-                        (this.partial, this.partial_opcode) = (message, opcode);
+                        (this.partial, this.partial_opcode) = (message, begun);
                         continue;
                     }
                     // Nothing follows our close frame (RFC 6455 §5.5.1), not even a pong.
@@ -285,14 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
                         return this.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
                     }
                 }
-                Parsed::TooLarge => {
-                    this.shared.close_code.store(CLOSE_TOO_BIG, Ordering::Relaxed);
-                    this.end_next = true;
-                    this.buf = BytesMut::new();
-                    (this.partial, this.partial_opcode) = (BytesMut::new(), frame::CONTINUATION);
-                    this.checked = 0;
-                    return Poll::Ready(Some(Ok(Incoming::TooLarge)));
-                }
+                Parsed::TooLarge => return this.too_large(),
                 Parsed::Invalid(code, why) => return this.fail(code, why),
             }
             if this.buf.is_empty() {
@@ -342,8 +378,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for OutboundFrames<'_, S> 
             opcode != frame::TEXT || std::str::from_utf8(payload).is_ok(),
             "a text message that is not UTF-8"
         );
+        let compressed = self.shared.deflate.and_then(|agreed| deflate::compressed(payload, agreed));
         let mut io = self.shared.io();
-        io.feed_frame(opcode, payload);
+        match &compressed {
+            Some(compressed) => io.feed_frame(opcode | RSV1, compressed),
+            None => io.feed_frame(opcode, payload),
+        }
         let full = io.is_full();
         drop(io);
         self.full = full; // `poll_ready` writes before the next frame: one lock per frame

@@ -24,8 +24,9 @@ pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
 /// What the front of the read buffer holds.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Parsed {
-    /// One whole frame, unmasked.
-    Frame { fin: bool, opcode: u8, payload: BytesMut },
+    /// One whole frame, unmasked; `compressed` when RSV1 marks the first frame of a message
+    /// compressed with permessage-deflate (deflate.rs).
+    Frame { fin: bool, opcode: u8, compressed: bool, payload: BytesMut },
     /// Not a whole frame yet: read more (room for the rest of the frame is reserved).
     Incomplete,
     /// A data frame that would take the message over the limit: decided from its header, before
@@ -35,16 +36,23 @@ pub(crate) enum Parsed {
     Invalid(u16, &'static str),
 }
 
+/// The header bit (RSV1) that marks a compressed message (RFC 7692 §6).
+pub(crate) const RSV1: u8 = 0x40;
+
 /// Takes one frame from the front of `buf`. `max` bounds a message; `so_far` is what earlier
-/// fragments of the message in progress hold.
-pub(crate) fn parse(buf: &mut BytesMut, max: usize, so_far: usize) -> Parsed {
+/// fragments of the message in progress hold; `deflate` says whether permessage-deflate was
+/// negotiated, so that RSV1 may mark the first frame of a data message as compressed.
+pub(crate) fn parse(buf: &mut BytesMut, max: usize, so_far: usize, deflate: bool) -> Parsed {
     if buf.len() < 2 {
         return Parsed::Incomplete;
     }
     let (b0, b1) = (buf[0], buf[1]);
-    let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
-    if b0 & 0x70 != 0 {
+    let (fin, opcode, compressed) = (b0 & 0x80 != 0, b0 & 0x0f, b0 & RSV1 != 0);
+    if b0 & 0x30 != 0 || (compressed && !deflate) {
         return Parsed::Invalid(CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension");
+    }
+    if compressed && !matches!(opcode, TEXT | BINARY) {
+        return Parsed::Invalid(CLOSE_PROTOCOL_ERROR, "RSV1 on a frame that does not begin a data message");
     }
     if b1 & 0x80 == 0 {
         return Parsed::Invalid(CLOSE_PROTOCOL_ERROR, "a client's frames must be masked");
@@ -89,13 +97,15 @@ pub(crate) fn parse(buf: &mut BytesMut, max: usize, so_far: usize) -> Parsed {
     for (i, byte) in payload.iter_mut().enumerate() {
         *byte ^= mask[i & 3];
     }
-    Parsed::Frame { fin, opcode, payload }
+    Parsed::Frame { fin, opcode, compressed, payload }
 }
 
 /// A data frame's header, whole (masking key included), as [`head`] reads it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Head {
     pub(crate) opcode: u8,
+    /// RSV1: the message is compressed (its payload is not text yet).
+    pub(crate) compressed: bool,
     /// Bytes of the header, masking key included: where the payload begins.
     pub(crate) len: usize,
     /// The payload's length.
@@ -115,7 +125,7 @@ pub(crate) fn head(buf: &[u8]) -> Option<Head> {
     };
     let len = 2 + extended + 4;
     let mask = buf.get(len - 4..len)?.try_into().ok()?;
-    Some(Head { opcode: b0 & 0x0f, len, payload, mask })
+    Some(Head { opcode: b0 & 0x0f, compressed: b0 & RSV1 != 0, len, payload, mask })
 }
 
 /// UTF-8 checked as a text message arrives, in pieces split anywhere (fragments, or the parts
@@ -215,7 +225,7 @@ mod tests {
 
     #[test]
     fn lengths_are_minimal_and_63_bits() {
-        let parsed = |bytes: &[u8]| parse(&mut BytesMut::from(bytes), 1 << 20, 0);
+        let parsed = |bytes: &[u8]| parse(&mut BytesMut::from(bytes), 1 << 20, 0, false);
         let invalid = |p: Parsed| matches!(p, Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _));
         assert!(invalid(parsed(&[0x81, 0x80 | 126, 0, 125])), "16 bits for 125");
         assert!(matches!(parsed(&[0x81, 0x80 | 126, 0, 126]), Parsed::Incomplete), "16 bits for 126");
@@ -258,7 +268,9 @@ mod tests {
         for len in [0, 1, 125, 126, 65_535, 65_536, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut buf = BytesMut::from(&masked(0x81, &payload)[..]);
-            let Parsed::Frame { fin, opcode, payload: got } = parse(&mut buf, 1 << 20, 0) else { panic!("{len}") };
+            let Parsed::Frame { fin, opcode, payload: got, .. } = parse(&mut buf, 1 << 20, 0, false) else {
+                panic!("{len}")
+            };
             assert!(fin && opcode == TEXT && got[..] == payload[..] && buf.is_empty(), "length {len}");
         }
     }
@@ -268,7 +280,7 @@ mod tests {
         let whole = masked(0x82, &[7u8; 1000]);
         for cut in [0, 1, 2, 3, 7, 8, 500, 1007] {
             let mut buf = BytesMut::from(&whole[..cut]);
-            assert_eq!(parse(&mut buf, 1 << 20, 0), Parsed::Incomplete, "cut at {cut}");
+            assert_eq!(parse(&mut buf, 1 << 20, 0, false), Parsed::Incomplete, "cut at {cut}");
             assert!(buf.capacity() <= 2 * whole.len(), "room for this frame, not more");
         }
     }
@@ -276,21 +288,36 @@ mod tests {
     #[test]
     fn limits_and_rules() {
         let mut buf = BytesMut::from(&masked(0x81, &[b'a'; 200])[..]);
-        assert_eq!(parse(&mut buf, 199, 0), Parsed::TooLarge, "over max, from the header");
+        assert_eq!(parse(&mut buf, 199, 0, false), Parsed::TooLarge, "over max, from the header");
         let mut buf = BytesMut::from(&masked(0x80, &[b'a'; 100])[..]);
-        assert_eq!(parse(&mut buf, 150, 100), Parsed::TooLarge, "fragments add up");
+        assert_eq!(parse(&mut buf, 150, 100, false), Parsed::TooLarge, "fragments add up");
         let mut buf = BytesMut::from(&[0x81u8, 0x05, b'h', b'e', b'l', b'l', b'o'][..]);
-        assert!(matches!(parse(&mut buf, 100, 0), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "unmasked");
+        assert!(matches!(parse(&mut buf, 100, 0, false), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "unmasked");
         let mut buf = BytesMut::from(&masked(0xC1, b"x")[..]);
-        assert!(matches!(parse(&mut buf, 100, 0), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "RSV1");
+        assert!(matches!(parse(&mut buf, 100, 0, false), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "RSV1");
         let mut buf = BytesMut::from(&masked(0x09, b"x")[..]);
-        assert!(matches!(parse(&mut buf, 100, 0), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "fragmented ping");
+        assert!(matches!(parse(&mut buf, 100, 0, false), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "fragmented ping");
         let mut buf = BytesMut::from(&masked(0x89, &[0u8; 126])[..]);
-        assert!(matches!(parse(&mut buf, 1000, 0), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "long ping");
+        assert!(matches!(parse(&mut buf, 1000, 0, false), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "long ping");
         let mut buf = BytesMut::from(&masked(0x83, b"x")[..]);
-        assert!(matches!(parse(&mut buf, 100, 0), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "opcode 3");
+        assert!(matches!(parse(&mut buf, 100, 0, false), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "opcode 3");
         let mut buf = BytesMut::from(&masked(0x89, b"ok")[..]);
-        assert!(matches!(parse(&mut buf, 1, 0), Parsed::Frame { opcode: PING, .. }), "control frames ignore max");
+        assert!(
+            matches!(parse(&mut buf, 1, 0, false), Parsed::Frame { opcode: PING, .. }),
+            "control frames ignore max"
+        );
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_with_deflate_and_only_its_first_frame() {
+        let parsed = |first: u8, deflate| parse(&mut BytesMut::from(&masked(first, b"x")[..]), 100, 0, deflate);
+        assert!(matches!(parsed(0xC1, true), Parsed::Frame { opcode: TEXT, compressed: true, .. }));
+        assert!(matches!(parsed(0x42, true), Parsed::Frame { opcode: BINARY, compressed: true, fin: false, .. }));
+        assert!(matches!(parsed(0x81, true), Parsed::Frame { compressed: false, .. }), "a message may go uncompressed");
+        for (first, what) in [(0xC0, "continuation"), (0xC9, "ping"), (0xC8, "close"), (0xA1, "RSV2"), (0x91, "RSV3")] {
+            assert!(matches!(parsed(first, true), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "{what}");
+        }
+        assert!(matches!(parsed(0xC1, false), Parsed::Invalid(CLOSE_PROTOCOL_ERROR, _)), "not negotiated");
     }
 
     #[test]
@@ -332,7 +359,7 @@ mod tests {
     fn heads_are_read_once_whole() {
         let frame = masked(0x01, &[b'a'; 300]);
         assert_eq!(head(&frame[..7]), None, "the masking key is missing");
-        let want = Head { opcode: TEXT, len: 8, payload: 300, mask: [0x12, 0x34, 0x56, 0x78] };
+        let want = Head { opcode: TEXT, compressed: false, len: 8, payload: 300, mask: [0x12, 0x34, 0x56, 0x78] };
         assert_eq!(head(&frame[..8]), Some(want));
         assert_eq!(head(&masked(0x89, b"x")).map(|h| (h.opcode, h.len, h.payload)), Some((PING, 6, 1)));
     }

@@ -72,6 +72,7 @@ mod adapter;
 mod batch;
 mod client;
 mod connection;
+mod deflate;
 mod error;
 mod frame;
 mod handler;
@@ -85,6 +86,7 @@ pub use client::connect;
 #[cfg(feature = "tls")]
 pub use client::connect_tls;
 pub use connection::{router_with, ConnectionHandler, Incoming, Message};
+pub use deflate::DeflateOptions;
 pub use error::Error;
 pub use handler::{handler, router, WsState};
 pub use options::{WsOptions, SUBPROTOCOL};

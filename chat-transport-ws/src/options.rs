@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use chat_core::ConnectionLimits;
 
+use crate::deflate::DeflateOptions;
+
 /// The subprotocol of `chat/1` over WebSocket (PROTOCOL.md §1).
 pub const SUBPROTOCOL: &str = "chat.v1";
 
@@ -32,6 +34,7 @@ pub struct WsOptions {
     pub(crate) write_buffer_size: usize,
     pub(crate) tls_handshake_timeout: Option<Duration>,
     pub(crate) connection_limits: ConnectionLimits,
+    pub(crate) deflate: Option<DeflateOptions>,
 }
 
 impl Default for WsOptions {
@@ -42,6 +45,7 @@ impl Default for WsOptions {
             write_buffer_size: 64 * 1024,
             tls_handshake_timeout: None,
             connection_limits: ConnectionLimits::default(),
+            deflate: None,
         }
     }
 }
@@ -121,5 +125,21 @@ impl WsOptions {
     /// The connection limits in force (and how many connections hold a place).
     pub fn limits(&self) -> &ConnectionLimits {
         &self.connection_limits
+    }
+
+    /// Offers permessage-deflate (RFC 7692) to clients that ask for it (browsers do): messages
+    /// of at least `options.min_size` bytes go out compressed, and compressed messages are
+    /// accepted. Without context takeover in either direction, so a connection keeps no
+    /// compression state between messages (no memory while idle) and a message fanned out to
+    /// many recipients is compressed once. An inflated message counts against the engine's
+    /// `max_frame` as it is inflated (a decompression bomb is `frame_too_large`). Default: off.
+    pub fn deflate(mut self, options: DeflateOptions) -> Self {
+        self.deflate = Some(options);
+        self
+    }
+
+    /// The permessage-deflate settings, when it is offered.
+    pub fn get_deflate(&self) -> Option<&DeflateOptions> {
+        self.deflate.as_ref()
     }
 }

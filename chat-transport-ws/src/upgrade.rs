@@ -4,7 +4,8 @@
 //!
 //! [`accept`] checks the request (Origin allow-list, shutdown, GET, `Connection: upgrade`,
 //! `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`), answers 101 with
-//! `Sec-WebSocket-Accept` and `chat.v1` when offered, and spawns the session, which waits for
+//! `Sec-WebSocket-Accept`, `chat.v1` when offered and permessage-deflate when the host turned
+//! it on and the client offers it, and spawns the session, which waits for
 //! hyper to hand over the connection (`hyper::upgrade::on`: the request carries hyper's
 //! `OnUpgrade`, whether it came through [`WsServer`](crate::WsServer) or the host's own axum
 //! server).
@@ -31,6 +32,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::adapter::{serve_socket, Shared};
 use crate::batch::BatchedIo;
 use crate::connection::ConnectionHandler;
+use crate::deflate;
 use crate::options::{WsOptions, SUBPROTOCOL};
 
 /// What [`WsServer`](crate::WsServer) knows of a connection it accepted, put in the
@@ -91,6 +93,9 @@ pub(crate) fn accept<H: ConnectionHandler>(handler: &H, options: &WsOptions, mut
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, "accept key");
     };
     let chat_v1 = offers_subprotocol(headers);
+    let extensions = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+    let deflate =
+        options.deflate.as_ref().and_then(|d| deflate::negotiate(extensions.iter().filter_map(|v| v.to_str().ok()), d));
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded");
@@ -108,13 +113,14 @@ pub(crate) fn accept<H: ConnectionHandler>(handler: &H, options: &WsOptions, mut
 
     let batch = options.write_buffer_size;
     let handler = handler.clone();
+    let agreed = deflate.as_ref().map(|(agreed, _)| *agreed);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
         let io = BatchedIo::new(TokioIo::new(upgraded), batch);
-        serve_socket(handler, Shared::new(io), peer, accepted).await;
+        serve_socket(handler, Shared::new(io, agreed), peer, accepted).await;
         drop(permit); // held for as long as the session runs (moved, not copied, into the task)
     });
 
@@ -126,6 +132,9 @@ pub(crate) fn accept<H: ConnectionHandler>(handler: &H, options: &WsOptions, mut
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     if chat_v1 {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+    }
+    if let Some(extension) = deflate.and_then(|(_, response)| HeaderValue::try_from(response).ok()) {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
     }
     response
 }

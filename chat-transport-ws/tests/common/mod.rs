@@ -166,15 +166,20 @@ pub async fn raw_tcp_hello(addr: SocketAddr, user: &str) -> TcpStream {
     tcp
 }
 
-/// One masked client frame (FIN set) with `opcode` and `payload`, built by hand.
+/// One masked client frame (FIN set) with `opcode` (RSV bits may be added to it) and
+/// `payload`, built by hand.
 pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
     let mut frame = vec![0x80 | opcode];
     match payload.len() {
         n if n < 126 => frame.push(0x80 | n as u8),
-        n => {
+        n if n <= 0xffff => {
             frame.push(0x80 | 126);
             frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
     frame.extend_from_slice(&mask);
@@ -184,6 +189,12 @@ pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Reads one (unmasked) server frame from a raw socket: (opcode, payload); `None` at the end.
 pub async fn read_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    read_frame_whole(tcp).await.map(|(first, payload)| (first & 0x0f, payload))
+}
+
+/// Reads one (unmasked) server frame from a raw socket: (its first byte, with FIN, the RSV
+/// bits and the opcode; payload); `None` at the end.
+pub async fn read_frame_whole(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     within(async {
         let mut head = [0u8; 2];
@@ -203,7 +214,7 @@ pub async fn read_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
         };
         let mut payload = vec![0u8; usize::try_from(len).ok()?];
         tcp.read_exact(&mut payload).await.ok()?;
-        Some((head[0] & 0x0f, payload))
+        Some((head[0], payload))
     })
     .await
 }
