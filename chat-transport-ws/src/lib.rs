@@ -71,6 +71,9 @@ mod batch;
 mod client;
 mod error;
 mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod options;
 mod server;
