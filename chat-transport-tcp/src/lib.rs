@@ -46,6 +46,9 @@
 mod client;
 mod codec;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod server;
 #[cfg(feature = "tls")]
 mod tls;

@@ -75,6 +75,9 @@ mod connection;
 mod deflate;
 mod error;
 mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod options;
 mod server;

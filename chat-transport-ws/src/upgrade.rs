@@ -78,13 +78,13 @@ pub(crate) fn accept<H: ConnectionHandler>(handler: &H, options: &WsOptions, mut
     if !has_token(headers, header::UPGRADE, "websocket") {
         return refuse(StatusCode::BAD_REQUEST, "`Upgrade` header did not include `websocket`");
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if single(headers, header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
         let mut response = refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` must be 13");
         response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return response;
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing");
+    let Some(key) = single(headers, header::SEC_WEBSOCKET_KEY) else {
+        return refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing or repeated");
     };
     if !is_websocket_key(key.as_bytes()) {
         return refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` must be 16 bytes in base64");
@@ -155,6 +155,13 @@ fn is_websocket_key(key: &[u8]) -> bool {
         && value(&key[21]).is_some_and(|v| v & 0x0f == 0)
 }
 
+/// The `name` header when the request has exactly one (RFC 6455 §11.3.1, §11.3.5: the key
+/// and the version must not appear more than once in a request; found by the fuzzer).
+fn single(headers: &HeaderMap, name: HeaderName) -> Option<&HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    values.next().filter(|_| values.next().is_none())
+}
+
 /// Whether any `name` header lists `token` (comma-separated, ASCII case-insensitive).
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
@@ -190,6 +197,18 @@ mod tests {
         assert!(offers_subprotocol(&headers(&[("sec-websocket-protocol", "other , chat.v1")])));
         assert!(!offers_subprotocol(&headers(&[("sec-websocket-protocol", "chat.v10")])));
         assert!(!offers_subprotocol(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn key_and_version_appear_once() {
+        let h = headers(&[("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]);
+        assert_eq!(single(&h, header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes), Some(&b"13"[..]));
+        let mut twice = h.clone();
+        twice.append(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        twice.append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIANhbXBsZSBub25jZQ=="));
+        assert!(single(&twice, header::SEC_WEBSOCKET_VERSION).is_none(), "two versions");
+        assert!(single(&twice, header::SEC_WEBSOCKET_KEY).is_none(), "two keys");
+        assert!(single(&HeaderMap::new(), header::SEC_WEBSOCKET_KEY).is_none());
     }
 
     #[test]

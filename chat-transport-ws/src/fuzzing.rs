@@ -1,0 +1,115 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`; not public API).
+//!
+//! The server's WebSocket reading is crate-private: [`parse_frames`] runs the frame parser
+//! (frame.rs) over a buffer and checks what it promises; [`serve`] runs a whole upgraded
+//! connection as the server does (adapter.rs: fragments, control frames, UTF-8, close
+//! replies, then the engine's session) over an in-memory socket that hands its bytes over in
+//! chunks of the fuzzer's choosing, and returns what the server wrote back.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use chat_core::Engine;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::adapter::{serve_socket, Shared};
+use crate::batch::BatchedIo;
+use crate::frame::{self, Parsed};
+
+/// Parses frames from the front of `data` until one is not whole, too large or invalid, with a
+/// message limit of `max`, and checks each result: a frame's payload is exactly its declared
+/// length unmasked, an incomplete buffer is left as it was (room reserved only for its own
+/// frame), control frames are whole and small. Returns how many frames were parsed.
+pub fn parse_frames(data: &[u8], max: usize) -> usize {
+    let mut buf = BytesMut::from(data);
+    let mut so_far = 0usize;
+    let mut frames = 0;
+    loop {
+        let before = buf.clone();
+        match frame::parse(&mut buf, max, so_far) {
+            Parsed::Frame { fin, opcode, payload } => {
+                frames += 1;
+                let used = before.len() - buf.len();
+                assert!(before[1] & 0x80 != 0, "an unmasked frame was accepted");
+                assert_eq!(before[0] & 0x0f, opcode);
+                assert_eq!(before[0] & 0x80 != 0, fin);
+                let header = used - payload.len();
+                assert!(matches!(header, 6 | 8 | 14), "header of {header} bytes");
+                let mask = &before[header - 4..header];
+                assert!(payload.iter().enumerate().all(|(i, b)| b ^ mask[i % 4] == before[header + i]));
+                assert_eq!(&buf[..], &before[used..], "the rest is untouched");
+                match opcode {
+                    frame::CLOSE | frame::PING | frame::PONG => assert!(fin && payload.len() <= 125),
+                    frame::CONTINUATION | frame::TEXT | frame::BINARY => {
+                        so_far = if fin { 0 } else { so_far + payload.len() };
+                        assert!(so_far <= max);
+                    }
+                    other => panic!("opcode {other} accepted"),
+                }
+            }
+            Parsed::Incomplete => {
+                assert_eq!(&buf[..], &before[..], "an incomplete frame is left as it was");
+                return frames;
+            }
+            Parsed::TooLarge => {
+                assert!(matches!(before[0] & 0x0f, frame::CONTINUATION | frame::TEXT | frame::BINARY));
+                return frames;
+            }
+            Parsed::Invalid(code, why) => {
+                assert!(code == frame::CLOSE_PROTOCOL_ERROR && !why.is_empty());
+                return frames;
+            }
+        }
+    }
+}
+
+/// An in-memory socket: reads `data` in chunks of the sizes in `chunks` (cycled; 0 is one
+/// `Pending`), then its end; keeps what is written to it.
+struct Socket<'a> {
+    data: &'a [u8],
+    chunks: &'a [usize],
+    next: usize,
+    written: Arc<Mutex<Vec<u8>>>,
+}
+
+impl AsyncRead for Socket<'_> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let size = if self.chunks.is_empty() { usize::MAX } else { self.chunks[self.next % self.chunks.len()] };
+        self.next = self.next.wrapping_add(1);
+        if size == 0 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let n = size.min(buf.remaining()).min(self.data.len());
+        buf.put_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Socket<'_> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.written.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Runs an upgraded connection exactly as the server does (`serve_socket`: frame reader,
+/// session, writer, close handshake) over `data`, read in chunks of the sizes in `chunks`
+/// (cycled; 0 is one `Pending` before the next read), and returns every byte the server wrote.
+pub async fn serve(engine: Engine, data: &[u8], chunks: &[usize]) -> Vec<u8> {
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let socket = Socket { data, chunks, next: 0, written: written.clone() };
+    serve_socket(engine, Shared::new(BatchedIo::new(socket, 4096)), None, None).await;
+    let out = std::mem::take(&mut *written.lock().unwrap_or_else(PoisonError::into_inner));
+    out
+}
