@@ -68,6 +68,10 @@ struct Args {
     /// A chat/1 server's WebSocket URL (ws://host:port/ws).
     #[arg(long)]
     ws: Option<String>,
+    /// Over WebSocket, offer permessage-deflate and inflate what comes compressed (the server
+    /// must accept it: `chat-server --ws-deflate`).
+    #[arg(long)]
+    ws_deflate: bool,
     /// Publishers connect here (TCP host:port) instead of `--tcp`/`--ws`: with `--sub-tcp` or
     /// `--sub-ws` on another node, every delivery crosses the broker.
     #[arg(long, conflicts_with = "pub_ws")]
@@ -166,9 +170,10 @@ struct Endpoints {
     subscribe: Endpoint,
 }
 
-fn endpoint(tcp: &Option<String>, ws: &Option<String>) -> Option<Endpoint> {
+fn endpoint(tcp: &Option<String>, ws: &Option<String>, deflate: bool) -> Option<Endpoint> {
     match (tcp, ws) {
         (Some(addr), _) => Some(Endpoint::Tcp(addr.clone())),
+        (None, Some(url)) if deflate => Some(Endpoint::WsDeflate(url.clone())),
         (None, Some(url)) => Some(Endpoint::Ws(url.clone())),
         (None, None) => None,
     }
@@ -178,6 +183,7 @@ fn describe_endpoint(e: &Endpoint) -> String {
     match e {
         Endpoint::Tcp(addr) => format!("tcp {addr}"),
         Endpoint::Ws(url) => format!("ws {url}"),
+        Endpoint::WsDeflate(url) => format!("ws+deflate {url}"),
     }
 }
 
@@ -365,9 +371,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let endpoints = match (args.target, &args.nats) {
         (Target::Chat, _) => {
-            let main = endpoint(&args.tcp, &args.ws);
-            let publish = endpoint(&args.pub_tcp, &args.pub_ws).or_else(|| main.clone());
-            let subscribe = endpoint(&args.sub_tcp, &args.sub_ws).or_else(|| main.clone());
+            let main = endpoint(&args.tcp, &args.ws, args.ws_deflate);
+            let publish = endpoint(&args.pub_tcp, &args.pub_ws, args.ws_deflate).or_else(|| main.clone());
+            let subscribe = endpoint(&args.sub_tcp, &args.sub_ws, args.ws_deflate).or_else(|| main.clone());
             match (publish, subscribe) {
                 (Some(publish), Some(subscribe)) => Some(Endpoints { publish, subscribe }),
                 _ => bail!(
@@ -394,9 +400,9 @@ fn describe(args: &Args) -> String {
     if let (Target::Nats, Some(addr)) = (args.target, &args.nats) {
         return format!("nats {addr}");
     }
-    let main = endpoint(&args.tcp, &args.ws);
-    let publish = endpoint(&args.pub_tcp, &args.pub_ws).or_else(|| main.clone());
-    let subscribe = endpoint(&args.sub_tcp, &args.sub_ws).or_else(|| main.clone());
+    let main = endpoint(&args.tcp, &args.ws, args.ws_deflate);
+    let publish = endpoint(&args.pub_tcp, &args.pub_ws, args.ws_deflate).or_else(|| main.clone());
+    let subscribe = endpoint(&args.sub_tcp, &args.sub_ws, args.ws_deflate).or_else(|| main.clone());
     match (publish.map(|e| describe_endpoint(&e)), subscribe.map(|e| describe_endpoint(&e))) {
         (Some(p), Some(s)) if p == s => p,
         (Some(p), Some(s)) => format!("pub {p}, sub {s}"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the checked-in seed corpus (fuzz/corpus/<target>/seed-*): valid frames of each
 kind, a hello/join/send session, upgrade requests, and a few near misses. Run from fuzz/."""
-import json, os, struct
+import json, os, struct, zlib
 
 def put(target, name, data):
     d = os.path.join("corpus", target)
@@ -109,6 +109,28 @@ def desc(sel, b0, payload, m=0):
 put("ws_frame", "described", b"\x09\x00\x00" + desc(0, 0x81, HELLO) + desc(0, 0x81, REQS["join"]) + desc(1, 0x81, REQS["send"]) + desc(0, 0x89, b"hi") + desc(0, 0x88, b"\x03\xe8"))
 put("ws_frame", "described-unmasked", b"\x09\x02\x03" + desc(0x30, 0x81, HELLO) + desc(0, 0x81, HELLO))
 put("ws_frame", "described-fragments", b"\x09\x00\x00" + desc(0, 0x01, HELLO[:20]) + desc(8, 0x80, HELLO[20:]) + desc(0, 0x82, b"b"))
+
+# ws_frame with permessage-deflate negotiated (flags bit 4): compressed messages (RSV1, raw
+# deflate with its trailing 00 00 ff ff removed), and ones that do not inflate.
+def deflated(data, wbits=15):
+    c = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+RSV1 = 0x40
+put("ws_frame", "deflate-session", b"\x18\x00\x00" + ws(TEXT | RSV1, deflated(HELLO)) + ws(TEXT, REQS["join"]) + ws(TEXT | RSV1, deflated(REQS["send"])) + ws(CLOSE, b"\x03\xe8"))
+put("ws_frame", "deflate-fragments", b"\x18\x03\x00" + ws(TEXT, HELLO) + ws(TEXT | RSV1, deflated(REQS["join"])[:5], fin=False) + ws(CONT, deflated(REQS["join"])[5:]))
+put("ws_frame", "deflate-bomb", b"\x18\x00\x00" + ws(TEXT, HELLO) + ws(TEXT | RSV1, deflated(b" " * 100000)))
+put("ws_frame", "deflate-garbage", b"\x18\x00\x00" + ws(TEXT, HELLO) + ws(TEXT | RSV1, b"\xff\xff\xff"))
+put("ws_frame", "deflate-rsv1-continuation", b"\x18\x00\x00" + ws(TEXT, HELLO) + ws(TEXT, b"{", fin=False) + ws(CONT | RSV1, b"}"))
+
+# inflate: [limit selector] + a compressed message.
+put("inflate", "hello", b"\x05" + deflated(HELLO))
+put("inflate", "window-9", b"\x05" + deflated(REQS["send"] * 20, wbits=9))
+put("inflate", "bomb", b"\x03" + deflated(b"\x00" * 200000))
+put("inflate", "empty", b"\x02" + deflated(b""))
+put("inflate", "stored", b"\x04" + zlib.compressobj(0, zlib.DEFLATED, -15).compress(b"plain") + zlib.compressobj(0, zlib.DEFLATED, -15).flush(zlib.Z_SYNC_FLUSH)[:-4])
+put("inflate", "garbage", b"\x04\xff\xfe\xfd")
 
 # http_upgrade: the connection's first bytes.
 def req(lines, method=b"GET", path=b"/ws", version=b"HTTP/1.1", tail=b""):

@@ -9,9 +9,9 @@
 # (a compiler...) spoil a run: each summary reports their CPU share ("other" column).
 #
 #   scripts/bench.sh                 # everything (about 10 minutes)
-#   scripts/bench.sh fanout-tcp      # one or more of: fanout-tcp fanout-ws fanout-nats-raw
-#                                    #   fanout-nats (async-nats subscribers) rooms rooms-nats
-#                                    #   idle-tcp idle-ws idle-nats micro
+#   scripts/bench.sh fanout-tcp      # one or more of: fanout-tcp fanout-ws fanout-ws-deflate
+#                                    #   fanout-nats-raw fanout-nats (async-nats subscribers) rooms
+#                                    #   rooms-nats idle-tcp idle-ws idle-ws-deflate idle-nats micro
 #                                    #   redis-cross-node redis-publish redis-raw (not in "everything")
 #   DUR=20 REPEAT=5 scripts/bench.sh fanout-tcp fanout-nats
 #
@@ -152,6 +152,9 @@ run() {
   case $name in
     fanout-tcp) for i in $(seq "$REPEAT"); do start_chat "${CHAT_OPTS[@]}"; load --tcp "$TCP" "${FANOUT[@]}" >>"$OUT/$name.jsonl"; cleanup; done ;;
     fanout-ws) for i in $(seq "$REPEAT"); do start_chat "${CHAT_OPTS[@]}"; load --ws "ws://$WS/ws" "${FANOUT[@]}" >>"$OUT/$name.jsonl"; cleanup; done ;;
+    # The same with permessage-deflate negotiated: each message is compressed once for all 100
+    # subscribers (the generator inflates every copy).
+    fanout-ws-deflate) for i in $(seq "$REPEAT"); do start_chat "${CHAT_OPTS[@]}" --ws-deflate; load --ws "ws://$WS/ws" --ws-deflate "${FANOUT[@]}" >>"$OUT/$name.jsonl"; cleanup; done ;;
     fanout-nats-raw) for i in $(seq "$REPEAT"); do start_nats; load --target nats --nats-raw-subs --nats "$NATS" "${FANOUT[@]}" >>"$OUT/$name.jsonl"; cleanup; done ;;
     fanout-nats) for i in $(seq "$REPEAT"); do start_nats; load --target nats --nats "$NATS" "${FANOUT[@]}" >>"$OUT/$name.jsonl"; cleanup; done ;;
     rooms)
@@ -174,6 +177,7 @@ run() {
     # raised above them.
     idle-tcp) start_chat "${IDLE_OPTS[@]}"; load --tcp "$TCP" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-ws) start_chat "${IDLE_OPTS[@]}"; load --ws "ws://$WS/ws" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
+    idle-ws-deflate) start_chat "${IDLE_OPTS[@]}" --ws-deflate; load --ws "ws://$WS/ws" --ws-deflate --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-nats) start_nats; load --target nats --nats "$NATS" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     redis-cross-node)
       # Two nodes on one Redis; 10 rooms x (1 publisher at 100 msg/s on node a + 10 subscribers on

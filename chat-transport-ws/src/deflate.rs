@@ -130,7 +130,7 @@ struct Codecs {
 }
 
 /// `payload` compressed as one message (its tail removed, RFC 7692 §7.2.1).
-fn compress(payload: &[u8], window: u8, level: u32) -> Vec<u8> {
+pub(crate) fn compress(payload: &[u8], window: u8, level: u32) -> Vec<u8> {
     CODECS.with_borrow_mut(|codecs| {
         let index = match codecs.compressors.iter().position(|(w, l, _)| (*w, *l) == (window, level)) {
             Some(i) => i,

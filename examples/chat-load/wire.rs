@@ -7,7 +7,9 @@
 //! slices, and outbound frames coalesced into one write per batch. Over WebSocket it does the
 //! same with its own minimal framing (RFC 6455: an HTTP upgrade, then frames; ours are masked
 //! with a zero key, the server's are not masked): a tungstenite client decoding every message
-//! on one core was the bottleneck of the WS fan-out, not the server.
+//! on one core was the bottleneck of the WS fan-out, not the server. With `--ws-deflate` it
+//! offers permessage-deflate and inflates the compressed messages it receives (without context
+//! takeover, as the server agrees: one inflater per connection, reset per message).
 
 use std::io;
 
@@ -25,6 +27,8 @@ pub enum Endpoint {
     Tcp(String),
     /// `ws://host:port/ws`.
     Ws(String),
+    /// `ws://host:port/ws`, offering permessage-deflate (the server must accept it).
+    WsDeflate(String),
 }
 
 /// How frames are delimited on the connection.
@@ -36,12 +40,39 @@ pub enum Framing {
     Ws,
 }
 
+/// What inflates compressed messages (RSV1) on a connection that negotiated permessage-deflate.
+struct Inflater {
+    codec: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    /// `payload` (a compressed message, its tail removed) inflated.
+    fn inflate(&mut self, payload: &[u8]) -> io::Result<&[u8]> {
+        self.codec.reset(false);
+        self.out.clear();
+        for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+            let mut input = input;
+            while !input.is_empty() {
+                self.out.reserve(input.len().max(256) * 4);
+                let before = self.codec.total_in();
+                self.codec
+                    .decompress_vec(input, &mut self.out, flate2::FlushDecompress::Sync)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                input = &input[(self.codec.total_in() - before) as usize..];
+            }
+        }
+        Ok(&self.out)
+    }
+}
+
 /// The read half of a connection.
 pub struct Reader {
     io: OwnedReadHalf,
     buf: BytesMut,
     chunk: usize,
     framing: Framing,
+    inflater: Option<Inflater>,
 }
 
 /// The write half: frames are queued with [`push`](Writer::push) and written by
@@ -56,7 +87,7 @@ pub struct Writer {
 pub async fn open(endpoint: &Endpoint, chunk: usize) -> io::Result<(Reader, Writer)> {
     let (addr, framing) = match endpoint {
         Endpoint::Tcp(addr) => (addr.as_str(), Framing::Prefix),
-        Endpoint::Ws(url) => {
+        Endpoint::Ws(url) | Endpoint::WsDeflate(url) => {
             let authority = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: expected ws://host:port/path"))
             })?;
@@ -66,12 +97,16 @@ pub async fn open(endpoint: &Endpoint, chunk: usize) -> io::Result<(Reader, Writ
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut buf = BytesMut::new();
-    if let Endpoint::Ws(url) = endpoint {
+    let mut inflater = None;
+    if let Endpoint::Ws(url) | Endpoint::WsDeflate(url) = endpoint {
+        let deflate = matches!(endpoint, Endpoint::WsDeflate(_));
         let path = url.strip_prefix("ws://").and_then(|rest| rest.find('/').map(|i| &rest[i..])).unwrap_or("/");
+        let offer =
+            if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" } else { "" };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: chat.v1\r\n\r\n"
+             Sec-WebSocket-Protocol: chat.v1\r\n{offer}\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
         let end = loop {
@@ -85,14 +120,23 @@ pub async fn open(endpoint: &Endpoint, chunk: usize) -> io::Result<(Reader, Writ
         if !buf.starts_with(b"HTTP/1.1 101") {
             return Err(io::Error::other(format!("{url}: upgrade refused: {}", frame_text(&buf[..end]))));
         }
+        if deflate {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.contains("sec-websocket-extensions: permessage-deflate") {
+                return Err(io::Error::other(format!(
+                    "{url}: permessage-deflate not accepted (chat-server --ws-deflate)"
+                )));
+            }
+            inflater = Some(Inflater { codec: flate2::Decompress::new(false), out: Vec::new() });
+        }
         buf.advance(end); // frames the server sent right after its response
     }
     let (r, w) = stream.into_split();
-    Ok((Reader { io: r, buf, chunk, framing }, Writer { io: w, buf: Vec::new(), framing }))
+    Ok((Reader { io: r, buf, chunk, framing, inflater }, Writer { io: w, buf: Vec::new(), framing }))
 }
 
-/// One whole frame at the start of `buf`: (header length, payload length, opcode), or `None`
-/// when more bytes are needed.
+/// One whole frame at the start of `buf`: (header length, payload length, opcode with RSV1 when
+/// set), or `None` when more bytes are needed.
 fn next_frame(framing: Framing, buf: &[u8]) -> Option<(usize, usize, u8)> {
     match framing {
         Framing::Prefix => {
@@ -107,7 +151,7 @@ fn next_frame(framing: Framing, buf: &[u8]) -> Option<(usize, usize, u8)> {
                 n => (2, n as usize),
             };
             let masked = if b1 & 0x80 != 0 { 4 } else { 0 }; // a server does not mask; skip it if it did
-            Some((header + masked, n, b0 & 0x0f))
+            Some((header + masked, n, b0 & 0x4f))
         }
     }
 }
@@ -116,7 +160,7 @@ impl Reader {
     /// Waits for data, then calls `f` with every whole frame that has arrived (the payload of
     /// every text message on WebSocket). `Ok(false)` once the connection is closed.
     pub async fn read_batch(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<bool> {
-        let Reader { io, buf, chunk, framing } = self;
+        let Reader { io, buf, chunk, framing, inflater } = self;
         if buf.capacity() - buf.len() < *chunk / 4 {
             buf.reserve(*chunk);
         }
@@ -131,6 +175,11 @@ impl Reader {
             }
             match opcode {
                 1 => f(&buf[pos + header..pos + header + n]),
+                0x41 => {
+                    let inflater =
+                        inflater.as_mut().ok_or_else(|| io::Error::other("a compressed message, not negotiated"))?;
+                    f(inflater.inflate(&buf[pos + header..pos + header + n])?);
+                }
                 8 => return Ok(false), // close
                 _ => {}                // pings, pongs, binary: not in this protocol's traffic
             }

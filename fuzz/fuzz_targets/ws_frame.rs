@@ -7,8 +7,9 @@
 //! and the engine holds nothing for the connection once it has ended.
 //!
 //! Input: byte 0 (bit 0: the rest describes frames that the target encodes, masked or not, with
-//! any length encoding; otherwise the rest is the raw stream; bits 1-3: the parser's limit),
-//! bytes 1 and 2 the read chunk sizes, then the stream or its description.
+//! any length encoding; otherwise the rest is the raw stream; bits 1-3: the parser's limit;
+//! bit 4: permessage-deflate negotiated), bytes 1 and 2 the read chunk sizes, then the stream or
+//! its description.
 
 #![no_main]
 
@@ -58,12 +59,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let stream = if data[0] & 1 != 0 { encode(&data[3..]) } else { data[3..].to_vec() };
     let limit = LIMITS[usize::from(data[0] >> 1) % LIMITS.len()];
-    chat_transport_ws::fuzzing::parse_frames(&stream, limit);
+    let deflate = data[0] & 0x10 != 0;
+    chat_transport_ws::fuzzing::parse_frames(&stream, limit, deflate);
 
     let chunks = chat_fuzz::chunks(data[1], data[2]);
     let engine = chat_fuzz::engine();
-    let written = chat_fuzz::runtime().block_on(chat_transport_ws::fuzzing::serve(engine.clone(), &stream, &chunks));
+    let written =
+        chat_fuzz::runtime().block_on(chat_transport_ws::fuzzing::serve(engine.clone(), &stream, &chunks, deflate));
     let texts = chat_fuzz::check_ws_output(&written);
-    chat_fuzz::check_session(texts);
+    chat_fuzz::check_session(texts.iter().map(Vec::as_slice));
     chat_fuzz::assert_idle(engine);
 });

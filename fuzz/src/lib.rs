@@ -192,16 +192,17 @@ pub fn check_session<'a>(frames: impl IntoIterator<Item = &'a [u8]>) {
 }
 
 /// Splits what a WebSocket server wrote into its frames and checks each one: FIN set, no
-/// reserved bits, unmasked, the shortest length encoding, text (a `chat/1` frame), pong (at
-/// most 125 bytes) or close (last, with a code a server may send). Returns the text frames.
-pub fn check_ws_output(mut out: &[u8]) -> Vec<&[u8]> {
+/// reserved bits but RSV1 on a compressed text message (which must inflate), unmasked, the
+/// shortest length encoding, text (a `chat/1` frame), pong (at most 125 bytes) or close (last,
+/// with a code a server may send). Returns the text frames, inflated.
+pub fn check_ws_output(mut out: &[u8]) -> Vec<Vec<u8>> {
     let mut texts = Vec::new();
     let mut closed = false;
     while !out.is_empty() {
         assert!(!closed, "bytes after the close frame");
         assert!(out.len() >= 2, "a truncated frame header");
         let (b0, b1) = (out[0], out[1]);
-        assert_eq!(b0 & 0xf0, 0x80, "FIN without reserved bits");
+        assert_eq!(b0 & 0xb0, 0x80, "FIN without reserved bits other than RSV1");
         assert_eq!(b1 & 0x80, 0, "a server's frames are not masked");
         let (header, len) = match b1 & 0x7f {
             126 => {
@@ -219,13 +220,17 @@ pub fn check_ws_output(mut out: &[u8]) -> Vec<&[u8]> {
         assert!(out.len() >= header + len, "a truncated frame");
         let payload = &out[header..header + len];
         match b0 & 0x0f {
-            0x1 => texts.push(payload),
-            0xA => assert!(len <= 125),
+            0x1 if b0 & 0x40 != 0 => {
+                let text = chat_transport_ws::fuzzing::inflate_sent(payload).expect("a compressed message inflates");
+                texts.push(text);
+            }
+            0x1 => texts.push(payload.to_vec()),
+            0xA => assert!(len <= 125 && b0 & 0x40 == 0),
             0x8 => {
-                assert!(len <= 125 && len != 1, "close payload of {len}");
+                assert!(len <= 125 && len != 1 && b0 & 0x40 == 0, "close payload of {len}");
                 if len >= 2 {
                     let code = u16::from_be_bytes([payload[0], payload[1]]);
-                    assert!(matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999), "close code {code}");
+                    assert!(matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999), "close code {code}");
                     assert!(std::str::from_utf8(&payload[2..]).is_ok());
                 }
                 closed = true;
