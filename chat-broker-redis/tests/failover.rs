@@ -152,9 +152,9 @@ async fn ending_a_session_while_redis_is_frozen_is_bounded() {
 }
 
 /// The issue's finding: Redis killed and restarted from an older snapshot. Its seq is behind
-/// what the node delivered, so the room starts a new epoch: connected members get `reset`, the
-/// next sends are seq 1, 2, 3 of the new epoch and reach everyone, and a client coming back
-/// with a `since` of the old epoch is not told it recovered.
+/// what the node delivered, so the room starts a new epoch holding what the snapshot kept:
+/// connected members get `reset`, then that history and the next sends, and a client coming
+/// back with a `since` of the old epoch is not told it recovered.
 #[tokio::test]
 async fn redis_coming_back_from_an_older_snapshot_starts_a_new_epoch() {
     let mut redis = RedisServer::start_persistent();
@@ -183,12 +183,15 @@ async fn redis_coming_back_from_an_older_snapshot_starts_a_new_epoch() {
         let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", send(n)).await.ok() }).await;
         acked.push(seq.expect("a stored seq"));
     }
-    assert_eq!(acked, vec![1, 2, 3], "a new epoch starts at 1");
+    // The new epoch holds what the snapshot kept (1..5, renumbered from 1: the same here), then
+    // the new messages.
+    assert_eq!(acked, vec![6, 7, 8], "the new epoch goes on after what Redis kept");
     for c in [&mut alice, &mut bob] {
         let reset = next_matching(c, WAIT, |e| e["type"] == "reset" && e["room"] == "r").await;
         assert_ne!(reset["epoch"], json!(old));
-        let got = messages(c, "r", 3, WAIT).await;
-        assert_eq!(got, (11..=13).zip(1..).map(|(n, seq)| (seq, send(n))).collect::<Vec<_>>(), "every ack reached");
+        let got = messages(c, "r", 8, WAIT).await;
+        let expected: Vec<_> = (1..=5).chain(11..=13).zip(1..).map(|(n, seq)| (seq, send(n))).collect();
+        assert_eq!(got, expected, "what Redis kept, then every ack");
     }
     let (carol, _tc) = connect(&a, "carol").await;
     let back = carol.join("r", Some((&old, 10))).await.unwrap();
@@ -198,8 +201,8 @@ async fn redis_coming_back_from_an_older_snapshot_starts_a_new_epoch() {
 }
 
 /// One of a room's keys evicted (or deleted) on its own: the seq, the stream, the epoch. Each
-/// loses history or its numbering, so each starts a new epoch, announced with `reset`; the
-/// next send is seq 1 and reaches the member.
+/// loses history or its numbering, so each starts a new epoch, announced with `reset`, holding
+/// what is left of the stream; the next send follows it and reaches the member.
 #[tokio::test]
 async fn a_room_key_lost_on_its_own_starts_a_new_epoch() {
     let redis = RedisServer::start();
@@ -217,10 +220,15 @@ async fn a_room_key_lost_on_its_own_starts_a_new_epoch() {
             .query_async(&mut common::conn(&redis).await)
             .await
             .expect("DEL");
-        assert_eq!(alice.send(&room, json!("after")).await.unwrap(), Some(1), "key {key}");
+        // Losing the seq or the epoch leaves the stream, which the new epoch keeps; losing the
+        // stream leaves nothing to keep.
+        let kept: Vec<_> = if key == "h" { vec![] } else { (1..=3).map(|n| (n, json!(n))).collect() };
+        let next = kept.len() as u64 + 1;
+        assert_eq!(alice.send(&room, json!("after")).await.unwrap(), Some(next), "key {key}");
         let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset" && e["room"] == room.as_str()).await;
         assert_ne!(reset["epoch"], json!(old), "key {key}");
-        assert_eq!(messages(&mut alice, &room, 1, WAIT).await, vec![(1, json!("after"))], "key {key}");
+        let expected: Vec<_> = kept.into_iter().chain([(next, json!("after"))]).collect();
+        assert_eq!(messages(&mut alice, &room, next as usize, WAIT).await, expected, "key {key}");
     }
     a.shutdown().await;
 }
@@ -228,7 +236,8 @@ async fn a_room_key_lost_on_its_own_starts_a_new_epoch() {
 /// Redis comes back older, and before this node calls it again another node (one that was
 /// behind) stores new messages under the seqs this node already delivered: Redis's seq has
 /// caught up with this node's, but the message at it is another. The message ids tell, and the
-/// room starts a new epoch instead of this node taking the new messages for duplicates.
+/// room starts a new epoch (holding Redis's history) instead of this node taking the new
+/// messages for duplicates.
 #[tokio::test(flavor = "current_thread")]
 async fn a_history_that_diverged_under_the_same_seqs_starts_a_new_epoch() {
     let mut redis = RedisServer::start_persistent();
@@ -263,16 +272,21 @@ async fn a_history_that_diverged_under_the_same_seqs_starts_a_new_epoch() {
     }
 
     let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!("after")).await.ok() }).await;
-    assert_eq!(seq, Some(1), "a new epoch, not seq 9 after messages alice never got");
+    assert_eq!(seq, Some(9), "after what Redis holds, in a new epoch");
     let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset").await;
-    assert_ne!(reset["epoch"], json!(old));
-    assert_eq!(messages(&mut alice, "r", 1, WAIT).await, vec![(1, json!("after"))]);
+    assert_ne!(reset["epoch"], json!(old), "not seq 9 after messages alice never got, in the old epoch");
+    // The new epoch holds Redis's history as it is (1..5 from the snapshot, the other node's
+    // 6..8), then the new message: alice gets the other node's messages she had never seen.
+    let got = messages(&mut alice, "r", 9, WAIT).await;
+    let theirs = (6..=8).map(|n| (n, json!("new")));
+    let expected: Vec<_> = (1..=5).map(|n| (n, json!(n))).chain(theirs).chain([(9, json!("after"))]).collect();
+    assert_eq!(got, expected);
     a.shutdown().await;
 }
 
 /// Found by the history checker (tests/faults.rs): Redis restarted twice from the same
-/// snapshot. The first restart starts a new epoch; the second brings back the epoch the room
-/// had left, at the snapshot's seq. Going back to it would hand out its seqs a second time
+/// snapshot. The first restart starts a new epoch (holding the snapshot's messages); the second
+/// brings back the epoch the room had left, at the snapshot's seq. Going back to it would hand out its seqs a second time
 /// (members already had other messages under them), so that too starts a new epoch: epochs
 /// are named by when they began, and Redis holding one older than a node knows is a rollback.
 #[tokio::test]
@@ -295,7 +309,7 @@ async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_each_time() {
         redis.restart(); // back to the snapshot: the first epoch, seq 3
         let text = format!("after restart {round}");
         let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!(text)).await.ok() }).await;
-        assert_eq!(seq, Some(1), "round {round}: a new epoch starts at 1");
+        assert_eq!(seq, Some(4), "round {round}: after the snapshot's 1..3, in a new epoch");
         let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset" && e["room"] == "r").await;
         assert!(
             !epochs.contains(&reset["epoch"]),
@@ -303,9 +317,57 @@ async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_each_time() {
             reset["epoch"]
         );
         epochs.push(reset["epoch"].clone());
-        assert_eq!(messages(&mut alice, "r", 1, WAIT).await, vec![(1, json!(text))]);
-        assert_eq!(alice.send("r", json!("more")).await.unwrap(), Some(2));
-        assert_eq!(messages(&mut alice, "r", 1, WAIT).await, vec![(2, json!("more"))]);
+        let expected: Vec<_> = (1..=3).map(|n| (n, json!(n))).chain([(4, json!(text))]).collect();
+        assert_eq!(messages(&mut alice, "r", 4, WAIT).await, expected);
+        assert_eq!(alice.send("r", json!("more")).await.unwrap(), Some(5));
+        assert_eq!(messages(&mut alice, "r", 1, WAIT).await, vec![(5, json!("more"))]);
     }
     a.shutdown().await;
+}
+
+/// Found by the history checker (tests/faults.rs): Redis comes back older, and a node that
+/// holds nothing of the room (its first member joins now) cannot know: it answers the join at
+/// Redis's older position and stores a message there, acknowledged. When a node that knows
+/// better calls next, the room starts a new epoch; that acknowledged message is in it (the new
+/// epoch holds everything Redis still has), not dropped with the rolled-back history.
+#[tokio::test]
+async fn a_message_stored_after_a_rollback_by_a_node_that_could_not_know_survives_its_detection() {
+    let mut redis = RedisServer::start_persistent();
+    let a = engine(&redis, "unknowing:", "a").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let old = alice.join("r", None).await.unwrap().epoch;
+    for n in 1..=3 {
+        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    let _: () = redis::cmd("SAVE").query_async(&mut common::conn(&redis).await).await.expect("SAVE");
+    for n in 4..=6 {
+        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    assert_eq!(seqs(&messages(&mut alice, "r", 6, WAIT).await), (1..=6).collect::<Vec<_>>());
+
+    redis.restart(); // back to the snapshot: the old epoch at seq 3
+    let b = engine(&redis, "unknowing:", "b").await;
+    let (bob, _tb) = connect(&b, "bob").await;
+    let joined = bob.join("r", None).await.unwrap();
+    assert_eq!((joined.epoch.as_str(), joined.seq), (old.as_str(), 3), "b cannot know Redis went back");
+    assert_eq!(bob.send("r", json!("bob's")).await.unwrap(), Some(4), "acknowledged in the old epoch");
+
+    // Node a knows the old epoch went to 6: its next call starts the new epoch.
+    let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!("alice's")).await.ok() }).await;
+    assert_eq!(seq, Some(5), "after what Redis holds: 1..3 and bob's");
+    let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset").await;
+    assert_ne!(reset["epoch"], json!(old));
+    let expected: Vec<_> = (1..=3).map(|n| (n, json!(n))).chain([(4, json!("bob's")), (5, json!("alice's"))]).collect();
+    assert_eq!(messages(&mut alice, "r", 5, WAIT).await, expected, "bob's acknowledged message is kept");
+    let page = bob.history("r", None, None, None).await.unwrap();
+    assert_eq!(page["epoch"], reset["epoch"]);
+    let history: Vec<_> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap_or_default(), m["body"].clone()))
+        .collect();
+    assert_eq!(history, expected);
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -130,8 +130,9 @@ async fn nodes_follow_a_failover_to_an_up_to_date_replica_without_a_reset() {
 
 /// The replica was frozen while the primary acknowledged three more messages, which it never
 /// got: the history the new primary holds is older than what the nodes delivered, so the room
-/// starts a new epoch. Both nodes' members get `reset`; the next sends are seq 1, 2 of the new
-/// epoch and reach everyone; a client coming back with the old epoch is told it did not recover.
+/// starts a new epoch, holding what the replica has (1..5). Both nodes' members get `reset`,
+/// then that history and the next sends; a client coming back with the old epoch is told it did
+/// not recover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_to_a_replica_that_missed_writes_starts_a_new_epoch() {
     let mut ha = Ha::start().await;
@@ -167,15 +168,16 @@ async fn a_failover_to_a_replica_that_missed_writes_starts_a_new_epoch() {
 
     let seq =
         eventually("a send after the failover", FAILOVER, || async { bob.send("r", json!("new")).await.ok() }).await;
-    assert_eq!(seq, Some(1), "a new epoch, not seq 6 again");
+    assert_eq!(seq, Some(6), "after the replica's 1..5, in a new epoch");
     for c in [&mut alice, &mut bob] {
         let reset = next_matching(c, WAIT, |e| e["type"] == "reset" && e["room"] == "r").await;
-        assert_ne!(reset["epoch"], json!(old));
-        assert_eq!(messages(c, "r", 1, WAIT).await, vec![(1, json!("new"))]);
+        assert_ne!(reset["epoch"], json!(old), "not seq 6 again in the old epoch");
+        let expected: Vec<_> = (1..=5).map(|n| (n, json!(n))).chain([(6, json!("new"))]).collect();
+        assert_eq!(messages(c, "r", 6, WAIT).await, expected);
     }
-    assert_eq!(alice.send("r", json!("more")).await.unwrap(), Some(2));
+    assert_eq!(alice.send("r", json!("more")).await.unwrap(), Some(7));
     for c in [&mut alice, &mut bob] {
-        assert_eq!(messages(c, "r", 1, WAIT).await, vec![(2, json!("more"))]);
+        assert_eq!(messages(c, "r", 1, WAIT).await, vec![(7, json!("more"))]);
     }
     let (carol, _tc) = connect(&a, "carol").await;
     let back = carol.join("r", Some((&old, 8))).await.unwrap();

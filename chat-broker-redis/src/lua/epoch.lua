@@ -5,8 +5,8 @@
 -- delivered or stored in that epoch, ARGV[5] that message's id (its 'i' field; '' if unknown).
 -- An epoch is named 'e<16 digits: Redis's clock in microseconds when it began>-<random>', so
 -- of two epochs the later one is known.
--- The history was lost, and a new epoch starts (whatever is left of the old history goes, so
--- seq restarts at 1), when the epoch is missing; when the seq is missing but the stream is not,
+-- The history was lost, and a new epoch starts (holding what is left of the old history,
+-- renumbered from 1), when the epoch is missing; when the seq is missing but the stream is not,
 -- or the stream is missing though the seq says messages were stored (a key evicted or
 -- deleted); when the seq is behind what a node already delivered in this epoch (Redis came
 -- back older: restarted from a snapshot, or failed over to a replica that missed writes); when
@@ -46,5 +46,19 @@ if (not epoch)
   local t = redis.call('TIME')
   epoch = 'e' .. t[1] .. string.format('%06d', tonumber(t[2])) .. '-' .. ARGV[1]
   redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
+  -- The messages Redis still holds begin the new epoch, renumbered from 1: what it lost is
+  -- announced by the new epoch, and nothing it kept is dropped (messages stored after it came
+  -- back older, by a node that did not know better and answered `sent`, included).
+  local kept = {}
+  if has_stream then kept = redis.call('XRANGE', KEYS[3], '-', '+') end
   redis.call('DEL', KEYS[2], KEYS[3])
+  for n, entry in ipairs(kept) do
+    local add = {'XADD', KEYS[3], string.format('%d-0', n)}
+    for _, v in ipairs(entry[2]) do add[#add + 1] = v end
+    redis.call(unpack(add))
+  end
+  if #kept > 0 then
+    redis.call('SET', KEYS[2], #kept, 'PX', ARGV[2])
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  end
 end
