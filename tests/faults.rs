@@ -792,6 +792,14 @@ impl Actor {
         false
     }
 
+    /// Waits for every client at one step of the settle phase: as long as the slowest may take
+    /// (each step is bounded by [`SETTLE_LIMIT`] from its start).
+    async fn barrier(&self, what: &str) {
+        if tokio::time::timeout(SETTLE_LIMIT + WAIT * 4, self.shared.barrier.wait()).await.is_err() {
+            panic!("u{}: timed out after {:?} waiting for {what}", self.idx, SETTLE_LIMIT + WAIT * 4);
+        }
+    }
+
     /// No more faults: come back, finish pending resends, send a marker to every room joined,
     /// and read until each room is at its latest position (as `history` reports it).
     async fn settle(&mut self) {
@@ -812,7 +820,7 @@ impl Actor {
                 self.pump(Duration::from_millis(200)).await; // the retry interval of a loop with a deadline
             }
         }
-        within("every client back (settle barrier 1)", self.shared.barrier.wait()).await;
+        self.barrier("every client back (settle barrier 1)").await;
 
         let rooms: Vec<String> = self.joined.keys().cloned().collect();
         for room in &rooms {
@@ -825,7 +833,7 @@ impl Actor {
                 self.pump(Duration::from_millis(200)).await; // the retry interval of a loop with a deadline
             }
         }
-        within("every marker sent (settle barrier 2)", self.shared.barrier.wait()).await;
+        self.barrier("every marker sent (settle barrier 2)").await;
 
         for room in &rooms {
             let mut latest = None;
@@ -851,7 +859,7 @@ impl Actor {
                 )));
             }
         }
-        within("every member caught up (settle barrier 3)", self.shared.barrier.wait()).await;
+        self.barrier("every member caught up (settle barrier 3)").await;
     }
 }
 
@@ -1275,7 +1283,7 @@ async fn run(name: &str, backend: Backend, nodes: usize, kinds: &[FaultKind], se
 
     let mut logs = Vec::new();
     for actor in actors {
-        let actor = tokio::time::timeout(SETTLE_LIMIT * 2, actor)
+        let actor = tokio::time::timeout(SETTLE_LIMIT * 3, actor)
             .await
             .expect("a client never finished settling")
             .expect("a client task panicked");
