@@ -8,13 +8,16 @@
 //! command timeout (SIGSTOP / SIGCONT), kills Redis and restarts it from its last `SAVE`, and
 //! cuts client connections. After a settle phase without faults, every client's log is checked:
 //! acknowledged messages reached every member that stayed, seqs are gap-free within an epoch,
-//! `since` replays are exact (or `recovered: false`), and no message was invented or stored
-//! twice. A second test runs the same checker on one node with the in-memory broker.
+//! `since` replays are exact (or `recovered: false`), no message was invented or stored twice,
+//! and an acknowledged message is lost only to a fault that can lose it. A second test runs the
+//! same checker on one node with the in-memory broker; two more (ignored until fixed) replay the
+//! bugs it found deterministically.
 //!
 //! `CHAT_FAULTS_SEED` replays a run (the seed is printed first, with the fault schedule);
 //! `CHAT_FAULTS_SECS` sets the length of the fault phase (default 60 s on Redis, half of it on
 //! the memory broker). A failure prints the seed, the faults with their times and the offending
-//! client's log. docs/faults.md says more. Needs `redis-server` on the PATH.
+//! client's log. `CHAT_FAULTS_KNOWN_BUGS=1` lets the run meet the known bugs (docs/faults.md says
+//! more). Needs `redis-server` on the PATH.
 
 mod common;
 
