@@ -79,6 +79,10 @@ struct Args {
     /// `unavailable` (default 2000).
     #[arg(long)]
     redis_op_timeout_ms: Option<u64>,
+    /// With the Redis broker: how many replicas must have a message before `sent` (Redis's
+    /// `WAIT`; default 0). 1 under Sentinel keeps a failover from losing acknowledged messages.
+    #[arg(long, default_value_t = 0)]
+    redis_replicas: u32,
     /// Require HS256 tokens signed with this secret (`hello.token`) instead of trusting
     /// `hello.user`.
     #[arg(long)]
@@ -189,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(ms) = args.redis_op_timeout_ms {
             redis = redis.op_timeout(Duration::from_millis(ms));
         }
+        redis = redis.replicas_to_acknowledge(args.redis_replicas);
         let redis = redis.build().with_context(|| {
             format!(
                 "--broker must be `memory`, `redis://HOST:PORT` or `redis+sentinel://HOST:PORT,…/SERVICE`, not {:?}",

@@ -9,15 +9,15 @@
 //! cuts client connections. After a settle phase without faults, every client's log is checked:
 //! acknowledged messages reached every member that stayed, seqs are gap-free within an epoch,
 //! `since` replays are exact (or `recovered: false`), no message was invented or stored twice,
-//! and an acknowledged message is lost only to a fault that can lose it. A second test runs the
-//! same checker on one node with the in-memory broker; two more (ignored until fixed) replay the
-//! bugs it found deterministically.
+//! and an acknowledged message is lost only to a fault that can lose it. The same checker runs
+//! on Redis under Sentinel (a primary, a replica, three sentinels: the primary is killed or
+//! frozen and the replica takes over) and on one node with the in-memory broker; two more tests
+//! replay bugs it found, deterministically (docs/faults.md).
 //!
 //! `CHAT_FAULTS_SEED` replays a run (the seed is printed first, with the fault schedule);
-//! `CHAT_FAULTS_SECS` sets the length of the fault phase (default 60 s on Redis, half of it on
-//! the memory broker). A failure prints the seed, the faults with their times and the offending
-//! client's log. `CHAT_FAULTS_KNOWN_BUGS=1` lets the run meet the known bugs (docs/faults.md says
-//! more). Needs `redis-server` on the PATH.
+//! `CHAT_FAULTS_SECS` sets the length of the fault phase (default 60 s on Redis, half of it
+//! under Sentinel and on the memory broker). A failure prints the seed, the faults with their
+//! times and the offending client's log. Needs `redis-server` on the PATH.
 
 mod common;
 
@@ -246,8 +246,151 @@ impl RedisSide {
     }
 }
 
+/// A Redis primary and its replica under three sentinels (quorum 2), which the nodes find
+/// through a `redis+sentinel://` URL. Which server is the primary changes with each failover.
+struct SentinelSide {
+    servers: [Redis; 2],
+    sentinels: Vec<Redis>,
+}
+
+/// The name the sentinels monitor the primary under.
+const SERVICE: &str = "faults";
+/// How long a failover may take: the sentinels take a primary for down after 500 ms, agree,
+/// elect a leader (a conflict costs their 2 s failover timeout before the next try), promote.
+const FAILOVER: Duration = Duration::from_secs(30);
+
+impl SentinelSide {
+    async fn start() -> SentinelSide {
+        let primary = Redis::start();
+        let replica = Redis::start_replica_of(&primary);
+        let sentinels: Vec<Redis> = (0..3).map(|_| Redis::start_sentinel(&primary, SERVICE, 2)).collect();
+        let side = SentinelSide { servers: [primary, replica], sentinels };
+        side.wait_until_ready().await;
+        side
+    }
+
+    /// Waits until every sentinel knows the replica and the two other sentinels (until then a
+    /// failover cannot happen), and the replica has what the primary has (until then a send
+    /// that waits for it fails).
+    async fn wait_until_ready(&self) {
+        let primary = eventually("a primary the sentinels agree on", FAILOVER, || self.primary()).await;
+        let port = self.servers[primary].port();
+        eventually("the replica to be in sync", FAILOVER, || async {
+            let acked = resp(port, &["WAIT", "1", "100"]).await?;
+            (acked.first()? == "1").then_some(())
+        })
+        .await;
+        for sentinel in &self.sentinels {
+            eventually("the sentinels to know the replica and each other", FAILOVER, || async {
+                let info = resp(sentinel.port(), &["SENTINEL", "MASTER", SERVICE]).await?;
+                let field = |name: &str| info.iter().position(|f| f == name).and_then(|i| info.get(i + 1));
+                let replicas = field("num-slaves")?.parse::<u32>().ok()?;
+                (replicas >= 1 && field("num-other-sentinels")? == "2").then_some(())
+            })
+            .await;
+        }
+    }
+
+    fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+        format!("redis+sentinel://{}/{SERVICE}", hosts.join(","))
+    }
+
+    /// Which of the two servers the sentinels name the primary (as the first one answering says).
+    async fn primary(&self) -> Option<usize> {
+        for sentinel in &self.sentinels {
+            if let Some(addr) = resp(sentinel.port(), &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]).await {
+                let port = addr.get(1)?.parse::<u16>().ok()?;
+                return self.servers.iter().position(|s| s.port() == port);
+            }
+        }
+        None
+    }
+
+    /// SIGKILL of the primary; once every sentinel names the other server, the killed one
+    /// starts again, empty, as the new primary's replica (as an operator brings it back).
+    async fn fail_over(&mut self) -> Result<String, String> {
+        let old = self.primary().await.ok_or("no sentinel names a primary")?;
+        tokio::task::block_in_place(|| self.servers[old].kill());
+        let new = 1 - old;
+        let promoted = tokio::time::timeout(FAILOVER, async {
+            loop {
+                let mut agreed = 0;
+                for sentinel in &self.sentinels {
+                    let addr = resp(sentinel.port(), &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]).await;
+                    if addr.and_then(|a| a.get(1).cloned()) == Some(self.servers[new].port().to_string()) {
+                        agreed += 1;
+                    }
+                }
+                if agreed == self.sentinels.len() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await; // the poll of a bounded wait
+            }
+        })
+        .await;
+        promoted.map_err(|_| format!("no failover within {FAILOVER:?}"))?;
+        let [a, b] = &mut self.servers;
+        let (dead, primary) = if old == 0 { (a, &*b) } else { (b, &*a) };
+        tokio::task::block_in_place(|| dead.restart_as_replica_of(primary));
+        self.wait_until_ready().await;
+        Ok(format!(
+            "primary :{} killed (SIGKILL), :{} promoted; the old one back as a replica",
+            self.servers[old].port(),
+            self.servers[new].port()
+        ))
+    }
+
+    /// SIGSTOP of the primary (a failover may follow: the sentinels take it for down after
+    /// 500 ms), then SIGCONT after `hold`.
+    async fn pause_primary(&self, hold: Duration) -> String {
+        let Some(i) = self.primary().await else { return "no sentinel names a primary".to_owned() };
+        self.servers[i].pause();
+        tokio::time::sleep(hold).await; // holding the fault for its duration
+        self.servers[i].resume();
+        format!("primary :{} paused (SIGSTOP) for {hold:?}, then SIGCONT", self.servers[i].port())
+    }
+}
+
+/// One command to a Redis or Sentinel on `port`, its reply flattened to strings (bulk strings
+/// and integers of an array, or the one value); `None` when it does not answer in time.
+async fn resp(port: u16, args: &[&str]) -> Option<Vec<String>> {
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(request, "${}\r\n{a}\r\n", a.len());
+    }
+    tokio::time::timeout(Duration::from_secs(2), async move {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut out = Vec::new();
+        let mut pending = 1usize; // values still to read
+        while pending > 0 {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.ok()?;
+            let line = line.trim_end();
+            pending -= 1;
+            match line.as_bytes().first()? {
+                b'*' => pending += line[1..].parse::<usize>().unwrap_or(0),
+                b'$' if line == "$-1" => {}
+                b'$' => {
+                    let mut value = String::new();
+                    reader.read_line(&mut value).await.ok()?;
+                    out.push(value.trim_end().to_owned());
+                }
+                b':' | b'+' => out.push(line[1..].to_owned()),
+                _ => return None, // an error
+            }
+        }
+        Some(out)
+    })
+    .await
+    .ok()?
+}
+
 enum Backend {
     Redis(RedisSide),
+    Sentinel(SentinelSide),
     Memory,
 }
 
@@ -273,6 +416,7 @@ impl Cluster {
     async fn start_node(&mut self, i: usize, shared: &Shared) {
         let broker = match &self.backend {
             Backend::Redis(redis) => redis.url(),
+            Backend::Sentinel(sentinel) => sentinel.url(),
             Backend::Memory => "memory".to_owned(),
         };
         let id = format!("n{i}");
@@ -280,6 +424,10 @@ impl Cluster {
             ["--broker", &broker, "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--node-id", &id, "--presence-ttl-ms"];
         let mut args = args.to_vec();
         args.push(PRESENCE_TTL_MS);
+        if let Backend::Sentinel(_) = self.backend {
+            // `sent` once the replica has it too: a failover then loses no acknowledged message.
+            args.extend(["--redis-replicas", "1"]);
+        }
         self.starts += 1;
         let node = ChatServer::start(&format!("faults-{id}-{}", self.starts), &args).await;
         self.logs.push(node.log.display().to_string());
@@ -290,7 +438,7 @@ impl Cluster {
     fn redis(&mut self) -> Option<&mut RedisSide> {
         match &mut self.backend {
             Backend::Redis(redis) => Some(redis),
-            Backend::Memory => None,
+            Backend::Sentinel(_) | Backend::Memory => None,
         }
     }
 }
@@ -308,6 +456,8 @@ enum Fault {
     SaveRedis,
     /// SIGKILL of Redis and a start from its last snapshot.
     RestartRedis,
+    /// SIGKILL of the primary under Sentinel: its replica takes over.
+    FailoverRedis,
     /// These clients drop their sockets abruptly (whatever request is in flight).
     CutClients { clients: Vec<usize> },
 }
@@ -318,6 +468,7 @@ enum FaultKind {
     PauseRedis,
     SaveRedis,
     RestartRedis,
+    FailoverRedis,
     CutClients,
 }
 
@@ -328,6 +479,7 @@ impl Fault {
             FaultKind::PauseRedis => Fault::PauseRedis { hold: rng.ms(2500, 3500) },
             FaultKind::SaveRedis => Fault::SaveRedis,
             FaultKind::RestartRedis => Fault::RestartRedis,
+            FaultKind::FailoverRedis => Fault::FailoverRedis,
             FaultKind::CutClients => {
                 let n = 1 + rng.below(3);
                 let clients: BTreeSet<usize> = (0..n).map(|_| rng.below(CLIENTS as u64) as usize).collect();
@@ -338,10 +490,13 @@ impl Fault {
 
     /// Whether the fault may lose stored messages (and so end an epoch).
     fn may_lose_messages(&self, cluster: &Cluster) -> bool {
+        // Under Sentinel, replication is asynchronous: a failover (or a pause long enough to
+        // cause one) may lose what the old primary had not passed on.
         match self {
-            Fault::RestartRedis => true,
+            Fault::RestartRedis | Fault::FailoverRedis => true,
+            Fault::PauseRedis { .. } => matches!(cluster.backend, Backend::Sentinel(_)),
             Fault::KillNode { .. } => matches!(cluster.backend, Backend::Memory),
-            Fault::PauseRedis { .. } | Fault::SaveRedis | Fault::CutClients { .. } => false,
+            Fault::SaveRedis | Fault::CutClients { .. } => false,
         }
     }
 
@@ -352,6 +507,7 @@ impl Fault {
             Fault::PauseRedis { hold } => pause_redis(cluster, *hold).await,
             Fault::SaveRedis => save_redis(cluster).await,
             Fault::RestartRedis => restart_redis(cluster),
+            Fault::FailoverRedis => fail_over(cluster).await,
             Fault::CutClients { clients } => cut_clients(shared, clients),
         }
     }
@@ -368,6 +524,9 @@ async fn kill_node(cluster: &mut Cluster, shared: &Shared, i: usize, down: Durat
 }
 
 async fn pause_redis(cluster: &mut Cluster, hold: Duration) -> String {
+    if let Backend::Sentinel(sentinel) = &cluster.backend {
+        return sentinel.pause_primary(hold).await;
+    }
     let Some(redis) = cluster.redis() else { return "no Redis to pause".to_owned() };
     redis.pause();
     tokio::time::sleep(hold).await; // holding the fault for its duration
@@ -381,6 +540,11 @@ async fn save_redis(cluster: &mut Cluster) -> String {
         Ok(()) => "Redis SAVE".to_owned(),
         Err(e) => format!("Redis SAVE failed: {e}"),
     }
+}
+
+async fn fail_over(cluster: &mut Cluster) -> String {
+    let Backend::Sentinel(sentinel) = &mut cluster.backend else { return "no Sentinel to fail over".to_owned() };
+    sentinel.fail_over().await.unwrap_or_else(|e| format!("failover failed: {e}"))
 }
 
 fn restart_redis(cluster: &mut Cluster) -> String {
@@ -402,18 +566,9 @@ fn cut_clients(shared: &Shared, clients: &[usize]) -> String {
 }
 
 /// The faults of a run and when each starts: one of each kind first (in a random order, a
-/// `SAVE` before the first Redis restart), then random ones, 1.5 to 4.5 s apart.
-///
-/// With `fresh_snapshots`, a Redis restart always comes back to a snapshot taken since the
-/// previous restart (a `SAVE` is added where needed); otherwise two restarts may come back to
-/// the same snapshot, so that Redis returns to an epoch the nodes had already left.
-fn schedule(
-    rng: &mut Rng,
-    kinds: &[FaultKind],
-    nodes: usize,
-    secs: u64,
-    fresh_snapshots: bool,
-) -> Vec<(Duration, Fault)> {
+/// `SAVE` before the first Redis restart), then random ones, 1.5 to 4.5 s apart. Two restarts
+/// may come back to the same snapshot, so that Redis returns to an epoch the nodes had left.
+fn schedule(rng: &mut Rng, kinds: &[FaultKind], nodes: usize, secs: u64) -> Vec<(Duration, Fault)> {
     let mut first: Vec<FaultKind> = kinds.to_vec();
     for i in (1..first.len()).rev() {
         first.swap(i, rng.below(i as u64 + 1) as usize);
@@ -429,18 +584,8 @@ fn schedule(
     let mut at = Duration::from_millis(1500);
     let end = Duration::from_secs(secs);
     let mut i = 0;
-    let (mut saved, mut saved_since_restart) = (false, false);
     while at < end {
         let kind = first.get(i).copied().unwrap_or_else(|| *rng.pick(kinds));
-        if kind == FaultKind::RestartRedis {
-            if fresh_snapshots && saved && !saved_since_restart {
-                out.push((at, Fault::SaveRedis));
-                at += Duration::from_millis(300);
-            }
-            saved_since_restart = false;
-        } else if kind == FaultKind::SaveRedis {
-            (saved, saved_since_restart) = (true, true);
-        }
         out.push((at, Fault::random(kind, rng, nodes)));
         at += rng.ms(1500, 4500);
         i += 1;
@@ -934,9 +1079,8 @@ struct Report {
 }
 
 /// `losses`: when each fault that may lose stored messages started (a Redis restart; a node
-/// restart with the memory broker). `strict`: an acknowledged message lost with no such fault
-/// after it fails the run (otherwise it is a warning: a known bug, see docs/faults.md).
-fn check(logs: &[Vec<Entry>], losses: &[Instant], strict: bool) -> Report {
+/// restart with the memory broker).
+fn check(logs: &[Vec<Entry>], losses: &[Instant]) -> Report {
     let mut violations = Vec::new();
     let mut stats: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut bad = |client: usize, idx: usize, what: String| violations.push(Violation { client, idx, what });
@@ -1243,16 +1387,22 @@ fn check(logs: &[Vec<Entry>], losses: &[Instant], strict: bool) -> Report {
         }
     }
 
-    // 5. A `sent` reply means stored: an acknowledged message is lost (its epoch left) only to
-    // a fault that can lose stored messages, started after it was sent. (Reported as a warning
-    // unless `strict`: a node that holds no state of a room answers from Redis's older position
-    // after a restart, and what it stores there is dropped when another node later finds the
-    // rollback; docs/faults.md.)
+    // 5. A `sent` reply means stored: an acknowledged message is lost (its epoch left, and the
+    // message in no later epoch: a new epoch holds what the broker kept) only to a fault that
+    // can lose stored messages, started after it was sent.
+    let mut epochs_of: HashMap<(&str, &str), BTreeSet<&str>> = HashMap::new();
+    for ((room, epoch, _), (id, _, _)) in &seen {
+        epochs_of.entry((room.as_str(), id.as_str())).or_default().insert(epoch.as_str());
+    }
     for (a, epoch) in &certain {
         let ack = &acks[*a];
         let Some(&end) = epoch_end.get(&(ack.room.clone(), epoch.clone())) else { continue };
         if end <= ack.issued || losses.iter().any(|&t| t >= ack.issued && t <= end) {
             continue;
+        }
+        let kept = epochs_of.get(&(ack.room.as_str(), ack.id.as_str())).is_some_and(|e| e.iter().any(|e| e != epoch));
+        if kept {
+            continue; // carried into a later epoch with the history the broker kept
         }
         let what = format!(
             "{} (seq {} of {} epoch {epoch}) acknowledged, then lost: the epoch ended {:?} after the send with no fault that loses messages in between",
@@ -1261,11 +1411,7 @@ fn check(logs: &[Vec<Entry>], losses: &[Instant], strict: bool) -> Report {
             ack.room,
             end.duration_since(ack.issued)
         );
-        if strict {
-            bad(ack.client, ack.idx, what);
-        } else {
-            warnings.push(Violation { client: ack.client, idx: ack.idx, what });
-        }
+        bad(ack.client, ack.idx, what);
     }
 
     // 4. An idempotent resend never made a second seq within one epoch. (A resend may get a new
@@ -1320,17 +1466,7 @@ fn format_entry(t0: Instant, e: &Entry) -> String {
 async fn run(name: &str, backend: Backend, nodes: usize, kinds: &[FaultKind], secs: u64, seed: u64) {
     println!("{name}: seed {seed} (CHAT_FAULTS_SEED={seed} replays it), {secs} s of faults");
     let mut rng = Rng(seed);
-    // Two known bugs (docs/faults.md), each with a deterministic test: two restarts from one
-    // snapshot bring an epoch back (`redis_back_to_one_snapshot_twice_starts_a_new_epoch_again`),
-    // and a message acknowledged after a restart can be lost
-    // (`a_node_without_the_room_acknowledges_into_a_rolled_back_epoch`). Off until fixed.
-    let fresh = std::env::var("CHAT_FAULTS_KNOWN_BUGS").map_or(true, |v| v != "1");
-    if !fresh {
-        println!(
-            "  CHAT_FAULTS_KNOWN_BUGS=1: two Redis restarts may come back to the same snapshot, and check 5 fails"
-        );
-    }
-    let plan = schedule(&mut rng.fork(), kinds, nodes, secs, fresh);
+    let plan = schedule(&mut rng.fork(), kinds, nodes, secs);
     for (at, fault) in &plan {
         println!("  planned at {:>7.3}s: {fault:?}", at.as_secs_f64());
     }
@@ -1350,10 +1486,16 @@ async fn run(name: &str, backend: Backend, nodes: usize, kinds: &[FaultKind], se
     for (at, fault) in &plan {
         tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + *at)).await; // the schedule
         let start = t0.elapsed();
-        if fault.may_lose_messages(&cluster) {
+        let may_lose = fault.may_lose_messages(&cluster);
+        if may_lose {
             losses.push(Instant::now());
         }
         let what = fault.inject(&mut cluster, &shared).await;
+        if may_lose {
+            // A fault with a duration may lose messages until it ends (a frozen primary takes
+            // writes when it wakes, until Sentinel demotes it).
+            losses.push(Instant::now());
+        }
         println!("  {:>7.3}s–{:>7.3}s: {what}", start.as_secs_f64(), t0.elapsed().as_secs_f64());
         injected.lock().unwrap_or_else(|e| e.into_inner()).push((start, what));
     }
@@ -1371,7 +1513,7 @@ async fn run(name: &str, backend: Backend, nodes: usize, kinds: &[FaultKind], se
         logs.push(actor.log);
     }
     println!("  {:>7.3}s: settled, checking", t0.elapsed().as_secs_f64());
-    let report = check(&logs, &losses, !fresh);
+    let report = check(&logs, &losses);
     let injected = injected.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut summary = format!("{name}: seed {seed}, {} faults injected; ", injected.len());
     for (k, v) in &report.stats {
@@ -1442,6 +1584,18 @@ async fn redis_nodes_lose_nothing_under_faults() {
     run("redis, 3 nodes", Backend::Redis(redis), 3, &kinds, secs, seed).await;
 }
 
+/// The same checker with Redis under Sentinel: the primary is killed (its replica takes over,
+/// the killed one comes back as the new replica) while nodes are killed and connections cut.
+/// The nodes answer `sent` once the replica has a message (`--redis-replicas 1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_redis_under_sentinel_lose_nothing_silently_under_failovers() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (seed, secs) = settings(60);
+    let kinds = [FaultKind::KillNode, FaultKind::FailoverRedis, FaultKind::CutClients];
+    let sentinel = SentinelSide::start().await;
+    run("redis under sentinel, 3 nodes", Backend::Sentinel(sentinel), 3, &kinds, secs.div_ceil(2), seed).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_node_loses_nothing_silently_under_faults() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -1450,13 +1604,12 @@ async fn a_memory_node_loses_nothing_silently_under_faults() {
     run("memory, 1 node", Backend::Memory, 1, &kinds, secs.div_ceil(2), seed).await;
 }
 
-/// What the checker found (seed 14955364433054832853 without fresh snapshots): Redis killed and
-/// restarted twice from the same snapshot. The first restart is detected and the room moves to
+/// What the checker found (seed 14955364433054832853): Redis killed and restarted twice from
+/// the same snapshot. The first restart is detected and the room moves to
 /// a new epoch; after the second, Redis holds the *old* epoch again (at the snapshot's seq), and
 /// the node resets its members back to it and stores new messages under seqs of that epoch that
 /// its members already received with other bodies. An epoch must never come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the Redis broker refuses an epoch it left (issue 10 item 1); then see CHAT_FAULTS_KNOWN_BUGS"]
 async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_again() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisSide::start();
@@ -1526,14 +1679,13 @@ async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_again() {
     drop(node);
 }
 
-/// What check 5 found (a warning unless `CHAT_FAULTS_KNOWN_BUGS=1`): after Redis came back from
-/// an older snapshot, a node that holds no state of a room (no member there before) answers a
-/// join from Redis's older position, in the old epoch, and stores a new message under a seq the
-/// room already had. Its member gets `sent`; a member on the node that delivered the newer
-/// messages gets `reset` when that node finds the rollback, and the acknowledged message is in
-/// no history. Nothing lost Redis's state after the message was stored.
+/// What check 5 found: after Redis came back from an older snapshot, a node that holds no state
+/// of a room (no member there before) answers a join from Redis's older position, in the old
+/// epoch, and stores a new message under a seq the room already had. Its member gets `sent`; a
+/// member on the node that delivered the newer messages gets `reset` when that node finds the
+/// rollback, and the acknowledged message was in no history (nothing lost Redis's state after
+/// it was stored). Now the new epoch keeps what Redis holds, that message included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until a rollback is found before a node without the room's state stores into it (issue 10 item 1); then see CHAT_FAULTS_KNOWN_BUGS"]
 async fn a_node_without_the_room_acknowledges_into_a_rolled_back_epoch() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisSide::start();

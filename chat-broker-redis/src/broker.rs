@@ -20,6 +20,7 @@ pub(crate) struct Settings {
     pub(crate) op_timeout: Duration,
     pub(crate) reconnect_max_delay: Duration,
     pub(crate) default_history_ttl: Duration,
+    pub(crate) replicas_to_acknowledge: u32,
 }
 
 impl Settings {
@@ -84,6 +85,7 @@ impl RedisBroker {
                 op_timeout: Duration::from_secs(2),
                 reconnect_max_delay: Duration::from_secs(1),
                 default_history_ttl: Duration::from_secs(24 * 3600),
+                replicas_to_acknowledge: 0,
             },
         }
     }
@@ -135,6 +137,22 @@ impl RedisBrokerBuilder {
     /// room key's expiry to the engine's `history_ttl`). Default 24 h.
     pub fn default_history_ttl(mut self, ttl: Duration) -> Self {
         self.settings.default_history_ttl = ttl;
+        self
+    }
+
+    /// How many replicas must have a stored message before the sender is told `sent`
+    /// (Redis's `WAIT` after each publish, within half the op timeout; fewer in time is
+    /// `unavailable`, and a resend with the same key is then answered with the same seq).
+    /// Default 0: `sent` once the primary stored it.
+    ///
+    /// Replication is asynchronous: without this, a primary that fails over (or that was cut
+    /// off, and takes writes until Sentinel demotes it) can lose messages it acknowledged;
+    /// those losses are announced (a new epoch), not silent, but the sender was told `sent`.
+    /// With 1, `sent` means two copies. The cost: each publish waits for a replica's
+    /// acknowledgement on the node's one command connection, so publishing slows to about one
+    /// replica round trip per message; and with no replica reachable every send fails.
+    pub fn replicas_to_acknowledge(mut self, replicas: u32) -> Self {
+        self.settings.replicas_to_acknowledge = replicas;
         self
     }
 

@@ -318,6 +318,20 @@ impl Shared {
         lock(&self.unremoved).len()
     }
 
+    /// Waits until `replicas` replicas have every write this node made so far (Redis's `WAIT`,
+    /// on the command connection that made them), within half the op timeout.
+    async fn replicated(&self, replicas: u32) -> Result<(), BrokerError> {
+        let wait_ms = millis(self.settings.op_timeout / 2);
+        let cmd = redis::cmd("WAIT").arg(replicas).arg(wait_ms).to_owned();
+        let acknowledged: u64 = self.query("wait", async |conn| cmd.query_async(conn).await).await?;
+        if acknowledged < u64::from(replicas) {
+            return Err(BrokerError::Unavailable(format!(
+                "stored, but {acknowledged} of {replicas} replicas acknowledged it in time"
+            )));
+        }
+        Ok(())
+    }
+
     /// Publishes a transient payload on the room's channel.
     pub(crate) async fn publish_raw(&self, room: &str, payload: Vec<u8>) -> Result<(), BrokerError> {
         let cmd = redis::cmd("PUBLISH").arg(self.keys.channel(room)).arg(payload).to_owned();
@@ -400,6 +414,10 @@ impl BrokerNode for RedisNode {
         };
         let epoch = reply::string(epoch).ok_or_else(|| bad_reply("publish"))?;
         let seq = reply::uint(&seq).ok_or_else(|| bad_reply("publish"))?;
+        let duplicate = reply::uint(&dup) == Some(1);
+        if !duplicate && s.settings.replicas_to_acknowledge > 0 {
+            s.replicated(s.settings.replicas_to_acknowledge).await?;
+        }
         if let Some(id) = items.next().as_ref().and_then(reply::uint) {
             if let Some(track) = lock(&s.subs).get_mut(room.as_str()) {
                 let newer = track.stored.is_none_or(|(stored, _)| seq > stored);
@@ -408,7 +426,7 @@ impl BrokerNode for RedisNode {
                 }
             }
         }
-        Ok(Published { epoch: Epoch::from(epoch), seq, duplicate: reply::uint(&dup) == Some(1) })
+        Ok(Published { epoch: Epoch::from(epoch), seq, duplicate })
     }
 
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {

@@ -371,3 +371,36 @@ async fn a_message_stored_after_a_rollback_by_a_node_that_could_not_know_survive
     a.shutdown().await;
     b.shutdown().await;
 }
+
+async fn keyed(client: &chat_core::client::Client, n: u64) -> Result<Option<u64>, chat_core::client::ClientError> {
+    client.send_with("r", json!(n), Some(&format!("k{n}")), false).await
+}
+
+/// Found by the history checker: a new epoch keeps what Redis held, so it keeps idempotency
+/// too. A message sent with a key before Redis came back older, and kept, is not stored again
+/// when the key is resent in the new epoch: the resend gets the message's new seq.
+#[tokio::test]
+async fn a_kept_message_stays_idempotent_in_the_new_epoch() {
+    let mut redis = RedisServer::start_persistent();
+    let a = engine(&redis, "keys:", "a").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let old = alice.join("r", None).await.unwrap().epoch;
+    for n in 1..=3 {
+        assert_eq!(keyed(&alice, n).await.unwrap(), Some(n));
+    }
+    let _: () = redis::cmd("SAVE").query_async(&mut common::conn(&redis).await).await.expect("SAVE");
+    for n in 4..=5 {
+        assert_eq!(keyed(&alice, n).await.unwrap(), Some(n));
+    }
+    assert_eq!(seqs(&messages(&mut alice, "r", 5, WAIT).await), (1..=5).collect::<Vec<_>>());
+
+    redis.restart(); // back to 1..3
+    let resent = eventually("a resend to be answered", WAIT, || async { keyed(&alice, 2).await.ok() }).await;
+    let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset").await;
+    assert_ne!(reset["epoch"], json!(old));
+    assert_eq!(resent, Some(2), "the kept message, under its seq in the new epoch");
+    assert_eq!(keyed(&alice, 5).await.unwrap(), Some(4), "a lost message's key is stored anew");
+    let got = messages(&mut alice, "r", 4, WAIT).await;
+    assert_eq!(got, vec![(1, json!(1)), (2, json!(2)), (3, json!(3)), (4, json!(5))], "nothing twice");
+    a.shutdown().await;
+}

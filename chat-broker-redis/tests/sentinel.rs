@@ -185,3 +185,32 @@ async fn a_failover_to_a_replica_that_missed_writes_starts_a_new_epoch() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// `replicas_to_acknowledge(1)`: `sent` only once the replica has the message. With the
+/// replica frozen the send is `unavailable` (the primary stored it, nobody else has it); once
+/// the replica answers again, the resend with the same key gets the same seq, stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_can_wait_for_a_replica() {
+    let ha = Ha::start().await;
+    ha.replica_in_sync().await;
+    let broker = chat_broker_redis::RedisBroker::builder(ha.url())
+        .key_prefix("wait:")
+        .op_timeout(Duration::from_millis(500))
+        .replicas_to_acknowledge(1)
+        .build()
+        .expect("broker settings");
+    let a = Engine::builder().node_id("a").broker(broker).build().await.expect("engine attaches");
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    alice.join("r", None).await.unwrap();
+    let keyed = |text: &'static str| alice.send_with("r", json!(text), Some(text), false);
+    assert_eq!(keyed("one").await.unwrap(), Some(1), "the replica acknowledged it");
+
+    ha.replica.pause();
+    let err = keyed("two").await.unwrap_err();
+    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    ha.replica.resume();
+    let seq = eventually("the resend to be acknowledged", WAIT, || async { keyed("two").await.ok() }).await;
+    assert_eq!(seq, Some(2), "the same message, stored once");
+    assert_eq!(seqs(&messages(&mut alice, "r", 2, WAIT).await), vec![1, 2]);
+    a.shutdown().await;
+}

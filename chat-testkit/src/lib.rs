@@ -136,7 +136,8 @@ impl RedisServer {
         }
         args.extend(["--bind".to_owned(), "127.0.0.1".into(), "--port".into(), self.port.to_string()]);
         if !matches!(self.role, Role::Sentinel { .. }) {
-            args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+            // A replica is served at once (Redis waits 5 s by default, in case others join).
+            args.extend(["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"].map(String::from));
         }
         args.extend(["--dir".to_owned(), dir.display().to_string()]);
         if let Role::Replica(primary) = self.role {
@@ -197,6 +198,14 @@ impl RedisServer {
         let pid = self.child.as_ref().expect("redis-server is running").id().to_string();
         let status = Command::new("kill").args([which, &pid]).status().expect("run kill");
         assert!(status.success(), "kill {which} {pid} failed");
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same port as a replica of `primary`
+    /// (empty until it has synchronised): what a failed primary is once it comes back after a
+    /// failover.
+    pub fn restart_as_replica_of(&mut self, primary: &RedisServer) {
+        self.role = Role::Replica(primary.port);
+        self.restart();
     }
 
     /// Kills it (SIGKILL) and starts it again on the same port: empty, or from its last

@@ -53,8 +53,19 @@ if (not epoch)
   if has_stream then kept = redis.call('XRANGE', KEYS[3], '-', '+') end
   redis.call('DEL', KEYS[2], KEYS[3])
   for n, entry in ipairs(kept) do
-    local add = {'XADD', KEYS[3], string.format('%d-0', n)}
-    for _, v in ipairs(entry[2]) do add[#add + 1] = v end
+    local seq = string.format('%d', n)
+    local add = {'XADD', KEYS[3], seq .. '-0'}
+    local f = entry[2]
+    for i = 1, #f, 2 do
+      add[#add + 1] = f[i]
+      add[#add + 1] = f[i + 1]
+      -- Its idempotency key, if still remembered, now names it in the new epoch: a resend
+      -- is not stored a second time.
+      if f[i] == 'k' then
+        local ttl = redis.call('PTTL', f[i + 1])
+        if ttl > 0 then redis.call('SET', f[i + 1], seq .. ' ' .. epoch, 'PX', ttl) end
+      end
+    end
     redis.call(unpack(add))
   end
   if #kept > 0 then

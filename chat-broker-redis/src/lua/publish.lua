@@ -4,6 +4,7 @@
 -- window (ms); ARGV[2] (the new epoch's expiry) is the history's age limit.
 -- Each message gets an id, Redis's clock in microseconds when it was stored ('i', also in the
 -- delivery): two messages stored under one seq, before and after Redis came back older, differ.
+-- A message sent with a key records the key's name ('k').
 -- Returns {epoch, seq, duplicate 0|1, id (not for a duplicate)}.
 if KEYS[4] then
   local prev = redis.call('GET', KEYS[4])
@@ -19,8 +20,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = t[1] .. string.format('%06d', tonumber(t[2]))
 local seqs = string.format('%d', seq)
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[10], seqs .. '-0',
-  'f', ARGV[7], 't', ARGV[8], 'b', ARGV[9], 'x', string.format('%d', now + tonumber(ARGV[2])), 'i', id)
+local entry = {'XADD', KEYS[3], 'MAXLEN', ARGV[10], seqs .. '-0',
+  'f', ARGV[7], 't', ARGV[8], 'b', ARGV[9], 'x', string.format('%d', now + tonumber(ARGV[2])), 'i', id}
+if KEYS[4] then
+  -- The idempotency key's name: a new epoch that keeps this message renumbers its key too.
+  entry[#entry + 1] = 'k'
+  entry[#entry + 1] = KEYS[4]
+end
+redis.call(unpack(entry))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
