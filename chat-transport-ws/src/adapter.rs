@@ -64,14 +64,23 @@ pub(crate) struct Shared<S> {
     close_code: AtomicU16,
     /// Our close frame was queued: the peer's close is the answer, not to be answered again.
     close_sent: AtomicBool,
-    /// permessage-deflate, when the upgrade negotiated it.
-    deflate: Option<Agreed>,
+    /// permessage-deflate as the upgrade negotiated it ([`Agreed::OFF`] when it did not): not
+    /// an `Option`, so that it fits beside the two atomics in one word (the connection's task
+    /// is rounded up to 128 bytes: 8 bytes more cost 0.13 KiB per idle connection, measured).
+    deflate: Agreed,
 }
 
 impl<S> Shared<S> {
-    pub(crate) fn new(io: BatchedIo<S>, deflate: Option<Agreed>) -> Self {
+    /// The connection's shared state; `deflate` is [`Agreed::OFF`] when compression was not
+    /// negotiated.
+    pub(crate) fn new(io: BatchedIo<S>, deflate: Agreed) -> Self {
         let (close_code, close_sent) = (AtomicU16::new(CLOSE_NORMAL), AtomicBool::new(false));
         Shared { io: Mutex::new(io), close_code, close_sent, deflate }
+    }
+
+    /// permessage-deflate, when the upgrade negotiated it.
+    fn deflate(&self) -> Option<Agreed> {
+        self.deflate.is_on().then_some(self.deflate)
     }
 
     fn io(&self) -> MutexGuard<'_, BatchedIo<S>> {
@@ -268,7 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for InboundFrames<'_, S> {
         }
         loop {
             let so_far = this.partial.len();
-            match frame::parse(&mut this.buf, this.max, so_far, this.shared.deflate.is_some()) {
+            match frame::parse(&mut this.buf, this.max, so_far, this.shared.deflate().is_some()) {
                 Parsed::Frame { fin, opcode, compressed, payload } => match (opcode, std::mem::take(&mut this.checked))
                 {
                     (frame::TEXT | frame::BINARY, _) if this.partial_opcode != frame::CONTINUATION => {
@@ -378,7 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for OutboundFrames<'_, S> 
             opcode != frame::TEXT || std::str::from_utf8(payload).is_ok(),
             "a text message that is not UTF-8"
         );
-        let compressed = self.shared.deflate.and_then(|agreed| deflate::compressed(payload, agreed));
+        let compressed = self.shared.deflate().and_then(|agreed| deflate::compressed(payload, agreed));
         let mut io = self.shared.io();
         match &compressed {
             Some(compressed) => io.feed_frame(opcode | RSV1, compressed),

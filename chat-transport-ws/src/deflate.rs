@@ -18,6 +18,7 @@
 //! (`server_max_window_bits`).
 
 use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -64,6 +65,16 @@ pub(crate) struct Agreed {
     pub(crate) window: u8,
     pub(crate) level: u8,
     pub(crate) min_size: u16,
+}
+
+impl Agreed {
+    /// Not negotiated (window 0).
+    pub(crate) const OFF: Agreed = Agreed { window: 0, level: 0, min_size: 0 };
+
+    /// Whether compression was negotiated.
+    pub(crate) fn is_on(&self) -> bool {
+        self.window != 0
+    }
 }
 
 /// The first acceptable `permessage-deflate` offer among the `Sec-WebSocket-Extensions` header
@@ -217,17 +228,25 @@ pub(crate) fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateE
 /// A message is known by its `Bytes` (the engine hands every recipient the same allocation);
 /// each entry keeps that `Bytes` alive, so its address cannot be reused by another message
 /// while the entry exists. An empty compressed form means "not smaller: send it as it is".
-static RECENT: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+/// The oldest entries go first, beyond [`REMEMBERED`] entries or [`REMEMBERED_BYTES`]: enough
+/// for the recipients of a busy room to write a message before it is forgotten while their
+/// outboxes hold up to a few thousand frames (the default bound is 4,096). The cache is the one
+/// cost of compression that does not depend on traffic: up to 4 MiB per process.
+static RECENT: Mutex<Recent> = Mutex::new(Recent { map: None, order: VecDeque::new(), bytes: 0 });
 
-struct Entry {
-    message: Bytes,
-    window: u8,
-    level: u8,
-    compressed: Bytes,
+/// A message, by address and length, and how it is compressed.
+type Key = (usize, usize, u8, u8);
+
+struct Recent {
+    map: Option<HashMap<Key, (Bytes, Bytes)>>,
+    order: VecDeque<Key>,
+    /// Bytes held: the messages and their compressed forms.
+    bytes: usize,
 }
 
-/// How many recent messages [`RECENT`] remembers.
-const REMEMBERED: usize = 32;
+/// How many recent messages [`RECENT`] remembers, and how many bytes of them at most.
+const REMEMBERED: usize = 4096;
+const REMEMBERED_BYTES: usize = 4 << 20;
 
 /// `message` compressed as `agreed` says, or `None` when it goes out as it is (shorter than
 /// `min_size`, or not smaller once compressed).
@@ -235,23 +254,28 @@ pub(crate) fn compressed(message: &Bytes, agreed: Agreed) -> Option<Bytes> {
     if message.len() < usize::from(agreed.min_size) {
         return None;
     }
-    let same = |e: &Entry| {
-        (e.window, e.level) == (agreed.window, agreed.level)
-            && e.message.as_ptr() == message.as_ptr()
-            && e.message.len() == message.len()
-    };
-    if let Some(e) = RECENT.lock().unwrap_or_else(PoisonError::into_inner).iter().find(|e| same(e)) {
-        return (!e.compressed.is_empty()).then(|| e.compressed.clone());
+    let key = (message.as_ptr() as usize, message.len(), agreed.window, agreed.level);
+    {
+        let recent = RECENT.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, packed)) = recent.map.as_ref().and_then(|m| m.get(&key)) {
+            return (!packed.is_empty()).then(|| packed.clone());
+        }
     }
     let packed = compress(message, agreed.window, u32::from(agreed.level));
     let packed = if packed.len() < message.len() { Bytes::from(packed) } else { Bytes::new() };
     let mut recent = RECENT.lock().unwrap_or_else(PoisonError::into_inner);
-    if recent.len() == REMEMBERED {
-        recent.remove(0);
+    let Recent { map, order, bytes } = &mut *recent;
+    let map = map.get_or_insert_with(HashMap::new);
+    if map.insert(key, (message.clone(), packed.clone())).is_none() {
+        order.push_back(key);
+        *bytes += message.len() + packed.len();
     }
-    let entry =
-        Entry { message: message.clone(), window: agreed.window, level: agreed.level, compressed: packed.clone() };
-    recent.push(entry);
+    while order.len() > REMEMBERED || *bytes > REMEMBERED_BYTES {
+        let Some(old) = order.pop_front() else { break };
+        if let Some((m, p)) = map.remove(&old) {
+            *bytes -= m.len() + p.len();
+        }
+    }
     (!packed.is_empty()).then_some(packed)
 }
 

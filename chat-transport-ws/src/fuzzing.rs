@@ -119,7 +119,7 @@ const AGREED: Agreed = Agreed { window: 15, level: 6, min_size: 64 };
 pub async fn serve(engine: Engine, data: &[u8], chunks: &[usize], deflate: bool) -> Vec<u8> {
     let written = Arc::new(Mutex::new(Vec::new()));
     let socket = Socket { data, chunks, next: 0, written: written.clone() };
-    let agreed = deflate.then_some(AGREED);
+    let agreed = if deflate { AGREED } else { Agreed::OFF };
     serve_socket(engine, Shared::new(BatchedIo::new(socket, 4096), agreed), None, None).await;
     let out = std::mem::take(&mut *written.lock().unwrap_or_else(PoisonError::into_inner));
     out

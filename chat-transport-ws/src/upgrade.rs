@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::adapter::{serve_socket, Shared};
 use crate::batch::BatchedIo;
 use crate::connection::ConnectionHandler;
-use crate::deflate;
+use crate::deflate::{self, Agreed};
 use crate::options::{WsOptions, SUBPROTOCOL};
 
 /// What [`WsServer`](crate::WsServer) knows of a connection it accepted, put in the
@@ -111,15 +111,18 @@ pub(crate) fn accept<H: ConnectionHandler>(handler: &H, options: &WsOptions, mut
     // Nothing of the request goes to the session: its headers share hyper's read buffer.
     drop(request);
 
-    let batch = options.write_buffer_size;
+    // The write buffer's size and what was agreed share one word of the task (every byte of
+    // it is kept for the connection's life; see `Shared`).
+    let batch = u32::try_from(options.write_buffer_size).unwrap_or(u32::MAX);
+    let setup = (batch, deflate.as_ref().map_or(Agreed::OFF, |(agreed, _)| *agreed));
     let handler = handler.clone();
-    let agreed = deflate.as_ref().map(|(agreed, _)| *agreed);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
-        let io = BatchedIo::new(TokioIo::new(upgraded), batch);
+        let (batch, agreed) = setup;
+        let io = BatchedIo::new(TokioIo::new(upgraded), batch as usize);
         serve_socket(handler, Shared::new(io, agreed), peer, accepted).await;
         drop(permit); // held for as long as the session runs (moved, not copied, into the task)
     });
