@@ -284,25 +284,33 @@ async fn a_history_that_diverged_under_the_same_seqs_starts_a_new_epoch() {
     a.shutdown().await;
 }
 
+/// `client` joins room `r` and sends 1..3, Redis saves a snapshot, then 4..6; returns the
+/// room's epoch once the client got all six.
+async fn six_messages_past_a_snapshot(redis: &RedisServer, client: &mut chat_core::client::Client) -> String {
+    let epoch = client.join("r", None).await.unwrap().epoch;
+    for n in 1..=3 {
+        assert_eq!(client.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    let _: () = redis::cmd("SAVE").query_async(&mut common::conn(redis).await).await.expect("SAVE");
+    for n in 4..=6 {
+        assert_eq!(client.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    assert_eq!(seqs(&messages(client, "r", 6, WAIT).await), (1..=6).collect::<Vec<_>>());
+    epoch
+}
+
 /// Found by the history checker (tests/faults.rs): Redis restarted twice from the same
-/// snapshot. The first restart starts a new epoch (holding the snapshot's messages); the second
-/// brings back the epoch the room had left, at the snapshot's seq. Going back to it would hand out its seqs a second time
-/// (members already had other messages under them), so that too starts a new epoch: epochs
-/// are named by when they began, and Redis holding one older than a node knows is a rollback.
+/// snapshot. The first restart starts a new epoch (holding the snapshot's messages); the
+/// second brings back the epoch the room had left, at the snapshot's seq. Going back to it
+/// would hand out its seqs a second time (members already had other messages under them), so
+/// that too starts a new epoch: epochs are named by when they began, and Redis holding one
+/// older than a node knows is a rollback.
 #[tokio::test]
 async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_each_time() {
     let mut redis = RedisServer::start_persistent();
     let a = engine(&redis, "twice:", "a").await;
     let (mut alice, _ta) = connect(&a, "alice").await;
-    let first = alice.join("r", None).await.unwrap().epoch;
-    for n in 1..=3 {
-        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
-    }
-    let _: () = redis::cmd("SAVE").query_async(&mut common::conn(&redis).await).await.expect("SAVE");
-    for n in 4..=6 {
-        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
-    }
-    assert_eq!(seqs(&messages(&mut alice, "r", 6, WAIT).await), (1..=6).collect::<Vec<_>>());
+    let first = six_messages_past_a_snapshot(&redis, &mut alice).await;
 
     let mut epochs = vec![json!(first)];
     for round in 1..=2 {
@@ -335,15 +343,7 @@ async fn a_message_stored_after_a_rollback_by_a_node_that_could_not_know_survive
     let mut redis = RedisServer::start_persistent();
     let a = engine(&redis, "unknowing:", "a").await;
     let (mut alice, _ta) = connect(&a, "alice").await;
-    let old = alice.join("r", None).await.unwrap().epoch;
-    for n in 1..=3 {
-        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
-    }
-    let _: () = redis::cmd("SAVE").query_async(&mut common::conn(&redis).await).await.expect("SAVE");
-    for n in 4..=6 {
-        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
-    }
-    assert_eq!(seqs(&messages(&mut alice, "r", 6, WAIT).await), (1..=6).collect::<Vec<_>>());
+    let old = six_messages_past_a_snapshot(&redis, &mut alice).await;
 
     redis.restart(); // back to the snapshot: the old epoch at seq 3
     let b = engine(&redis, "unknowing:", "b").await;
