@@ -415,7 +415,9 @@ impl BrokerNode for RedisNode {
         let epoch = reply::string(epoch).ok_or_else(|| bad_reply("publish"))?;
         let seq = reply::uint(&seq).ok_or_else(|| bad_reply("publish"))?;
         let duplicate = reply::uint(&dup) == Some(1);
-        if !duplicate && s.settings.replicas_to_acknowledge > 0 {
+        if s.settings.replicas_to_acknowledge > 0 {
+            // A duplicate too: the first send may have been stored and not replicated (it was
+            // answered `unavailable`); the script's write on the key makes this wait cover it.
             s.replicated(s.settings.replicas_to_acknowledge).await?;
         }
         if let Some(id) = items.next().as_ref().and_then(reply::uint) {

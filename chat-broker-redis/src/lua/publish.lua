@@ -11,6 +11,9 @@ if KEYS[4] then
   if prev then
     local sp = string.find(prev, ' ', 1, true)
     if sp and string.sub(prev, sp + 1) == epoch then
+      -- A write, so that a node waiting for replicas (WAIT) waits for this one, and so for the
+      -- message it names, which the replication stream carries before it.
+      redis.call('PEXPIRE', KEYS[4], ARGV[11])
       return {epoch, tonumber(string.sub(prev, 1, sp - 1)), 1}
     end
   end
