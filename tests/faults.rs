@@ -313,23 +313,15 @@ impl SentinelSide {
         let old = self.primary().await.ok_or("no sentinel names a primary")?;
         tokio::task::block_in_place(|| self.servers[old].kill());
         let new = 1 - old;
-        let promoted = tokio::time::timeout(FAILOVER, async {
-            loop {
-                let mut agreed = 0;
-                for sentinel in &self.sentinels {
-                    let addr = resp(sentinel.port(), &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]).await;
-                    if addr.and_then(|a| a.get(1).cloned()) == Some(self.servers[new].port().to_string()) {
-                        agreed += 1;
-                    }
-                }
-                if agreed == self.sentinels.len() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await; // the poll of a bounded wait
+        let replica = self.servers[new].port().to_string();
+        eventually("every sentinel to name the replica the primary", FAILOVER, || async {
+            for sentinel in &self.sentinels {
+                let addr = resp(sentinel.port(), &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]).await?;
+                (addr.get(1) == Some(&replica)).then_some(())?;
             }
+            Some(())
         })
         .await;
-        promoted.map_err(|_| format!("no failover within {FAILOVER:?}"))?;
         let [a, b] = &mut self.servers;
         let (dead, primary) = if old == 0 { (a, &*b) } else { (b, &*a) };
         tokio::task::block_in_place(|| dead.restart_as_replica_of(primary));
