@@ -62,7 +62,7 @@
 //! With a `redis+sentinel://` URL (see [`RedisBroker::new`]) a node asks the sentinels where the
 //! primary is when it attaches and again whenever its pub/sub connection comes back, and moves
 //! its command connection there; a command that meets a read-only server (a primary demoted
-//! to replica) makes it ask at once. Replication is asynchronous, so a failover can lose
+//! to replica, which refuses every script of this broker, reads included) makes it ask at once. Replication is asynchronous, so a failover can lose
 //! messages Redis acknowledged. It cannot lose them silently: each node passes the newest
 //! message it delivered *or stored* in a room to every room script, and the new primary, finding
 //! its history older, starts a new epoch (members get `reset`, returning clients
@@ -74,7 +74,8 @@
 //! A publish that times out is reported `Unavailable` although Redis may have run it (the
 //! reply was lost, not the request): clients that must not duplicate send with a `key`.
 //! Redis Cluster is not supported (the sweep script builds key names itself); a single
-//! primary, alone or with replicas under Sentinel, is.
+//! primary, alone or with replicas under Sentinel, is. Redis 7.0 or later is needed: the
+//! scripts carry the `#!lua` shebang, so a read-only replica refuses them.
 
 #![warn(missing_docs)]
 

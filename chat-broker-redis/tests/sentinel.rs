@@ -219,3 +219,43 @@ async fn sent_can_wait_for_a_replica() {
     assert_eq!(seqs(&messages(&mut alice, "r", 2, WAIT).await), vec![1, 2]);
     a.shutdown().await;
 }
+
+/// A primary demoted to replica (as a failover does to a primary that comes back) answers no
+/// room script, reads included: a node still connected to it gets `unavailable` for a join or
+/// a history page, never the replica's possibly stale position (found by the history checker:
+/// a join read an old seq from a primary that had just come back as a replica, so the member
+/// missed messages until the next one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_serves_no_stale_reads() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let a = common::engine(&primary, "demoted:", "a").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    alice.join("r", None).await.unwrap();
+    for n in 1..=3 {
+        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    let mut old = common::conn(&primary).await;
+    eventually("the replica to acknowledge the writes", WAIT, || async {
+        let acked: i64 = redis::cmd("WAIT").arg(1).arg(100).query_async(&mut old.clone()).await.ok()?;
+        (acked == 1).then_some(())
+    })
+    .await;
+
+    // The roles swap, as after a failover: the replica takes writes, the primary follows it.
+    let mut new = common::conn(&replica).await;
+    let _: () = redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async(&mut new).await.unwrap();
+    let _: () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(replica.port()).query_async(&mut old).await.unwrap();
+    eventually("the old primary to follow the new one", WAIT, || async {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut old.clone()).await.ok()?;
+        (info.contains("role:slave") && info.contains("master_link_status:up")).then_some(())
+    })
+    .await;
+
+    let (bob, _tb) = connect(&a, "bob").await;
+    let err = bob.join("r", None).await.unwrap_err();
+    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    let err = alice.history("r", None, None, Some(10)).await.unwrap_err();
+    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    a.shutdown().await;
+}
