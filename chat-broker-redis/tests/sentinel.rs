@@ -230,7 +230,7 @@ async fn a_demoted_primary_serves_no_stale_reads() {
     let primary = RedisServer::start();
     let replica = RedisServer::start_replica_of(&primary);
     let a = common::engine(&primary, "demoted:", "a").await;
-    let (mut alice, _ta) = connect(&a, "alice").await;
+    let (alice, _ta) = connect(&a, "alice").await;
     alice.join("r", None).await.unwrap();
     for n in 1..=3 {
         assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
