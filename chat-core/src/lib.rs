@@ -45,6 +45,7 @@ mod outbox;
 pub mod protocol;
 mod rooms;
 mod session;
+pub mod store;
 
 #[doc(hidden)]
 pub use rooms::bench;
@@ -57,3 +58,4 @@ pub use engine::{Config, Engine, EngineBuilder, EngineError, RequestCosts, Stats
 pub use hooks::{Hooks, NoHooks};
 pub use limits::{ConnectionLimits, ConnectionPermit, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use protocol::{ByeReason, ErrorCode, RoomName};
+pub use store::{Record, Retention, Store, StoreError};
