@@ -5,6 +5,7 @@
 //! test skips.
 
 pub mod conformance;
+pub mod store_conformance;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
