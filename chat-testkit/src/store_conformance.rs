@@ -4,8 +4,15 @@
 //! A store's test file implements [`StoreSubject`] (the store under test, fresh and empty) and
 //! expands [`store_conformance!`](crate::store_conformance) with a constructor; that makes one
 //! test per case below: page bounds, epochs kept apart, idempotent appends, conflicting
-//! appends, batches of many rooms, `latest` and epochs, retention by count and by age, erasing a message and a user's
-//! messages, concurrent appends, and a large room.
+//! appends, batches of many rooms, `latest` and epochs, retention by count (in every room) and
+//! by age, erasing a message and a user's messages, concurrent appends, and a large room.
+//!
+//! Every case can fail: each was seen to catch a deliberately broken SQLite store (pages
+//! not reversed or with inclusive bounds, `latest` following the last append or an earlier
+//! epoch, a deleted message coming back, retention by age skipping over a young message or
+//! counting per epoch, only the first rooms retained, `erase` always true, `erase_user`
+//! matching prefixes or stopping after one chunk, conflicts missed or reported to the wrong
+//! caller, a stored message overwritten).
 //!
 //! ```no_run
 //! use chat_core::Store;
@@ -58,7 +65,7 @@ macro_rules! store_conformance {
     ($make:expr) => {
         $crate::store_conformance!(@cases $make;
             page_bounds, epochs_are_kept_apart, append_is_idempotent, append_reports_conflicts, batch_of_many_rooms,
-            latest_follows_the_current_epoch, retention_by_count, retention_by_age,
+            latest_follows_the_current_epoch, retention_by_count, retention_reaches_every_room, retention_by_age,
             erase_leaves_a_tombstone, erase_user_across_rooms, concurrent_appends, large_room);
     };
     (@cases $make:expr; $($case:ident),*) => {
@@ -136,8 +143,9 @@ pub async fn all(store: &dyn Store, room_name: &str, epoch: &str) -> Vec<Record>
     loop {
         let after = got.last().map_or(0, |r| r.seq);
         let next = page(store, room_name, epoch, query(None, Some(after), 100)).await;
-        if next.is_empty() {
-            return got;
+        match next.first() {
+            None => return got,
+            Some(first) => assert!(first.seq > after, "a page after {after} starts at {}", first.seq),
         }
         got.extend(next);
     }
@@ -353,6 +361,29 @@ pub async fn retention_by_count(subject: Arc<dyn StoreSubject>) {
     assert_eq!(seqs(store, "count", "e", query(None, None, 50)).await, [9, 10, 11]);
 }
 
+/// Retention reaches every room, however many there are, each by its own rule.
+pub async fn retention_reaches_every_room(subject: Arc<dyn StoreSubject>) {
+    const ROOMS: u64 = 700;
+    let store = subject.store();
+    let mut batch = Vec::new();
+    for r in 0..ROOMS {
+        batch.extend(records(&format!("many-{r}"), "e", 1..=3));
+    }
+    append(store, &batch, "append to many rooms").await;
+    let rule = |r: &RoomName| {
+        let n: u64 = r.as_str().trim_start_matches("many-").parse().unwrap_or(0);
+        keep(n % 3)
+    };
+    let expected: u64 = (0..ROOMS).map(|n| 3 - n % 3).sum();
+    assert_eq!(store.retain(&rule, NOW).await.expect("retain"), expected);
+    for r in [0, 1, 2, 256, 257, 511, 512, 698, 699] {
+        let name = format!("many-{r}");
+        let kept: Vec<u64> = (4 - r % 3..=3).collect();
+        assert_eq!(seqs(store, &name, "e", query(None, None, 10)).await, kept, "{name}");
+        assert_eq!(latest(store, &name).await, at("e", 3), "{name}");
+    }
+}
+
 /// Retention by age (`ts` older than `max_age` at `now_ms`), from the oldest end only: a
 /// message the age rule would delete stays while an older one is kept; once every message of a
 /// room expired, it has no messages and `latest` still knows where it stood.
@@ -405,7 +436,8 @@ pub async fn erase_leaves_a_tombstone(subject: Arc<dyn StoreSubject>) {
 }
 
 /// Erasing a user erases every message of theirs, in every room and epoch, and nobody else's
-/// (not even a user whose name starts the same); it returns how many it erased.
+/// (not even a user whose name starts the same), however many there are; it returns how many
+/// it erased.
 pub async fn erase_user_across_rooms(subject: Arc<dyn StoreSubject>) {
     let store = subject.store();
     let by = |r: &str, epoch: &str, seq, from: &str| Record { from: Arc::from(from), ..record(r, epoch, seq) };
@@ -437,19 +469,32 @@ pub async fn erase_user_across_rooms(subject: Arc<dyn StoreSubject>) {
         }
     }
     assert_eq!(store.erase_user("nobody").await.expect("erase_user"), 0);
+    let prolific: Vec<Record> =
+        (1..=2_500).map(|seq| Record { from: Arc::from("prolific"), ..record("gdpr-c", "e", seq) }).collect();
+    append(store, &prolific, "append a prolific user's messages").await;
+    append(store, &records("gdpr-c", "e", [2_501]), "append").await;
+    assert_eq!(store.erase_user("prolific").await.expect("erase_user"), 2_500, "all of them, however many");
+    let left = all(store, "gdpr-c", "e").await;
+    assert_eq!(left.iter().filter(|r| r.body.is_none()).count(), 2_500);
+    assert_eq!(left.last().map(|r| (r.seq, r.body.is_some())), Some((2_501, true)));
 }
 
 /// Eight tasks append interleaved, overlapping batches to the same rooms while another reads:
-/// every record is stored exactly once, pages and `latest` are right, and two retention passes
-/// at once delete each message once.
+/// every record is stored exactly once, each task gets the positions of its own batch's
+/// conflicts, pages and `latest` are right, and two retention passes at once delete each
+/// message once.
 pub async fn concurrent_appends(subject: Arc<dyn StoreSubject>) {
     const TASKS: u64 = 8;
     const ROUNDS: u64 = 25;
     const PER_ROUND: u64 = 4;
     const ROOMS: [&str; 3] = ["busy-0", "busy-1", "busy-2"];
-    let total = TASKS * ROUNDS * PER_ROUND; // per room
-                                            // Task t appends, in round k, seqs t*PER_ROUND + 1 ..= (t+1)*PER_ROUND of every round's
-                                            // block of TASKS*PER_ROUND, in every room, plus the first seq of the next task's share.
+    // Per room. Task t appends, in round k, its share (PER_ROUND seqs) of the round's block of
+    // TASKS * PER_ROUND seqs in every room, plus the first seq of the next share (an identical
+    // overlap), plus a record that conflicts with one stored beforehand, at a position of its
+    // own in the batch: each task must get its own conflict's position back.
+    let total = TASKS * ROUNDS * PER_ROUND;
+    append(subject.store(), &records("busy-clash", "e", 1..=TASKS * ROUNDS), "append the records to conflict with")
+        .await;
     let writers: Vec<_> = (0..TASKS)
         .map(|t| {
             let subject = subject.clone();
@@ -461,8 +506,14 @@ pub async fn concurrent_appends(subject: Arc<dyn StoreSubject>) {
                         let overlap = if base + PER_ROUND < total { Some(base + PER_ROUND + 1) } else { None };
                         batch.extend(records(r, "e", (base + 1..=base + PER_ROUND).chain(overlap)));
                     }
+                    let clash = Record {
+                        body: Some(Bytes::from(format!("\"task {t}\""))),
+                        ..record("busy-clash", "e", k * TASKS + t + 1)
+                    };
+                    let at = (t + k) as usize % (batch.len() + 1);
+                    batch.insert(at, clash);
                     let conflicts = subject.store().append(&batch).await.expect("append");
-                    assert_eq!(conflicts, NO_CONFLICT, "identical overlaps are not conflicts");
+                    assert_eq!(conflicts, vec![at], "task {t} round {k}: only its own conflict");
                 }
             })
         })
@@ -490,6 +541,8 @@ pub async fn concurrent_appends(subject: Arc<dyn StoreSubject>) {
         assert_eq!(all(subject.store(), r, "e").await, records(r, "e", 1..=total), "{r}: each record once");
         assert_eq!(latest(subject.store(), r).await, at("e", total));
     }
+    let clashed = all(subject.store(), "busy-clash", "e").await;
+    assert_eq!(clashed, records("busy-clash", "e", 1..=TASKS * ROUNDS), "the stored ones stay");
     let rules: Arc<RetentionPolicy> =
         Arc::new(policy(&[("busy-0", keep(100)), ("busy-1", keep(100)), ("busy-2", keep(100))]));
     let passes: Vec<_> = (0..2)
