@@ -209,15 +209,18 @@ impl SqliteOptions {
         let path = Arc::new(path.as_ref().to_path_buf());
         let (writer, done) = Writer::start(path.clone(), self.synchronous, self.busy_timeout, self.queue).await?;
         let readers = Readers::new(path.clone(), self.busy_timeout, self.readers);
-        Ok(SqliteStore { path, writer, readers, done: Mutex::new(Some(done)), chunk: self.chunk })
+        Ok(SqliteStore { path, readers, writer, done: Mutex::new(Some(done)), chunk: self.chunk })
     }
 }
 
 /// A [`Store`] in an SQLite database file. See the [crate documentation](crate).
 pub struct SqliteStore {
     path: Arc<PathBuf>,
-    writer: Writer,
+    /// Dropped before the writer, so that the writer's connection closes last: the last one
+    /// to close checkpoints the WAL into the database, and that belongs on the writer thread,
+    /// not on the async runtime.
     readers: Arc<Readers>,
+    writer: Writer,
     /// Completes when the writer thread has ended.
     done: Mutex<Option<oneshot::Receiver<()>>>,
     chunk: usize,

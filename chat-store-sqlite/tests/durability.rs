@@ -52,6 +52,8 @@ async fn reopening_finds_everything() {
     let store = SqliteStore::open(&path).await.expect("reopen after a drop");
     check_filled(&store).await;
     store.close().await;
+    let wal = path.with_file_name("reopen.db-wal");
+    assert!(!wal.exists(), "closing checkpoints the write-ahead log into the file and removes it");
     let store = SqliteStore::open(&path).await.expect("reopen after a close");
     check_filled(&store).await;
     assert_eq!(store.path(), path);
