@@ -49,9 +49,9 @@
 //!   A message that retention deleted stays deleted if it is appended again (each epoch keeps
 //!   the highest seq retention deleted), so a room's stored seqs stay contiguous.
 //! * **Conflicts**: a record whose seq is stored with another sender or body is not written
-//!   and its position is returned by `append`. An erased message (a tombstone) has no body to
-//!   compare, so a resend of it from the same sender is taken as a resend (and stays erased);
-//!   a record at or below what retention deleted cannot be compared either and is skipped.
+//!   and its position is returned by `append`; an erased message (a tombstone) has no body, so
+//!   a resend of it conflicts (and it stays erased). A record at or below what retention
+//!   deleted cannot be compared with anything and is skipped.
 //! * **Retention** walks the rooms 256 at a time, skips those with nothing to delete, and
 //!   deletes the rest in chunks of [`SqliteOptions::chunk`] messages, one transaction each, so
 //!   appends are never held up for long. `erase_user` goes in the same chunks.

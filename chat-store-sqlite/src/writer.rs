@@ -267,18 +267,13 @@ fn commit_batches(conn: &mut Connection, path: &Path, batches: &[&[Row]]) -> Res
 }
 
 /// Whether `row`, whose seq is already stored in epoch `epoch_id`, differs from the stored
-/// message in sender or body (a resend may differ in `ts`). A tombstone has no body to compare:
-/// the same sender's resend of an erased message is not a conflict (and stays erased).
+/// message in sender or body (a resend may differ in `ts`). An erased message has no body, so
+/// a resend of it (with its body) conflicts, as the contract's letter has it.
 fn conflicts(tx: &Transaction<'_>, epoch_id: i64, row: &Row) -> rusqlite::Result<bool> {
     let (sender, body): (String, Option<Vec<u8>>) = tx
         .prepare_cached("SELECT sender, body FROM messages WHERE epoch_id = ?1 AND seq = ?2")?
         .query_row(params![epoch_id, row.seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let same_body = match (&body, &row.body) {
-        (None, _) => true,
-        (Some(stored), Some(sent)) => stored[..] == sent[..],
-        (Some(_), None) => false,
-    };
-    Ok(sender != *row.from || !same_body)
+    Ok(sender != *row.from || body.as_deref() != row.body.as_deref())
 }
 
 /// Finds (room, epoch), creating the room and the epoch as needed; a new epoch becomes the
