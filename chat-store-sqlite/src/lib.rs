@@ -80,9 +80,9 @@
 //! One record per commit, `Full` is 4 to 12 times slower (a sync per commit); as the engine
 //! uses it, batched or with commits overlapping, it is 1.3 to 1.6 times slower, which is why it
 //! is the default. On a disk whose flush takes milliseconds (a spinning disk, some network
-//! volumes) the single-record figure drops to a few hundred per second while batches keep most
-//! of their rate; choose `Normal` there only if losing the last moments before a power cut is
-//! acceptable.
+//! volumes) one-record commits are capped at one per flush (100 to 200 a second at 5 to 10 ms)
+//! while batches share each flush; choose `Normal` there only if losing the last moments
+//! before a power cut is acceptable.
 //!
 //! # Why rusqlite
 //!

@@ -2,7 +2,7 @@
 //! run against each of them (SQLite in `chat-store-sqlite/tests/conformance.rs`).
 //!
 //! A store's test file implements [`StoreSubject`] (the store under test, fresh and empty) and
-//! expands [`store_conformance!`](crate::store_conformance) with a constructor; that makes one
+//! expands [`store_conformance!`](crate::store_conformance!) with a constructor; that makes one
 //! test per case below: page bounds, epochs kept apart, idempotent appends, conflicting
 //! appends, batches of many rooms, `latest` and epochs, retention by count (in every room) and
 //! by age, erasing a message and a user's messages, concurrent appends, and a large room.
