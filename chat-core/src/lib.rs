@@ -40,6 +40,7 @@ mod engine;
 mod heartbeat;
 pub mod hooks;
 pub mod io;
+mod keeper;
 mod limits;
 mod outbox;
 pub mod protocol;

@@ -23,6 +23,7 @@ use crate::bucket::TokenBucket;
 use crate::driver::{ConnInfo, Inbound, Writer};
 use crate::engine::Inner;
 use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
+use crate::keeper::KeepError;
 use crate::outbox::{Class, Outbox};
 use crate::protocol::{
     encode_error, encode_history, encode_joined, encode_left, encode_pong, encode_presence, encode_refreshed,
@@ -30,6 +31,7 @@ use crate::protocol::{
     WelcomeParts, PROTOCOL_VERSION,
 };
 use crate::rooms::{message_frame, LocalRoom};
+use crate::store::StoreError;
 
 /// A request's failure: the error frame to send.
 struct Failure {
@@ -50,6 +52,19 @@ impl From<BrokerError> for Failure {
                 Failure::new(ErrorCode::Unavailable, format!("{m}; nothing was stored, retry later"))
             }
             BrokerError::Internal(m) => Failure::new(ErrorCode::Internal, m),
+        }
+    }
+}
+
+impl From<KeepError> for Failure {
+    fn from(e: KeepError) -> Self {
+        match e {
+            KeepError::Broker(e) => e.into(),
+            KeepError::Store(StoreError::Unavailable(m)) => Failure::new(
+                ErrorCode::Unavailable,
+                format!("{m}; the message may have reached the room but is not known to be kept: resend it with the same key"),
+            ),
+            KeepError::Store(StoreError::Internal(m)) => Failure::new(ErrorCode::Internal, m),
         }
     }
 }
@@ -463,7 +478,8 @@ impl Session {
         // what the client missed up to it, then the buffer follows. A replay may take half of
         // the outbox's bounds, no more, so that live messages still fit behind it: a client
         // that missed more pages the gap with `history` instead of being closed as a slow
-        // consumer by its own replay (and coming back to the same replay, forever).
+        // consumer by its own replay (and coming back to the same replay, forever). Without a
+        // store the broker's window bounds it too; with one, the store reaches further.
         let mut replay = Vec::new();
         let mut recovered = false;
         if let Some(since) = since.filter(|s| *s.epoch == *point.epoch && s.seq <= point.seq) {
@@ -472,10 +488,11 @@ impl Session {
             let (max_frames, max_bytes) = (c.outbox_frames / 2, c.outbox_bytes / 2);
             if missed == 0 {
                 recovered = true;
-            } else if missed <= c.history_size.min(max_frames) as u64 {
+            } else if missed <= self.inner.keeper.store().map_or(c.history_size, |_| usize::MAX).min(max_frames) as u64
+            {
                 let query =
                     HistoryQuery { after: Some(since.seq), before: Some(point.seq + 1), limit: missed as usize };
-                match broker.history(&room, query).await {
+                match self.inner.keeper.history(broker, &room, query).await {
                     Ok(page) => {
                         let contiguous = page.messages.iter().zip(since.seq + 1..).all(|(m, seq)| m.seq == seq);
                         if page.epoch == point.epoch && page.messages.len() as u64 == missed && contiguous {
@@ -483,7 +500,7 @@ impl Session {
                             recovered = replay.iter().map(Bytes::len).sum::<usize>() <= max_bytes;
                         }
                     }
-                    Err(e) => tracing::debug!(%room, error = %e, "recovery history failed"),
+                    Err(e) => tracing::debug!(%room, error = ?e, "recovery history failed"),
                 }
             }
             if !recovered {
@@ -587,7 +604,7 @@ impl Session {
                 history_ttl: c.history_ttl,
                 max_history_bytes: c.max_history_bytes,
             };
-            Some(broker.publish(&room, publication, &opts).await?.seq)
+            Some(self.inner.keeper.publish(broker, &room, publication, &opts).await?.seq)
         };
         if let Some(id) = id {
             self.push(encode_sent(Some(id), &room, seq));
@@ -607,7 +624,7 @@ impl Session {
         self.authorize(&room, Action::History).await?;
         let max = self.inner.config.history_max_limit;
         let limit = limit.map_or(50, |l| l.min(max as u64) as usize).min(max);
-        let page = self.inner.broker.history(&room, HistoryQuery { before, after, limit }).await?;
+        let page = self.inner.keeper.history(&*self.inner.broker, &room, HistoryQuery { before, after, limit }).await?;
         if let Some(id) = id {
             let messages = page.messages.iter().map(|m| MessageParts {
                 room: &room,
