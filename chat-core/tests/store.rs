@@ -235,9 +235,11 @@ async fn appends_waiting_for_a_commit_go_in_one() {
     for send in sends {
         tokio::time::timeout(WAIT, send).await.expect("sent in time").expect("task").expect("sent");
     }
-    let kept = store.kept();
-    assert_eq!(kept.records.len(), SENDERS);
-    assert!(kept.appends <= 2, "{} appends for {SENDERS} messages queued together", kept.appends);
-    drop(kept);
+    let (records, appends) = {
+        let kept = store.kept();
+        (kept.records.len(), kept.appends)
+    };
+    assert_eq!(records, SENDERS);
+    assert!(appends <= 2, "{appends} appends for {SENDERS} messages queued together");
     engine.shutdown().await;
 }
