@@ -17,7 +17,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, BrokerError, BrokerNode, DeliverySink};
 use crate::heartbeat;
 use crate::hooks::{Hooks, NoHooks};
-use crate::keeper::Keeper;
+use crate::keeper::{Keeper, KeptNode};
 use crate::outbox::Outbox;
 use crate::protocol::{ByeReason, RoomName};
 use crate::rooms::{Rooms, RoomsSink};
@@ -301,11 +301,14 @@ impl EngineBuilder {
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone(), self.config.max_rooms));
         let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
-        let keeper = match self.store {
-            Some(store) => Keeper::new(store, self.config.store_batch, self.config.store_queue),
-            None => Keeper::none(),
+        let keeper = self.store.map(|s| Keeper::new(s, self.config.store_batch, self.config.store_queue));
+        let broker_node = broker.attach(&node, sink, keeper.as_ref().map(Keeper::origin)).await?;
+        let retention = keeper.as_ref().map(|k| k.store().clone());
+        let keeps = keeper.is_some();
+        let broker_node: Arc<dyn BrokerNode> = match keeper {
+            Some(keeper) => Arc::new(KeptNode::new(broker_node, keeper)),
+            None => broker_node,
         };
-        let broker_node = broker.attach(&node, sink, keeper.origin()).await?;
         rooms.set_broker(&broker_node);
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -313,7 +316,7 @@ impl EngineBuilder {
                 node,
                 config: self.config,
                 broker: broker_node,
-                keeper,
+                keeps,
                 rooms,
                 authenticator: self.authenticator,
                 authorizer: self.authorizer,
@@ -327,11 +330,11 @@ impl EngineBuilder {
             }),
         };
         heartbeat::spawn(Arc::downgrade(&engine.inner));
-        if let Some(store) = engine.inner.keeper.store() {
+        if let Some(store) = retention {
             let fixed = engine.inner.config.retention;
             let policy = self.retention.unwrap_or_else(|| Arc::new(move |_: &RoomName| fixed));
             let every = engine.inner.config.retention_every;
-            engine.inner.tracker.spawn(retain(store.clone(), policy, every, engine.inner.shutdown.clone()));
+            engine.inner.tracker.spawn(retain(store, policy, every, engine.inner.shutdown.clone()));
         }
         Ok(engine)
     }
@@ -394,8 +397,8 @@ pub(crate) struct Inner {
     pub(crate) node: Arc<str>,
     pub(crate) config: Config,
     pub(crate) broker: Arc<dyn BrokerNode>,
-    /// The store, if any, and what goes through it (publish, history).
-    pub(crate) keeper: Keeper,
+    /// A store keeps the conversation (`broker` is then a `KeptNode`).
+    pub(crate) keeps: bool,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) authenticator: Arc<dyn Authenticator>,
     pub(crate) authorizer: Arc<dyn Authorizer>,

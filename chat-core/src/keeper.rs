@@ -1,5 +1,7 @@
 //! Keeping: the engine's side of its [`Store`] (DESIGN.md: ordering is the broker's job,
-//! keeping is the store's). Without a store everything here passes straight to the broker.
+//! keeping is the store's). [`KeptNode`] wraps the node's [`BrokerNode`] and is what the rest
+//! of the engine talks to, so sessions, recovery and gap repair keep one code path whether or
+//! not a store is configured.
 //!
 //! * **Publish**: the broker orders the message (its seq) and fans it out; then the message is
 //!   appended to the store, and only once that is committed does the sender get `sent`. One
@@ -13,39 +15,18 @@
 //!   store, merged by seq, so the client cannot tell where a page came from.
 //! * **Origin**: the store tells the broker where a room stands when the broker holds nothing
 //!   of it (see [`Origin`]), so a restarted or flushed broker goes on in the same epoch.
-//! * **Retention**: every node applies the store's retention in the background.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{BrokerError, BrokerNode, HistoryPage, HistoryQuery, Message, Origin, Position, Publication};
-use crate::broker::{PublishOpts, Published};
+use crate::broker::{
+    BrokerError, BrokerNode, HistoryPage, HistoryQuery, Message, Origin, Position, PresenceEntry, Publication,
+    PublishOpts, Published, Transient,
+};
 use crate::protocol::RoomName;
 use crate::store::{Record, Store, StoreError};
-
-/// Why a publish or a history page failed.
-#[derive(Debug)]
-pub(crate) enum KeepError {
-    /// The broker failed: nothing was ordered, or nothing could be read.
-    Broker(BrokerError),
-    /// The store failed. For a publish: the message was ordered and delivered but is not
-    /// known to be committed.
-    Store(StoreError),
-}
-
-impl From<BrokerError> for KeepError {
-    fn from(e: BrokerError) -> Self {
-        KeepError::Broker(e)
-    }
-}
-
-impl From<StoreError> for KeepError {
-    fn from(e: StoreError) -> Self {
-        KeepError::Store(e)
-    }
-}
 
 /// A record waiting for its commit, and who waits for it.
 struct Pending {
@@ -53,79 +34,112 @@ struct Pending {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// The engine's store, if it has one, and the queue of its committer task.
+/// A store and the queue of its committer task.
 pub(crate) struct Keeper {
-    store: Option<(Arc<dyn Store>, mpsc::Sender<Pending>)>,
+    store: Arc<dyn Store>,
+    queue: mpsc::Sender<Pending>,
 }
 
 impl Keeper {
-    /// A keeper that keeps nothing: the broker alone.
-    pub(crate) fn none() -> Keeper {
-        Keeper { store: None }
-    }
-
     /// A keeper on `store`; starts its committer task, which appends at most `max_batch`
     /// records at a time, with up to `queue` more waiting. The task ends with the keeper.
     pub(crate) fn new(store: Arc<dyn Store>, max_batch: usize, queue: usize) -> Keeper {
         let (tx, rx) = mpsc::channel(queue.max(1));
         tokio::spawn(commit(store.clone(), rx, max_batch.max(1)));
-        Keeper { store: Some((store, tx)) }
+        Keeper { store, queue: tx }
     }
 
-    /// The store, if any.
-    pub(crate) fn store(&self) -> Option<&Arc<dyn Store>> {
-        self.store.as_ref().map(|(s, _)| s)
+    /// The store.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// What the broker asks when it holds nothing of a room: the store's position.
-    pub(crate) fn origin(&self) -> Option<Arc<dyn Origin>> {
-        self.store().map(|s| Arc::new(StoreOrigin(s.clone())) as Arc<dyn Origin>)
+    pub(crate) fn origin(&self) -> Arc<dyn Origin> {
+        Arc::new(StoreOrigin(self.store.clone()))
     }
 
-    /// Orders `publication` through the broker, then (with a store) waits until it is
-    /// committed.
-    pub(crate) async fn publish(
-        &self,
-        broker: &dyn BrokerNode,
-        room: &RoomName,
-        publication: Publication,
-        opts: &PublishOpts,
-    ) -> Result<Published, KeepError> {
-        let Some((_, queue)) = &self.store else { return Ok(broker.publish(room, publication, opts).await?) };
-        let (from, ts, body) = (publication.from.clone(), publication.ts, publication.body.clone());
-        let published = broker.publish(room, publication, opts).await?;
-        let record = Record {
-            room: room.clone(),
-            epoch: published.epoch.clone(),
-            seq: published.seq,
-            from,
-            ts,
-            body: Some(body),
-        };
+    /// Waits until `record` is committed.
+    async fn keep(&self, record: Record) -> Result<(), BrokerError> {
         let (done, committed) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the store's committer stopped".into());
-        queue.send(Pending { record, done }).await.map_err(|_| stopped())?;
-        committed.await.map_err(|_| stopped())??;
+        let stopped = || BrokerError::NotKept("the store's committer stopped".into());
+        self.queue.send(Pending { record, done }).await.map_err(|_| stopped())?;
+        committed.await.map_err(|_| stopped())?.map_err(|e| match e {
+            StoreError::Unavailable(m) => BrokerError::NotKept(m),
+            StoreError::Internal(m) => BrokerError::Internal(m),
+        })
+    }
+}
+
+/// A node's broker with the store beside it: what the engine uses when it has a store.
+pub(crate) struct KeptNode {
+    broker: Arc<dyn BrokerNode>,
+    keeper: Keeper,
+}
+
+impl KeptNode {
+    pub(crate) fn new(broker: Arc<dyn BrokerNode>, keeper: Keeper) -> KeptNode {
+        KeptNode { broker, keeper }
+    }
+}
+
+#[async_trait]
+impl BrokerNode for KeptNode {
+    /// Orders through the broker, then waits until the store committed the message.
+    async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
+        let (from, ts, body) = (msg.from.clone(), msg.ts, msg.body.clone());
+        let published = self.broker.publish(room, msg, opts).await?;
+        let (epoch, seq) = (published.epoch.clone(), published.seq);
+        self.keeper.keep(Record { room: room.clone(), epoch, seq, from, ts, body: Some(body) }).await?;
         Ok(published)
     }
 
-    /// A page of history: the broker's, completed from the store with what the broker's
-    /// window no longer holds.
-    pub(crate) async fn history(
-        &self,
-        broker: &dyn BrokerNode,
-        room: &RoomName,
-        query: HistoryQuery,
-    ) -> Result<HistoryPage, KeepError> {
-        let mut page = broker.history(room, query).await?;
-        let Some(store) = self.store() else { return Ok(page) };
+    async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {
+        self.broker.broadcast(room, what).await
+    }
+
+    async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {
+        self.broker.subscribe(room).await
+    }
+
+    async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
+        self.broker.unsubscribe(room).await
+    }
+
+    /// The broker's page, completed from the store with what its window no longer holds.
+    async fn history(&self, room: &RoomName, query: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        let mut page = self.broker.history(room, query).await?;
         let Some(older) = missing(&query, &page) else { return Ok(page) };
-        let records = store.page(room, &page.epoch, older).await?;
+        let records = self.keeper.store.page(room, &page.epoch, older).await.map_err(broker_error)?;
         let mut messages: Vec<Message> = records.into_iter().filter_map(message).collect();
         messages.append(&mut page.messages);
         messages.truncate(query.limit);
         page.messages = messages;
         Ok(page)
+    }
+
+    async fn presence_add(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
+        self.broker.presence_add(room, session, user).await
+    }
+
+    async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
+        self.broker.presence_remove(room, session, user).await
+    }
+
+    async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
+        self.broker.presence(room).await
+    }
+
+    async fn detach(&self) {
+        self.broker.detach().await
+    }
+}
+
+/// A store's failure to read, as the broker's.
+fn broker_error(e: StoreError) -> BrokerError {
+    match e {
+        StoreError::Unavailable(m) => BrokerError::Unavailable(m),
+        StoreError::Internal(m) => BrokerError::Internal(m),
     }
 }
 
@@ -193,10 +207,7 @@ struct StoreOrigin(Arc<dyn Store>);
 #[async_trait]
 impl Origin for StoreOrigin {
     async fn origin(&self, room: &RoomName) -> Result<Option<Position>, BrokerError> {
-        self.0.latest(room).await.map_err(|e| match e {
-            StoreError::Unavailable(m) => BrokerError::Unavailable(m),
-            StoreError::Internal(m) => BrokerError::Internal(m),
-        })
+        self.0.latest(room).await.map_err(broker_error)
     }
 }
 

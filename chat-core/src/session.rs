@@ -23,7 +23,6 @@ use crate::bucket::TokenBucket;
 use crate::driver::{ConnInfo, Inbound, Writer};
 use crate::engine::Inner;
 use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
-use crate::keeper::KeepError;
 use crate::outbox::{Class, Outbox};
 use crate::protocol::{
     encode_error, encode_history, encode_joined, encode_left, encode_pong, encode_presence, encode_refreshed,
@@ -31,7 +30,6 @@ use crate::protocol::{
     WelcomeParts, PROTOCOL_VERSION,
 };
 use crate::rooms::{message_frame, LocalRoom};
-use crate::store::StoreError;
 
 /// A request's failure: the error frame to send.
 struct Failure {
@@ -52,19 +50,10 @@ impl From<BrokerError> for Failure {
                 Failure::new(ErrorCode::Unavailable, format!("{m}; nothing was stored, retry later"))
             }
             BrokerError::Internal(m) => Failure::new(ErrorCode::Internal, m),
-        }
-    }
-}
-
-impl From<KeepError> for Failure {
-    fn from(e: KeepError) -> Self {
-        match e {
-            KeepError::Broker(e) => e.into(),
-            KeepError::Store(StoreError::Unavailable(m)) => Failure::new(
+            BrokerError::NotKept(m) => Failure::new(
                 ErrorCode::Unavailable,
-                format!("{m}; the message may have reached the room but is not known to be kept: resend it with the same key"),
+                format!("{m}; the message reached the room but is not known to be kept: resend it with the same key"),
             ),
-            KeepError::Store(StoreError::Internal(m)) => Failure::new(ErrorCode::Internal, m),
         }
     }
 }
@@ -486,13 +475,13 @@ impl Session {
             let missed = point.seq - since.seq;
             let c = &self.inner.config;
             let (max_frames, max_bytes) = (c.outbox_frames / 2, c.outbox_bytes / 2);
+            let reach = if self.inner.keeps { max_frames } else { c.history_size.min(max_frames) };
             if missed == 0 {
                 recovered = true;
-            } else if missed <= self.inner.keeper.store().map_or(c.history_size, |_| usize::MAX).min(max_frames) as u64
-            {
+            } else if missed <= reach as u64 {
                 let query =
                     HistoryQuery { after: Some(since.seq), before: Some(point.seq + 1), limit: missed as usize };
-                match self.inner.keeper.history(broker, &room, query).await {
+                match broker.history(&room, query).await {
                     Ok(page) => {
                         let contiguous = page.messages.iter().zip(since.seq + 1..).all(|(m, seq)| m.seq == seq);
                         if page.epoch == point.epoch && page.messages.len() as u64 == missed && contiguous {
@@ -500,7 +489,7 @@ impl Session {
                             recovered = replay.iter().map(Bytes::len).sum::<usize>() <= max_bytes;
                         }
                     }
-                    Err(e) => tracing::debug!(%room, error = ?e, "recovery history failed"),
+                    Err(e) => tracing::debug!(%room, error = %e, "recovery history failed"),
                 }
             }
             if !recovered {
@@ -604,7 +593,7 @@ impl Session {
                 history_ttl: c.history_ttl,
                 max_history_bytes: c.max_history_bytes,
             };
-            Some(self.inner.keeper.publish(broker, &room, publication, &opts).await?.seq)
+            Some(broker.publish(&room, publication, &opts).await?.seq)
         };
         if let Some(id) = id {
             self.push(encode_sent(Some(id), &room, seq));
@@ -624,7 +613,7 @@ impl Session {
         self.authorize(&room, Action::History).await?;
         let max = self.inner.config.history_max_limit;
         let limit = limit.map_or(50, |l| l.min(max as u64) as usize).min(max);
-        let page = self.inner.keeper.history(&*self.inner.broker, &room, HistoryQuery { before, after, limit }).await?;
+        let page = self.inner.broker.history(&room, HistoryQuery { before, after, limit }).await?;
         if let Some(id) = id {
             let messages = page.messages.iter().map(|m| MessageParts {
                 room: &room,

@@ -25,6 +25,11 @@ pub enum BrokerError {
     /// Anything else (a bug, a corrupt store). Becomes `internal`.
     #[error("broker error: {0}")]
     Internal(String),
+    /// The engine's store did not confirm that it keeps a message the broker ordered and
+    /// delivered (see [`Store`](crate::Store)). Becomes `unavailable`: a resend with the same
+    /// key keeps it under the same seq.
+    #[error("not kept: {0}")]
+    NotKept(String),
 }
 
 /// One incarnation of a room's history. It changes only when that history is lost.
