@@ -97,9 +97,9 @@ impl Broker for RedisBroker {
         &self,
         node: &str,
         sink: Arc<dyn DeliverySink>,
-        _origin: Option<Arc<dyn Origin>>,
+        origin: Option<Arc<dyn Origin>>,
     ) -> Result<Arc<dyn BrokerNode>, BrokerError> {
-        let node = RedisNode::attach(self.locator.clone(), self.settings.clone(), node, sink).await?;
+        let node = RedisNode::attach(self.locator.clone(), self.settings.clone(), node, sink, origin).await?;
         Ok(Arc::new(node))
     }
 }

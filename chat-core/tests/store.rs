@@ -2,110 +2,59 @@
 //! history and recovery reach past the broker's window, and a node restarted on the same
 //! store (a new memory broker: everything in memory is gone) goes on in the same epoch.
 //!
-//! The store here is a small map behind a mutex that a test can take down or hold at a gate,
-//! so that what the engine does around the store can be watched; the real stores run the same
-//! engine paths in their own crates' tests.
+//! The store here is the [`MemoryStore`] (which a test can switch off), once behind a gate that
+//! holds appends, so that what the engine does around the store can be watched; the database
+//! stores run the same engine paths in their own crates' tests.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chat_core::broker::{HistoryQuery, Position};
 use chat_core::store::{Record, RetentionPolicy};
-use chat_core::{Engine, MemoryBroker, RoomName, Store, StoreError};
+use chat_core::{Engine, MemoryBroker, MemoryStore, RoomName, Store, StoreError};
 use common::{client, event_of, WAIT};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-/// Records by (room, epoch, seq); `latest` per room.
-#[derive(Default)]
-struct Kept {
-    records: BTreeMap<(String, String, u64), Record>,
-    latest: BTreeMap<String, Position>,
-    appends: usize,
-    down: bool,
-}
-
-/// A store in memory, with a switch to take it down and a gate that holds appends.
+/// A [`MemoryStore`] whose appends are counted and may be held at a gate.
 #[derive(Clone, Default)]
-struct TestStore {
-    kept: Arc<Mutex<Kept>>,
+struct Gated {
+    store: MemoryStore,
     gate: Option<Arc<Semaphore>>,
-}
-
-impl TestStore {
-    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
-        self.kept.lock().unwrap()
-    }
+    appends: Arc<AtomicUsize>,
 }
 
 #[async_trait]
-impl Store for TestStore {
+impl Store for Gated {
     async fn append(&self, batch: &[Record]) -> Result<Vec<usize>, StoreError> {
         if let Some(gate) = &self.gate {
             gate.acquire().await.expect("gate open").forget();
         }
-        let mut kept = self.kept();
-        if kept.down {
-            return Err(StoreError::Unavailable("the test store is down".into()));
-        }
-        kept.appends += 1;
-        for r in batch {
-            kept.records.entry((r.room.to_string(), r.epoch.to_string(), r.seq)).or_insert_with(|| r.clone());
-            let p = Position { epoch: r.epoch.clone(), seq: r.seq };
-            let latest = kept.latest.entry(r.room.to_string()).or_insert_with(|| p.clone());
-            if latest.epoch == p.epoch {
-                latest.seq = latest.seq.max(p.seq);
-            }
-        }
-        Ok(Vec::new())
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.store.append(batch).await
     }
-
     async fn page(&self, room: &RoomName, epoch: &str, q: HistoryQuery) -> Result<Vec<Record>, StoreError> {
-        let kept = self.kept();
-        let lo = q.after.map_or(1, |a| a + 1);
-        let hi = q.before.map_or(u64::MAX, |b| b.saturating_sub(1));
-        if lo > hi {
-            return Ok(Vec::new());
-        }
-        let range =
-            kept.records.range((room.to_string(), epoch.to_string(), lo)..=(room.to_string(), epoch.to_string(), hi));
-        let mut page: Vec<Record> = if q.after.is_some() {
-            range.take(q.limit).map(|(_, r)| r.clone()).collect()
-        } else {
-            let mut newest: Vec<Record> = range.rev().take(q.limit).map(|(_, r)| r.clone()).collect();
-            newest.reverse();
-            newest
-        };
-        page.sort_by_key(|r| r.seq);
-        Ok(page)
+        self.store.page(room, epoch, q).await
     }
-
     async fn latest(&self, room: &RoomName) -> Result<Option<Position>, StoreError> {
-        let kept = self.kept();
-        if kept.down {
-            return Err(StoreError::Unavailable("the test store is down".into()));
-        }
-        Ok(kept.latest.get(room.as_str()).cloned())
+        self.store.latest(room).await
     }
-
-    async fn retain(&self, _: &RetentionPolicy, _: u64) -> Result<u64, StoreError> {
-        Ok(0)
+    async fn retain(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<u64, StoreError> {
+        self.store.retain(policy, now_ms).await
     }
-
-    async fn erase(&self, _: &RoomName, _: &str, _: u64) -> Result<bool, StoreError> {
-        Ok(false)
+    async fn erase(&self, room: &RoomName, epoch: &str, seq: u64) -> Result<bool, StoreError> {
+        self.store.erase(room, epoch, seq).await
     }
-
-    async fn erase_user(&self, _: &str) -> Result<u64, StoreError> {
-        Ok(0)
+    async fn erase_user(&self, user: &str) -> Result<u64, StoreError> {
+        self.store.erase_user(user).await
     }
 }
 
 /// An engine on its own memory broker (keeping 3 messages) and `store`.
-async fn engine_on(store: &TestStore) -> Engine {
+async fn engine_on(store: &(impl Store + Clone)) -> Engine {
     Engine::builder()
         .broker(MemoryBroker::new())
         .store(store.clone())
@@ -125,14 +74,14 @@ fn seqs(page: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn history_reaches_past_the_brokers_window_into_the_store() {
-    let store = TestStore::default();
+    let store = MemoryStore::new();
     let engine = engine_on(&store).await;
     let alice = client(&engine, "alice").await;
     alice.join("r", None).await.unwrap();
     for n in 1..=10 {
         assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
     }
-    assert_eq!(store.kept().records.len(), 10, "every sent message is in the store");
+    assert_eq!(store.len(), 10, "every sent message is in the store");
     let all = alice.history("r", None, None, Some(10)).await.unwrap();
     assert_eq!(bodies(&all), (1..=10).collect::<Vec<_>>(), "the window holds 8..10, the store the rest");
     let older = alice.history("r", Some(5), None, Some(50)).await.unwrap();
@@ -148,7 +97,7 @@ async fn history_reaches_past_the_brokers_window_into_the_store() {
 
 #[tokio::test]
 async fn recovery_replays_from_the_store_what_the_window_lost() {
-    let store = TestStore::default();
+    let store = MemoryStore::new();
     let engine = engine_on(&store).await;
     let alice = client(&engine, "alice").await;
     let epoch = alice.join("r", None).await.unwrap().epoch;
@@ -168,7 +117,7 @@ async fn recovery_replays_from_the_store_what_the_window_lost() {
 
 #[tokio::test]
 async fn a_node_restarted_on_its_store_goes_on_in_the_same_epoch() {
-    let store = TestStore::default();
+    let store = MemoryStore::new();
     let first = engine_on(&store).await;
     let alice = client(&first, "alice").await;
     let epoch = alice.join("r", None).await.unwrap().epoch;
@@ -194,27 +143,27 @@ async fn a_node_restarted_on_its_store_goes_on_in_the_same_epoch() {
 
 #[tokio::test]
 async fn sent_means_committed_and_a_failed_commit_can_be_resent() {
-    let store = TestStore::default();
+    let store = MemoryStore::new();
     let engine = engine_on(&store).await;
     let mut alice = client(&engine, "alice").await;
     alice.join("r", None).await.unwrap();
-    store.kept().down = true;
+    store.set_available(false);
     let err = alice.send_with("r", json!("kept?"), Some("k1"), false).await.unwrap_err();
     assert_eq!(err.code(), Some("unavailable"), "{err}");
     // Ordered and delivered, but not kept: the reply says so, and a resend with the key
     // stores it under its seq.
     assert_eq!(event_of(&mut alice, "message").await["seq"], 1);
-    assert!(store.kept().records.is_empty());
-    store.kept().down = false;
+    assert!(store.is_empty());
+    store.set_available(true);
     assert_eq!(alice.send_with("r", json!("kept?"), Some("k1"), false).await.unwrap(), Some(1));
-    assert_eq!(store.kept().records.len(), 1);
+    assert_eq!(store.len(), 1);
     engine.shutdown().await;
 }
 
 #[tokio::test]
 async fn appends_waiting_for_a_commit_go_in_one() {
     let gate = Arc::new(Semaphore::new(0));
-    let store = TestStore { gate: Some(gate.clone()), ..TestStore::default() };
+    let store = Gated { gate: Some(gate.clone()), ..Gated::default() };
     let engine = engine_on(&store).await;
     let mut watcher = client(&engine, "watcher").await;
     watcher.join("r", None).await.unwrap();
@@ -235,10 +184,7 @@ async fn appends_waiting_for_a_commit_go_in_one() {
     for send in sends {
         tokio::time::timeout(WAIT, send).await.expect("sent in time").expect("task").expect("sent");
     }
-    let (records, appends) = {
-        let kept = store.kept();
-        (kept.records.len(), kept.appends)
-    };
+    let (records, appends) = (store.store.len(), store.appends.load(Ordering::Relaxed));
     assert_eq!(records, SENDERS);
     assert!(appends <= 2, "{appends} appends for {SENDERS} messages queued together");
     engine.shutdown().await;
