@@ -75,9 +75,12 @@ pub type RetentionPolicy = dyn Fn(&RoomName) -> Retention + Send + Sync;
 ///
 /// The contract (checked by `chat_testkit::store_conformance!`):
 ///
-/// * [`append`](Store::append) commits a whole batch or nothing. A record whose (room, epoch,
-///   seq) is already stored is skipped (a resend, or two nodes storing the same delivery):
-///   appends are idempotent.
+/// * [`append`](Store::append) commits a batch in one transaction. A record whose (room,
+///   epoch, seq) is already stored with the same sender and body is skipped (a resend, or two
+///   nodes storing the same message; its `ts` may differ): appends are idempotent. One stored
+///   with another sender or body is a conflict (the broker handed the same seq out twice, as
+///   after it came back older): it is not stored, the stored one stays, and `append` returns
+///   its position in the batch; the rest of the batch is committed. An error commits nothing.
 /// * [`page`](Store::page) answers like `history` (PROTOCOL.md §4, bounds exclusive), within
 ///   one epoch, oldest first; erased messages come back with `body: None`.
 /// * [`latest`](Store::latest) is the room's current epoch and the highest seq stored in it.
@@ -88,8 +91,10 @@ pub type RetentionPolicy = dyn Fn(&RoomName) -> Retention + Send + Sync;
 ///   where it stood.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Commits `batch` (records of any rooms, in any order) in one transaction.
-    async fn append(&self, batch: &[Record]) -> Result<(), StoreError>;
+    /// Commits `batch` (records of any rooms, in any order) in one transaction. Returns the
+    /// positions in `batch` of the records that conflict with stored ones (see the contract
+    /// above), in ascending order; usually none.
+    async fn append(&self, batch: &[Record]) -> Result<Vec<usize>, StoreError>;
 
     /// A page of `room`'s messages in `epoch`: the oldest `query.limit` after `query.after` when
     /// it is given, else the newest `query.limit` before `query.before` (or the newest). Oldest
