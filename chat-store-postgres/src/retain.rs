@@ -27,8 +27,8 @@ pub(crate) struct EpochFacts {
     pub max_seq: Option<i64>,
     /// The first seq, within the first window of rows, that is not expired.
     pub young: Option<i64>,
-    /// When `young` is `None`: the last seq of the first window of rows.
-    pub window_last: Option<i64>,
+    /// When `young` is `None`: the last seq of the first window of rows, if it is full.
+    pub window_end: Option<i64>,
 }
 
 /// One seq range to delete: `lo ..= hi` of (`room`, `epoch`).
@@ -66,12 +66,14 @@ pub(crate) fn plan(mut facts: Vec<EpochFacts>, max_count: &HashMap<String, i64>)
             cut
         };
         // By age: up to the first message that is not expired.
-        let age_cut = match (f.young, f.window_last) {
+        let age_cut = match (f.young, f.window_end) {
             (Some(young), _) => young - 1,
-            (None, Some(last)) if last < max_seq => {
+            // A full window of expired rows, and more beyond it.
+            (None, Some(end)) if end < max_seq => {
                 more = true;
-                last
+                end
             }
+            // Every stored row is expired.
             (None, _) => f.seq,
         };
         let cut = count_cut.max(age_cut);
@@ -124,7 +126,7 @@ mod tests {
             min_seq: stored.map(|s| s.0),
             max_seq: stored.map(|s| s.1),
             young: stored.map(|s| s.0),
-            window_last: None,
+            window_end: None,
         }
     }
 
@@ -162,9 +164,11 @@ mod tests {
         f.young = Some(6);
         assert_eq!(plan(vec![f.clone()], &counts(&[])).0, vec![target("r", "e", 1, 5)]);
         f.young = None; // all expired
-        f.window_last = Some(10);
+        f.window_end = None; // fewer rows than a window
         assert_eq!(plan(vec![f.clone()], &counts(&[])), (vec![target("r", "e", 1, 10)], false));
-        f.window_last = Some(4); // expired beyond the window: plan again
+        f.window_end = Some(10); // exactly a window
+        assert_eq!(plan(vec![f.clone()], &counts(&[])), (vec![target("r", "e", 1, 10)], false));
+        f.window_end = Some(4); // expired beyond the window: plan again
         assert_eq!(plan(vec![f], &counts(&[])), (vec![target("r", "e", 1, 4)], true));
     }
 

@@ -91,17 +91,18 @@ pub const RETAIN_ROOMS: &str = r#"
 SELECT room FROM chat_rooms WHERE room > $1 ORDER BY room LIMIT $2"#;
 
 /// Retention, the facts to plan a page of rooms with, per (room, epoch): when the epoch began,
-/// its highest seq, its lowest and highest stored seq, the first stored seq at most `$3` rows in
-/// with `ts >= cutoff` (the first message that is not expired), and, only when there is none,
-/// the last seq of those first `$3` rows. Every probe is on the primary key and reads at most
-/// `$3` rows. `$1`, `$2`: rooms and their age cutoffs (ms).
+/// its highest seq, its lowest and highest stored seq, the first stored seq among the first
+/// `$3` with `ts >= cutoff` (the first message that is not expired), and, only when there is
+/// none, the seq of the `$3`th stored row (NULL when fewer are stored). Every probe walks the
+/// primary key in order and reads at most `$3` rows; `OFFSET 0` keeps the lateral subquery
+/// from being flattened, which would evaluate `young` twice. `$1`, `$2`: rooms and their age
+/// cutoffs (ms).
 pub const RETAIN_PLAN: &str = r#"
 SELECT e.room, e.epoch, e.started, e.seq, a.min_seq, a.max_seq, a.young,
        CASE WHEN a.young IS NULL AND a.min_seq IS NOT NULL THEN
-           (SELECT max(w.seq) FROM (SELECT m.seq FROM chat_messages m
-                                    WHERE m.room = e.room AND m.epoch = e.epoch
-                                    ORDER BY m.seq LIMIT $3) AS w)
-       END AS window_last
+           (SELECT m.seq FROM chat_messages m WHERE m.room = e.room AND m.epoch = e.epoch
+            ORDER BY m.seq OFFSET $3 - 1 LIMIT 1)
+       END AS window_end
 FROM unnest($1::text[], $2::int8[]) AS p(room, cutoff)
 JOIN chat_epochs e ON e.room = p.room
 CROSS JOIN LATERAL (
@@ -113,6 +114,7 @@ CROSS JOIN LATERAL (
                                WHERE m.room = e.room AND m.epoch = e.epoch
                                ORDER BY m.seq LIMIT $3) AS w
             WHERE w.ts >= p.cutoff ORDER BY w.seq LIMIT 1) AS young
+    OFFSET 0
 ) AS a"#;
 
 /// Retention, a chunk, step 1: locks the chunk's rooms (bytewise order, like appends).

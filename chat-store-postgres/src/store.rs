@@ -341,7 +341,7 @@ fn facts(row: &Row) -> Result<EpochFacts, tokio_postgres::Error> {
         min_seq: row.try_get(4)?,
         max_seq: row.try_get(5)?,
         young: row.try_get(6)?,
-        window_last: row.try_get(7)?,
+        window_end: row.try_get(7)?,
     })
 }
 
