@@ -139,8 +139,6 @@ impl PgServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("server.log")).map_or(Stdio::null(), Stdio::from));
-        // Its own process group, so that `kill` takes the backends down with the postmaster.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         self.child = Some(as_user(&mut cmd, self.user).spawn().expect("start postgres"));
         let deadline = Instant::now() + Duration::from_secs(60); // crash recovery replays the WAL first
         while !self.answers() {
@@ -173,29 +171,26 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// Kills the server and all its backends (SIGKILL to the process group): what a crash of the
-    /// database host's processes looks like. Committed data is on disk; the rest is gone.
+    /// Kills the server and all its backends (SIGKILL): what a crash of the database host's
+    /// processes looks like. Committed data is on disk; the rest is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            self.signal_group(&child, "-KILL");
+            signal(&["-STOP"], child.id()); // no new backends from here on
+            signal(&["-KILL"], child.id());
             let _ = child.wait();
         }
     }
 
     /// Freezes the server and its backends (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&self) {
-        self.signal_group(self.child.as_ref().expect("postgres is running"), "-STOP");
+        let pid = self.child.as_ref().expect("postgres is running").id();
+        signal(&["-STOP"], pid);
     }
 
     /// Lets a [`pause`](Self::pause)d server go on (SIGCONT).
     pub fn resume(&self) {
-        self.signal_group(self.child.as_ref().expect("postgres is running"), "-CONT");
-    }
-
-    fn signal_group(&self, child: &Child, which: &str) {
-        let group = format!("-{}", child.id());
-        let status = Command::new("kill").args([which, "--", &group]).status().expect("run kill");
-        assert!(status.success(), "kill {which} -- {group} failed");
+        let pid = self.child.as_ref().expect("postgres is running").id();
+        signal(&["-CONT"], pid);
     }
 
     /// Kills it (SIGKILL) and starts it again on the same port and data directory; returns once
@@ -208,13 +203,39 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            // A paused server must be able to die too.
-            let _ = Command::new("kill").args(["-CONT", "--", &format!("-{}", child.id())]).status();
-        }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends `args` (`-STOP`, `-KILL`, `-CONT`) to the postmaster `pid` and to its backends. Each
+/// backend is a process group of its own (PostgreSQL calls `setsid` in every child), so the
+/// postmaster's group would not reach them: they are found by their parent in `/proc`. The
+/// postmaster is stopped first, so that no backend starts meanwhile, and continued last.
+fn signal(args: &[&str], pid: u32) {
+    let send = |pids: &[u32]| {
+        let _ = Command::new("kill").args(args).arg("--").args(pids.iter().map(u32::to_string)).status();
+    };
+    if args != ["-CONT"] {
+        let _ = Command::new("kill").args(["-STOP", "--", &pid.to_string()]).status();
+    }
+    send(&children(pid));
+    send(&[pid]);
+}
+
+/// The processes whose parent is `parent`, from `/proc/<pid>/stat`.
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold anything, so read after its last ')'.
+            let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 /// The directory of `initdb` and `postgres`: `$CHAT_TEST_PG_BIN`, else the newest
