@@ -25,7 +25,7 @@
 //!
 //! [`tokio_postgres`] is the asynchronous driver of the rust-postgres project, maintained for a
 //! decade. It speaks the binary protocol, so a batch travels as typed arrays (`text[]`,
-//! `int8[]`, `bytea[]`) into one prepared statement of fixed text, and it pipelines the
+//! `int8[]`, `bytea[]`) into prepared statements of fixed text, and it pipelines the
 //! statements of a transaction: an append of any size is three round trips. It needs no
 //! database at build time (sqlx's checked macros do, or a checked-in offline cache; its runtime
 //! API would have served, with a larger dependency tree). [`deadpool_postgres`] is a small,
@@ -69,14 +69,17 @@
 //!
 //! # Appends
 //!
-//! One transaction per batch, four pipelined statements: lock the batch's rooms (creating new
+//! One transaction per batch, five pipelined statements: lock the batch's rooms (creating new
 //! ones) in bytewise order, so two nodes appending the same rooms queue instead of deadlocking;
-//! insert every record with one `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` (a
-//! stored (room, epoch, seq) is skipped: appends are idempotent, and two nodes storing the same
-//! delivery store it once); record each epoch's highest seq, numbering an epoch the first time
-//! it is seen; set each room to its epoch that began last. So the current epoch is the one
+//! insert every record with one `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING`; find
+//! the records that differ (sender or body) from what is now stored under their seq, the
+//! conflicts `append` returns; record each epoch's highest seq, numbering an epoch the first
+//! time it is seen; set each room to its epoch that began last. So a resend (even with another
+//! `ts`) or two nodes storing the same delivery store it once; the current epoch is the one
 //! whose first record was appended last, and a late append of an earlier epoch stores its
-//! records without moving the room back.
+//! records without moving the room back. An erased message has no body to compare: a record
+//! of its seq conflicts only if its sender differs. A record that retention already deleted
+//! (at or below the epoch's `deleted_through`) is skipped, not reported.
 //!
 //! # Retention
 //!

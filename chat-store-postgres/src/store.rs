@@ -4,8 +4,8 @@
 //! Every call runs under [`timeout`](PostgresStoreBuilder::timeout) (waiting for a connection
 //! included) and each statement under the server's `statement_timeout`; a connection whose call
 //! timed out or broke is closed rather than returned to the pool, so the next call starts clean.
-//! The statements of one transaction are pipelined: an append is three round trips (begin, the
-//! four statements, commit), whatever the batch's size.
+//! The statements of one transaction are pipelined: an append is three round trips (begin, its
+//! five statements, commit), whatever the batch's size.
 
 use std::collections::HashMap;
 use std::future::Future;
