@@ -12,17 +12,19 @@ INSERT INTO chat_rooms AS r (room)
 SELECT DISTINCT b.room COLLATE "C" FROM unnest($1::text[]) AS b(room) ORDER BY 1
 ON CONFLICT (room) DO UPDATE SET seq = r.seq"#;
 
-/// Append, step 2: inserts the records, one multi-row statement. Records whose (room, epoch,
-/// seq) is already stored, and records at or below what retention deleted of their epoch, are
-/// skipped (step 3 tells the conflicts among them).
+/// Append, step 2: inserts the records, one multi-row statement, in the batch's order (of two
+/// records under one seq, the first is stored). Records whose (room, epoch, seq) is already
+/// stored, and records at or below what retention deleted of their epoch, are skipped (step 3
+/// tells the conflicts among them).
 /// `$1..$6`: rooms, epochs, seqs, senders, timestamps, bodies (one element per record).
 pub const APPEND_MESSAGES: &str = r#"
 INSERT INTO chat_messages (room, epoch, seq, sender, ts, body)
 SELECT b.room, b.epoch, b.seq, b.sender, b.ts, b.body
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::bytea[])
-     AS b(room, epoch, seq, sender, ts, body)
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::bytea[]) WITH ORDINALITY
+     AS b(room, epoch, seq, sender, ts, body, ord)
 LEFT JOIN chat_epochs e ON e.room = b.room AND e.epoch = b.epoch
 WHERE b.seq > COALESCE(e.deleted_through, 0)
+ORDER BY b.ord
 ON CONFLICT DO NOTHING"#;
 
 /// Append, step 3: the positions (from 1) of the batch's records that conflict with what is

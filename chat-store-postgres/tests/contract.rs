@@ -133,6 +133,30 @@ async fn a_record_that_differs_from_the_stored_one_is_a_conflict() {
 }
 
 #[tokio::test]
+async fn of_two_records_under_one_seq_in_a_batch_the_first_is_stored() {
+    let f = fixture().await;
+    f.store.append(&recs("old", "e", 1..=3)).await.unwrap();
+    // Stored and new rooms and epochs mixed, each new seq twice with different bodies.
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for seq in 4..=9 {
+        for (room, epoch) in [("old", "e"), ("old", "f"), ("new", "e"), ("new2", "g")] {
+            let first = rec(room, epoch, seq);
+            let mut second = first.clone();
+            second.body = Some(Bytes::from(format!("{{\"second\":{seq}}}")));
+            expected.push(batch.len() + 1);
+            batch.push(first);
+            batch.push(second);
+        }
+    }
+    assert_eq!(f.store.append(&batch).await.unwrap(), expected);
+    for (room, epoch) in [("old", "f"), ("new", "e"), ("new2", "g")] {
+        assert_eq!(f.store.page(&self::room(room), epoch, q(None, None, 10)).await.unwrap(), recs(room, epoch, 4..=9));
+    }
+    assert_eq!(f.store.page(&room("old"), "e", q(None, None, 10)).await.unwrap(), recs("old", "e", 1..=9));
+}
+
+#[tokio::test]
 async fn an_erased_message_conflicts_only_by_its_sender() {
     let f = fixture().await;
     f.store.append(&recs("r", "e", 1..=2)).await.unwrap();
