@@ -109,13 +109,20 @@ impl PostgresStore {
         .await
     }
 
-    /// One statement, how many rows it changed.
+    /// One statement, how many rows it changed; run again if it lost a deadlock (erasing rows
+    /// that retention is deleting, in another order).
     async fn execute(&self, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
         self.bounded(what, async {
             let mut conn = self.conn().await?;
-            let client = conn.client();
-            let result = async { client.execute(&client.prepare_cached(sql).await?, params).await }.await;
-            conn.finish(what, result)
+            let mut attempt = 0;
+            loop {
+                let client = conn.client();
+                let result = async { client.execute(&client.prepare_cached(sql).await?, params).await }.await;
+                match result {
+                    Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => attempt += 1,
+                    result => return conn.finish(what, result),
+                }
+            }
         })
         .await
     }

@@ -88,3 +88,34 @@ async fn retention_beside_appends_keeps_rooms_contiguous() {
         assert_eq!(f.store.latest(&room(&name)).await.unwrap().map(|p| p.seq), Some(PER_ROOM));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_retention_and_appends_side_by_side() {
+    let f = fixture().await;
+    let other = PostgresStore::builder(&f.db.url()).chunk(7).connect().await.unwrap();
+    let by = |seq: u64| if seq % 2 == 0 { "bob" } else { "alice" };
+    let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Record> {
+        seqs.flat_map(|s| {
+            (0..ROOMS).map(move |i| Record { from: by(s).into(), ..rec(&format!("room-{i:02}"), "e", s) })
+        })
+        .collect()
+    };
+    f.store.append(&batch(1..=40)).await.unwrap();
+    let keep = |_: &RoomName| Retention { max_age: Duration::from_secs(3600), max_count: 15 };
+    let more = batch(41..=PER_ROOM);
+    let (retained, erased, appended) =
+        tokio::join!(other.retain(&keep, 0), other.erase_user("bob"), f.store.append(&more));
+    let (retained, erased) = (retained.unwrap(), erased.unwrap());
+    appended.unwrap();
+    let retained = retained + f.store.retain(&keep, 0).await.unwrap();
+    let erased = erased + f.store.erase_user("bob").await.unwrap();
+    assert_eq!(retained, ROOMS as u64 * (PER_ROOM - 15));
+    assert!(erased <= ROOMS as u64 * PER_ROOM / 2);
+    for i in 0..ROOMS {
+        let page = f.store.page(&room(&format!("room-{i:02}")), "e", q(None, None, 100)).await.unwrap();
+        assert_eq!(seqs(&page), (PER_ROOM - 14..=PER_ROOM).collect::<Vec<_>>());
+        for r in page {
+            assert_eq!(r.body.is_none(), &*r.from == "bob", "{r:?}");
+        }
+    }
+}
