@@ -143,14 +143,17 @@ impl PgServer {
         let deadline = Instant::now() + Duration::from_secs(60); // crash recovery replays the WAL first
         while !self.answers() {
             let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            assert!(
-                exited.is_none(),
-                "postgres exited at once ({exited:?}): see {}",
-                self.dir.join("server.log").display()
-            );
-            assert!(Instant::now() < deadline, "postgres did not start on port {}", self.port);
+            assert!(exited.is_none(), "postgres exited at once ({exited:?}):\n{}", self.log());
+            assert!(Instant::now() < deadline, "postgres did not start on port {}:\n{}", self.port, self.log());
             std::thread::sleep(Duration::from_millis(20)); // the retry interval of a loop with a deadline
         }
+    }
+
+    /// The end of the server's log, for a failure message.
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     fn answers(&self) -> bool {
@@ -175,9 +178,15 @@ impl PgServer {
     /// processes looks like. Committed data is on disk; the rest is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            signal(&["-STOP"], child.id()); // no new backends from here on
-            signal(&["-KILL"], child.id());
+            let backends = signal(&["-KILL"], child.id());
             let _ = child.wait();
+            // The backends are not our children: wait until they are gone too, or a restarted
+            // server finds its shared memory still in use and refuses to start.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while backends.iter().any(|&pid| alive(pid)) {
+                assert!(Instant::now() < deadline, "postgres backends {backends:?} outlived a SIGKILL");
+                std::thread::sleep(Duration::from_millis(10)); // the retry interval of a loop with a deadline
+            }
         }
     }
 
@@ -208,19 +217,30 @@ impl Drop for PgServer {
     }
 }
 
-/// Sends `args` (`-STOP`, `-KILL`, `-CONT`) to the postmaster `pid` and to its backends. Each
-/// backend is a process group of its own (PostgreSQL calls `setsid` in every child), so the
-/// postmaster's group would not reach them: they are found by their parent in `/proc`. The
-/// postmaster is stopped first, so that no backend starts meanwhile, and continued last.
-fn signal(args: &[&str], pid: u32) {
+/// Sends `args` (`-STOP`, `-KILL`, `-CONT`) to the postmaster `pid` and to its backends, and
+/// returns the backends. Each backend is a process group of its own (PostgreSQL calls `setsid`
+/// in every child), so the postmaster's group would not reach them: they are found by their
+/// parent in `/proc`. The postmaster is stopped first, so that no backend starts meanwhile, and
+/// continued last.
+fn signal(args: &[&str], pid: u32) -> Vec<u32> {
     let send = |pids: &[u32]| {
         let _ = Command::new("kill").args(args).arg("--").args(pids.iter().map(u32::to_string)).status();
     };
     if args != ["-CONT"] {
         let _ = Command::new("kill").args(["-STOP", "--", &pid.to_string()]).status();
     }
-    send(&children(pid));
+    let backends = children(pid);
+    send(&backends);
     send(&[pid]);
+    backends
+}
+
+/// Whether process `pid` still runs (a zombie does not: it holds nothing any more).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
 }
 
 /// The processes whose parent is `parent`, from `/proc/<pid>/stat`.
