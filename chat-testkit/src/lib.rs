@@ -5,6 +5,9 @@
 //! test skips.
 
 pub mod conformance;
+pub mod postgres;
+
+pub use postgres::{PgDatabase, PgServer};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
