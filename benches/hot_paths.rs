@@ -63,7 +63,7 @@ impl DeliverySink for Discard {
 fn broker_publish(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let broker = MemoryBroker::new();
-    let node = runtime.block_on(broker.attach("bench", Arc::new(Discard))).unwrap();
+    let node = runtime.block_on(broker.attach("bench", Arc::new(Discard), None)).unwrap();
     let room = RoomName::new("lobby").unwrap();
     runtime.block_on(node.subscribe(&room)).unwrap();
     let opts = PublishOpts {

@@ -277,6 +277,9 @@ pub struct PubOut {
     /// Sends within the measured window.
     sent: u64,
     acked: u64,
+    /// From writing a send to reading its reply (`sent` or an error), for replies read in the
+    /// measured window (ns).
+    ack_hist: Option<Histogram<u64>>,
     echoes: u64,
     errors: BTreeMap<String, u64>,
     byes: BTreeMap<String, u64>,
@@ -683,9 +686,13 @@ async fn finish(
         merge(&mut byes, out.byes);
     }
     let (mut sent, mut acked, mut echoes) = (0u64, 0u64, 0u64);
+    let mut ack_hist = new_histogram();
     for out in pub_outs {
         sent += out.sent;
         acked += out.acked;
+        if let Some(h) = &out.ack_hist {
+            ack_hist.add(h)?;
+        }
         echoes += out.echoes;
         closed += u64::from(out.closed);
         merge(&mut errors, out.errors);
@@ -697,6 +704,12 @@ async fn finish(
         "samples": hist.len(),
         "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
         "max": hist.max() as f64 / 1e3, "mean": hist.mean() / 1e3,
+    });
+    let aq = |p: f64| ack_hist.value_at_quantile(p) as f64 / 1e3;
+    let ack_latency = json!({
+        "samples": ack_hist.len(),
+        "p50": aq(0.5), "p90": aq(0.9), "p99": aq(0.99), "p999": aq(0.999),
+        "max": ack_hist.max() as f64 / 1e3, "mean": ack_hist.mean() / 1e3,
     });
     // Each server's CPU over the window, per delivery (subscribers' receptions) and per stored
     // message (acknowledged sends: the figure for a node that only publishes, or for Redis).
@@ -757,6 +770,7 @@ async fn finish(
         "deliveries": deliveries,
         "deliveries_per_sec": deliveries as f64 / window,
         "latency_us": latency,
+        "sent_latency_us": ack_latency,
         "gaps": if args.target == Target::Chat { json!(gaps) } else { Value::Null },
         "duplicates": if args.target == Target::Chat { json!(dups) } else { Value::Null },
         "rooms_with_gaps_or_dups": room_seq.iter()
@@ -806,6 +820,16 @@ async fn finish(
         hist.max() as f64 / 1e6,
         n(hist.len())
     );
+    if !ack_hist.is_empty() {
+        println!(
+            "  sent after  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} replies)",
+            aq(0.5) / 1e3,
+            aq(0.99) / 1e3,
+            aq(0.999) / 1e3,
+            ack_hist.max() as f64 / 1e6,
+            n(ack_hist.len())
+        );
+    }
     if args.target == Target::Chat {
         println!("  seq         gaps {gaps}, duplicates {dups} ({} room(s) affected)", room_seq.len());
     }
@@ -978,21 +1002,33 @@ async fn chat_publisher(
 ) -> anyhow::Result<PubOut> {
     let Session { mut reader, mut writer, .. } = session;
     let permits = Arc::new(Semaphore::new(window.max(1)));
+    // When each unanswered send was written: a session answers its requests in order.
+    let written = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<u64>::with_capacity(window)));
     let (done_tx, mut done) = watch::channel(false);
     let acks = {
-        let (ctx, room, permits) = (ctx.clone(), room.clone(), permits.clone());
+        let (ctx, room, permits, written) = (ctx.clone(), room.clone(), permits.clone(), written.clone());
         tokio::spawn(async move {
             let mut out = PubOut::default();
+            let mut ack_hist = new_histogram();
             loop {
                 let (mut acks, mut stored, mut bye) = (0u64, 0u64, false);
+                let measuring = ctx.phase.load(Relaxed) == MEASURE;
+                let mut answered = |ctx: &Ctx| {
+                    let at = written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front();
+                    if let (true, Some(at)) = (measuring, at) {
+                        let _ = ack_hist.record(ctx.clock.now().saturating_sub(at).max(1));
+                    }
+                };
                 let read = tokio::select! {
                     read = reader.read_batch(|f| match scan::kind(f) {
                         Kind::Sent => {
                             acks += 1;
                             stored += u64::from(scan::seq(f).is_some());
+                            answered(&ctx);
                         }
                         Kind::Error => {
                             acks += 1;
+                            answered(&ctx);
                             ctx.errors.fetch_add(1, Relaxed);
                             *out.errors.entry(scan::error_code(f)).or_default() += 1;
                         }
@@ -1017,6 +1053,7 @@ async fn chat_publisher(
                     break;
                 }
             }
+            out.ack_hist = Some(ack_hist);
             out
         })
     };
@@ -1053,6 +1090,7 @@ async fn chat_publisher(
             break;
         }
         let now = ctx.clock.now();
+        written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(std::iter::repeat_n(now, n as usize));
         for _ in 0..n {
             writer.push(template.fill(id, now));
             id += 1;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_core::broker::DeliverySink;
+use chat_core::broker::{DeliverySink, Origin};
 use chat_core::{Broker, BrokerError, BrokerNode};
 
 use crate::error::RedisBrokerError;
@@ -93,8 +93,13 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<Arc<dyn BrokerNode>, BrokerError> {
-        let node = RedisNode::attach(self.locator.clone(), self.settings.clone(), node, sink).await?;
+    async fn attach(
+        &self,
+        node: &str,
+        sink: Arc<dyn DeliverySink>,
+        origin: Option<Arc<dyn Origin>>,
+    ) -> Result<Arc<dyn BrokerNode>, BrokerError> {
+        let node = RedisNode::attach(self.locator.clone(), self.settings.clone(), node, sink, origin).await?;
         Ok(Arc::new(node))
     }
 }

@@ -69,6 +69,19 @@
 //! `recovered: false`). What is left is the case where the primary and every node that knew of
 //! the lost messages die together.
 //!
+//! # With a store
+//!
+//! An engine with a [`Store`](chat_core::Store) attaches with it as the [`Origin`](chat_core::broker::Origin).
+//! Then losing Redis's state does not start a new epoch: where the prologue would start one
+//! (the room's keys are missing, or Redis came back older than a node knows), it refuses with
+//! `ORIGIN`, the node asks the store where the room stands, and the script runs again with
+//! that: the room goes on at the store's epoch and latest seq (its stream dropped; history
+//! older than what Redis holds comes from the store). A node subscribing to a room asks the
+//! store first, so a Redis that came back older than the store, with no node knowing better
+//! (everything restarted together), goes on from the store too. Only a store that lacks what
+//! a node delivered (a message ordered but never committed, when Redis lost it) still starts
+//! a new epoch, announced as without a store.
+//!
 //! # Limits
 //!
 //! A publish that times out is reported `Unavailable` although Redis may have run it (the

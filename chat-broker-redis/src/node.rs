@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::broker::{
-    DeliverySink, Epoch, HistoryPage, HistoryQuery, Position, PresenceEntry, Publication, PublishOpts, Published,
-    Transient,
+    DeliverySink, Epoch, HistoryPage, HistoryQuery, Origin, Position, PresenceEntry, Publication, PublishOpts,
+    Published, Transient,
 };
 use chat_core::{BrokerError, BrokerNode, RoomName};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     pub(crate) unremoved: Mutex<HashMap<String, Held>>,
     /// Expiry (ms) given to an epoch created outside `publish`: the last `history_ttl` seen.
     pub(crate) epoch_ttl_ms: AtomicU64,
+    /// Where a room Redis holds nothing of goes on from (the engine's store), if anywhere.
+    pub(crate) origin: Option<Arc<dyn Origin>>,
 }
 
 /// The primary a node talks to: its client (for new pub/sub connections) and the multiplexed
@@ -185,17 +187,23 @@ impl Shared {
         what: &str,
         run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, BrokerError> {
+        self.query_raw(what, run).await?.map_err(from_redis)
+    }
+
+    /// [`query`](Self::query), with Redis's error (an answer) apart from a timeout.
+    async fn query_raw<T: FromRedisValue>(
+        &self,
+        what: &str,
+        run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<redis::RedisResult<T>, BrokerError> {
         let mut conn = self.conn();
-        match timeout(self.settings.op_timeout, run(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
-                    self.relocate.notify_one();
-                }
-                Err(from_redis(e))
+        let answer = timeout(self.settings.op_timeout, run(&mut conn)).await.map_err(|_| timed_out(what))?;
+        if let Err(e) = &answer {
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+                self.relocate.notify_one();
             }
-            Err(_) => Err(timed_out(what)),
         }
+        Ok(answer)
     }
 
     /// Runs a script within the op timeout.
@@ -207,14 +215,54 @@ impl Shared {
         self.query(what, async |conn| inv.invoke_async(conn).await).await
     }
 
-    /// A room script's invocation with the epoch prologue's keys and arguments: among them
-    /// the epoch this node knows for the room and the last seq it delivered there, so that a
-    /// Redis that came back older starts a new epoch (lua/epoch.lua) instead of handing out
-    /// seqs the node has already delivered.
-    fn room_script<'a>(&self, script: &'a Script, room: &str) -> ScriptInvocation<'a> {
+    /// Runs a room script: `script` with the epoch prologue's keys and arguments (see
+    /// [`room_script`](Self::room_script)), then what `args` adds. With an origin, a room
+    /// Redis holds nothing of (or lost) is refused by the prologue (ORIGIN) until the node
+    /// says where the origin has it: the script runs again with that, and the room goes on
+    /// there (or under a new epoch if the origin has nothing, or is behind this node). With
+    /// `ask_first` the origin is asked before the first run, so that a Redis that came back
+    /// older than the origin, unknown to any node, goes on from the origin too: a node
+    /// subscribing to a room does that once.
+    async fn room_eval<T: FromRedisValue>(
+        &self,
+        what: &str,
+        script: &Script,
+        room: &str,
+        ask_first: bool,
+        args: impl Fn(&mut ScriptInvocation<'_>),
+    ) -> Result<T, BrokerError> {
+        let ask = async || -> Result<String, BrokerError> {
+            let Some(origin) = &self.origin else { return Ok(new_epoch()) };
+            let name = RoomName::new(room).map_err(|_| bad_reply(what))?;
+            Ok(match origin.origin(&name).await? {
+                Some(at) => format!("@{}@{}@{}", at.seq, at.epoch, new_epoch()),
+                None => new_epoch(),
+            })
+        };
+        let mut start = match &self.origin {
+            Some(_) if ask_first => ask().await?,
+            Some(_) => String::from("?"),
+            None => new_epoch(),
+        };
+        loop {
+            let mut inv = self.room_script(script, room, &start);
+            args(&mut inv);
+            match self.query_raw(what, async |conn| inv.invoke_async(conn).await).await? {
+                Err(e) if e.code() == Some("ORIGIN") && start == "?" => start = ask().await?,
+                answer => return answer.map_err(from_redis),
+            }
+        }
+    }
+
+    /// A room script's invocation with the epoch prologue's keys and arguments: how to start
+    /// a new epoch (`start`: a random name part, `?` to ask the origin first, or where the
+    /// origin has the room), and the epoch this node knows for the room and the last seq it
+    /// delivered there, so that a Redis that came back older starts a new epoch
+    /// (lua/epoch.lua) instead of handing out seqs the node has already delivered.
+    fn room_script<'a>(&self, script: &'a Script, room: &str, start: &str) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         inv.key(self.keys.epoch(room)).key(self.keys.seq(room)).key(self.keys.stream(room));
-        inv.arg(new_epoch()).arg(self.epoch_ttl_ms.load(Ordering::Relaxed));
+        inv.arg(start).arg(self.epoch_ttl_ms.load(Ordering::Relaxed));
         match lock(&self.subs).get(room).and_then(Track::known) {
             Some((epoch, last, id)) => inv.arg(&*epoch).arg(last).arg(id.map_or_else(String::new, |id| id.to_string())),
             None => inv.arg("").arg(0).arg(""),
@@ -224,8 +272,8 @@ impl Shared {
 
     /// The room's position (creating its epoch if it has none).
     pub(crate) async fn position(&self, room: &str) -> Result<Position, BrokerError> {
-        let inv = self.room_script(&SCRIPTS.position, room);
-        let items = reply::array(self.eval("position", &inv).await?).ok_or_else(|| bad_reply("position"))?;
+        let answer = self.room_eval("position", &SCRIPTS.position, room, true, |_| {}).await?;
+        let items = reply::array(answer).ok_or_else(|| bad_reply("position"))?;
         let mut items = items.into_iter();
         let (Some(epoch), Some(seq)) = (items.next(), items.next()) else { return Err(bad_reply("position")) };
         let seq = reply::uint(&seq).ok_or_else(|| bad_reply("position"))?;
@@ -256,9 +304,12 @@ impl Shared {
             }
             _ => "n",
         };
-        let mut inv = self.room_script(&SCRIPTS.history, room);
-        inv.arg(direction).arg(format!("{lo}-0")).arg(format!("{}-0", hi.unwrap_or(0))).arg(q.limit.max(1));
-        let items = reply::array(self.eval("history", &inv).await?).ok_or_else(|| bad_reply("history"))?;
+        let answer = self
+            .room_eval("history", &SCRIPTS.history, room, false, |inv| {
+                inv.arg(direction).arg(format!("{lo}-0")).arg(format!("{}-0", hi.unwrap_or(0))).arg(q.limit.max(1));
+            })
+            .await?;
+        let items = reply::array(answer).ok_or_else(|| bad_reply("history"))?;
         let mut items = items.into_iter();
         let (Some(epoch), Some(latest), Some(entries)) = (items.next(), items.next(), items.next()) else {
             return Err(bad_reply("history"));
@@ -361,6 +412,7 @@ impl RedisNode {
         settings: Arc<Settings>,
         node: &str,
         sink: Arc<dyn DeliverySink>,
+        origin: Option<Arc<dyn Origin>>,
     ) -> Result<RedisNode, BrokerError> {
         let op = settings.op_timeout;
         let client = locator.primary(op).await?;
@@ -378,6 +430,7 @@ impl RedisNode {
             subs: Mutex::new(HashMap::new()),
             pubsub: Mutex::new(Some(pubsub)),
             held: Mutex::new(HashMap::new()),
+            origin,
             unremoved: Mutex::new(HashMap::new()),
         });
         presence::beat(&shared).await?;
@@ -401,13 +454,16 @@ impl BrokerNode for RedisNode {
         let s = &self.shared;
         let ttl = millis(opts.history_ttl);
         s.epoch_ttl_ms.store(ttl, Ordering::Relaxed);
-        let mut inv = s.room_script(&SCRIPTS.publish, room);
-        if let Some(key) = &opts.key {
-            inv.key(s.keys.idempotency(room, &msg.from, key));
-        }
-        inv.arg(s.keys.channel(room)).arg(&*msg.from).arg(msg.ts).arg(&msg.body[..]);
-        inv.arg(opts.history_size).arg(millis(opts.idempotency_window));
-        let items = reply::array(s.eval("publish", &inv).await?).ok_or_else(|| bad_reply("publish"))?;
+        let answer = s
+            .room_eval("publish", &SCRIPTS.publish, room, false, |inv| {
+                if let Some(key) = &opts.key {
+                    inv.key(s.keys.idempotency(room, &msg.from, key));
+                }
+                inv.arg(s.keys.channel(room)).arg(&*msg.from).arg(msg.ts).arg(&msg.body[..]);
+                inv.arg(opts.history_size).arg(millis(opts.idempotency_window));
+            })
+            .await?;
+        let items = reply::array(answer).ok_or_else(|| bad_reply("publish"))?;
         let mut items = items.into_iter();
         let (Some(epoch), Some(seq), Some(dup)) = (items.next(), items.next(), items.next()) else {
             return Err(bad_reply("publish"));

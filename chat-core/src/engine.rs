@@ -1,6 +1,6 @@
 //! The [`Engine`] a host application builds once and puts behind its transports: node id,
-//! limits, broker, authentication, authorization and hooks, plus graceful shutdown and the
-//! host's handle on live sessions (kick).
+//! limits, broker, store, authentication, authorization and hooks, plus graceful shutdown and
+//! the host's handle on live sessions (kick).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,9 +17,11 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, BrokerError, BrokerNode, DeliverySink};
 use crate::heartbeat;
 use crate::hooks::{Hooks, NoHooks};
+use crate::keeper::{Keeper, KeptNode};
 use crate::outbox::Outbox;
 use crate::protocol::{ByeReason, RoomName};
 use crate::rooms::{Rooms, RoomsSink};
+use crate::store::{Retention, RetentionPolicy, Store};
 
 /// Every limit and timing a host may tune. The defaults are safe on the open internet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +95,17 @@ pub struct Config {
     /// whichever comes first. Default 10 s. The heartbeat task checks it, never early and at
     /// most one tick late (a tick is `min(heartbeat, handshake_timeout) / 8`).
     pub handshake_timeout: Duration,
+    /// With a store ([`EngineBuilder::store`]): what it keeps of each room unless
+    /// [`EngineBuilder::retention`] decides per room. Default 24 h and 1,000 messages, as the
+    /// broker keeps; a host that wants the conversation kept longer raises both.
+    pub retention: Retention,
+    /// How often each node applies the store's retention. Default 1 min.
+    pub retention_every: Duration,
+    /// The most messages one commit appends to the store; sessions' messages queued while a
+    /// commit is in flight go together into the next one. Default 1,024.
+    pub store_batch: usize,
+    /// Messages that may wait for a commit (beyond them, senders wait to queue). Default 8,192.
+    pub store_queue: usize,
 }
 
 impl Default for Config {
@@ -118,6 +131,10 @@ impl Default for Config {
             max_rooms: 100_000,
             max_history_bytes: 48 << 20,
             handshake_timeout: Duration::from_secs(10),
+            retention: Retention::default(),
+            retention_every: Duration::from_secs(60),
+            store_batch: 1_024,
+            store_queue: 8_192,
         }
     }
 }
@@ -182,12 +199,15 @@ pub enum EngineError {
 }
 
 type RoomFilter = Arc<dyn Fn(&RoomName) -> bool + Send + Sync>;
+type RoomRetention = Arc<RetentionPolicy>;
 
 /// Builds an [`Engine`]; see [`Engine::builder`].
 pub struct EngineBuilder {
     node_id: Option<String>,
     config: Config,
     broker: Option<Arc<dyn Broker>>,
+    store: Option<Arc<dyn Store>>,
+    retention: Option<RoomRetention>,
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
     hooks: Arc<dyn Hooks>,
@@ -225,6 +245,21 @@ impl EngineBuilder {
     /// The broker. Default: a [`MemoryBroker`] of this engine's own.
     pub fn broker(mut self, broker: impl Broker) -> Self {
         self.broker = Some(Arc::new(broker));
+        self
+    }
+
+    /// The store that keeps conversations durably (see [`Store`]): `sent` then means
+    /// committed to it, history and recovery reach back as far as it keeps, and a broker that
+    /// lost its state goes on from it in the same epoch. Default: none (the broker's window
+    /// is all the history there is).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// What the store keeps of each room. Default: [`Config::retention`] for every room.
+    pub fn retention(mut self, f: impl Fn(&RoomName) -> Retention + Send + Sync + 'static) -> Self {
+        self.retention = Some(Arc::new(f));
         self
     }
 
@@ -266,7 +301,14 @@ impl EngineBuilder {
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone(), self.config.max_rooms));
         let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
-        let broker_node = broker.attach(&node, sink).await?;
+        let keeper = self.store.map(|s| Keeper::new(s, self.config.store_batch, self.config.store_queue));
+        let broker_node = broker.attach(&node, sink, keeper.as_ref().map(Keeper::origin)).await?;
+        let retention = keeper.as_ref().map(|k| k.store().clone());
+        let keeps = keeper.is_some();
+        let broker_node: Arc<dyn BrokerNode> = match keeper {
+            Some(keeper) => Arc::new(KeptNode::new(broker_node, keeper)),
+            None => broker_node,
+        };
         rooms.set_broker(&broker_node);
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -274,6 +316,7 @@ impl EngineBuilder {
                 node,
                 config: self.config,
                 broker: broker_node,
+                keeps,
                 rooms,
                 authenticator: self.authenticator,
                 authorizer: self.authorizer,
@@ -287,7 +330,31 @@ impl EngineBuilder {
             }),
         };
         heartbeat::spawn(Arc::downgrade(&engine.inner));
+        if let Some(store) = retention {
+            let fixed = engine.inner.config.retention;
+            let policy = self.retention.unwrap_or_else(|| Arc::new(move |_: &RoomName| fixed));
+            let every = engine.inner.config.retention_every;
+            engine.inner.tracker.spawn(retain(store, policy, every, engine.inner.shutdown.clone()));
+        }
         Ok(engine)
+    }
+}
+
+/// Applies the store's retention every `every` until shutdown.
+async fn retain(store: Arc<dyn Store>, policy: RoomRetention, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        match store.retain(&*policy, now.as_millis() as u64).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "store retention"),
+            Err(e) => tracing::warn!(error = %e, "store retention failed; retried at the next pass"),
+        }
     }
 }
 
@@ -330,6 +397,8 @@ pub(crate) struct Inner {
     pub(crate) node: Arc<str>,
     pub(crate) config: Config,
     pub(crate) broker: Arc<dyn BrokerNode>,
+    /// A store keeps the conversation (`broker` is then a `KeptNode`).
+    pub(crate) keeps: bool,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) authenticator: Arc<dyn Authenticator>,
     pub(crate) authorizer: Arc<dyn Authorizer>,
@@ -417,6 +486,8 @@ impl Engine {
             node_id: None,
             config: Config::default(),
             broker: None,
+            store: None,
+            retention: None,
             authenticator: Arc::new(AllowAnonymous),
             authorizer: Arc::new(AllowAll),
             hooks: Arc::new(NoHooks),

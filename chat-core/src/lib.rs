@@ -40,6 +40,7 @@ mod engine;
 mod heartbeat;
 pub mod hooks;
 pub mod io;
+mod keeper;
 mod limits;
 mod outbox;
 pub mod protocol;
@@ -58,4 +59,5 @@ pub use engine::{Config, Engine, EngineBuilder, EngineError, RequestCosts, Stats
 pub use hooks::{Hooks, NoHooks};
 pub use limits::{ConnectionLimits, ConnectionPermit, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use protocol::{ByeReason, ErrorCode, RoomName};
+pub use store::memory::MemoryStore;
 pub use store::{Record, Retention, Store, StoreError};

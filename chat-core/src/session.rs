@@ -50,6 +50,10 @@ impl From<BrokerError> for Failure {
                 Failure::new(ErrorCode::Unavailable, format!("{m}; nothing was stored, retry later"))
             }
             BrokerError::Internal(m) => Failure::new(ErrorCode::Internal, m),
+            BrokerError::NotKept(m) => Failure::new(
+                ErrorCode::Unavailable,
+                format!("{m}; the message reached the room but is not known to be kept: resend it with the same key"),
+            ),
         }
     }
 }
@@ -463,16 +467,18 @@ impl Session {
         // what the client missed up to it, then the buffer follows. A replay may take half of
         // the outbox's bounds, no more, so that live messages still fit behind it: a client
         // that missed more pages the gap with `history` instead of being closed as a slow
-        // consumer by its own replay (and coming back to the same replay, forever).
+        // consumer by its own replay (and coming back to the same replay, forever). Without a
+        // store the broker's window bounds it too; with one, the store reaches further.
         let mut replay = Vec::new();
         let mut recovered = false;
         if let Some(since) = since.filter(|s| *s.epoch == *point.epoch && s.seq <= point.seq) {
             let missed = point.seq - since.seq;
             let c = &self.inner.config;
             let (max_frames, max_bytes) = (c.outbox_frames / 2, c.outbox_bytes / 2);
+            let reach = if self.inner.keeps { max_frames } else { c.history_size.min(max_frames) };
             if missed == 0 {
                 recovered = true;
-            } else if missed <= c.history_size.min(max_frames) as u64 {
+            } else if missed <= reach as u64 {
                 let query =
                     HistoryQuery { after: Some(since.seq), before: Some(point.seq + 1), limit: missed as usize };
                 match broker.history(&room, query).await {

@@ -551,8 +551,13 @@ mod flaky {
 
     #[async_trait]
     impl Broker for Flaky {
-        async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<Arc<dyn BrokerNode>, BrokerError> {
-            Ok(Arc::new(Node(self.inner.attach(node, sink).await?, self.down.clone())))
+        async fn attach(
+            &self,
+            node: &str,
+            sink: Arc<dyn DeliverySink>,
+            origin: Option<Arc<dyn Origin>>,
+        ) -> Result<Arc<dyn BrokerNode>, BrokerError> {
+            Ok(Arc::new(Node(self.inner.attach(node, sink, origin).await?, self.down.clone())))
         }
     }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::broker::{
-    DeliverySink, HistoryPage, HistoryQuery, Position, PresenceEntry, Publication, PublishOpts, Published, Transient,
+    DeliverySink, HistoryPage, HistoryQuery, Origin, Position, PresenceEntry, Publication, PublishOpts, Published,
+    Transient,
 };
 use chat_core::{Broker, BrokerError, BrokerNode, Engine, MemoryBroker, RoomName};
 use common::Raw;
@@ -31,8 +32,13 @@ struct RacyNode {
 
 #[async_trait]
 impl Broker for Racy {
-    async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<Arc<dyn BrokerNode>, BrokerError> {
-        let inner = self.inner.attach(node, sink).await?;
+    async fn attach(
+        &self,
+        node: &str,
+        sink: Arc<dyn DeliverySink>,
+        origin: Option<Arc<dyn Origin>>,
+    ) -> Result<Arc<dyn BrokerNode>, BrokerError> {
+        let inner = self.inner.attach(node, sink, origin).await?;
         Ok(Arc::new(RacyNode { inner, armed: self.armed.clone() }))
     }
 }

@@ -131,7 +131,7 @@ impl Recorder {
 /// Attaches a node named `name` with a fresh recorder.
 pub async fn attach(subject: &dyn Subject, name: &str) -> (Arc<dyn BrokerNode>, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
-    let node = subject.broker().attach(name, recorder.clone()).await.expect("the node attaches");
+    let node = subject.broker().attach(name, recorder.clone(), None).await.expect("the node attaches");
     (node, recorder)
 }
 

@@ -5,7 +5,10 @@
 //! test skips.
 
 pub mod conformance;
+pub mod postgres;
 pub mod store_conformance;
+
+pub use postgres::{PgDatabase, PgServer};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,8 +1,15 @@
 -- Prologue shared by the room scripts: makes sure the room has an epoch, and that its history
 -- is the one the nodes know.
--- KEYS[1] epoch, KEYS[2] seq, KEYS[3] stream; ARGV[1] a random name for a new epoch, ARGV[2] its
--- expiry (ms), ARGV[3] the epoch the calling node knows ('' if none), ARGV[4] the newest seq it
--- delivered or stored in that epoch, ARGV[5] that message's id (its 'i' field; '' if unknown).
+-- KEYS[1] epoch, KEYS[2] seq, KEYS[3] stream; ARGV[1] how to start over (below), ARGV[2] the
+-- epoch's expiry (ms), ARGV[3] the epoch the calling node knows ('' if none), ARGV[4] the newest
+-- seq it delivered or stored in that epoch, ARGV[5] that message's id (its 'i' field; '' if
+-- unknown).
+-- ARGV[1] is a random name part for a new epoch; or '?' from a node with an origin (the
+-- engine's store) that has not asked it yet: the script then fails with ORIGIN instead of
+-- starting over, and the node asks and runs it again with '@<seq>@<epoch>@<random name part>',
+-- where the origin has the room. The room then goes on there, in that epoch (its stream,
+-- which the origin holds, is dropped), unless the origin is behind what the calling node
+-- delivered: then a new epoch starts, as without an origin.
 -- An epoch is named 'e<16 digits: Redis's clock in microseconds when it began>-<random>', so
 -- of two epochs the later one is known.
 -- The history was lost, and a new epoch starts (holding what is left of the old history,
@@ -37,14 +44,43 @@ local function older_than_known()
   local now, known = born(epoch), born(ARGV[3])
   return now ~= nil and known ~= nil and now < known
 end
-if (not epoch)
+local start, origin_epoch, origin_seq = ARGV[1], nil, nil
+if string.sub(start, 1, 1) == '@' then
+  local at, name, rest = string.match(start, '^@(%d+)@([^@]+)@(.*)$')
+  origin_seq, origin_epoch, start = tonumber(at), name, rest
+end
+-- The origin lacks messages the calling node delivered: it cannot be where the room stands.
+local function origin_behind()
+  if ARGV[3] == '' then return false end
+  if ARGV[3] == origin_epoch then return tonumber(ARGV[4]) > origin_seq end
+  local theirs, mine = born(origin_epoch), born(ARGV[3])
+  return theirs ~= nil and mine ~= nil and theirs < mine
+end
+-- Redis holds less than the origin has kept (it came back older, and no node knew better).
+local function behind_origin()
+  if not origin_epoch or not epoch then return false end
+  if epoch == origin_epoch then return tonumber(stored or '0') < origin_seq end
+  local mine, theirs = born(epoch), born(origin_epoch)
+  return mine ~= nil and theirs ~= nil and mine < theirs
+end
+local lost = (not epoch)
   or older_than_known()
   or ((not stored) and has_stream)
   or (stored and tonumber(stored) > 0 and not has_stream)
   or (epoch == ARGV[3] and tonumber(stored or '0') < tonumber(ARGV[4]))
-  or (epoch == ARGV[3] and diverged()) then
+  or (epoch == ARGV[3] and diverged())
+  or behind_origin()
+if lost and start == '?' then
+  return redis.error_reply('ORIGIN the room must go on where the store has it')
+end
+if lost and origin_epoch and not origin_behind() then
+  epoch = origin_epoch
+  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
+  if origin_seq > 0 then redis.call('SET', KEYS[2], origin_seq, 'PX', ARGV[2]) end
+elseif lost then
   local t = redis.call('TIME')
-  epoch = 'e' .. t[1] .. string.format('%06d', tonumber(t[2])) .. '-' .. ARGV[1]
+  epoch = 'e' .. t[1] .. string.format('%06d', tonumber(t[2])) .. '-' .. start
   redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
   -- The messages Redis still holds begin the new epoch, renumbered from 1: what it lost is
   -- announced by the new epoch, and nothing it kept is dropped (messages stored after it came

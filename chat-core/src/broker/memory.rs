@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Broker, BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, HistoryPage, HistoryQuery, Message, Position,
-    PresenceEntry, Publication, PublishOpts, Published, Transient,
+    Broker, BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, HistoryPage, HistoryQuery, Message, Origin,
+    Position, PresenceEntry, Publication, PublishOpts, Published, Transient,
 };
 use crate::protocol::RoomName;
 
@@ -183,28 +183,17 @@ impl Hub {
 
     fn room(&self, room: &RoomName) -> Room {
         let mut rooms = lock(&self.rooms);
-        rooms
-            .entry(room.clone())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(RoomData {
-                    name: room.clone(),
-                    epoch: self.fresh_epoch(),
-                    seq: 0,
-                    ttl: Duration::MAX,
-                    window: Duration::MAX,
-                    history: VecDeque::new(),
-                    history_bytes: 0,
-                    keys: HashMap::new(),
-                    key_order: VecDeque::new(),
-                    key_bytes: 0,
-                    presence: HashMap::new(),
-                    subscribers: Vec::new(),
-                    counted: Counted::default(),
-                    stamp: 0,
-                    dropped: false,
-                }))
-            })
-            .clone()
+        rooms.entry(room.clone()).or_insert_with(|| RoomData::new(room, self.fresh_epoch(), 0)).clone()
+    }
+
+    /// Creates the room at `start` (its epoch and latest seq) unless it exists; `None` is
+    /// the fresh epoch.
+    fn create_at(&self, room: &RoomName, start: Option<Position>) {
+        let mut rooms = lock(&self.rooms);
+        rooms.entry(room.clone()).or_insert_with(|| match start {
+            Some(p) => RoomData::new(room, p.epoch, p.seq),
+            None => RoomData::new(room, self.fresh_epoch(), 0),
+        });
     }
 
     /// Runs `f` on the room, created if need be.
@@ -399,6 +388,26 @@ impl Drop for SweepGuard {
 }
 
 impl RoomData {
+    fn new(name: &RoomName, epoch: Epoch, seq: u64) -> Room {
+        Arc::new(Mutex::new(RoomData {
+            name: name.clone(),
+            epoch,
+            seq,
+            ttl: Duration::MAX,
+            window: Duration::MAX,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
+            key_bytes: 0,
+            presence: HashMap::new(),
+            subscribers: Vec::new(),
+            counted: Counted::default(),
+            stamp: 0,
+            dropped: false,
+        }))
+    }
+
     /// What this room adds to the hub's totals.
     fn retained(&self) -> Counted {
         if self.history.is_empty() && self.keys.is_empty() {
@@ -525,7 +534,7 @@ impl MemoryBroker {
     ///     fn deliver(&self, _: &RoomName, _: Delivery) {}
     /// }
     /// let broker = MemoryBroker::new();
-    /// let node = broker.attach("a", Arc::new(Ignore)).await.unwrap();
+    /// let node = broker.attach("a", Arc::new(Ignore), None).await.unwrap();
     /// let opts = PublishOpts {
     ///     key: None,
     ///     idempotency_window: Duration::from_secs(300),
@@ -579,10 +588,15 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn attach(&self, _node: &str, sink: Arc<dyn DeliverySink>) -> Result<Arc<dyn BrokerNode>, BrokerError> {
+    async fn attach(
+        &self,
+        _node: &str,
+        sink: Arc<dyn DeliverySink>,
+        origin: Option<Arc<dyn Origin>>,
+    ) -> Result<Arc<dyn BrokerNode>, BrokerError> {
         start_sweep(&self.hub);
         let node = self.hub.next_node.fetch_add(1, Ordering::Relaxed);
-        Ok(Arc::new(MemoryNode { hub: self.hub.clone(), node, sink }))
+        Ok(Arc::new(MemoryNode { hub: self.hub.clone(), node, sink, origin }))
     }
 }
 
@@ -592,9 +606,28 @@ struct MemoryNode {
     hub: Arc<Hub>,
     node: u64,
     sink: Arc<dyn DeliverySink>,
+    /// Where a room this broker holds nothing of goes on from (the engine's store).
+    origin: Option<Arc<dyn Origin>>,
 }
 
 impl MemoryNode {
+    /// Runs `f` on the room, created if need be: where the origin says the room stands when
+    /// there is one (a process restarted on a store goes on in the same epoch), else under the
+    /// fresh epoch.
+    async fn with_room<T>(&self, room: &RoomName, f: impl FnOnce(&Room, &mut RoomData) -> T) -> Result<T, BrokerError> {
+        let Some(origin) = &self.origin else { return Ok(self.hub.with_room(room, f)) };
+        let mut f = Some(f);
+        loop {
+            let ran = self.hub.with_existing(room, |data, r| f.take().map(|f| f(data, r)));
+            if let Some(Some(done)) = ran {
+                return Ok(done);
+            }
+            let start = origin.origin(room).await?;
+            self.hub.create_at(room, start);
+            // Looked up again: the sweep may drop a room that nothing uses yet in between.
+        }
+    }
+
     fn detach_now(&self) {
         let rooms: Vec<_> = lock(&self.hub.rooms).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (name, room) in rooms {
@@ -630,32 +663,34 @@ impl Drop for MemoryNode {
 impl BrokerNode for MemoryNode {
     async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
         let key = opts.key.as_deref().map(|k| (msg.from.clone(), Arc::<str>::from(k)));
-        let published = self.hub.with_room(room, |data, r| {
-            let now = Instant::now();
-            r.ttl = opts.history_ttl;
-            r.window = opts.idempotency_window;
-            r.prune_keys(now);
-            if let Some(seq) = key.as_ref().and_then(|k| r.keys.get(k)) {
-                let published = Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true };
-                self.hub.settle(data, r, false);
-                return published;
-            }
-            r.seq += 1;
-            let seq = r.seq;
-            if let Some(key) = key {
-                r.push_key(now, seq, key);
-            }
-            let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: msg.body });
-            r.push_message(now, message.clone());
-            while r.history.len() > opts.history_size {
-                r.pop_message();
-            }
-            r.expire(now);
-            self.hub.settle(data, r, true);
-            let epoch = r.epoch.clone();
-            r.deliver(room, &Delivery::Stored { epoch: epoch.clone(), message });
-            Published { epoch, seq, duplicate: false }
-        });
+        let published = self
+            .with_room(room, |data, r| {
+                let now = Instant::now();
+                r.ttl = opts.history_ttl;
+                r.window = opts.idempotency_window;
+                r.prune_keys(now);
+                if let Some(seq) = key.as_ref().and_then(|k| r.keys.get(k)) {
+                    let published = Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true };
+                    self.hub.settle(data, r, false);
+                    return published;
+                }
+                r.seq += 1;
+                let seq = r.seq;
+                if let Some(key) = key {
+                    r.push_key(now, seq, key);
+                }
+                let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: msg.body });
+                r.push_message(now, message.clone());
+                while r.history.len() > opts.history_size {
+                    r.pop_message();
+                }
+                r.expire(now);
+                self.hub.settle(data, r, true);
+                let epoch = r.epoch.clone();
+                r.deliver(room, &Delivery::Stored { epoch: epoch.clone(), message });
+                Published { epoch, seq, duplicate: false }
+            })
+            .await?;
         self.hub.note_retention(opts);
         if !published.duplicate {
             self.hub.enforce_cap(opts.max_history_bytes);
@@ -670,12 +705,13 @@ impl BrokerNode for MemoryNode {
     }
 
     async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {
-        Ok(self.hub.with_room(room, |_, r| {
+        self.with_room(room, |_, r| {
             if !r.subscribers.iter().any(|s| s.node == self.node) {
                 r.subscribers.push(Subscriber { node: self.node, sink: self.sink.clone() });
             }
             Position { epoch: r.epoch.clone(), seq: r.seq }
-        }))
+        })
+        .await
     }
 
     async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
@@ -685,6 +721,16 @@ impl BrokerNode for MemoryNode {
     }
 
     async fn history(&self, room: &RoomName, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        if self.origin.is_some() {
+            // Where the room stands may be the origin's to say.
+            return self
+                .with_room(room, |data, r| {
+                    r.expire(Instant::now());
+                    self.hub.settle(data, r, false);
+                    history_page(r, q)
+                })
+                .await;
+        }
         let page = self.hub.with_existing(room, |data, r| {
             r.expire(Instant::now());
             self.hub.settle(data, r, false);
@@ -695,7 +741,7 @@ impl BrokerNode for MemoryNode {
     }
 
     async fn presence_add(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
-        Ok(self.hub.with_room(room, |_, r| {
+        self.with_room(room, |_, r| {
             let sessions = match r.presence.get_mut(user) {
                 Some(sessions) => sessions,
                 None => r.presence.entry(Arc::from(user)).or_insert_with(|| Vec::with_capacity(1)),
@@ -704,7 +750,8 @@ impl BrokerNode for MemoryNode {
                 sessions.push((session.into(), self.node));
             }
             sessions.len() == 1
-        }))
+        })
+        .await
     }
 
     async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
@@ -798,7 +845,7 @@ mod tests {
     }
 
     async fn node(broker: &MemoryBroker) -> Arc<dyn BrokerNode> {
-        broker.attach("a", Arc::new(Sink(Mutex::new(Vec::new())))).await.unwrap()
+        broker.attach("a", Arc::new(Sink(Mutex::new(Vec::new()))), None).await.unwrap()
     }
 
     /// Long enough for the sweep task (every 10 ms here) to run many times on a loaded machine.
@@ -810,7 +857,7 @@ mod tests {
     async fn a_wipe_frees_everything_and_resets_subscribers() {
         let broker = MemoryBroker::new();
         let sink = Arc::new(Sink(Mutex::new(Vec::new())));
-        let node = broker.attach("a", sink.clone()).await.unwrap();
+        let node = broker.attach("a", sink.clone(), None).await.unwrap();
         let room = RoomName::new("r").unwrap();
         node.subscribe(&room).await.unwrap();
         let first = node.publish(&room, publication(1), &opts(Some("k"), 5)).await.unwrap();
@@ -823,7 +870,7 @@ mod tests {
     #[tokio::test]
     async fn abandoned_rooms_without_messages_are_forgotten() {
         let broker = MemoryBroker::new();
-        let node = broker.attach("a", Arc::new(Sink(Mutex::new(Vec::new())))).await.unwrap();
+        let node = broker.attach("a", Arc::new(Sink(Mutex::new(Vec::new()))), None).await.unwrap();
         let (quiet, busy) = (RoomName::new("quiet").unwrap(), RoomName::new("busy").unwrap());
         let epoch = node.subscribe(&quiet).await.unwrap().epoch;
         node.subscribe(&busy).await.unwrap();
@@ -839,8 +886,8 @@ mod tests {
     async fn presence_dies_with_a_dropped_node() {
         let broker = MemoryBroker::new();
         let sink = Arc::new(Sink(Mutex::new(Vec::new())));
-        let a = broker.attach("a", sink.clone()).await.unwrap();
-        let b = broker.attach("b", sink.clone()).await.unwrap();
+        let a = broker.attach("a", sink.clone(), None).await.unwrap();
+        let b = broker.attach("b", sink.clone(), None).await.unwrap();
         let room = RoomName::new("r").unwrap();
         a.subscribe(&room).await.unwrap();
         assert!(a.presence_add(&room, "s1", "alice").await.unwrap());

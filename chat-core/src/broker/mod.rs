@@ -25,6 +25,11 @@ pub enum BrokerError {
     /// Anything else (a bug, a corrupt store). Becomes `internal`.
     #[error("broker error: {0}")]
     Internal(String),
+    /// The engine's store did not confirm that it keeps a message the broker ordered and
+    /// delivered (see [`Store`](crate::Store)). Becomes `unavailable`: a resend with the same
+    /// key keeps it under the same seq.
+    #[error("not kept: {0}")]
+    NotKept(String),
 }
 
 /// One incarnation of a room's history. It changes only when that history is lost.
@@ -151,6 +156,17 @@ pub trait DeliverySink: Send + Sync + 'static {
     fn deliver(&self, room: &RoomName, delivery: Delivery);
 }
 
+/// Where a room's history goes on from when the broker holds nothing of it: the engine's
+/// [`Store`](crate::Store), when it has one. A broker that finds a room without state (never
+/// used, expired, or lost: restarted empty, flushed) asks before it starts the room over:
+/// with a position, the room goes on in that epoch after that seq; with `None`, under a new
+/// epoch from seq 1.
+#[async_trait]
+pub trait Origin: Send + Sync + 'static {
+    /// The room's last kept position, `None` if nothing of it is kept.
+    async fn origin(&self, room: &RoomName) -> Result<Option<Position>, BrokerError>;
+}
+
 /// A user in a room's presence, with its number of sessions there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEntry {
@@ -164,8 +180,14 @@ pub struct PresenceEntry {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Joins the cluster as node `node`. Deliveries for the rooms this node subscribes to go to
-    /// `sink`.
-    async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<Arc<dyn BrokerNode>, BrokerError>;
+    /// `sink`. With an `origin`, a room the broker holds nothing of goes on from where the
+    /// origin says it stands (see [`Origin`]).
+    async fn attach(
+        &self,
+        node: &str,
+        sink: Arc<dyn DeliverySink>,
+        origin: Option<Arc<dyn Origin>>,
+    ) -> Result<Arc<dyn BrokerNode>, BrokerError>;
 }
 
 /// One node's view of the broker.

@@ -8,9 +8,11 @@
 //! a process with the memory broker restarted), it asks the store where the room stood
 //! ([`Store::latest`]) and goes on from there, in the same epoch.
 //!
-//! Implementations: `chat-store-sqlite` (an embedded database file, the example server's
-//! default) and `chat-store-postgres` (one database shared by every node of a cluster). The
-//! conformance suite in `chat-testkit` holds every implementation to the contract below.
+//! Implementations: [`MemoryStore`](memory::MemoryStore) (this process's memory: for tests, and
+//! for what must outlive a broker but not the process), `chat-store-sqlite` (an embedded
+//! database file, the example server's default) and `chat-store-postgres` (one database
+//! shared by every node of a cluster). The conformance suite in `chat-testkit` holds every
+//! implementation to the contract below.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,8 @@ use bytes::Bytes;
 
 use crate::broker::{Epoch, HistoryQuery, Position};
 use crate::protocol::RoomName;
+
+pub mod memory;
 
 /// What can go wrong talking to a store.
 #[derive(Debug, Clone, thiserror::Error)]

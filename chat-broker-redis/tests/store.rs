@@ -1,0 +1,100 @@
+//! Redis with a store beside it (issue 12): losing Redis's state no longer loses the
+//! conversation or changes the epoch. A flushed Redis, and a Redis restarted from a snapshot
+//! older than what the store kept, both go on from the store's last seq in the same epoch.
+//! Redis is a real `redis-server` each test starts; the store is the in-process `MemoryStore`
+//! (it outlives Redis, which is all these tests need of it; the database stores are tested in
+//! their own crates).
+
+mod common;
+
+use std::time::Duration;
+
+use chat_core::{Engine, MemoryStore};
+use common::{broker, connect, messages, next_matching, seqs, RedisServer};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn engine(redis: &RedisServer, store: &MemoryStore, node: &str) -> Engine {
+    Engine::builder()
+        .node_id(node)
+        .broker(broker(redis, "kept:"))
+        .store(store.clone())
+        .build()
+        .await
+        .expect("engine attaches")
+}
+
+fn page_seqs(page: &Value) -> Vec<u64> {
+    page["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_u64().expect("seq")).collect()
+}
+
+/// Two nodes serve a room; Redis is flushed. The next send gets the next seq in the same
+/// epoch, both members receive it with no reset, and history holds every acknowledged message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_goes_on_from_the_store_in_the_same_epoch() {
+    let redis = RedisServer::start();
+    let store = MemoryStore::new();
+    let a = engine(&redis, &store, "a").await;
+    let b = engine(&redis, &store, "b").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let (mut bob, _tb) = connect(&b, "bob").await;
+    let epoch = alice.join("r", None).await.unwrap().epoch;
+    bob.join("r", None).await.unwrap();
+    for n in 1..=5 {
+        let sender = if n % 2 == 0 { &alice } else { &bob };
+        assert_eq!(sender.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(seqs(&messages(c, "r", 5, WAIT).await), vec![1, 2, 3, 4, 5]);
+    }
+
+    let mut conn = common::conn(&redis).await;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.expect("FLUSHALL");
+
+    assert_eq!(bob.send("r", json!(6)).await.unwrap(), Some(6), "the next seq, not 1");
+    for c in [&mut alice, &mut bob] {
+        let next = next_matching(c, WAIT, |e| e["type"] == "message" || e["type"] == "reset").await;
+        assert_eq!((next["type"].as_str(), next["seq"].as_u64()), (Some("message"), Some(6)), "{next}");
+    }
+    let page = alice.history("r", None, None, Some(50)).await.unwrap();
+    assert_eq!(page["epoch"].as_str(), Some(epoch.as_str()), "the same epoch");
+    assert_eq!(page_seqs(&page), vec![1, 2, 3, 4, 5, 6], "1..5 from the store, 6 from Redis");
+    let (carol, _tc) = connect(&b, "carol").await;
+    let joined = carol.join("r", Some((&epoch, 2))).await.unwrap();
+    assert!(joined.recovered, "a returning client recovers across the flush");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Redis comes back from a snapshot older than the store, and the node restarts with it, so no
+/// node remembers the newer messages: the store does, and the room goes on from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_older_than_the_store_goes_on_from_the_store() {
+    let mut redis = RedisServer::start_persistent();
+    let store = MemoryStore::new();
+    let a = engine(&redis, &store, "a").await;
+    let (alice, _ta) = connect(&a, "alice").await;
+    let epoch = alice.join("r", None).await.unwrap().epoch;
+    for n in 1..=3 {
+        alice.send("r", json!(n)).await.unwrap();
+    }
+    let mut conn = common::conn(&redis).await;
+    redis::cmd("SAVE").query_async::<()>(&mut conn).await.expect("SAVE");
+    for n in 4..=6 {
+        alice.send("r", json!(n)).await.unwrap();
+    }
+    a.shutdown().await;
+    drop(alice);
+    redis.kill();
+    redis.restart(); // back at seq 3
+
+    let b = engine(&redis, &store, "b").await;
+    let (bob, _tb) = connect(&b, "bob").await;
+    let joined = bob.join("r", None).await.unwrap();
+    assert_eq!((joined.epoch.as_str(), joined.seq), (epoch.as_str(), 6), "where the store stands");
+    assert_eq!(bob.send("r", json!(7)).await.unwrap(), Some(7));
+    let page = bob.history("r", None, None, Some(50)).await.unwrap();
+    assert_eq!(page_seqs(&page), (1..=7).collect::<Vec<_>>());
+    b.shutdown().await;
+}

@@ -1,0 +1,191 @@
+//! The engine with a store (issue 12): `sent` waits for the commit and appends are grouped,
+//! history and recovery reach past the broker's window, and a node restarted on the same
+//! store (a new memory broker: everything in memory is gone) goes on in the same epoch.
+//!
+//! The store here is the [`MemoryStore`] (which a test can switch off), once behind a gate that
+//! holds appends, so that what the engine does around the store can be watched; the database
+//! stores run the same engine paths in their own crates' tests.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chat_core::broker::{HistoryQuery, Position};
+use chat_core::store::{Record, RetentionPolicy};
+use chat_core::{Engine, MemoryBroker, MemoryStore, RoomName, Store, StoreError};
+use common::{client, event_of, WAIT};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+/// A [`MemoryStore`] whose appends are counted and may be held at a gate.
+#[derive(Clone, Default)]
+struct Gated {
+    store: MemoryStore,
+    gate: Option<Arc<Semaphore>>,
+    appends: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Store for Gated {
+    async fn append(&self, batch: &[Record]) -> Result<Vec<usize>, StoreError> {
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.store.append(batch).await
+    }
+    async fn page(&self, room: &RoomName, epoch: &str, q: HistoryQuery) -> Result<Vec<Record>, StoreError> {
+        self.store.page(room, epoch, q).await
+    }
+    async fn latest(&self, room: &RoomName) -> Result<Option<Position>, StoreError> {
+        self.store.latest(room).await
+    }
+    async fn retain(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<u64, StoreError> {
+        self.store.retain(policy, now_ms).await
+    }
+    async fn erase(&self, room: &RoomName, epoch: &str, seq: u64) -> Result<bool, StoreError> {
+        self.store.erase(room, epoch, seq).await
+    }
+    async fn erase_user(&self, user: &str) -> Result<u64, StoreError> {
+        self.store.erase_user(user).await
+    }
+}
+
+/// An engine on its own memory broker (keeping 3 messages) and `store`.
+async fn engine_on(store: &(impl Store + Clone)) -> Engine {
+    Engine::builder()
+        .broker(MemoryBroker::new())
+        .store(store.clone())
+        .tune(|c| c.history_size = 3)
+        .build()
+        .await
+        .expect("engine")
+}
+
+fn bodies(page: &Value) -> Vec<u64> {
+    page["messages"].as_array().expect("messages").iter().map(|m| m["body"].as_u64().expect("a number")).collect()
+}
+
+fn seqs(page: &Value) -> Vec<u64> {
+    page["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_u64().expect("a seq")).collect()
+}
+
+#[tokio::test]
+async fn history_reaches_past_the_brokers_window_into_the_store() {
+    let store = MemoryStore::new();
+    let engine = engine_on(&store).await;
+    let alice = client(&engine, "alice").await;
+    alice.join("r", None).await.unwrap();
+    for n in 1..=10 {
+        assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
+    }
+    assert_eq!(store.len(), 10, "every sent message is in the store");
+    let all = alice.history("r", None, None, Some(10)).await.unwrap();
+    assert_eq!(bodies(&all), (1..=10).collect::<Vec<_>>(), "the window holds 8..10, the store the rest");
+    let older = alice.history("r", Some(5), None, Some(50)).await.unwrap();
+    assert_eq!(seqs(&older), vec![1, 2, 3, 4]);
+    let after = alice.history("r", None, Some(2), Some(3)).await.unwrap();
+    assert_eq!(seqs(&after), vec![3, 4, 5]);
+    let across = alice.history("r", None, Some(6), Some(3)).await.unwrap();
+    assert_eq!(seqs(&across), vec![7, 8, 9], "one from the store, two from the window");
+    let newest = alice.history("r", None, None, Some(5)).await.unwrap();
+    assert_eq!(seqs(&newest), vec![6, 7, 8, 9, 10]);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn recovery_replays_from_the_store_what_the_window_lost() {
+    let store = MemoryStore::new();
+    let engine = engine_on(&store).await;
+    let alice = client(&engine, "alice").await;
+    let epoch = alice.join("r", None).await.unwrap().epoch;
+    for n in 1..=10 {
+        alice.send("r", json!(n)).await.unwrap();
+    }
+    let mut bob = client(&engine, "bob").await;
+    let joined = bob.join("r", Some((&epoch, 2))).await.unwrap();
+    assert!(joined.recovered, "3..10 are kept, 8..10 only in the window");
+    let mut replayed = Vec::new();
+    while replayed.len() < 8 {
+        replayed.push(event_of(&mut bob, "message").await["seq"].as_u64().unwrap());
+    }
+    assert_eq!(replayed, (3..=10).collect::<Vec<_>>());
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_restarted_on_its_store_goes_on_in_the_same_epoch() {
+    let store = MemoryStore::new();
+    let first = engine_on(&store).await;
+    let alice = client(&first, "alice").await;
+    let epoch = alice.join("r", None).await.unwrap().epoch;
+    for n in 1..=5 {
+        alice.send("r", json!(n)).await.unwrap();
+    }
+    first.shutdown().await;
+    drop(alice);
+
+    // A new broker: nothing of the room is in memory any more.
+    let second = engine_on(&store).await;
+    let mut bob = client(&second, "bob").await;
+    let joined = bob.join("r", Some((&epoch, 3))).await.unwrap();
+    assert_eq!((joined.epoch.as_str(), joined.seq, joined.recovered), (epoch.as_str(), 5, true));
+    for seq in [4, 5] {
+        assert_eq!(event_of(&mut bob, "message").await["seq"], seq);
+    }
+    assert_eq!(bob.send("r", json!(6)).await.unwrap(), Some(6), "the next seq, not 1");
+    let page = bob.history("r", None, None, Some(50)).await.unwrap();
+    assert_eq!((page["epoch"].as_str(), seqs(&page)), (Some(epoch.as_str()), vec![1, 2, 3, 4, 5, 6]));
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn sent_means_committed_and_a_failed_commit_can_be_resent() {
+    let store = MemoryStore::new();
+    let engine = engine_on(&store).await;
+    let mut alice = client(&engine, "alice").await;
+    alice.join("r", None).await.unwrap();
+    store.set_available(false);
+    let err = alice.send_with("r", json!("kept?"), Some("k1"), false).await.unwrap_err();
+    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    // Ordered and delivered, but not kept: the reply says so, and a resend with the key
+    // stores it under its seq.
+    assert_eq!(event_of(&mut alice, "message").await["seq"], 1);
+    assert!(store.is_empty());
+    store.set_available(true);
+    assert_eq!(alice.send_with("r", json!("kept?"), Some("k1"), false).await.unwrap(), Some(1));
+    assert_eq!(store.len(), 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn appends_waiting_for_a_commit_go_in_one() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = Gated { gate: Some(gate.clone()), ..Gated::default() };
+    let engine = engine_on(&store).await;
+    let mut watcher = client(&engine, "watcher").await;
+    watcher.join("r", None).await.unwrap();
+    const SENDERS: usize = 20;
+    let mut sends = Vec::new();
+    for i in 0..SENDERS {
+        let sender = client(&engine, &format!("u{i}")).await;
+        sender.join("r", None).await.unwrap();
+        sends
+            .push(tokio::spawn(async move { sender.send("r", json!(i)).await.map(|_| ()).map_err(|e| e.to_string()) }));
+    }
+    // Every message is ordered and delivered before its commit: once the watcher saw them all,
+    // the first append holds the gate and the others wait behind it.
+    for _ in 0..SENDERS {
+        event_of(&mut watcher, "message").await;
+    }
+    gate.add_permits(SENDERS);
+    for send in sends {
+        tokio::time::timeout(WAIT, send).await.expect("sent in time").expect("task").expect("sent");
+    }
+    let (records, appends) = (store.store.len(), store.appends.load(Ordering::Relaxed));
+    assert_eq!(records, SENDERS);
+    assert!(appends <= 2, "{appends} appends for {SENDERS} messages queued together");
+    engine.shutdown().await;
+}
