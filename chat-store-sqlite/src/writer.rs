@@ -273,7 +273,8 @@ fn conflicts(tx: &Transaction<'_>, epoch_id: i64, row: &Row) -> rusqlite::Result
     let (sender, body): (String, Option<Vec<u8>>) = tx
         .prepare_cached("SELECT sender, body FROM messages WHERE epoch_id = ?1 AND seq = ?2")?
         .query_row(params![epoch_id, row.seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(sender != *row.from || body.as_deref() != row.body.as_deref())
+    // A tombstone (no body) matches a resend from the same sender: it stays erased.
+    Ok(sender != *row.from || body.is_some_and(|b| Some(&b[..]) != row.body.as_deref()))
 }
 
 /// Finds (room, epoch), creating the room and the epoch as needed; a new epoch becomes the

@@ -3,7 +3,7 @@
 //! host that wants the engine's store semantics in one process without a database file. It
 //! holds every message until retention deletes it: bound it with [`Retention`](super::Retention).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -47,9 +47,10 @@ struct Kept {
 #[derive(Default)]
 struct Room {
     messages: BTreeMap<(Epoch, u64), Record>,
-    /// Every epoch that ever had a record here: only the first record of an epoch moves
-    /// `latest` to it.
-    epochs: HashSet<Epoch>,
+    /// Every epoch that ever had a record here, with the highest seq retention deleted in it:
+    /// only the first record of an epoch moves `latest` to it, and a record at or below the
+    /// floor is not stored again.
+    epochs: HashMap<Epoch, u64>,
     latest: Option<Position>,
 }
 
@@ -97,18 +98,27 @@ impl Store for MemoryStore {
             let room = kept.rooms.entry(record.room.clone()).or_default();
             let key = (record.epoch.clone(), record.seq);
             if let Some(stored) = room.messages.get(&key) {
-                if stored.from != record.from || stored.body != record.body {
+                // A tombstone matches a resend from its sender: it stays erased.
+                let erased = stored.body.is_none();
+                if stored.from != record.from || (!erased && stored.body != record.body) {
                     conflicts.push(i);
                 }
                 continue;
             }
-            room.messages.insert(key, record.clone());
             let position = Position { epoch: record.epoch.clone(), seq: record.seq };
-            if room.epochs.insert(record.epoch.clone()) {
-                room.latest = Some(position);
-            } else if let Some(latest) = room.latest.as_mut().filter(|l| l.epoch == record.epoch) {
-                latest.seq = latest.seq.max(record.seq);
+            match room.epochs.get(&record.epoch) {
+                Some(floor) if record.seq <= *floor => continue, // deleted by retention
+                Some(_) => {
+                    if let Some(latest) = room.latest.as_mut().filter(|l| l.epoch == record.epoch) {
+                        latest.seq = latest.seq.max(record.seq);
+                    }
+                }
+                None => {
+                    room.epochs.insert(record.epoch.clone(), 0);
+                    room.latest = Some(position);
+                }
             }
+            room.messages.insert(key, record.clone());
         }
         Ok(conflicts)
     }
@@ -158,6 +168,9 @@ impl Store for MemoryStore {
                 let old = room.messages.get(&key).is_some_and(|m| m.ts < cutoff);
                 if gone < over || old {
                     room.messages.remove(&key);
+                    if let Some(floor) = room.epochs.get_mut(&key.0) {
+                        *floor = (*floor).max(key.1);
+                    }
                     gone += 1;
                 } else {
                     break;

@@ -81,18 +81,26 @@ pub type RetentionPolicy = dyn Fn(&RoomName) -> Retention + Send + Sync;
 ///
 /// * [`append`](Store::append) commits a batch in one transaction. A record whose (room,
 ///   epoch, seq) is already stored with the same sender and body is skipped (a resend, or two
-///   nodes storing the same message; its `ts` may differ): appends are idempotent. One stored
+///   nodes storing the same message; its `ts` may differ): appends are idempotent. So is one
+///   whose stored message was erased since, from the same sender: it stays erased. One stored
 ///   with another sender or body is a conflict (the broker handed the same seq out twice, as
 ///   after it came back older): it is not stored, the stored one stays, and `append` returns
-///   its position in the batch; the rest of the batch is committed. An error commits nothing.
+///   its position in the batch; the rest of the batch is committed. Within one batch, the
+///   first of two records under one seq is the one stored. A record that retention already
+///   deleted is skipped and stays deleted (a late resend must not reopen a hole below what is
+///   kept). An error commits nothing.
 /// * [`page`](Store::page) answers like `history` (PROTOCOL.md §4, bounds exclusive), within
 ///   one epoch, oldest first; erased messages come back with `body: None`.
 /// * [`latest`](Store::latest) is the room's current epoch and the highest seq stored in it.
 ///   The current epoch is the one whose first record was appended last: a late append of an
 ///   earlier epoch does not move it back.
-/// * Retention deletes from the oldest end only, so a room's stored seqs stay contiguous, and
-///   never touches [`latest`](Store::latest): a room whose messages all expired still knows
-///   where it stood.
+/// * Retention deletes from the oldest end only (earlier epochs first, then by seq), so a
+///   room's stored seqs stay contiguous, and never touches [`latest`](Store::latest): a room
+///   whose messages all expired still knows where it stood. The count is per room across its
+///   epochs. Age stops at the first message young enough (a message exactly `max_age` old is
+///   kept), so a message stamped by a fast clock may hold older ones back until it expires.
+/// * Erasing a tombstone again succeeds; [`erase_user`](Store::erase_user) counts only the
+///   messages it erased now.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Commits `batch` (records of any rooms, in any order) in one transaction. Returns the
