@@ -93,7 +93,7 @@ async fn retention_beside_appends_keeps_rooms_contiguous() {
 async fn erasure_retention_and_appends_side_by_side() {
     let f = fixture().await;
     let other = PostgresStore::builder(&f.db.url()).chunk(7).connect().await.unwrap();
-    let by = |seq: u64| if seq % 2 == 0 { "bob" } else { "alice" };
+    let by = |seq: u64| if seq.is_multiple_of(2) { "bob" } else { "alice" };
     let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Record> {
         seqs.flat_map(|s| {
             (0..ROOMS).map(move |i| Record { from: by(s).into(), ..rec(&format!("room-{i:02}"), "e", s) })
