@@ -737,7 +737,7 @@ impl Actor {
         let node = self.rng.pick(&live).clone();
         let user = self.user.clone();
         let connecting = async {
-            if self.idx % 2 == 0 {
+            if self.idx.is_multiple_of(2) {
                 chat_transport_tcp::connect(node.tcp, Some(&user), None).await.map_err(|e| e.to_string())
             } else {
                 chat_transport_ws::connect(&node.ws, Some(&user), None).await.map_err(|e| e.to_string())
