@@ -19,8 +19,10 @@ use anyhow::Context;
 use axum::http::header;
 use axum::routing::get;
 use axum::Router;
-use chat_engine::core::{AllowAnonymous, ConnectionLimits, Engine, JwtAuthenticator, MemoryBroker};
+use chat_engine::core::{AllowAnonymous, ConnectionLimits, Engine, JwtAuthenticator, MemoryBroker, Retention};
+use chat_engine::postgres::PostgresStore;
 use chat_engine::redis::RedisBroker;
+use chat_engine::sqlite::SqliteStore;
 use chat_engine::tcp::TcpServer;
 use chat_engine::ws::{DeflateOptions, WsOptions, WsServer};
 use clap::Parser;
@@ -44,6 +46,18 @@ struct Args {
     /// `redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE` (the hosts are the sentinels).
     #[arg(long, default_value = "memory")]
     broker: String,
+    /// Where conversations are kept durably: `sqlite:PATH` (a database file), `postgres://…`
+    /// (one database for every node of a cluster), or `none` (only the broker's recent window,
+    /// lost with it). With a store, `sent` means committed, and a restarted server (or a
+    /// flushed Redis) goes on where the conversation stood.
+    #[arg(long, default_value = "sqlite:chat-data.db")]
+    store: String,
+    /// With a store: days of messages kept per room.
+    #[arg(long, default_value_t = 30)]
+    retention_days: u64,
+    /// With a store: messages kept per room (the newest).
+    #[arg(long, default_value_t = 1_000_000)]
+    retention_count: u64,
     /// This node's id (`welcome.node`). Default: a random one.
     #[arg(long)]
     node_id: Option<String>,
@@ -166,6 +180,10 @@ async fn main() -> anyhow::Result<()> {
         if let Some(ms) = args.handshake_timeout_ms {
             c.handshake_timeout = Duration::from_millis(ms);
         }
+        c.retention = Retention {
+            max_age: Duration::from_secs(args.retention_days.saturating_mul(24 * 3600)),
+            max_count: args.retention_count,
+        };
     });
     if let Some(id) = &args.node_id {
         builder = builder.node_id(id);
@@ -201,6 +219,26 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
         builder.broker(redis)
+    };
+    builder = match args.store.as_str() {
+        "none" => {
+            tracing::info!("no store: history lives in the broker only");
+            builder
+        }
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PostgresStore::connect(url).await.context("connecting to the PostgreSQL store")?;
+            tracing::info!("store: PostgreSQL");
+            builder.store(store)
+        }
+        spec => {
+            let path = spec
+                .strip_prefix("sqlite:")
+                .with_context(|| format!("--store must be `sqlite:PATH`, `postgres://…` or `none`, not {spec:?}"))?;
+            let store = SqliteStore::open(path).await.context("opening the SQLite store")?;
+            let file = std::path::absolute(store.path()).unwrap_or_else(|_| store.path().to_owned());
+            tracing::info!(file = %file.display(), "store: SQLite");
+            builder.store(store)
+        }
     };
     let engine = builder.build().await.context("starting the engine")?;
 

@@ -85,7 +85,7 @@ free_port() {
 start_chat() {
   TCP=127.0.0.1:$(free_port 17100)
   WS=127.0.0.1:$(free_port 17200)
-  taskset -c "$SERVER_CORE" "$BIN/chat-server" --tcp "$TCP" --ws "$WS" --broker memory "$@" \
+  taskset -c "$SERVER_CORE" "$BIN/chat-server" --tcp "$TCP" --ws "$WS" --broker memory --store "${STORE:-none}" "$@" \
     >"$OUT/chat-server.out" 2>"$OUT/chat-server.err" &
   SP=$!
   SERVER_PIDS=(--server-pid "$SP")
@@ -107,7 +107,7 @@ start_redis() {
 # Starts chat-server node $1 on our redis-server, on core $SERVER_CORE; sets NODE_PID, NODE_TCP, NODE_WS.
 start_node() {
   local name=$1; shift
-  taskset -c "$SERVER_CORE" "$BIN/chat-server" --broker "redis://127.0.0.1:$REDIS_PORT" --node-id "$name" \
+  taskset -c "$SERVER_CORE" "$BIN/chat-server" --broker "redis://127.0.0.1:$REDIS_PORT" --store "${STORE:-none}" --node-id "$name" \
     --tcp 127.0.0.1:0 --ws 127.0.0.1:0 --rate-per-sec 0 "$@" >"$OUT/node-$name.out" 2>"$OUT/node-$name.err" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")

@@ -191,7 +191,14 @@ fn needs_build(bin: &Path, name: &str) -> bool {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut sources = vec![root.join("examples").join(format!("{name}.rs")), root.join("Cargo.lock")];
     let mut dirs = vec![root.join("examples").join(name), root.join("src")];
-    for krate in ["chat-core", "chat-transport-tcp", "chat-transport-ws", "chat-broker-redis"] {
+    for krate in [
+        "chat-core",
+        "chat-transport-tcp",
+        "chat-transport-ws",
+        "chat-broker-redis",
+        "chat-store-sqlite",
+        "chat-store-postgres",
+    ] {
         dirs.push(root.join(krate).join("src"));
     }
     while let Some(dir) = dirs.pop() {
@@ -245,12 +252,15 @@ pub struct ChatServer {
 
 impl ChatServer {
     /// Starts `chat-server` with `args` (listeners on port 0 unless `args` say otherwise) and
-    /// waits for its `listening` line.
+    /// waits for its `listening` line. Without a `--store` in `args` it runs with `--store
+    /// none` (the server's default file, in the working directory, is no place for tests).
     pub async fn start(name: &str, args: &[&str]) -> ChatServer {
         let bin = example("chat-server");
         let (log, stderr) = log_file(name);
+        let store: &[&str] = if args.contains(&"--store") { &[] } else { &["--store", "none"] };
         let mut child = Command::new(&bin)
             .args(args)
+            .args(store)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
