@@ -13,6 +13,8 @@
 #                                    #   fanout-nats-raw fanout-nats (async-nats subscribers) rooms
 #                                    #   rooms-nats idle-tcp idle-ws idle-ws-deflate idle-nats micro
 #                                    #   redis-cross-node redis-publish redis-raw (not in "everything")
+#                                    #   store-append-{none,sqlite,postgres} store-latency-{none,sqlite,postgres}
+#                                    #   (not in "everything"; `stores` runs all six)
 #   DUR=20 REPEAT=5 scripts/bench.sh fanout-tcp fanout-nats
 #
 # The Redis scenarios start their own redis-server (never the system one on 6379) on a free
@@ -37,7 +39,14 @@ LOAD_CORE=${LOAD_CORE:-1}
 REDIS_CORE=${REDIS_CORE:-$LOAD_CORE}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 PUB_CONNS=${PUB_CONNS:-"1 4 16 64"}  # redis-publish: publisher connections (one room each)
-SCENARIOS=("$@")
+SCENARIOS=()
+for s in "$@"; do
+  if [ "$s" = stores ]; then
+    SCENARIOS+=(store-append-none store-append-sqlite store-append-postgres store-latency-none store-latency-sqlite store-latency-postgres)
+  else
+    SCENARIOS+=("$s")
+  fi
+done
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(fanout-tcp fanout-ws fanout-nats-raw fanout-nats rooms rooms-nats idle-tcp idle-ws idle-nats micro)
 
 mkdir -p "$OUT"
@@ -70,7 +79,7 @@ wait_quiet() {
   done
   echo "warning: the machine is still busy ($((b - a)) % of a core); measuring anyway" >&2
 }
-trap cleanup EXIT
+trap 'cleanup; drop_store' EXIT
 
 # A free loopback port (never 4222, the system nats-server's).
 free_port() {
@@ -135,6 +144,27 @@ start_nats() {
   SERVER_PIDS=(--server-pid "$SP")
   for _ in $(seq 100); do ss -Htln "sport = :$port" | grep -q . && return; sleep 0.1; done
   echo "nats-server did not start" >&2; exit 1
+}
+
+# The store scenarios' servers: `--store` for kind $1 (none, sqlite: a fresh file in $OUT,
+# postgres: a fresh database on $PG_URL's server, dropped by cleanup); sets STORE.
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+PG_DB=""
+store_for() {
+  case $1 in
+    none) STORE=none ;;
+    sqlite) rm -f "$OUT"/bench-store.db*; STORE="sqlite:$OUT/bench-store.db" ;;
+    postgres)
+      PG_DB=chat_bench_$$_$RANDOM
+      psql -q "$PG_URL/postgres" -c "CREATE DATABASE $PG_DB" >/dev/null
+      STORE="$PG_URL/$PG_DB" ;;
+    *) echo "unknown store $1" >&2; exit 2 ;;
+  esac
+}
+drop_store() {
+  if [ -n "$PG_DB" ]; then psql -q "$PG_URL/postgres" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null; PG_DB=""; fi
+  rm -f "$OUT"/bench-store.db*
+  STORE=none
 }
 
 load() { wait_quiet; taskset -c "$LOAD_CORE" "$BIN/chat-load" --json --quiet "${SERVER_PIDS[@]}" "$@"; }
@@ -239,6 +269,25 @@ run() {
         >"$OUT/$name.commandstats"
       redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'cmdstat_(publish|evalsha|xadd)' >>"$OUT/$name.commandstats" || true
       cleanup ;;
+    store-append-*)
+      # Sustained appends: 100 publishers (one room each, no other subscriber), 128-byte bodies,
+      # as fast as 32 unacknowledged sends each allow; `sent` waits for the store's commit.
+      for i in $(seq "$REPEAT"); do
+        store_for "${name#store-append-}"
+        start_chat --rate-per-sec 0
+        load --tcp "$TCP" --rooms 100 --pubs 1 --subs 0 --body 128 --rate 0 --window 32 --max-lag 0 \
+          --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
+        cleanup; drop_store
+      done ;;
+    store-latency-*)
+      # `sent` latency at a steady 10,000 messages/s: 100 publishers at 100 msg/s each.
+      for i in $(seq "$REPEAT"); do
+        store_for "${name#store-latency-}"
+        start_chat --rate-per-sec 0
+        load --tcp "$TCP" --rooms 100 --pubs 1 --subs 0 --body 128 --rate 100 --window 256 --max-lag 0 \
+          --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
+        cleanup; drop_store
+      done ;;
     micro) cargo bench --bench hot_paths -- fanout 2>&1 | tee "$OUT/micro.txt" | grep -E 'fanout|time:' ;;
     *) echo "unknown scenario $name" >&2; exit 2 ;;
   esac
@@ -280,6 +329,11 @@ for name in names:
     def row(r):
         s = r["server"] or {}
         l = r["latency_us"]
+        if name.startswith("store-"):
+            a = r["sent_latency_us"]
+            return (f"acked/s {r['acked_per_sec']:>9,.0f}  sent after p50 {a['p50'] / 1e3:7.3f} ms  p99 {a['p99'] / 1e3:7.3f} ms  "
+                    f"server cpu {s.get('cpu_share', 0) * 100:4.0f}% {s.get('cpu_ns_per_message', 0) / 1e3:6.1f} us/msg  "
+                    f"errors {sum(r['errors'].values())}  other {r['other_processes_cpu_share'] * 100:3.0f}%")
         if len(r.get("servers", [])) > 1:
             cpu = "  ".join(f"{x['name']} {x['cpu_share'] * 100:3.0f}% {x['cpu_ns_per_message'] / 1e3:6.1f} us/msg"
                             for x in r["servers"] if x)
@@ -296,7 +350,9 @@ for name in names:
     for shape in shapes:
         group = [r for r in runs if r["rooms"] == shape]
         label = f"{name}" if len(shapes) == 1 else f"{name} x{shape}"
-        if name.startswith("redis-") and group[0]["rate"] > 0:
+        if name.startswith("store-append"):
+            by_rate = sorted(group, key=lambda r: r["acked_per_sec"])
+        elif (name.startswith("redis-") or name.startswith("store-")) and group[0]["rate"] > 0:
             # A fixed rate: runs differ in latency, best = lowest p99.
             by_rate = sorted(group, key=lambda r: -r["latency_us"]["p99"])
         else:

@@ -1,7 +1,8 @@
 //! The browser page (`examples/web/`) in real headless Chromium, against an in-process server
 //! built like `examples/chat-server.rs`: two pages chat, the server restarts on the same port
-//! while a Rust client keeps talking, and the pages come back by themselves and show what they
-//! missed, once each. Then the server restarts with its history lost, and the pages start over.
+//! (a new broker, as a new process has, on the same store) while a Rust client keeps talking,
+//! and the pages come back by themselves and show what they missed, once each. Then the server
+//! restarts without its store, its history lost, and the pages start over.
 //! Apart from that, chat.js with a `tokenSource` refreshes its short-lived token by itself and
 //! outlives it.
 //!
@@ -16,7 +17,7 @@ use axum::http::header;
 use axum::routing::get;
 use axum::Router;
 use chat_engine::core::auth::TokenClaims;
-use chat_engine::core::{AllowAnonymous, Engine, JwtAuthenticator, MemoryBroker};
+use chat_engine::core::{AllowAnonymous, Engine, JwtAuthenticator, MemoryBroker, MemoryStore};
 use chat_engine::tcp::TcpServer;
 use chat_engine::ws::{DeflateOptions, WsOptions, WsServer};
 use fantoccini::{Client, Locator};
@@ -41,10 +42,14 @@ struct Server {
 }
 
 impl Server {
-    /// Starts an engine on `broker`, TCP on a free port, and WebSocket on `ws` unless `None`
-    /// (then [`open_ws`](Self::open_ws) adds it later).
-    async fn start(broker: &MemoryBroker, ws: Option<SocketAddr>) -> Server {
-        let engine = Engine::builder().broker(broker.clone()).authenticator(AllowAnonymous).build().await.unwrap();
+    /// Starts an engine on `broker` (and `store`, if any), TCP on a free port, and WebSocket on
+    /// `ws` unless `None` (then [`open_ws`](Self::open_ws) adds it later).
+    async fn start(broker: MemoryBroker, store: Option<&MemoryStore>, ws: Option<SocketAddr>) -> Server {
+        let mut builder = Engine::builder().broker(broker).authenticator(AllowAnonymous);
+        if let Some(store) = store {
+            builder = builder.store(store.clone());
+        }
+        let engine = builder.build().await.unwrap();
         let tcp = TcpServer::bind("127.0.0.1:0", engine.clone()).await.unwrap();
         let tcp_addr = tcp.local_addr().unwrap();
         let mut server = Server { engine, ws: "0.0.0.0:0".parse().unwrap(), tcp: tcp_addr, tasks: Vec::new() };
@@ -100,14 +105,14 @@ fn texts(list: &[(u64, String)]) -> Vec<(u64, &str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_chat_and_recover_across_server_restarts() {
     let mut driver = Chromedriver::start();
-    let broker = MemoryBroker::new();
-    let server = Server::start(&broker, Some("127.0.0.1:0".parse().unwrap())).await;
+    let store = MemoryStore::new();
+    let server = Server::start(MemoryBroker::new(), Some(&store), Some("127.0.0.1:0".parse().unwrap())).await;
     let ws = server.ws;
     let url = format!("http://{ws}/");
 
     let alice = driver.browser().await;
     let bob = driver.browser().await;
-    let outcome = tokio::spawn(scenario(alice.clone(), bob.clone(), server, broker, url, ws)).await;
+    let outcome = tokio::spawn(scenario(alice.clone(), bob.clone(), server, store, url, ws)).await;
     // Close the browsers whatever happened, then report.
     let _ = alice.close().await;
     let _ = bob.close().await;
@@ -117,7 +122,7 @@ async fn pages_chat_and_recover_across_server_restarts() {
     }
 }
 
-async fn scenario(alice: Client, bob: Client, server: Server, broker: MemoryBroker, url: String, ws: SocketAddr) {
+async fn scenario(alice: Client, bob: Client, server: Server, store: MemoryStore, url: String, ws: SocketAddr) {
     // 1. Two pages in one room: each sees the other, typing, and the other's message.
     sign_in(&alice, &url, "alice").await;
     sign_in(&bob, &url, "bob").await;
@@ -132,13 +137,14 @@ async fn scenario(alice: Client, bob: Client, server: Server, broker: MemoryBrok
     type_text(&bob, "hi alice", true).await;
     wait_for(&alice, "li.msg[data-room=lobby][data-seq='2'][data-from=bob]").await;
 
-    // 2. The server restarts on the same port, keeping its broker (so history survives).
-    // While the pages retry, carol talks through the new engine over TCP; only then does the
-    // WebSocket listener come back.
+    // 2. The server restarts on the same port with a new broker, as a new process would, on
+    // the same store (so the conversation survives, in the same epoch). While the pages retry,
+    // carol talks through the new engine over TCP; only then does the WebSocket listener come
+    // back.
     server.stop().await;
     wait_for(&alice, "#status[data-state=reconnecting]").await;
     wait_for(&bob, "#status[data-state=reconnecting]").await;
-    let mut server = Server::start(&broker, None).await;
+    let mut server = Server::start(MemoryBroker::new(), Some(&store), None).await;
     let carol = chat_engine::tcp::connect(server.tcp, Some("carol"), None).await.unwrap();
     carol.join("lobby", None).await.unwrap();
     for text in ["while you were away 1", "while you were away 2", "while you were away 3"] {
@@ -174,13 +180,12 @@ async fn scenario(alice: Client, bob: Client, server: Server, broker: MemoryBrok
         screenshot(&alice, &bob).await;
     }
 
-    // 3. The server restarts with a new broker: history is lost (a new epoch). The pages cannot
-    // recover; they drop what they showed and start over from the new history.
+    // 3. The server restarts with a new broker and no store: history is lost (a new epoch). The
+    // pages cannot recover; they drop what they showed and start over from the new history.
     drop(carol);
     server.stop().await;
     wait_for(&alice, "#status[data-state=reconnecting]").await;
-    let fresh = MemoryBroker::new();
-    let server = Server::start(&fresh, None).await;
+    let server = Server::start(MemoryBroker::new(), None, None).await;
     let dave = chat_engine::tcp::connect(server.tcp, Some("dave"), None).await.unwrap();
     dave.join("lobby", None).await.unwrap();
     dave.send("lobby", json!({ "text": "a new beginning" })).await.unwrap();
