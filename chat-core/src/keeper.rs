@@ -173,32 +173,51 @@ fn message(r: Record) -> Option<Message> {
     Some(Message { seq: r.seq, from: r.from, ts: r.ts, body: r.body? })
 }
 
-/// Appends what sessions queued, a batch at a time, and answers each of them.
+/// Appends what sessions queued, a batch at a time, and answers each of them. A batch the
+/// store refuses as a whole for a reason other than being unreachable (`Internal`: a record it
+/// cannot take, say) is appended again one record at a time, so that one session's bad record
+/// fails only that session's send.
 async fn commit(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Pending>, max_batch: usize) {
     let mut pending = Vec::with_capacity(max_batch.min(1024));
     while queue.recv_many(&mut pending, max_batch).await > 0 {
         let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
-        let outcome = store.append(&records).await;
-        let mut conflicts = outcome.as_deref().unwrap_or_default().iter().copied().peekable();
-        for (i, p) in pending.drain(..).enumerate() {
-            let answer = match &outcome {
-                Err(e) => Err(e.clone()),
-                Ok(_) if conflicts.next_if_eq(&i).is_some() => {
-                    tracing::error!(
-                        room = %p.record.room, epoch = %p.record.epoch, seq = p.record.seq,
-                        "the store holds another message under this seq: the broker handed it out twice"
-                    );
-                    Err(StoreError::Internal(format!(
-                        "seq {} of {} is stored with another message",
-                        p.record.seq, p.record.room
-                    )))
+        match store.append(&records).await {
+            Err(StoreError::Internal(why)) if pending.len() > 1 => {
+                tracing::warn!(records = pending.len(), error = %why, "a batch failed; appending its records one by one");
+                for p in pending.drain(..) {
+                    let outcome = store.append(std::slice::from_ref(&p.record)).await;
+                    answer(p, outcome.map(|conflicts| !conflicts.is_empty()));
                 }
-                Ok(_) => Ok(()),
-            };
-            // A sender that gave up (its session ended) no longer listens.
-            let _ = p.done.send(answer);
+            }
+            outcome => {
+                let mut conflicts = outcome.as_deref().unwrap_or_default().iter().copied().peekable();
+                for (i, p) in pending.drain(..).enumerate() {
+                    let conflict = outcome.as_ref().map(|_| conflicts.next_if_eq(&i).is_some()).map_err(Clone::clone);
+                    answer(p, conflict);
+                }
+            }
         }
     }
+}
+
+/// Tells the sender of `p` how its append went (`Ok(true)`: a conflict).
+fn answer(p: Pending, outcome: Result<bool, StoreError>) {
+    let answer = match outcome {
+        Err(e) => Err(e),
+        Ok(true) => {
+            tracing::error!(
+                room = %p.record.room, epoch = %p.record.epoch, seq = p.record.seq,
+                "the store holds another message under this seq: the broker handed it out twice"
+            );
+            Err(StoreError::Internal(format!(
+                "seq {} of {} is stored with another message",
+                p.record.seq, p.record.room
+            )))
+        }
+        Ok(false) => Ok(()),
+    };
+    // A sender that gave up (its session ended) no longer listens.
+    let _ = p.done.send(answer);
 }
 
 /// The store as the broker's [`Origin`].

@@ -19,12 +19,15 @@ use common::{client, event_of, WAIT};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-/// A [`MemoryStore`] whose appends are counted and may be held at a gate.
+/// A [`MemoryStore`] whose appends are counted and may be held at a gate, and that refuses
+/// (`Internal`) any batch holding a message from `poison`, as a database refuses a value it
+/// cannot take.
 #[derive(Clone, Default)]
 struct Gated {
     store: MemoryStore,
     gate: Option<Arc<Semaphore>>,
     appends: Arc<AtomicUsize>,
+    poison: Option<&'static str>,
 }
 
 #[async_trait]
@@ -34,6 +37,9 @@ impl Store for Gated {
             gate.acquire().await.expect("gate open").forget();
         }
         self.appends.fetch_add(1, Ordering::Relaxed);
+        if batch.iter().any(|r| Some(&*r.from) == self.poison) {
+            return Err(StoreError::Internal("a value this store cannot take".into()));
+        }
         self.store.append(batch).await
     }
     async fn page(&self, room: &RoomName, epoch: &str, q: HistoryQuery) -> Result<Vec<Record>, StoreError> {
@@ -187,5 +193,35 @@ async fn appends_waiting_for_a_commit_go_in_one() {
     let (records, appends) = (store.store.len(), store.appends.load(Ordering::Relaxed));
     assert_eq!(records, SENDERS);
     assert!(appends <= 2, "{appends} appends for {SENDERS} messages queued together");
+    engine.shutdown().await;
+}
+
+/// One session's record that the store refuses fails that session's send only, though it
+/// shared a commit with the others.
+#[tokio::test]
+async fn a_record_the_store_refuses_fails_only_its_sender() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = Gated { gate: Some(gate.clone()), poison: Some("mallory"), ..Gated::default() };
+    let engine = engine_on(&store).await;
+    let mut watcher = client(&engine, "watcher").await;
+    watcher.join("r", None).await.unwrap();
+    let mut sends = Vec::new();
+    for user in ["alice", "mallory", "bob"] {
+        let sender = client(&engine, user).await;
+        sender.join("r", None).await.unwrap();
+        sends.push(tokio::spawn(async move {
+            sender.send("r", json!(user)).await.map_err(|e| e.code().map(str::to_owned))
+        }));
+    }
+    for _ in 0..3 {
+        event_of(&mut watcher, "message").await;
+    }
+    gate.add_permits(100);
+    let mut outcomes = Vec::new();
+    for send in sends {
+        outcomes.push(tokio::time::timeout(WAIT, send).await.expect("answered in time").expect("task").map(|_| ()));
+    }
+    assert_eq!(outcomes, vec![Ok(()), Err(Some("internal".to_owned())), Ok(())]);
+    assert_eq!(store.store.len(), 2);
     engine.shutdown().await;
 }
