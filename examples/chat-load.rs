@@ -812,23 +812,20 @@ async fn finish(
         n((acked as f64 / window) as u64)
     );
     println!("  deliveries  {} ({}/s)", n(deliveries), n((deliveries as f64 / window) as u64));
-    println!(
-        "  latency     p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} samples)",
-        q(0.5) / 1e3,
-        q(0.99) / 1e3,
-        q(0.999) / 1e3,
-        hist.max() as f64 / 1e6,
-        n(hist.len())
-    );
-    if !ack_hist.is_empty() {
+    let quantiles = |label: &str, h: &Histogram<u64>, what: &str| {
+        let ms = |p: f64| h.value_at_quantile(p) as f64 / 1e6;
         println!(
-            "  sent after  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} replies)",
-            aq(0.5) / 1e3,
-            aq(0.99) / 1e3,
-            aq(0.999) / 1e3,
-            ack_hist.max() as f64 / 1e6,
-            n(ack_hist.len())
+            "  {label:<11} p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} {what})",
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            h.max() as f64 / 1e6,
+            n(h.len())
         );
+    };
+    quantiles("latency", &hist, "samples");
+    if !ack_hist.is_empty() {
+        quantiles("sent after", &ack_hist, "replies");
     }
     if args.target == Target::Chat {
         println!("  seq         gaps {gaps}, duplicates {dups} ({} room(s) affected)", room_seq.len());

@@ -269,22 +269,16 @@ run() {
         >"$OUT/$name.commandstats"
       redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'cmdstat_(publish|evalsha|xadd)' >>"$OUT/$name.commandstats" || true
       cleanup ;;
-    store-append-*)
-      # Sustained appends: 100 publishers (one room each, no other subscriber), 128-byte bodies,
-      # as fast as 32 unacknowledged sends each allow; `sent` waits for the store's commit.
+    store-append-* | store-latency-*)
+      # 100 publishers (one room each, no other subscriber), 128-byte bodies; `sent` waits for
+      # the store's commit. store-append: as fast as 32 unacknowledged sends each allow;
+      # store-latency: a steady 10,000 messages/s (100 msg/s each), for `sent` latency.
+      local shape=(--rate 0 --window 32)
+      [[ $name == store-latency-* ]] && shape=(--rate 100 --window 256)
       for i in $(seq "$REPEAT"); do
-        store_for "${name#store-append-}"
+        store_for "${name##*-}"
         start_chat --rate-per-sec 0
-        load --tcp "$TCP" --rooms 100 --pubs 1 --subs 0 --body 128 --rate 0 --window 32 --max-lag 0 \
-          --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
-        cleanup; drop_store
-      done ;;
-    store-latency-*)
-      # `sent` latency at a steady 10,000 messages/s: 100 publishers at 100 msg/s each.
-      for i in $(seq "$REPEAT"); do
-        store_for "${name#store-latency-}"
-        start_chat --rate-per-sec 0
-        load --tcp "$TCP" --rooms 100 --pubs 1 --subs 0 --body 128 --rate 100 --window 256 --max-lag 0 \
+        load --tcp "$TCP" --rooms 100 --pubs 1 --subs 0 --body 128 "${shape[@]}" --max-lag 0 \
           --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
         cleanup; drop_store
       done ;;
