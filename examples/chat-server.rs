@@ -1,6 +1,8 @@
 //! `chat-server`: a complete chat server in one file, the way a host application embeds the
 //! engine. One [`Engine`] (the node), put behind both transports: framed TCP and WebSocket, the
 //! latter also serving a browser page at `GET /` (the files of `examples/web/`, compiled in).
+//! Conversations are kept in a store: by default the SQLite file `chat-data.db` in the working
+//! directory (`--store` chooses another, PostgreSQL for many nodes, or none).
 //!
 //! ```text
 //! cargo run --release --example chat-server -- --tcp 127.0.0.1:7070 --ws 127.0.0.1:7071

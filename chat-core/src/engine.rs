@@ -38,9 +38,10 @@ pub struct Config {
     /// expired (a token's `exp`, `welcome.exp`) with `bye expired`: at `exp` (by the system
     /// clock) at the earliest, at most a tick after it.
     pub heartbeat: Duration,
-    /// How many messages a room keeps. Default 1,000.
+    /// How many messages the broker keeps per room: its recent window, all the history there
+    /// is without a store (with one, see [`retention`](Self::retention)). Default 1,000.
     pub history_size: usize,
-    /// How long a message is kept. Default 24 h.
+    /// How long the broker keeps a message. Default 24 h.
     pub history_ttl: Duration,
     /// The most messages one `history` reply holds. Default 100.
     pub history_max_limit: usize,

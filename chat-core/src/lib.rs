@@ -7,7 +7,9 @@
 //! fan-out, history and recovery, presence, idempotent sends, limits and errors.
 //!
 //! Several engines attached to one [`MemoryBroker`] form a cluster inside one process; across
-//! processes a broker such as Redis plays that part through the same [`Broker`] trait.
+//! processes a broker such as Redis plays that part through the same [`Broker`] trait. A
+//! [`Store`] (given with [`EngineBuilder::store`]) keeps conversations durably beside the
+//! broker: `sent` then means committed, and history outlives the broker's state.
 //! Transports share [`ConnectionLimits`] (how many connections a node holds, in total and per IP
 //! address) and [`io::WriteBuffer`], the outbound buffer that turns a batch of frames into
 //! few writes and holds nothing while a connection is quiet.
