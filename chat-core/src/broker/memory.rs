@@ -18,7 +18,7 @@
 //! * A room that had messages is never dropped and created again under its old epoch (see
 //!   `Hub::fresh_epoch`), so a returning client's `since` into lost history is answered
 //!   `recovered: false`, never with a silent gap. Unless the node has an
-//!   [`Origin`](super::Origin) (the engine's store): a room it holds nothing of is then created
+//!   [`Origin`] (the engine's store): a room it holds nothing of is then created
 //!   where the store says the room stands, in its epoch, so a restarted process goes on.
 //!
 //! Lock order: the room map, then one room, then the LRU index; never the other way round.
