@@ -1,10 +1,81 @@
-//! Building blocks for transports: [`WriteBuffer`], the outbound buffer both of ours use.
+//! Building blocks for transports: [`WriteBuffer`], the outbound buffer both of ours use, and
+//! [`ChunkedSocket`], an in-memory socket for testing and fuzzing them.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// An in-memory socket for testing a transport's reading and writing: it reads `data` in
+/// chunks of the sizes in `chunks` (cycled; a 0 is one `Pending` before the next chunk; no
+/// sizes: all at once), then its end, and keeps what is written to it. Every split of a frame
+/// across reads is reachable this way, which is what the fuzz targets explore.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use chat_core::io::ChunkedSocket;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// let mut socket = ChunkedSocket::new(b"hello", &[2, 0, 3]);
+/// let mut first = [0u8; 8];
+/// assert_eq!(socket.read(&mut first).await.unwrap(), 2);
+/// socket.write_all(b"out").await.unwrap();
+/// assert_eq!(socket.written(), b"out");
+/// # }
+/// ```
+pub struct ChunkedSocket<'a> {
+    data: &'a [u8],
+    chunks: &'a [usize],
+    next: usize,
+    written: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<'a> ChunkedSocket<'a> {
+    /// A socket that reads `data` in `chunks`.
+    pub fn new(data: &'a [u8], chunks: &'a [usize]) -> Self {
+        ChunkedSocket { data, chunks, next: 0, written: Arc::default() }
+    }
+
+    /// What has been written to it so far (shared with clones of [`sink`](Self::sink)).
+    pub fn written(&self) -> Vec<u8> {
+        self.written.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A handle on the written bytes that outlives the socket (once a server took it).
+    pub fn sink(&self) -> Arc<Mutex<Vec<u8>>> {
+        self.written.clone()
+    }
+}
+
+impl AsyncRead for ChunkedSocket<'_> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let size = if self.chunks.is_empty() { usize::MAX } else { self.chunks[self.next % self.chunks.len()] };
+        self.next = self.next.wrapping_add(1);
+        if size == 0 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let n = size.min(buf.remaining()).min(self.data.len());
+        buf.put_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ChunkedSocket<'_> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.written.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// The first allocation of a batch's buffer; it doubles as the batch grows.
 const INITIAL: usize = 1024;

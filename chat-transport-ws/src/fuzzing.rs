@@ -6,14 +6,11 @@
 //! replies, then the engine's session) over an in-memory socket that hands its bytes over in
 //! chunks of the fuzzer's choosing, and returns what the server wrote back.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::PoisonError;
 
 use bytes::BytesMut;
+use chat_core::io::ChunkedSocket;
 use chat_core::Engine;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::adapter::{serve_socket, Shared};
 use crate::batch::BatchedIo;
@@ -71,43 +68,6 @@ pub fn parse_frames(data: &[u8], max: usize, deflate: bool) -> usize {
     }
 }
 
-/// An in-memory socket: reads `data` in chunks of the sizes in `chunks` (cycled; 0 is one
-/// `Pending`), then its end; keeps what is written to it.
-struct Socket<'a> {
-    data: &'a [u8],
-    chunks: &'a [usize],
-    next: usize,
-    written: Arc<Mutex<Vec<u8>>>,
-}
-
-impl AsyncRead for Socket<'_> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let size = if self.chunks.is_empty() { usize::MAX } else { self.chunks[self.next % self.chunks.len()] };
-        self.next = self.next.wrapping_add(1);
-        if size == 0 {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let n = size.min(buf.remaining()).min(self.data.len());
-        buf.put_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Socket<'_> {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.written.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// What a connection that negotiated permessage-deflate agreed on, for [`serve`]: messages of 64
 /// bytes or more go out compressed.
 const AGREED: Agreed = Agreed { window: 15, level: 6, min_size: 64 };
@@ -117,8 +77,8 @@ const AGREED: Agreed = Agreed { window: 15, level: 6, min_size: 64 };
 /// (cycled; 0 is one `Pending` before the next read), with permessage-deflate negotiated when
 /// `deflate`, and returns every byte the server wrote.
 pub async fn serve(engine: Engine, data: &[u8], chunks: &[usize], deflate: bool) -> Vec<u8> {
-    let written = Arc::new(Mutex::new(Vec::new()));
-    let socket = Socket { data, chunks, next: 0, written: written.clone() };
+    let socket = ChunkedSocket::new(data, chunks);
+    let written = socket.sink();
     let agreed = if deflate { AGREED } else { Agreed::OFF };
     serve_socket(engine, Shared::new(BatchedIo::new(socket, 4096), agreed), None, None).await;
     let out = std::mem::take(&mut *written.lock().unwrap_or_else(PoisonError::into_inner));
