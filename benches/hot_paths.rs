@@ -27,8 +27,13 @@ fn parse_send(c: &mut Criterion) {
 }
 
 fn encode(c: &mut Criterion) {
-    let parts =
-        MessageParts { room: "lobby", seq: Some(123_456), from: "alice", ts: 1_764_201_600_123, body: BODY.as_bytes() };
+    let parts = MessageParts {
+        room: "lobby",
+        seq: Some(123_456),
+        from: "alice",
+        ts: 1_764_201_600_123,
+        body: Some(BODY.as_bytes()),
+    };
     c.bench_function("encode_message", |b| b.iter(|| encode_message(black_box(&parts))));
 }
 

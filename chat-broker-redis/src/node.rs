@@ -599,6 +599,51 @@ impl BrokerNode for RedisNode {
         Ok(members)
     }
 
+    async fn erase(&self, room: &RoomName, seq: u64) -> Result<bool, BrokerError> {
+        let s = &self.shared;
+        let mut inv = SCRIPTS.erase.prepare_invoke();
+        inv.key(s.keys.stream(room)).arg("s").arg(seq);
+        let erased: u64 = s.eval("erase", &inv).await?;
+        Ok(erased > 0)
+    }
+
+    async fn erase_user(&self, user: &str) -> Result<u64, BrokerError> {
+        let s = &self.shared;
+        // Every room's stream under this prefix (`<prefix>{room}:h`), the prefix escaped for MATCH.
+        let mut pattern = String::new();
+        for c in s.keys.prefix().chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str("{*}:h");
+        let (mut cursor, mut erased) = (0u64, 0u64);
+        loop {
+            let (next, streams): (u64, Vec<String>) = s
+                .query("erase_user", async |conn| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(conn)
+                        .await
+                })
+                .await?;
+            for stream in streams {
+                let mut inv = SCRIPTS.erase.prepare_invoke();
+                inv.key(stream).arg("u").arg(user);
+                erased += s.eval::<u64>("erase_user", &inv).await?;
+            }
+            if next == 0 {
+                return Ok(erased);
+            }
+            cursor = next;
+        }
+    }
+
     async fn detach(&self) {
         let s = &self.shared;
         self.stop.cancel();

@@ -41,7 +41,8 @@ pub(crate) fn array(v: Value) -> Option<Vec<Value>> {
 }
 
 /// One stream entry `[id, [field, value, ...]]` as a message (its entry id is `<seq>-0`), with
-/// the message's id (field `i`; `None` for an entry without one).
+/// the message's id (field `i`; `None` for an entry without one). An entry without a body
+/// (`b`) is an erased message: a tombstone.
 pub(crate) fn entry(v: Value) -> Option<(Message, Option<u64>)> {
     let mut parts = array(v)?.into_iter();
     let (id, fields) = (parts.next()?, parts.next()?);
@@ -59,7 +60,7 @@ pub(crate) fn entry(v: Value) -> Option<(Message, Option<u64>)> {
             _ => {}
         }
     }
-    Some((Message { seq, from: from?, ts: ts?, body: body? }, message_id))
+    Some((Message { seq, from: from?, ts: ts?, body }, message_id))
 }
 
 #[cfg(test)]
@@ -85,7 +86,10 @@ mod tests {
             bulk("1764201600123456"),
         ]);
         let (m, id) = entry(Value::Array(vec![bulk("42-0"), fields])).unwrap();
-        assert_eq!((m.seq, &*m.from, m.ts, &m.body[..], id), (42, "al", 5, &b"{}"[..], Some(1_764_201_600_123_456)));
+        assert_eq!(
+            (m.seq, &*m.from, m.ts, m.body.as_deref(), id),
+            (42, "al", 5, Some(&b"{}"[..]), Some(1_764_201_600_123_456))
+        );
         assert_eq!(entry(Value::Array(vec![bulk("42-0"), Value::Array(vec![bulk("f")])])), None);
         assert_eq!(entry(Value::Int(3)), None);
     }

@@ -27,6 +27,7 @@ pub(crate) struct Scripts {
     pub(crate) presence_remove: Script,
     pub(crate) heartbeat: Script,
     pub(crate) sweep: Script,
+    pub(crate) erase: Script,
 }
 
 /// Compiled (hashed) once per process.
@@ -38,4 +39,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     presence_remove: Script::new(script!("presence_remove.lua")),
     heartbeat: Script::new(script!("heartbeat.lua")),
     sweep: Script::new(script!("sweep.lua")),
+    erase: Script::new(script!("erase.lua")),
 });

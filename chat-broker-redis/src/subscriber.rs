@@ -151,7 +151,7 @@ fn on_message(shared: &Shared, channel: &str, payload: &[u8]) {
     let transient = match wire {
         Wire::Stored { seq, ts, epoch, from, body, id } => {
             let Some((room_name, epoch)) = accept(shared, room, epoch, seq, Some(id)) else { return };
-            let message = Message { seq, from: from.into(), ts, body: bytes::Bytes::copy_from_slice(body) };
+            let message = Message { seq, from: from.into(), ts, body: Some(bytes::Bytes::copy_from_slice(body)) };
             shared.sink.deliver(&room_name, Delivery::Stored { epoch, message: Arc::new(message) });
             return;
         }

@@ -560,6 +560,28 @@ impl Engine {
             .count()
     }
 
+    /// Erases the message at `seq` of `room` (in its current epoch), cluster-wide: its body is
+    /// gone from the store and from the broker, and `history` and recovery replays return it as
+    /// a tombstone (`"deleted":true`, no body: PROTOCOL.md §4), so seq stays gap-free. Members
+    /// that already received it keep what they have. Returns whether it was found.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let engine = chat_core::Engine::builder().build().await.unwrap();
+    /// let room = chat_core::RoomName::new("lobby").unwrap();
+    /// assert!(!engine.erase_message(&room, 1).await.unwrap(), "nothing was sent there yet");
+    /// # }
+    /// ```
+    pub async fn erase_message(&self, room: &RoomName, seq: u64) -> Result<bool, EngineError> {
+        Ok(self.inner.broker.erase(room, seq).await?)
+    }
+
+    /// Erases every message `user` sent, in every room, as [`erase_message`](Self::erase_message)
+    /// does one. Returns how many were erased.
+    pub async fn erase_user(&self, user: &str) -> Result<u64, EngineError> {
+        Ok(self.inner.broker.erase_user(user).await?)
+    }
+
     /// Graceful shutdown: new connections are refused, every session gets `bye shutdown` and
     /// closes, then the node leaves the broker. Resolves when all of that is done.
     pub async fn shutdown(&self) {

@@ -111,7 +111,7 @@ impl BrokerNode for KeptNode {
         let mut page = self.broker.history(room, query).await?;
         let Some(older) = missing(&query, &page) else { return Ok(page) };
         let records = self.keeper.store.page(room, &page.epoch, older).await.map_err(broker_error)?;
-        let mut messages: Vec<Message> = records.into_iter().filter_map(message).collect();
+        let mut messages: Vec<Message> = records.into_iter().map(message).collect();
         messages.append(&mut page.messages);
         messages.truncate(query.limit);
         page.messages = messages;
@@ -128,6 +128,20 @@ impl BrokerNode for KeptNode {
 
     async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
         self.broker.presence(room).await
+    }
+
+    /// Erases from the store (in the room's current epoch) and from the broker's window.
+    async fn erase(&self, room: &RoomName, seq: u64) -> Result<bool, BrokerError> {
+        let now = self.broker.history(room, HistoryQuery { before: None, after: None, limit: 0 }).await?;
+        let kept = self.keeper.store.erase(room, &now.epoch, seq).await.map_err(broker_error)?;
+        Ok(self.broker.erase(room, seq).await? || kept)
+    }
+
+    /// Erases from the store and from the broker's window; returns how many the store erased
+    /// (the broker's are among them) or, without them, the broker's.
+    async fn erase_user(&self, user: &str) -> Result<u64, BrokerError> {
+        let kept = self.keeper.store.erase_user(user).await.map_err(broker_error)?;
+        Ok(self.broker.erase_user(user).await?.max(kept))
     }
 
     async fn detach(&self) {
@@ -167,10 +181,9 @@ fn missing(query: &HistoryQuery, page: &HistoryPage) -> Option<HistoryQuery> {
     }
 }
 
-/// A stored record as a message. An erased one (no body) is not turned into a message yet:
-/// erasure, and its tombstones, are not wired into the engine.
-fn message(r: Record) -> Option<Message> {
-    Some(Message { seq: r.seq, from: r.from, ts: r.ts, body: r.body? })
+/// A stored record as a message (an erased one is a tombstone: no body).
+fn message(r: Record) -> Message {
+    Message { seq: r.seq, from: r.from, ts: r.ts, body: r.body }
 }
 
 /// Appends what sessions queued, a batch at a time, and answers each of them. A batch the
@@ -238,7 +251,7 @@ mod tests {
     fn page(latest: u64, seqs: impl IntoIterator<Item = u64>) -> HistoryPage {
         let messages = seqs
             .into_iter()
-            .map(|seq| Message { seq, from: Arc::from("a"), ts: 1, body: Bytes::from_static(b"1") })
+            .map(|seq| Message { seq, from: Arc::from("a"), ts: 1, body: Some(Bytes::from_static(b"1")) })
             .collect();
         HistoryPage { epoch: Arc::from("e"), latest, messages }
     }

@@ -633,8 +633,8 @@ pub struct MessageParts<'a> {
     pub from: &'a str,
     /// Milliseconds since the Unix epoch.
     pub ts: u64,
-    /// The body's JSON text.
-    pub body: &'a [u8],
+    /// The body's JSON text; `None` for an erased message (`"deleted":true`, no body).
+    pub body: Option<&'a [u8]>,
 }
 
 fn write_message(v: &mut Vec<u8>, m: &MessageParts<'_>) {
@@ -648,12 +648,16 @@ fn write_message(v: &mut Vec<u8>, m: &MessageParts<'_>) {
     push_str(v, m.from);
     v.extend_from_slice(br#","ts":"#);
     push_u64(v, m.ts);
+    let Some(body) = m.body else {
+        v.extend_from_slice(br#","deleted":true}"#);
+        return;
+    };
     v.extend_from_slice(br#","body":"#);
     // Bodies from clients were validated when parsed; one handed back by a broker is checked
     // here, once per message and node, so that every frame the engine writes is UTF-8 (the
     // WebSocket transport relies on it). A broken one becomes `null` rather than a bad frame.
-    if std::str::from_utf8(m.body).is_ok() {
-        v.extend_from_slice(m.body);
+    if std::str::from_utf8(body).is_ok() {
+        v.extend_from_slice(body);
     } else {
         tracing::error!(room = m.room, seq = m.seq, "a stored body is not UTF-8; sent as null");
         v.extend_from_slice(b"null");
@@ -665,11 +669,13 @@ fn write_message(v: &mut Vec<u8>, m: &MessageParts<'_>) {
 ///
 /// ```
 /// use chat_core::protocol::{encode_message, MessageParts};
-/// let frame = encode_message(&MessageParts { room: "lobby", seq: Some(58), from: "alice", ts: 1, body: b"{\"t\":1}" });
+/// let frame = encode_message(&MessageParts { room: "lobby", seq: Some(58), from: "alice", ts: 1, body: Some(b"{\"t\":1}") });
 /// assert_eq!(&frame[..], br#"{"type":"message","room":"lobby","seq":58,"from":"alice","ts":1,"body":{"t":1}}"#);
+/// let erased = encode_message(&MessageParts { room: "lobby", seq: Some(58), from: "alice", ts: 1, body: None });
+/// assert_eq!(&erased[..], br#"{"type":"message","room":"lobby","seq":58,"from":"alice","ts":1,"deleted":true}"#);
 /// ```
 pub fn encode_message(m: &MessageParts<'_>) -> Bytes {
-    let mut v = Vec::with_capacity(72 + m.room.len() + m.from.len() + m.body.len());
+    let mut v = Vec::with_capacity(72 + m.room.len() + m.from.len() + m.body.map_or(0, <[u8]>::len));
     write_message(&mut v, m);
     finish(v)
 }
@@ -899,7 +905,8 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_utf8_is_never_written() {
-        let frame = encode_message(&MessageParts { room: "r", seq: Some(1), from: "a", ts: 1, body: b"\"\xff\"" });
+        let frame =
+            encode_message(&MessageParts { room: "r", seq: Some(1), from: "a", ts: 1, body: Some(b"\"\xff\"") });
         assert!(std::str::from_utf8(&frame).is_ok());
         assert!(frame.ends_with(br#""body":null}"#));
     }
@@ -1022,7 +1029,7 @@ mod tests {
             Some(5),
             "r",
             "e1",
-            [MessageParts { room: "r", seq: Some(1), from: "a\"b", ts: 2, body: b"3" }].into_iter(),
+            [MessageParts { room: "r", seq: Some(1), from: "a\"b", ts: 2, body: Some(b"3") }].into_iter(),
         );
         let v: serde_json::Value = serde_json::from_slice(&h).unwrap();
         assert_eq!(v["messages"][0]["from"], "a\"b");

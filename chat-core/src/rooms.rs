@@ -27,7 +27,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Encodes a stored message as a `message` event.
 pub(crate) fn message_frame(room: &str, m: &Message) -> Bytes {
-    encode_message(&MessageParts { room, seq: Some(m.seq), from: &m.from, ts: m.ts, body: &m.body })
+    encode_message(&MessageParts { room, seq: Some(m.seq), from: &m.from, ts: m.ts, body: m.body.as_deref() })
 }
 
 /// A delivery held for a member that is still joining.
@@ -326,7 +326,13 @@ impl Rooms {
     fn transient(&self, local: &LocalRoom, st: &mut RoomState, t: Transient) {
         let item = match t {
             Transient::Message(p) => Pending::Transient(
-                encode_message(&MessageParts { room: &local.name, seq: None, from: &p.from, ts: p.ts, body: &p.body }),
+                encode_message(&MessageParts {
+                    room: &local.name,
+                    seq: None,
+                    from: &p.from,
+                    ts: p.ts,
+                    body: Some(&p.body),
+                }),
                 Class::Droppable,
             ),
             Transient::MemberJoined(_) | Transient::MemberLeft(_) if !(self.member_events)(&local.name) => return,
@@ -459,7 +465,8 @@ pub mod bench {
         /// Delivers the next message to every member (one encode, one push per member).
         pub fn deliver(&mut self) {
             self.seq += 1;
-            let message = Arc::new(Message { seq: self.seq, from: Arc::from("bench"), ts: 1, body: self.body.clone() });
+            let message =
+                Arc::new(Message { seq: self.seq, from: Arc::from("bench"), ts: 1, body: Some(self.body.clone()) });
             self.sink.deliver(&self.room, Delivery::Stored { epoch: self.epoch.clone(), message });
         }
 

@@ -620,7 +620,7 @@ impl Session {
                 seq: Some(m.seq),
                 from: &m.from,
                 ts: m.ts,
-                body: &m.body,
+                body: m.body.as_deref(),
             });
             self.outbox.push(encode_history(Some(id), &room, &page.epoch, messages), Class::Reply);
         }

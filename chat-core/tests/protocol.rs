@@ -593,6 +593,12 @@ mod flaky {
             self.check()?;
             self.0.presence(r).await
         }
+        async fn erase(&self, room: &RoomName, seq: u64) -> Result<bool, BrokerError> {
+            self.0.erase(room, seq).await
+        }
+        async fn erase_user(&self, user: &str) -> Result<u64, BrokerError> {
+            self.0.erase_user(user).await
+        }
         async fn detach(&self) {
             self.0.detach().await
         }

@@ -225,3 +225,48 @@ async fn a_record_the_store_refuses_fails_only_its_sender() {
     assert_eq!(store.store.len(), 2);
     engine.shutdown().await;
 }
+
+/// Erasure reaches the store and the broker's window: `history` and a recovery replay show
+/// tombstones (`"deleted":true`, no body) in place, older than the window or not; erasing a
+/// user reaches every room.
+#[tokio::test]
+async fn erased_messages_stay_as_tombstones() {
+    let store = MemoryStore::new();
+    let engine = engine_on(&store).await;
+    let alice = client(&engine, "alice").await;
+    let mallory = client(&engine, "mallory").await;
+    let epoch = alice.join("r", None).await.unwrap().epoch;
+    mallory.join("r", None).await.unwrap();
+    mallory.join("s", None).await.unwrap();
+    for n in 1..=6 {
+        let sender = if n == 2 || n == 5 { &mallory } else { &alice };
+        sender.send("r", json!(n)).await.unwrap();
+    }
+    mallory.send("s", json!("elsewhere")).await.unwrap();
+    let r = RoomName::new("r").unwrap();
+    assert!(engine.erase_message(&r, 1).await.unwrap(), "in the store only (the window holds 4..6)");
+    assert!(!engine.erase_message(&r, 9).await.unwrap());
+    assert_eq!(engine.erase_user("mallory").await.unwrap(), 3, "2 and 5 in r, 1 in s");
+
+    let page = alice.history("r", None, None, Some(10)).await.unwrap();
+    let shown: Vec<(u64, bool)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap(), m["deleted"] == true))
+        .collect();
+    assert_eq!(shown, vec![(1, true), (2, true), (3, false), (4, false), (5, true), (6, false)]);
+    for m in page["messages"].as_array().unwrap() {
+        assert_eq!(m.get("body").is_none(), m["deleted"] == true, "a tombstone has no body: {m}");
+    }
+    let mut bob = client(&engine, "bob").await;
+    assert!(bob.join("r", Some((&epoch, 3))).await.unwrap().recovered);
+    let replayed: Vec<Value> = vec![event_of(&mut bob, "message").await, event_of(&mut bob, "message").await];
+    assert_eq!((replayed[0]["seq"].as_u64(), replayed[0].get("body")), (Some(4), Some(&json!(4))));
+    assert_eq!((replayed[1]["seq"].as_u64(), &replayed[1]["deleted"]), (Some(5), &json!(true)));
+    let s = alice.join("s", None).await;
+    assert!(s.is_ok());
+    let other = alice.history("s", None, None, Some(10)).await.unwrap();
+    assert_eq!(other["messages"][0]["deleted"], true);
+    engine.shutdown().await;
+}

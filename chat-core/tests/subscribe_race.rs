@@ -83,6 +83,12 @@ impl BrokerNode for RacyNode {
     async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
         self.inner.presence(room).await
     }
+    async fn erase(&self, room: &RoomName, seq: u64) -> Result<bool, BrokerError> {
+        self.inner.erase(room, seq).await
+    }
+    async fn erase_user(&self, user: &str) -> Result<u64, BrokerError> {
+        self.inner.erase_user(user).await
+    }
     async fn detach(&self) {
         self.inner.detach().await
     }

@@ -66,7 +66,7 @@ macro_rules! broker_conformance {
             seq_and_delivery_order, history_bounds, history_age, idempotency,
             lost_history_starts_a_new_epoch, presence_counts_sessions_across_nodes,
             transient_fan_out_is_not_stored, unsubscribed_nodes_get_nothing, one_order_across_nodes,
-            interrupted_deliveries_are_repaired);
+            interrupted_deliveries_are_repaired, erasure_leaves_tombstones);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -176,7 +176,7 @@ pub async fn seq_and_delivery_order(subject: &dyn Subject) {
         let got = seen.stored(&r, 10).await;
         let expected: Vec<_> = (1..=10).map(|n| (start.epoch.clone(), n)).collect();
         assert_eq!(got.iter().map(|(e, m)| (e.clone(), m.seq)).collect::<Vec<_>>(), expected);
-        assert_eq!((&*got[2].1.from, got[2].1.ts, &got[2].1.body[..]), ("u", 3, &b"3"[..]));
+        assert_eq!((&*got[2].1.from, got[2].1.ts, got[2].1.body.as_deref()), ("u", 3, Some(&b"3"[..])));
     }
     let position = b.subscribe(&r).await.expect("subscribing again");
     assert_eq!((position.epoch, position.seq), (start.epoch, 10));
@@ -209,9 +209,33 @@ pub async fn history_bounds(subject: &dyn Subject) {
     let last = page(q(None, Some(8), 50)).await;
     assert_eq!((last.latest, Some(&last.epoch)), (10, epoch.as_ref()));
     let m = &last.messages[0];
-    assert_eq!((m.seq, &*m.from, m.ts, &m.body[..]), (9, "u", 9, &b"9"[..]));
+    assert_eq!((m.seq, &*m.from, m.ts, m.body.as_deref()), (9, "u", 9, Some(&b"9"[..])));
     let empty = node.history(&room("never-used"), q(None, None, 10)).await.expect("history of an empty room");
     assert_eq!((empty.latest, empty.messages.len()), (0, 0));
+}
+
+/// Erasing a message leaves a tombstone in history: same seq, sender and time, no body; the
+/// room goes on after it. Erasing a user's messages reaches every room; erasing what the
+/// broker does not hold says so.
+pub async fn erasure_leaves_tombstones(subject: &dyn Subject) {
+    let (r, other) = (room("erase"), room("erase-other"));
+    let (node, _) = attach(subject, "a").await;
+    for n in 1..=3 {
+        node.publish(&r, publication(if n == 2 { "mallory" } else { "u" }, n), &opts(None, 10)).await.expect("publish");
+    }
+    node.publish(&other, publication("mallory", 4), &opts(None, 10)).await.expect("publish");
+    assert!(node.erase(&r, 1).await.expect("erase"));
+    assert!(!node.erase(&r, 9).await.expect("erase"), "nothing at seq 9");
+    assert_eq!(node.erase_user("mallory").await.expect("erase a user"), 2, "one message in each room");
+    let all = HistoryQuery { before: None, after: None, limit: 10 };
+    let page = node.history(&r, all).await.expect("history");
+    let got: Vec<_> = page.messages.iter().map(|m| (m.seq, &*m.from, m.ts, m.body.clone())).collect();
+    assert_eq!(got, vec![(1, "u", 1, None), (2, "mallory", 2, None), (3, "u", 3, Some(Bytes::from("3")))]);
+    let published = node.publish(&r, publication("u", 5), &opts(None, 10)).await.expect("publish after an erasure");
+    assert_eq!(published.seq, 4, "the room goes on");
+    let other_page = node.history(&other, all).await.expect("history");
+    assert_eq!(other_page.messages.iter().map(|m| m.body.is_none()).collect::<Vec<_>>(), vec![true]);
+    assert_eq!(node.erase_user("mallory").await.expect("erase again"), 0, "already erased");
 }
 
 /// Messages older than `history_ttl` leave history; the seq goes on, or the room starts over
@@ -255,7 +279,7 @@ pub async fn idempotency(subject: &dyn Subject) {
     let got = seen.stored(&r, 2).await;
     assert_eq!(
         got.iter().map(|(_, m)| (m.seq, m.body.clone())).collect::<Vec<_>>(),
-        [(1, "1"), (2, "3")].map(|(s, b)| (s, Bytes::from(b)))
+        [(1, "1"), (2, "3")].map(|(s, b)| (s, Some(Bytes::from(b))))
     );
     let page = a.history(&r, HistoryQuery { before: None, after: None, limit: 10 }).await.expect("history");
     assert_eq!(seqs(&page), vec![1, 2], "the duplicate was not stored");

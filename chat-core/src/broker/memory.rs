@@ -169,7 +169,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn message_cost(m: &Message) -> usize {
-    MESSAGE_OVERHEAD + m.body.len() + m.from.len()
+    MESSAGE_OVERHEAD + m.body.as_ref().map_or(0, |b| b.len()) + m.from.len()
 }
 
 fn key_cost(k: &KeyId) -> usize {
@@ -432,6 +432,19 @@ impl RoomData {
         self.history.push_back((now, message));
     }
 
+    /// Replaces the retained messages `which` picks (that still have a body) with tombstones;
+    /// returns how many. The caller settles the room's accounting.
+    fn erase(&mut self, which: impl Fn(&Message) -> bool) -> u64 {
+        let mut erased = 0;
+        for (_, m) in self.history.iter_mut().filter(|(_, m)| m.body.is_some() && which(m)) {
+            self.history_bytes -= message_cost(m);
+            *m = Arc::new(Message { body: None, ..(**m).clone() });
+            self.history_bytes += message_cost(m);
+            erased += 1;
+        }
+        erased
+    }
+
     fn pop_message(&mut self) -> Option<u64> {
         let (_, m) = self.history.pop_front()?;
         self.history_bytes -= message_cost(&m);
@@ -681,7 +694,7 @@ impl BrokerNode for MemoryNode {
                 if let Some(key) = key {
                     r.push_key(now, seq, key);
                 }
-                let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: msg.body });
+                let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: Some(msg.body) });
                 r.push_message(now, message.clone());
                 while r.history.len() > opts.history_size {
                     r.pop_message();
@@ -786,6 +799,31 @@ impl BrokerNode for MemoryNode {
             .unwrap_or_default();
         members.sort_by(|a, b| a.user.cmp(&b.user));
         Ok(members)
+    }
+
+    async fn erase(&self, room: &RoomName, seq: u64) -> Result<bool, BrokerError> {
+        let erased = self.hub.with_existing(room, |data, r| {
+            let done = r.erase(|m| m.seq == seq) > 0;
+            self.hub.settle(data, r, false);
+            done
+        });
+        Ok(erased.unwrap_or(false))
+    }
+
+    async fn erase_user(&self, user: &str) -> Result<u64, BrokerError> {
+        let rooms: Vec<RoomName> = lock(&self.hub.rooms).keys().cloned().collect();
+        let mut erased = 0;
+        for room in rooms {
+            erased += self
+                .hub
+                .with_existing(&room, |data, r| {
+                    let n = r.erase(|m| &*m.from == user);
+                    self.hub.settle(data, r, false);
+                    n
+                })
+                .unwrap_or(0);
+        }
+        Ok(erased)
     }
 
     async fn detach(&self) {

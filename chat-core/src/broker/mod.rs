@@ -44,8 +44,8 @@ pub struct Message {
     pub from: Arc<str>,
     /// Milliseconds since the Unix epoch, set by the server that accepted it.
     pub ts: u64,
-    /// The body's JSON text.
-    pub body: Bytes,
+    /// The body's JSON text; `None` once erased (a tombstone keeps its place: PROTOCOL.md §4).
+    pub body: Option<Bytes>,
 }
 
 /// A message handed to the broker, before it has a `seq`.
@@ -212,6 +212,11 @@ pub trait BrokerNode: Send + Sync + 'static {
     async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError>;
     /// The room's members across the cluster.
     async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError>;
+    /// Erases the message at `seq` of the room's current epoch from what the broker holds: its
+    /// body is gone, its place stays (a tombstone). Returns whether the broker held it.
+    async fn erase(&self, room: &RoomName, seq: u64) -> Result<bool, BrokerError>;
+    /// Erases every message `user` sent that the broker holds, in every room. Returns how many.
+    async fn erase_user(&self, user: &str) -> Result<u64, BrokerError>;
     /// The node is going away: drop its subscriptions and whatever presence it still holds.
     async fn detach(&self);
 }
