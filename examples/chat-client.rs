@@ -251,6 +251,9 @@ fn format_message(e: &Value) -> String {
     let room = e["room"].as_str().unwrap_or("?");
     let from = e["from"].as_str().unwrap_or("?");
     let at = e["seq"].as_u64().map_or("~".to_owned(), |s| format!("#{s}"));
+    if e["deleted"] == true {
+        return format!("[{room} {at}] {from}: (message deleted)");
+    }
     let body = &e["body"];
     match body.get("text").and_then(Value::as_str) {
         Some(text) => format!("[{room} {at}] {from}: {text}"),

@@ -174,7 +174,12 @@ function onMessage(m) {
   time.textContent = new Date(m.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   const text = document.createElement("div");
   text.className = "text";
-  text.textContent = typeof m.body?.text === "string" ? m.body.text : JSON.stringify(m.body);
+  if (m.deleted) {
+    text.classList.add("deleted");
+    text.textContent = "(message deleted)";
+  } else {
+    text.textContent = typeof m.body?.text === "string" ? m.body.text : JSON.stringify(m.body);
+  }
   li.append(from, time, text);
 
   const stick = isAtEnd();
