@@ -43,6 +43,9 @@ struct Member {
     outbox: Arc<Outbox>,
     /// `Some` while the member is joining: its deliveries wait here.
     pending: Option<Vec<Pending>>,
+    /// Stored messages up to this seq reached the member by its join's replay (or came before
+    /// its join point): when they arrive live, late, they are not sent again. 0 after a reset.
+    floor: u64,
 }
 
 struct RoomState {
@@ -114,6 +117,11 @@ fn push_to(members: &mut [Member], item: &Pending) {
         match &mut m.pending {
             Some(buffer) => buffer.push(item.clone()),
             None => {
+                match item {
+                    Pending::Stored(seq, _) if *seq <= m.floor => continue,
+                    Pending::Reset(_) => m.floor = 0,
+                    _ => {}
+                }
                 let (frame, class) = match item {
                     Pending::Stored(_, f) | Pending::Reset(f) => (f, Class::Must),
                     Pending::Transient(f, class) => (f, *class),
@@ -200,6 +208,17 @@ impl Rooms {
             if lock(&local.state).removed {
                 continue;
             }
+            // A room this node already receives: where the node stands is the last seq it
+            // delivered, which trails the broker while deliveries are on their way (a Redis
+            // frozen between answering a publish and passing it on). The joined position is
+            // the broker's latest, so that it is the room's latest as PROTOCOL.md says (a
+            // client must not be told less than it was acknowledged); what is in flight reaches
+            // the member by replay, and live only beyond it.
+            let mut latest = None;
+            if lock(&local.state).subscribed {
+                let page = broker.history(room, HistoryQuery { before: None, after: None, limit: 0 }).await?;
+                latest = Some((page.epoch, page.latest));
+            }
             if !lock(&local.state).subscribed {
                 lock(&local.state).subscribing = Some(Vec::new());
                 let position = match broker.subscribe(room).await {
@@ -224,8 +243,12 @@ impl Rooms {
             }
             let mut st = lock(&local.state);
             st.members.retain(|m| m.key != key);
-            st.members.push(Member { key, outbox: outbox.clone(), pending: Some(Vec::new()) });
-            let point = JoinPoint { room: local.clone(), epoch: st.epoch.clone(), seq: st.last };
+            st.members.push(Member { key, outbox: outbox.clone(), pending: Some(Vec::new()), floor: 0 });
+            let seq = match latest {
+                Some((epoch, latest)) if epoch == st.epoch => st.last.max(latest),
+                _ => st.last, // another epoch: its reset is on its way too
+            };
+            let point = JoinPoint { room: local.clone(), epoch: st.epoch.clone(), seq };
             return Ok(point);
         }
     }
@@ -251,6 +274,7 @@ impl Rooms {
                 }
             };
         }
+        member.floor = if after_reset { 0 } else { seen };
     }
 
     /// Removes a member from this node's view of the room at once (no broker call): nothing
@@ -453,7 +477,7 @@ pub mod bench {
                 st.epoch = epoch.clone();
                 for key in 0..members {
                     let outbox = Arc::new(Outbox::new(1 << 20, 1 << 40));
-                    st.members.push(Member { key: key as u64, outbox: outbox.clone(), pending: None });
+                    st.members.push(Member { key: key as u64, outbox: outbox.clone(), pending: None, floor: 0 });
                     outboxes.push(outbox);
                 }
             }
