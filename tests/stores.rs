@@ -30,7 +30,8 @@ fn seqs(messages: &[Value]) -> Vec<u64> {
 }
 
 /// Five messages, SIGKILL, a new process on the same store: `join` with `since` recovers in the
-/// same epoch, `history` has all five, and the next send is seq 6.
+/// same epoch, `history` has all five, a resend with a key gets its original seq, and the next
+/// send is seq 6.
 async fn a_killed_server_comes_back_with_the_conversation(store: &str) {
     let first = server("store-first", store, &[]).await;
     let alice = tcp(first.tcp, "alice").await;
@@ -50,6 +51,12 @@ async fn a_killed_server_comes_back_with_the_conversation(store: &str) {
     assert_eq!(page["epoch"].as_str(), Some(epoch.as_str()));
     assert_eq!(history_keys(&page).iter().map(|k| k.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     assert_eq!(page["messages"][4]["body"], json!({"n": 5}));
+    // Alice did not see her last replies; she comes back and resends with the same keys.
+    let alice = tcp(second.tcp, "alice").await;
+    within("join", alice.join("r", None)).await.expect("join");
+    for n in [4, 5] {
+        assert_eq!(say(&alice, "r", n).await, n, "a resend gets its original seq");
+    }
     assert_eq!(say(&bob, "r", 6).await, 6, "the next seq in the same epoch");
 }
 

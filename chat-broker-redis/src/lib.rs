@@ -23,7 +23,9 @@
 //!   holds the sender, the timestamp, the body and the time it expires. The stream is trimmed to
 //!   the engine's `history_size` (`MAXLEN`), the room's keys expire `history_ttl` after the last
 //!   publish, and reads drop entries past their age.
-//! * `:i:<len>:<user>:<key>` an idempotency key (`seq epoch`, expiring after the window).
+//! * `:i:<len>:<user>:<key>` an idempotency key (`seq epoch`, expiring after the window). A
+//!   room that goes on from the engine's store after Redis lost it gets its recent keys back
+//!   in the same script ([`Origin::keys`](chat_core::broker::Origin::keys)).
 //! * `:ps` sessions (session → user) and `:pu` users (user → number of sessions) of presence.
 //!
 //! **Publish** is one Lua script (`EVALSHA`): it makes sure the room has an epoch (creating one

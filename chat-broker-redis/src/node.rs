@@ -8,6 +8,7 @@
 //! presence then expires and another node sweeps it.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -222,7 +223,8 @@ impl Shared {
     /// there (or under a new epoch if the origin has nothing, or is behind this node). With
     /// `ask_first` the origin is asked before the first run, so that a Redis that came back
     /// older than the origin, unknown to any node, goes on from the origin too: a node
-    /// subscribing to a room does that once.
+    /// subscribing to a room does that once. The origin's idempotency keys, which a room that
+    /// goes on from the origin gets too, are read only once the prologue found the room lost.
     async fn room_eval<T: FromRedisValue>(
         &self,
         what: &str,
@@ -231,24 +233,34 @@ impl Shared {
         ask_first: bool,
         args: impl Fn(&mut ScriptInvocation<'_>),
     ) -> Result<T, BrokerError> {
-        let ask = async || -> Result<String, BrokerError> {
+        // Where the origin has the room; with `keys`, followed by the keys to restore there.
+        let ask = async |keys: bool| -> Result<String, BrokerError> {
             let Some(origin) = &self.origin else { return Ok(new_epoch()) };
             let name = RoomName::new(room).map_err(|_| bad_reply(what))?;
-            Ok(match origin.origin(&name).await? {
-                Some(at) => format!("@{}@{}@{}", at.seq, at.epoch, new_epoch()),
-                None => new_epoch(),
-            })
+            let Some(at) = origin.origin(&name).await? else { return Ok(new_epoch()) };
+            let mut start = format!("@{}@{}@{}", at.seq, at.epoch, new_epoch());
+            if keys {
+                start.push('\n');
+                for k in origin.keys(&name, &at).await? {
+                    let key = self.keys.idempotency(room, &k.from, &k.key);
+                    let left = k.remaining.as_millis().max(1);
+                    let _ = write!(start, "{}:{}:{left}:{key}", key.len(), k.seq);
+                }
+            }
+            Ok(start)
         };
         let mut start = match &self.origin {
-            Some(_) if ask_first => ask().await?,
+            Some(_) if ask_first => ask(false).await?,
             Some(_) => String::from("?"),
             None => new_epoch(),
         };
         loop {
             let mut inv = self.room_script(script, room, &start);
             args(&mut inv);
+            // Asked once more at most: with the keys, the prologue does not refuse.
+            let keyless = start == "?" || (start.starts_with('@') && !start.contains('\n'));
             match self.query_raw(what, async |conn| inv.invoke_async(conn).await).await? {
-                Err(e) if e.code() == Some("ORIGIN") && start == "?" => start = ask().await?,
+                Err(e) if e.code() == Some("ORIGIN") && keyless => start = ask(true).await?,
                 answer => return answer.map_err(from_redis),
             }
         }

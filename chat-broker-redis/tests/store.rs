@@ -98,3 +98,53 @@ async fn a_redis_older_than_the_store_goes_on_from_the_store() {
     assert_eq!(page_seqs(&page), (1..=7).collect::<Vec<_>>());
     b.shutdown().await;
 }
+
+/// Redis is flushed twice, and each time a client resends a message it had sent with a key
+/// before the flush: it gets the original seq, and nothing is delivered a second time. The
+/// room learns the keys from the store whichever operation reaches it first after the flush:
+/// a send (first flush) or a node subscribing (second flush).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_flush_gets_its_original_seq() {
+    let redis = RedisServer::start();
+    let store = MemoryStore::new();
+    let a = engine(&redis, &store, "a").await;
+    let b = engine(&redis, &store, "b").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let (mut bob, _tb) = connect(&b, "bob").await;
+    alice.join("r", None).await.unwrap();
+    bob.join("r", None).await.unwrap();
+    for n in 1..=4 {
+        let key = format!("k{n}");
+        assert_eq!(bob.send_with("r", json!(n), Some(&key), false).await.unwrap(), Some(n));
+    }
+    assert_eq!(alice.send("r", json!(5)).await.unwrap(), Some(5), "one without a key");
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(seqs(&messages(c, "r", 5, WAIT).await), vec![1, 2, 3, 4, 5]);
+    }
+    let mut conn = common::conn(&redis).await;
+
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.expect("FLUSHALL");
+    assert_eq!(bob.send_with("r", json!(3), Some("k3"), false).await.unwrap(), Some(3), "the original seq");
+    assert_eq!(bob.send_with("r", json!(6), Some("k6"), false).await.unwrap(), Some(6), "a new key: the next seq");
+    for c in [&mut alice, &mut bob] {
+        let next = next_matching(c, WAIT, |e| e["type"] == "message" || e["type"] == "reset").await;
+        assert_eq!((next["type"].as_str(), next["seq"].as_u64()), (Some("message"), Some(6)), "{next}");
+    }
+
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.expect("FLUSHALL");
+    let c = engine(&redis, &store, "c").await;
+    let (carol, _tc) = connect(&c, "carol").await;
+    assert_eq!(carol.join("r", None).await.unwrap().seq, 6, "a node subscribing first");
+    assert_eq!(bob.send_with("r", json!(6), Some("k6"), false).await.unwrap(), Some(6), "the original seq");
+    assert_eq!(bob.send_with("r", json!(1), Some("k1"), false).await.unwrap(), Some(1), "the original seq");
+    assert_eq!(alice.send("r", json!(7)).await.unwrap(), Some(7));
+    for c in [&mut alice, &mut bob] {
+        let next = next_matching(c, WAIT, |e| e["type"] == "message" || e["type"] == "reset").await;
+        assert_eq!((next["type"].as_str(), next["seq"].as_u64()), (Some("message"), Some(7)), "{next}");
+    }
+    let page = alice.history("r", None, None, Some(50)).await.unwrap();
+    assert_eq!(page_seqs(&page), (1..=7).collect::<Vec<_>>(), "each message once");
+    for e in [a, b, c] {
+        e.shutdown().await;
+    }
+}

@@ -303,7 +303,8 @@ impl EngineBuilder {
         let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone(), self.config.max_rooms));
         let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
         let keeper = self.store.map(|s| Keeper::new(s, self.config.store_batch, self.config.store_queue));
-        let broker_node = broker.attach(&node, sink, keeper.as_ref().map(Keeper::origin)).await?;
+        let broker_node =
+            broker.attach(&node, sink, keeper.as_ref().map(|k| k.origin(self.config.idempotency_window))).await?;
         let retention = keeper.as_ref().map(|k| k.store().clone());
         let keeps = keeper.is_some();
         let broker_node: Arc<dyn BrokerNode> = match keeper {
@@ -350,8 +351,7 @@ async fn retain(store: Arc<dyn Store>, policy: RoomRetention, every: Duration, s
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        match store.retain(&*policy, now.as_millis() as u64).await {
+        match store.retain(&*policy, crate::session::now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "store retention"),
             Err(e) => tracing::warn!(error = %e, "store retention failed; retried at the next pass"),

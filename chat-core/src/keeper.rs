@@ -17,12 +17,13 @@
 //!   of it (see [`Origin`]), so a restarted or flushed broker goes on in the same epoch.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{
-    BrokerError, BrokerNode, HistoryPage, HistoryQuery, Message, Origin, Position, PresenceEntry, Publication,
+    BrokerError, BrokerNode, HistoryPage, HistoryQuery, KeptKey, Message, Origin, Position, PresenceEntry, Publication,
     PublishOpts, Published, Transient,
 };
 use crate::protocol::RoomName;
@@ -54,9 +55,10 @@ impl Keeper {
         &self.store
     }
 
-    /// What the broker asks when it holds nothing of a room: the store's position.
-    pub(crate) fn origin(&self) -> Arc<dyn Origin> {
-        Arc::new(StoreOrigin(self.store.clone()))
+    /// What the broker asks when it holds nothing of a room: the store's position, and the
+    /// keys of its recent messages sent within `window` (the engine's idempotency window).
+    pub(crate) fn origin(&self, window: Duration) -> Arc<dyn Origin> {
+        Arc::new(StoreOrigin { store: self.store.clone(), window })
     }
 
     /// Waits until `record` is committed.
@@ -90,7 +92,8 @@ impl BrokerNode for KeptNode {
         let (from, ts, body) = (msg.from.clone(), msg.ts, msg.body.clone());
         let published = self.broker.publish(room, msg, opts).await?;
         let (epoch, seq) = (published.epoch.clone(), published.seq);
-        self.keeper.keep(Record { room: room.clone(), epoch, seq, from, ts, body: Some(body) }).await?;
+        let key = opts.key.as_deref().map(Arc::from);
+        self.keeper.keep(Record { room: room.clone(), epoch, seq, from, ts, body: Some(body), key }).await?;
         Ok(published)
     }
 
@@ -233,13 +236,52 @@ fn answer(p: Pending, outcome: Result<bool, StoreError>) {
     let _ = p.done.send(answer);
 }
 
+/// How many of a room's newest stored messages the [`Origin`] looks through for keys.
+const ORIGIN_KEYS_SCAN: usize = 1024;
+/// How many it reads at a time: a room quiet for longer than the window costs one small page.
+const ORIGIN_KEYS_PAGE: usize = 64;
+
 /// The store as the broker's [`Origin`].
-struct StoreOrigin(Arc<dyn Store>);
+struct StoreOrigin {
+    store: Arc<dyn Store>,
+    /// The engine's idempotency window: older keys are not handed back.
+    window: Duration,
+}
 
 #[async_trait]
 impl Origin for StoreOrigin {
     async fn origin(&self, room: &RoomName) -> Result<Option<Position>, BrokerError> {
-        self.0.latest(room).await.map_err(broker_error)
+        self.store.latest(room).await.map_err(broker_error)
+    }
+
+    /// Reads the newest messages a page at a time, back to the first sent before the window
+    /// began or [`ORIGIN_KEYS_SCAN`] messages, whichever comes first (seqs follow the order
+    /// of the servers' clocks closely enough that what lies further back is older).
+    async fn keys(&self, room: &RoomName, at: &Position) -> Result<Vec<KeptKey>, BrokerError> {
+        let now = crate::session::now_ms();
+        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let since = now.saturating_sub(window);
+        let mut keys = Vec::new();
+        let (mut before, mut read) = (at.seq.saturating_add(1), 0);
+        while read < ORIGIN_KEYS_SCAN && before > 1 {
+            let query = HistoryQuery { before: Some(before), after: None, limit: ORIGIN_KEYS_PAGE };
+            let page = self.store.page(room, &at.epoch, query).await.map_err(broker_error)?;
+            let Some(first) = page.first() else { break };
+            (before, read) = (first.seq, read + page.len());
+            let old = first.ts < since;
+            for r in page.into_iter().rev() {
+                let Some(key) = r.key else { continue };
+                let left = r.ts.saturating_add(window).saturating_sub(now);
+                if left > 0 {
+                    keys.push(KeptKey { from: r.from, key, seq: r.seq, remaining: Duration::from_millis(left) });
+                }
+            }
+            if old {
+                break;
+            }
+        }
+        keys.reverse();
+        Ok(keys)
     }
 }
 
@@ -284,5 +326,59 @@ mod tests {
     fn pages_after_a_seq_start_in_the_store() {
         assert_eq!(missing(&q(None, Some(2), 5), &page(10, 8..=10)), Some(q(Some(8), Some(2), 5)));
         assert_eq!(missing(&q(Some(6), Some(2), 5), &page(10, None)), Some(q(Some(6), Some(2), 5)));
+    }
+
+    /// Records 1..=`n` of room "r" in epoch "e", `age(seq)` ms old, each with key `k<seq>`
+    /// but those `unkeyed` says.
+    async fn kept(n: u64, age: impl Fn(u64) -> u64, unkeyed: impl Fn(u64) -> bool) -> StoreOrigin {
+        let store = crate::MemoryStore::new();
+        let now = crate::session::now_ms();
+        let records: Vec<Record> = (1..=n)
+            .map(|seq| Record {
+                room: RoomName::new("r").unwrap(),
+                epoch: Arc::from("e"),
+                seq,
+                from: Arc::from("a"),
+                ts: now - age(seq),
+                body: Some(Bytes::from_static(b"1")),
+                key: (!unkeyed(seq)).then(|| Arc::from(format!("k{seq}"))),
+            })
+            .collect();
+        store.append(&records).await.unwrap();
+        StoreOrigin { store: Arc::new(store), window: Duration::from_secs(60) }
+    }
+
+    async fn seqs_of_keys(origin: &StoreOrigin, at: u64) -> Vec<u64> {
+        let (room, at) = (RoomName::new("r").unwrap(), Position { epoch: Arc::from("e"), seq: at });
+        let keys = origin.keys(&room, &at).await.unwrap();
+        for k in &keys {
+            assert_eq!(&*k.key, format!("k{}", k.seq));
+            assert!(!k.remaining.is_zero() && k.remaining <= Duration::from_secs(60), "{k:?}");
+        }
+        keys.iter().map(|k| k.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn the_origin_hands_back_the_keys_still_in_their_window() {
+        // 1..=100 sent 100..=1 s ago: the last 59 are in the 60 s window; odd seqs have no key.
+        let origin = kept(100, |seq| (101 - seq) * 1000, |seq| seq % 2 == 1).await;
+        let young: Vec<u64> = (42..=100).filter(|s| s % 2 == 0).collect();
+        assert_eq!(seqs_of_keys(&origin, 100).await, young, "oldest first, across pages of 64");
+        assert_eq!(seqs_of_keys(&origin, 50).await, vec![42, 44, 46, 48, 50], "up to the position only");
+        let (room, at) = (RoomName::new("r").unwrap(), Position { epoch: Arc::from("e"), seq: 100 });
+        let newest = origin.keys(&room, &at).await.unwrap().pop().unwrap();
+        assert!(newest.remaining > Duration::from_secs(57), "about 59 s left: {newest:?}");
+        assert_eq!(seqs_of_keys(&origin, 0).await, Vec::<u64>::new());
+    }
+
+    #[tokio::test]
+    async fn the_origin_looks_back_a_bounded_number_of_messages() {
+        let n = ORIGIN_KEYS_SCAN as u64 + 500;
+        let origin = kept(n, |_| 0, |_| false).await;
+        let seqs = seqs_of_keys(&origin, n).await;
+        assert_eq!(seqs, (n + 1 - ORIGIN_KEYS_SCAN as u64..=n).collect::<Vec<_>>(), "only the newest");
+        // A room quiet for longer than the window has none.
+        let quiet = kept(n, |_| 120_000, |_| false).await;
+        assert_eq!(seqs_of_keys(&quiet, n).await, Vec::<u64>::new());
     }
 }

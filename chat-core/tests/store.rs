@@ -270,3 +270,33 @@ async fn erased_messages_stay_as_tombstones() {
     assert_eq!(other["messages"][0]["deleted"], true);
     engine.shutdown().await;
 }
+
+/// A process restarted on its store (a new memory broker) still knows the idempotency keys of
+/// the messages sent before: a client resending one gets the original seq, and nothing is
+/// delivered twice.
+#[tokio::test]
+async fn a_resend_after_a_restart_gets_its_original_seq() {
+    let store = MemoryStore::new();
+    let first = engine_on(&store).await;
+    let alice = client(&first, "alice").await;
+    alice.join("r", None).await.unwrap();
+    for n in 1..=4 {
+        let key = format!("k{n}");
+        assert_eq!(alice.send_with("r", json!(n), Some(&key), false).await.unwrap(), Some(n));
+    }
+    first.shutdown().await;
+    drop(alice);
+
+    let second = engine_on(&store).await;
+    let mut alice = client(&second, "alice").await;
+    alice.join("r", None).await.unwrap();
+    for n in [2, 4, 1] {
+        let key = format!("k{n}");
+        assert_eq!(alice.send_with("r", json!(n), Some(&key), false).await.unwrap(), Some(n), "{key}");
+    }
+    assert_eq!(alice.send_with("r", json!(5), Some("k5"), false).await.unwrap(), Some(5));
+    assert_eq!(event_of(&mut alice, "message").await["seq"], 5, "no resend was delivered again");
+    let page = alice.history("r", None, None, Some(50)).await.unwrap();
+    assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5]);
+    second.shutdown().await;
+}

@@ -19,8 +19,10 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order. Add new ones at the end; never change an applied one.
-pub(crate) const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("../migrations/001_init.sql") }];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("../migrations/001_init.sql") },
+    Migration { version: 2, name: "keys", sql: include_str!("../migrations/002_keys.sql") },
+];
 
 /// The advisory lock key ("chatstor" in ASCII) that serialises migrations.
 const LOCK_KEY: i64 = 0x6368_6174_7374_6f72;

@@ -16,12 +16,13 @@ ON CONFLICT (room) DO UPDATE SET seq = r.seq"#;
 /// records under one seq, the first is stored). Records whose (room, epoch, seq) is already
 /// stored, and records at or below what retention deleted of their epoch, are skipped (step 3
 /// tells the conflicts among them).
-/// `$1..$6`: rooms, epochs, seqs, senders, timestamps, bodies (one element per record).
+/// `$1..$7`: rooms, epochs, seqs, senders, timestamps, bodies, idempotency keys (one element
+/// per record).
 pub const APPEND_MESSAGES: &str = r#"
-INSERT INTO chat_messages (room, epoch, seq, sender, ts, body)
-SELECT b.room, b.epoch, b.seq, b.sender, b.ts, b.body
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::bytea[]) WITH ORDINALITY
-     AS b(room, epoch, seq, sender, ts, body, ord)
+INSERT INTO chat_messages (room, epoch, seq, sender, ts, body, idem_key)
+SELECT b.room, b.epoch, b.seq, b.sender, b.ts, b.body, b.idem_key
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::bytea[], $7::text[]) WITH ORDINALITY
+     AS b(room, epoch, seq, sender, ts, body, idem_key, ord)
 LEFT JOIN chat_epochs e ON e.room = b.room AND e.epoch = b.epoch
 WHERE b.seq > COALESCE(e.deleted_through, 0)
 ORDER BY b.ord
@@ -63,14 +64,14 @@ WHERE r.room = c.room"#;
 
 /// A page: the oldest `$5` of room `$1`, epoch `$2`, with `$3 < seq < $4`. Oldest first.
 pub const PAGE_AFTER: &str = r#"
-SELECT seq, sender, ts, body FROM chat_messages
+SELECT seq, sender, ts, body, idem_key FROM chat_messages
 WHERE room = $1 AND epoch = $2 AND seq > $3 AND seq < $4
 ORDER BY seq LIMIT $5"#;
 
 /// A page: the newest `$4` of room `$1`, epoch `$2`, with `seq < $3`. Newest first (the store
 /// reverses it).
 pub const PAGE_BEFORE: &str = r#"
-SELECT seq, sender, ts, body FROM chat_messages
+SELECT seq, sender, ts, body, idem_key FROM chat_messages
 WHERE room = $1 AND epoch = $2 AND seq < $3
 ORDER BY seq DESC LIMIT $4"#;
 

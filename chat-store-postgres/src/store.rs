@@ -329,6 +329,7 @@ fn record(room: &RoomName, epoch: &Arc<str>, row: &Row) -> Result<Record, StoreE
     let from: &str = decode("reading a message", row.try_get(1))?;
     let ts: i64 = decode("reading a message", row.try_get(2))?;
     let body: Option<Vec<u8>> = decode("reading a message", row.try_get(3))?;
+    let key: Option<&str> = decode("reading a message", row.try_get(4))?;
     Ok(Record {
         room: room.clone(),
         epoch: epoch.clone(),
@@ -336,6 +337,7 @@ fn record(room: &RoomName, epoch: &Arc<str>, row: &Row) -> Result<Record, StoreE
         from: Arc::from(from),
         ts: unsigned(ts, "timestamp")?,
         body: body.map(Bytes::from),
+        key: key.map(Arc::from),
     })
 }
 
@@ -364,6 +366,7 @@ impl Store for PostgresStore {
         let senders: Vec<&str> = batch.iter().map(|r| &*r.from).collect();
         let ts = batch.iter().map(|r| to_bigint(r.ts, "timestamp")).collect::<Result<Vec<i64>, _>>()?;
         let bodies: Vec<Option<&[u8]>> = batch.iter().map(|r| r.body.as_deref()).collect();
+        let keys: Vec<Option<&str>> = batch.iter().map(|r| r.key.as_deref()).collect();
         let what = "append";
         self.bounded(what, async {
             let mut conn = self.conn().await?;
@@ -379,7 +382,7 @@ impl Store for PostgresStore {
                         tx.prepare_cached(sql::APPEND_POSITIONS),
                     )?;
                     let rooms_only: [&(dyn ToSql + Sync); 1] = [&rooms];
-                    let records: [&(dyn ToSql + Sync); 6] = [&rooms, &epochs, &seqs, &senders, &ts, &bodies];
+                    let records: [&(dyn ToSql + Sync); 7] = [&rooms, &epochs, &seqs, &senders, &ts, &bodies, &keys];
                     let compared: [&(dyn ToSql + Sync); 5] = [&rooms, &epochs, &seqs, &senders, &bodies];
                     let epoch_seq: [&(dyn ToSql + Sync); 3] = [&rooms, &epochs, &seqs];
                     let (_, _, conflicting, _, _) = futures::try_join!(

@@ -3,6 +3,8 @@
 
 mod common;
 
+use chat_core::broker::HistoryQuery;
+use chat_core::{Record, Store};
 use chat_store_postgres::{Error, PostgresStore};
 use chat_testkit::PgDatabase;
 use common::*;
@@ -19,10 +21,10 @@ async fn nodes_connecting_at_once_migrate_once() {
     let c = client(&url).await;
     let rows = c.query("SELECT version, name FROM chat_schema_migrations ORDER BY version", &[]).await.unwrap();
     let applied: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(applied, vec![(1, "init".to_owned())]);
+    assert_eq!(applied, vec![(1, "init".to_owned()), (2, "keys".to_owned())]);
     // And again, later: nothing to do.
     PostgresStore::connect(&url).await.unwrap();
-    assert_eq!(count(&c, "SELECT 1 FROM chat_schema_migrations").await, 1);
+    assert_eq!(count(&c, "SELECT 1 FROM chat_schema_migrations").await, 2);
 }
 
 #[tokio::test]
@@ -32,12 +34,35 @@ async fn a_schema_newer_than_the_code_is_refused() {
     let c = client(&db.url()).await;
     c.execute("INSERT INTO chat_schema_migrations (version, name) VALUES (999, 'from_the_future')", &[]).await.unwrap();
     match PostgresStore::connect(&db.url()).await {
-        Err(e @ Error::SchemaTooNew { found: 999, known: 1 }) => {
+        Err(e @ Error::SchemaTooNew { found: 999, known: 2 }) => {
             let text = e.to_string();
             assert!(text.contains("999") && text.contains("newer"), "{text}");
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
+}
+
+/// A database of the first schema (before idempotency keys were kept) is migrated at connect:
+/// its messages read back without keys, new ones keep theirs.
+#[tokio::test]
+async fn a_database_of_the_first_schema_is_migrated() {
+    let db = PgDatabase::create();
+    let store = PostgresStore::connect(&db.url()).await.unwrap();
+    store.append(&[rec("r", "e", 1)]).await.unwrap();
+    drop(store);
+    // Back to the first schema, as the first release left its databases.
+    let c = client(&db.url()).await;
+    c.batch_execute(
+        "ALTER TABLE chat_messages DROP COLUMN idem_key; DELETE FROM chat_schema_migrations WHERE version = 2;",
+    )
+    .await
+    .unwrap();
+    let store = PostgresStore::connect(&db.url()).await.unwrap();
+    assert_eq!(count(&c, "SELECT 1 FROM chat_schema_migrations").await, 2);
+    let keyed = Record { key: Some(std::sync::Arc::from("k2")), ..rec("r", "e", 2) };
+    store.append(std::slice::from_ref(&keyed)).await.unwrap();
+    let page = store.page(&room("r"), "e", HistoryQuery { before: None, after: None, limit: 10 }).await.unwrap();
+    assert_eq!(page, vec![rec("r", "e", 1), keyed]);
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ fn record(room: &RoomName, seq: u64) -> Record {
         from: Arc::from("user"),
         ts: 1_700_000_000_000 + seq,
         body: Some(format!(r#"{{"text":"message number {seq} with a typical short body"}}"#).into()),
+        key: None,
     }
 }
 

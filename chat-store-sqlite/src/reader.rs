@@ -86,12 +86,12 @@ fn range(q: &HistoryQuery) -> Option<(i64, i64, bool)> {
 }
 
 /// The oldest messages of (room ?1, epoch ?2) with seqs in ?3..=?4, at most ?5.
-const PAGE_OLDEST_FIRST: &str = "SELECT seq, sender, ts, body FROM messages WHERE epoch_id = \
+const PAGE_OLDEST_FIRST: &str = "SELECT seq, sender, ts, body, idem_key FROM messages WHERE epoch_id = \
      (SELECT e.id FROM epochs e JOIN rooms r ON r.id = e.room_id WHERE r.name = ?1 AND e.epoch = ?2) \
      AND seq BETWEEN ?3 AND ?4 ORDER BY seq ASC LIMIT ?5";
 
 /// The newest messages of (room ?1, epoch ?2) with seqs in ?3..=?4, at most ?5, newest first.
-const PAGE_NEWEST_FIRST: &str = "SELECT seq, sender, ts, body FROM messages WHERE epoch_id = \
+const PAGE_NEWEST_FIRST: &str = "SELECT seq, sender, ts, body, idem_key FROM messages WHERE epoch_id = \
      (SELECT e.id FROM epochs e JOIN rooms r ON r.id = e.room_id WHERE r.name = ?1 AND e.epoch = ?2) \
      AND seq BETWEEN ?3 AND ?4 ORDER BY seq DESC LIMIT ?5";
 
@@ -115,6 +115,7 @@ pub(crate) fn page(
         let from: String = row.get(1).map_err(fail)?;
         let ts: i64 = row.get(2).map_err(fail)?;
         let body: Option<Vec<u8>> = row.get(3).map_err(fail)?;
+        let key: Option<String> = row.get(4).map_err(fail)?;
         records.push(Record {
             room: room.clone(),
             epoch: epoch.clone(),
@@ -122,6 +123,7 @@ pub(crate) fn page(
             from: Arc::from(from),
             ts: u64::try_from(ts).map_err(|_| error::bad_value(path, "a timestamp"))?,
             body: body.map(Bytes::from),
+            key: key.map(Arc::from),
         });
     }
     if !oldest_first {

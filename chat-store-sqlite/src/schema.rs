@@ -16,7 +16,10 @@ use crate::error;
 use crate::Synchronous;
 
 /// The migrations, in order: (file name, SQL).
-pub(crate) const MIGRATIONS: &[(&str, &str)] = &[("001_initial.sql", include_str!("../migrations/001_initial.sql"))];
+pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_initial.sql", include_str!("../migrations/001_initial.sql")),
+    ("002_keys.sql", include_str!("../migrations/002_keys.sql")),
+];
 
 /// The write-ahead log is truncated to this size after a checkpoint (SQLite leaves it at its
 /// largest otherwise).

@@ -31,6 +31,7 @@ pub(crate) struct Row {
     from: Arc<str>,
     ts: i64,
     body: Option<Bytes>,
+    key: Option<Arc<str>>,
 }
 
 impl Row {
@@ -54,6 +55,7 @@ impl Row {
             from: record.from.clone(),
             ts: fits(record.ts, "ts")?,
             body: record.body.clone(),
+            key: record.key.clone(),
         })
     }
 }
@@ -228,7 +230,8 @@ fn commit_batches(conn: &mut Connection, path: &Path, batches: &[&[Row]]) -> Res
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO messages (epoch_id, seq, sender, ts, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO messages (epoch_id, seq, sender, ts, body, idem_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(fail)?;
         let rows =
@@ -245,7 +248,8 @@ fn commit_batches(conn: &mut Connection, path: &Path, batches: &[&[Row]]) -> Res
                 continue; // retention deleted it: it stays deleted
             }
             let body = row.body.as_deref();
-            let inserted = insert.execute(params![state.id, row.seq, &*row.from, row.ts, body]).map_err(fail)?;
+            let key = row.key.as_deref();
+            let inserted = insert.execute(params![state.id, row.seq, &*row.from, row.ts, body, key]).map_err(fail)?;
             if inserted > 0 {
                 state.added += 1;
                 state.max_seq = state.max_seq.max(row.seq);
@@ -396,6 +400,7 @@ mod tests {
             from: Arc::from("u"),
             ts: 1,
             body: Some(Bytes::from(vec![b'x'; 4096])),
+            key: None,
         })
         .collect()
     }

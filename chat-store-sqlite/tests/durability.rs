@@ -108,6 +108,32 @@ async fn a_newer_schema_is_refused() {
     assert_eq!(all(&store, "r", "e").await.len(), 3);
 }
 
+/// A file written by the first schema (before idempotency keys were kept) opens, is migrated,
+/// reads back its messages without keys, and keeps the keys of new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_the_first_schema_is_migrated() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("v1.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    store.close().await;
+    {
+        // Back to version 1, with a message in it, as the first release left its files.
+        let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
+        conn.execute_batch(
+            "ALTER TABLE messages DROP COLUMN idem_key; PRAGMA user_version = 1; \
+             INSERT INTO rooms (id, name, epoch_id, seq) VALUES (1, 'r', 1, 1); \
+             INSERT INTO epochs (id, room_id, epoch, count) VALUES (1, 1, 'e', 1); \
+             INSERT INTO messages (epoch_id, seq, sender, ts, body) VALUES (1, 1, 'u1', 1001, X'6f6c64');",
+        )
+        .expect("the first schema");
+    }
+    let store = SqliteStore::open(&path).await.expect("open and migrate");
+    assert!(user_version(&path) >= 2);
+    let old = Record { body: Some(Bytes::from_static(b"old")), key: None, ..record("r", "e", 1) };
+    store.append(&records("r", "e", [2])).await.expect("append");
+    assert_eq!(all(&store, "r", "e").await, vec![old, record("r", "e", 2)], "seq 2 has its key");
+}
+
 /// Pseudo-random bytes (xorshift), the same every run.
 fn garbage(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -66,7 +66,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@cases $make;
             page_bounds, epochs_are_kept_apart, append_is_idempotent, append_reports_conflicts, batch_of_many_rooms,
             latest_follows_the_current_epoch, retention_by_count, retention_reaches_every_room, retention_by_age,
-            erase_leaves_a_tombstone, erase_user_across_rooms, concurrent_appends, large_room);
+            erase_leaves_a_tombstone, erase_user_across_rooms, concurrent_appends, large_room, keys_are_kept);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -86,7 +86,8 @@ pub fn room(name: &str) -> RoomName {
 }
 
 /// The record `seq` of `room` in `epoch`: sent by `u<seq % 3>` at `1_000 + seq` ms, its body
-/// naming all three, so that a record read back under the wrong room, epoch or seq shows.
+/// naming all three, so that a record read back under the wrong room, epoch or seq shows; an
+/// even seq is sent with idempotency key `k<seq>`, an odd one without.
 pub fn record(room_name: &str, epoch: &str, seq: u64) -> Record {
     Record {
         room: room(room_name),
@@ -95,6 +96,7 @@ pub fn record(room_name: &str, epoch: &str, seq: u64) -> Record {
         from: Arc::from(format!("u{}", seq % 3)),
         ts: 1_000 + seq,
         body: Some(Bytes::from(format!(r#"{{"room":"{room_name}","epoch":"{epoch}","seq":{seq}}}"#))),
+        key: seq.is_multiple_of(2).then(|| Arc::from(format!("k{seq}"))),
     }
 }
 
@@ -434,6 +436,25 @@ pub async fn erase_leaves_a_tombstone(subject: Arc<dyn StoreSubject>) {
     assert!(!store.erase(&room("nowhere"), "e", 1).await.expect("erase"), "a room not stored");
     store.retain(&policy(&[("erase", keep(1))]), NOW).await.expect("retain");
     assert!(!store.erase(&room("erase"), "e2", 1).await.expect("erase"), "a message retention deleted");
+}
+
+/// A record's idempotency key is kept with it and read back with it, any text up to the
+/// protocol's 128 bytes; a resend under another key (or none) does not replace it, and an
+/// erased message keeps it (a resend of it must still find its seq).
+pub async fn keys_are_kept(subject: Arc<dyn StoreSubject>) {
+    let store = subject.store();
+    let long: Arc<str> = Arc::from("é".repeat(64).as_str());
+    let odd = Record { key: Some(Arc::from("a key: with 'quotes', \"more\" and spaces")), ..record("keys", "e", 1) };
+    let batch = vec![odd, record("keys", "e", 2), Record { key: Some(long.clone()), ..record("keys", "e", 3) }];
+    append(store, &batch, "append keyed records").await;
+    assert_eq!(page(store, "keys", "e", query(None, None, 50)).await, batch);
+    let resend =
+        vec![Record { key: None, ..batch[0].clone() }, Record { key: Some(Arc::from("x")), ..batch[1].clone() }];
+    assert_eq!(store.append(&resend).await.expect("append resends"), NO_CONFLICT, "a key is not identity");
+    assert_eq!(page(store, "keys", "e", query(None, None, 50)).await, batch, "the first key stays");
+    assert!(store.erase(&room("keys"), "e", 3).await.expect("erase"));
+    let erased = page(store, "keys", "e", query(Some(4), Some(2), 1)).await;
+    assert_eq!(erased, vec![Record { body: None, ..batch[2].clone() }], "a tombstone keeps its key");
 }
 
 /// Erasing a user erases every message of theirs, in every room and epoch, and nobody else's

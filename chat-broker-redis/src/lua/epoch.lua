@@ -9,7 +9,13 @@
 -- starting over, and the node asks and runs it again with '@<seq>@<epoch>@<random name part>',
 -- where the origin has the room. The room then goes on there, in that epoch (its stream,
 -- which the origin holds, is dropped), unless the origin is behind what the calling node
--- delivered: then a new epoch starts, as without an origin.
+-- delivered: then a new epoch starts, as without an origin. Going on from the origin also
+-- restores the idempotency keys of the origin's recent messages, so that a resend after the
+-- loss gets its original seq: they follow the position after a newline, each as
+-- '<name length>:<seq>:<ms left>:<name>' (none after the newline: the origin has none). A
+-- position without the newline (a node that asked before knowing whether the room was lost)
+-- fails with ORIGIN too, when the room does go on from there: the node asks for the keys and
+-- runs the script again.
 -- An epoch is named 'e<16 digits: Redis's clock in microseconds when it began>-<random>', so
 -- of two epochs the later one is known.
 -- The history was lost, and a new epoch starts (holding what is left of the old history,
@@ -44,8 +50,13 @@ local function older_than_known()
   local now, known = born(epoch), born(ARGV[3])
   return now ~= nil and known ~= nil and now < known
 end
-local start, origin_epoch, origin_seq = ARGV[1], nil, nil
+local start, origin_epoch, origin_seq, origin_keys = ARGV[1], nil, nil, nil
 if string.sub(start, 1, 1) == '@' then
+  local newline = string.find(start, '\n', 1, true)
+  if newline then
+    origin_keys = string.sub(start, newline + 1)
+    start = string.sub(start, 1, newline - 1)
+  end
   local at, name, rest = string.match(start, '^@(%d+)@([^@]+)@(.*)$')
   origin_seq, origin_epoch, start = tonumber(at), name, rest
 end
@@ -70,14 +81,23 @@ local lost = (not epoch)
   or (epoch == ARGV[3] and tonumber(stored or '0') < tonumber(ARGV[4]))
   or (epoch == ARGV[3] and diverged())
   or behind_origin()
-if lost and start == '?' then
+local from_origin = lost and origin_epoch and not origin_behind()
+if lost and (start == '?' or (from_origin and not origin_keys)) then
   return redis.error_reply('ORIGIN the room must go on where the store has it')
 end
-if lost and origin_epoch and not origin_behind() then
+if from_origin then
   epoch = origin_epoch
   redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
   redis.call('DEL', KEYS[2], KEYS[3])
   if origin_seq > 0 then redis.call('SET', KEYS[2], origin_seq, 'PX', ARGV[2]) end
+  local at = 1
+  while at <= #origin_keys do
+    local len, seq, left, name_at = string.match(origin_keys, '^(%d+):(%d+):(%d+):()', at)
+    if not len then return redis.error_reply('ERR malformed origin keys') end
+    local name = string.sub(origin_keys, name_at, name_at + tonumber(len) - 1)
+    redis.call('SET', name, seq .. ' ' .. epoch, 'PX', left)
+    at = name_at + tonumber(len)
+  end
 elseif lost then
   local t = redis.call('TIME')
   epoch = 'e' .. t[1] .. string.format('%06d', tonumber(t[2])) .. '-' .. start

@@ -23,6 +23,7 @@
 //!
 //! Lock order: the room map, then one room, then the LRU index; never the other way round.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -31,8 +32,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Broker, BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, HistoryPage, HistoryQuery, Message, Origin,
-    Position, PresenceEntry, Publication, PublishOpts, Published, Transient,
+    Broker, BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, HistoryPage, HistoryQuery, KeptKey, Message,
+    Origin, Position, PresenceEntry, Publication, PublishOpts, Published, Transient,
 };
 use crate::protocol::RoomName;
 
@@ -142,12 +143,12 @@ struct RoomData {
     seq: u64,
     /// The retention of the latest publish, applied by the sweep.
     ttl: Duration,
-    window: Duration,
     /// Stored messages, contiguous in seq, oldest first, with the time each was stored.
     history: VecDeque<(Instant, Arc<Message>)>,
     history_bytes: usize,
     keys: HashMap<KeyId, u64>,
-    /// The keys in the order they were stored (so in seq order), with their time and seq.
+    /// The keys in the order they were stored (so in seq order), with when each expires and
+    /// its seq.
     key_order: VecDeque<(Instant, u64, KeyId)>,
     key_bytes: usize,
     /// user -> (session, node) pairs
@@ -172,6 +173,12 @@ fn message_cost(m: &Message) -> usize {
     MESSAGE_OVERHEAD + m.body.as_ref().map_or(0, |b| b.len()) + m.from.len()
 }
 
+/// When something remembered for `window` from `now` is forgotten.
+fn expiry(now: Instant, window: Duration) -> Instant {
+    // A window too long to add is as good as forever (136 years).
+    now.checked_add(window).unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
+}
+
 fn key_cost(k: &KeyId) -> usize {
     KEY_OVERHEAD + k.0.len() + k.1.len()
 }
@@ -188,14 +195,24 @@ impl Hub {
         rooms.entry(room.clone()).or_insert_with(|| RoomData::new(room, self.fresh_epoch(), 0)).clone()
     }
 
-    /// Creates the room at `start` (its epoch and latest seq) unless it exists; `None` is
-    /// the fresh epoch.
-    fn create_at(&self, room: &RoomName, start: Option<Position>) {
-        let mut rooms = lock(&self.rooms);
-        rooms.entry(room.clone()).or_insert_with(|| match start {
+    /// Creates the room at `start` (its epoch and latest seq), remembering `keys` as if its
+    /// messages had been published here, unless it exists; `None` is the fresh epoch.
+    fn create_at(&self, room: &RoomName, start: Option<Position>, keys: Vec<KeptKey>) {
+        let data = match start {
             Some(p) => RoomData::new(room, p.epoch, p.seq),
             None => RoomData::new(room, self.fresh_epoch(), 0),
-        });
+        };
+        // The keys are in before anyone can find the room.
+        let mut r = lock(&data);
+        let now = Instant::now();
+        for k in keys {
+            r.push_key(expiry(now, k.remaining), k.seq, (k.from, k.key));
+        }
+        match lock(&self.rooms).entry(room.clone()) {
+            Entry::Occupied(_) => return,
+            Entry::Vacant(vacant) => vacant.insert(data.clone()),
+        };
+        self.settle(&data, &mut r, false);
     }
 
     /// Runs `f` on the room, created if need be.
@@ -396,7 +413,6 @@ impl RoomData {
             epoch,
             seq,
             ttl: Duration::MAX,
-            window: Duration::MAX,
             history: VecDeque::new(),
             history_bytes: 0,
             keys: HashMap::new(),
@@ -451,10 +467,10 @@ impl RoomData {
         Some(m.seq)
     }
 
-    fn push_key(&mut self, now: Instant, seq: u64, key: KeyId) {
+    fn push_key(&mut self, expires: Instant, seq: u64, key: KeyId) {
         self.key_bytes += key_cost(&key);
         self.keys.insert(key.clone(), seq);
-        self.key_order.push_back((now, seq, key));
+        self.key_order.push_back((expires, seq, key));
     }
 
     fn pop_key(&mut self) {
@@ -471,9 +487,9 @@ impl RoomData {
         }
     }
 
-    /// Forgets the keys older than the window.
+    /// Forgets the keys whose window has passed.
     fn prune_keys(&mut self, now: Instant) {
-        while self.key_order.front().is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > self.window) {
+        while self.key_order.front().is_some_and(|(expires, _, _)| now > *expires) {
             self.pop_key();
         }
     }
@@ -638,7 +654,11 @@ impl MemoryNode {
                 return Ok(done);
             }
             let start = origin.origin(room).await?;
-            self.hub.create_at(room, start);
+            let keys = match &start {
+                Some(at) if at.seq > 0 => origin.keys(room, at).await?,
+                _ => Vec::new(),
+            };
+            self.hub.create_at(room, start, keys);
             // Looked up again: the sweep may drop a room that nothing uses yet in between.
         }
     }
@@ -682,7 +702,6 @@ impl BrokerNode for MemoryNode {
             .with_room(room, |data, r| {
                 let now = Instant::now();
                 r.ttl = opts.history_ttl;
-                r.window = opts.idempotency_window;
                 r.prune_keys(now);
                 if let Some(seq) = key.as_ref().and_then(|k| r.keys.get(k)) {
                     let published = Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true };
@@ -692,7 +711,7 @@ impl BrokerNode for MemoryNode {
                 r.seq += 1;
                 let seq = r.seq;
                 if let Some(key) = key {
-                    r.push_key(now, seq, key);
+                    r.push_key(expiry(now, opts.idempotency_window), seq, key);
                 }
                 let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: Some(msg.body) });
                 r.push_message(now, message.clone());

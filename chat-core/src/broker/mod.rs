@@ -161,10 +161,36 @@ pub trait DeliverySink: Send + Sync + 'static {
 /// used, expired, or lost: restarted empty, flushed) asks before it starts the room over:
 /// with a position, the room goes on in that epoch after that seq; with `None`, under a new
 /// epoch from seq 1.
+///
+/// A broker that does start a room over from the origin also asks for the room's
+/// [`keys`](Origin::keys), and remembers them as if it had stored those messages itself, so
+/// that a client resending after the loss gets the original seq, not a second one.
 #[async_trait]
 pub trait Origin: Send + Sync + 'static {
     /// The room's last kept position, `None` if nothing of it is kept.
     async fn origin(&self, room: &RoomName) -> Result<Option<Position>, BrokerError>;
+
+    /// The idempotency keys still within their window among the newest messages the origin
+    /// keeps of `room` in `at`'s epoch, oldest first. A bounded number: the origin decides how
+    /// far back it looks (the engine's store: its newest 1,024 messages). None by default.
+    async fn keys(&self, room: &RoomName, at: &Position) -> Result<Vec<KeptKey>, BrokerError> {
+        let _ = (room, at);
+        Ok(Vec::new())
+    }
+}
+
+/// An idempotency key the [`Origin`] kept: a broker that starts a room over from the origin
+/// remembers it for what is left of its window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptKey {
+    /// The sender (keys are scoped to sender and room).
+    pub from: Arc<str>,
+    /// The key.
+    pub key: Arc<str>,
+    /// The seq of the message it was sent with.
+    pub seq: u64,
+    /// How much longer the key is to be remembered (more than zero).
+    pub remaining: Duration,
 }
 
 /// A user in a room's presence, with its number of sessions there.

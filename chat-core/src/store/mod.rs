@@ -53,6 +53,11 @@ pub struct Record {
     pub ts: u64,
     /// The body's JSON text; `None` once erased (a tombstone: it keeps its place and seq).
     pub body: Option<Bytes>,
+    /// The idempotency key it was sent with, if any (scoped to sender and room). Kept so that
+    /// a broker that lost its state can be told which recent keys it had seen (see
+    /// [`Origin::keys`](crate::broker::Origin::keys)): a resend after the loss still gets the
+    /// original seq. Not part of a record's identity: a resend is the same message.
+    pub key: Option<Arc<str>>,
 }
 
 /// How much of a room the store keeps: messages older than `max_age` go, and all but the
@@ -90,7 +95,8 @@ pub type RetentionPolicy = dyn Fn(&RoomName) -> Retention + Send + Sync;
 ///   deleted is skipped and stays deleted (a late resend must not reopen a hole below what is
 ///   kept). An error commits nothing.
 /// * [`page`](Store::page) answers like `history` (PROTOCOL.md §4, bounds exclusive), within
-///   one epoch, oldest first; erased messages come back with `body: None`.
+///   one epoch, oldest first; erased messages come back with `body: None`, and every record
+///   with the idempotency key it was first stored with.
 /// * [`latest`](Store::latest) is the room's current epoch and the highest seq stored in it.
 ///   The current epoch is the one whose first record was appended last: a late append of an
 ///   earlier epoch does not move it back.

@@ -37,6 +37,7 @@ pub fn rec(room: &str, epoch: &str, seq: u64) -> Record {
         from: Arc::from("alice"),
         ts: 1_000 * seq,
         body: Some(Bytes::from(format!("{{\"n\":{seq}}}"))),
+        key: None,
     }
 }
 
