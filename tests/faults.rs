@@ -198,6 +198,41 @@ struct NodeAddr {
     ws: String,
 }
 
+/// The store the nodes keep the conversation in.
+enum StoreSide {
+    /// PostgreSQL: a server of the test's own (so it can be frozen and killed) and one database
+    /// on it (dropped, the database removed, before the server stops).
+    Postgres { db: chat_testkit::PgDatabase, server: chat_testkit::PgServer },
+    /// A SQLite file in a directory of the test's own (one node only).
+    Sqlite { dir: tempfile::TempDir },
+}
+
+impl StoreSide {
+    fn postgres() -> StoreSide {
+        let server = chat_testkit::PgServer::start();
+        StoreSide::Postgres { db: chat_testkit::PgDatabase::create_on(&server.url()), server }
+    }
+
+    fn sqlite() -> StoreSide {
+        StoreSide::Sqlite { dir: tempfile::tempdir().expect("a directory for the SQLite store") }
+    }
+
+    /// What `--store` says.
+    fn url(&self) -> String {
+        match self {
+            StoreSide::Postgres { db, .. } => db.url(),
+            StoreSide::Sqlite { dir } => format!("sqlite:{}", dir.path().join("chat.db").display()),
+        }
+    }
+
+    fn postgres_server(&mut self) -> Option<&mut chat_testkit::PgServer> {
+        match self {
+            StoreSide::Postgres { server, .. } => Some(server),
+            StoreSide::Sqlite { .. } => None,
+        }
+    }
+}
+
 /// The Redis the nodes share. Behind one struct so that a Sentinel-managed primary and
 /// replicas can take its place (a failover is then one more fault).
 struct RedisSide {
@@ -390,6 +425,8 @@ enum Backend {
 /// [`Shared::nodes`].
 struct Cluster {
     backend: Backend,
+    /// The store every node keeps the conversation in, if any.
+    store: Option<StoreSide>,
     nodes: Vec<Option<ChatServer>>,
     /// Every node process's stderr, for a failure report.
     logs: Vec<String>,
@@ -397,8 +434,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(backend: Backend, count: usize, shared: &Shared) -> Cluster {
-        let mut cluster = Cluster { backend, nodes: (0..count).map(|_| None).collect(), logs: Vec::new(), starts: 0 };
+    async fn start(backend: Backend, store: Option<StoreSide>, count: usize, shared: &Shared) -> Cluster {
+        let nodes = (0..count).map(|_| None).collect();
+        let mut cluster = Cluster { backend, store, nodes, logs: Vec::new(), starts: 0 };
         for i in 0..count {
             cluster.start_node(i, shared).await;
         }
@@ -419,6 +457,10 @@ impl Cluster {
         if let Backend::Sentinel(_) = self.backend {
             // `sent` once the replica has it too: a failover then loses no acknowledged message.
             args.extend(["--redis-replicas", "1"]);
+        }
+        let store = self.store.as_ref().map(StoreSide::url);
+        if let Some(store) = &store {
+            args.extend(["--store", store]);
         }
         self.starts += 1;
         let node = ChatServer::start(&format!("faults-{id}-{}", self.starts), &args).await;
@@ -452,6 +494,10 @@ enum Fault {
     FailoverRedis,
     /// These clients drop their sockets abruptly (whatever request is in flight).
     CutClients { clients: Vec<usize> },
+    /// SIGSTOP of the store's PostgreSQL for `hold`, then SIGCONT.
+    PauseStore { hold: Duration },
+    /// SIGKILL of the store's PostgreSQL and a start on the same data (crash recovery).
+    RestartStore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -462,6 +508,8 @@ enum FaultKind {
     RestartRedis,
     FailoverRedis,
     CutClients,
+    PauseStore,
+    RestartStore,
 }
 
 impl Fault {
@@ -472,6 +520,8 @@ impl Fault {
             FaultKind::SaveRedis => Fault::SaveRedis,
             FaultKind::RestartRedis => Fault::RestartRedis,
             FaultKind::FailoverRedis => Fault::FailoverRedis,
+            FaultKind::PauseStore => Fault::PauseStore { hold: rng.ms(1000, 3000) },
+            FaultKind::RestartStore => Fault::RestartStore,
             FaultKind::CutClients => {
                 let n = 1 + rng.below(3);
                 let clients: BTreeSet<usize> = (0..n).map(|_| rng.below(CLIENTS as u64) as usize).collect();
@@ -482,13 +532,22 @@ impl Fault {
 
     /// Whether the fault may lose stored messages (and so end an epoch).
     fn may_lose_messages(&self, cluster: &Cluster) -> bool {
+        if cluster.store.is_some() {
+            // With a store, acknowledged messages are committed there and a broker that lost
+            // its state goes on from it. What still ends an epoch is a Redis that came back
+            // older than a message some node delivered and the store lacks (ordered, never
+            // committed: its sender got `unavailable` or no reply); the acknowledged messages
+            // of the ended epoch stay in the store, but the new epoch's history does not show
+            // them (docs/faults.md).
+            return matches!(self, Fault::RestartRedis);
+        }
         // Under Sentinel, replication is asynchronous: a failover (or a pause long enough to
         // cause one) may lose what the old primary had not passed on.
         match self {
             Fault::RestartRedis | Fault::FailoverRedis => true,
             Fault::PauseRedis { .. } => matches!(cluster.backend, Backend::Sentinel(_)),
             Fault::KillNode { .. } => matches!(cluster.backend, Backend::Memory),
-            Fault::SaveRedis | Fault::CutClients { .. } => false,
+            Fault::SaveRedis | Fault::CutClients { .. } | Fault::PauseStore { .. } | Fault::RestartStore => false,
         }
     }
 
@@ -501,8 +560,29 @@ impl Fault {
             Fault::RestartRedis => restart_redis(cluster),
             Fault::FailoverRedis => fail_over(cluster).await,
             Fault::CutClients { clients } => cut_clients(shared, clients),
+            Fault::PauseStore { hold } => pause_store(cluster, *hold).await,
+            Fault::RestartStore => restart_store(cluster),
         }
     }
+}
+
+async fn pause_store(cluster: &mut Cluster, hold: Duration) -> String {
+    let Some(server) = cluster.store.as_mut().and_then(StoreSide::postgres_server) else {
+        return "no database server to pause".to_owned();
+    };
+    server.pause();
+    tokio::time::sleep(hold).await; // holding the fault for its duration
+    server.resume();
+    format!("PostgreSQL paused (SIGSTOP) for {hold:?}, then SIGCONT")
+}
+
+fn restart_store(cluster: &mut Cluster) -> String {
+    let Some(server) = cluster.store.as_mut().and_then(StoreSide::postgres_server) else {
+        return "no database server to restart".to_owned();
+    };
+    // Waits (a blocking wait, off the runtime's other threads) until it accepts connections.
+    tokio::task::block_in_place(|| server.restart());
+    "PostgreSQL killed (SIGKILL) and restarted on its data".to_owned()
 }
 
 async fn kill_node(cluster: &mut Cluster, shared: &Shared, i: usize, down: Duration) -> String {
@@ -1455,7 +1535,15 @@ fn format_entry(t0: Instant, e: &Entry) -> String {
     format!("{:>9.3}s {:?}", e.at.duration_since(t0).as_secs_f64(), e.ev)
 }
 
-async fn run(name: &str, backend: Backend, nodes: usize, kinds: &[FaultKind], secs: u64, seed: u64) {
+async fn run(
+    name: &str,
+    backend: Backend,
+    store: Option<StoreSide>,
+    nodes: usize,
+    kinds: &[FaultKind],
+    secs: u64,
+    seed: u64,
+) {
     println!("{name}: seed {seed} (CHAT_FAULTS_SEED={seed} replays it), {secs} s of faults");
     let mut rng = Rng(seed);
     let plan = schedule(&mut rng.fork(), kinds, nodes, secs);
@@ -1469,7 +1557,7 @@ async fn run(name: &str, backend: Backend, nodes: usize, kinds: &[FaultKind], se
         connected: (0..CLIENTS).map(|_| AtomicBool::new(false)).collect(),
         barrier: Barrier::new(CLIENTS),
     });
-    let mut cluster = Cluster::start(backend, nodes, &shared).await;
+    let mut cluster = Cluster::start(backend, store, nodes, &shared).await;
     let t0 = Instant::now();
     let actors: Vec<_> = (0..CLIENTS).map(|i| tokio::spawn(Actor::new(i, rng.fork(), shared.clone()).run())).collect();
 
@@ -1573,7 +1661,27 @@ async fn redis_nodes_lose_nothing_under_faults() {
         FaultKind::CutClients,
     ];
     let redis = RedisSide::start();
-    run("redis, 3 nodes", Backend::Redis(redis), 3, &kinds, secs, seed).await;
+    run("redis, 3 nodes", Backend::Redis(redis), None, 3, &kinds, secs, seed).await;
+}
+
+/// The same checker with every node keeping the conversation in one PostgreSQL (issue 12),
+/// which is frozen and killed too. Redis restarts now go on from the store in the same epoch,
+/// and a resend after one still gets its original seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_and_postgres_nodes_lose_nothing_under_faults() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (seed, secs) = settings(60);
+    let kinds = [
+        FaultKind::KillNode,
+        FaultKind::PauseRedis,
+        FaultKind::SaveRedis,
+        FaultKind::RestartRedis,
+        FaultKind::CutClients,
+        FaultKind::PauseStore,
+        FaultKind::RestartStore,
+    ];
+    let (redis, store) = (RedisSide::start(), StoreSide::postgres());
+    run("redis and postgres, 3 nodes", Backend::Redis(redis), Some(store), 3, &kinds, secs.div_ceil(2), seed).await;
 }
 
 /// The same checker with Redis under Sentinel: the primary is killed (its replica takes over,
@@ -1585,7 +1693,7 @@ async fn nodes_on_redis_under_sentinel_lose_nothing_silently_under_failovers() {
     let (seed, secs) = settings(60);
     let kinds = [FaultKind::KillNode, FaultKind::FailoverRedis, FaultKind::CutClients];
     let sentinel = SentinelSide::start().await;
-    run("redis under sentinel, 3 nodes", Backend::Sentinel(sentinel), 3, &kinds, secs.div_ceil(2), seed).await;
+    run("redis under sentinel, 3 nodes", Backend::Sentinel(sentinel), None, 3, &kinds, secs.div_ceil(2), seed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1593,7 +1701,18 @@ async fn a_memory_node_loses_nothing_silently_under_faults() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (seed, secs) = settings(60);
     let kinds = [FaultKind::KillNode, FaultKind::CutClients];
-    run("memory, 1 node", Backend::Memory, 1, &kinds, secs.div_ceil(2), seed).await;
+    run("memory, 1 node", Backend::Memory, None, 1, &kinds, secs.div_ceil(2), seed).await;
+}
+
+/// The memory test with the node keeping the conversation in SQLite (issue 12, the example
+/// server's default): a restarted node goes on in the same epoch, from the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_node_on_sqlite_loses_nothing_under_faults() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (seed, secs) = settings(60);
+    let kinds = [FaultKind::KillNode, FaultKind::CutClients];
+    run("memory and sqlite, 1 node", Backend::Memory, Some(StoreSide::sqlite()), 1, &kinds, secs.div_ceil(2), seed)
+        .await;
 }
 
 /// What the checker found (seed 14955364433054832853): Redis killed and restarted twice from

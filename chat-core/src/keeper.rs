@@ -4,7 +4,11 @@
 //! not a store is configured.
 //!
 //! * **Publish**: the broker orders the message (its seq) and fans it out; then the message is
-//!   appended to the store, and only once that is committed does the sender get `sent`. One
+//!   appended to the store, and only once that is committed does the sender get `sent`. A
+//!   broker that can (the memory broker) holds the message back until the commit is done, so
+//!   no member sees a message that a crash could take from the store (the process would hand
+//!   its seq out again); the Redis broker fans out at once, and a node that delivered a message
+//!   the store then lacks makes the room start a new epoch if Redis loses it too. One
 //!   committer task per node appends whatever sessions have queued meanwhile in one call
 //!   (group commit): while one commit is in flight the next batch gathers, so durability costs
 //!   one transaction per batch, not one per message. A keyed resend that the broker answers as
@@ -87,14 +91,18 @@ impl KeptNode {
 
 #[async_trait]
 impl BrokerNode for KeptNode {
-    /// Orders through the broker, then waits until the store committed the message.
+    /// Orders through the broker, then waits until the store committed the message. A broker
+    /// that can holds the message back until then (see [`BrokerNode::publish_held`]); it goes
+    /// out once the commit is done, or failed: the sender is then told it may have reached the
+    /// room, as with a broker that cannot hold it.
     async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
         let (from, ts, body) = (msg.from.clone(), msg.ts, msg.body.clone());
-        let published = self.broker.publish(room, msg, opts).await?;
+        let (published, held) = self.broker.publish_held(room, msg, opts).await?;
         let (epoch, seq) = (published.epoch.clone(), published.seq);
         let key = opts.key.as_deref().map(Arc::from);
-        self.keeper.keep(Record { room: room.clone(), epoch, seq, from, ts, body: Some(body), key }).await?;
-        Ok(published)
+        let kept = self.keeper.keep(Record { room: room.clone(), epoch, seq, from, ts, body: Some(body), key }).await;
+        held.release();
+        kept.map(|()| published)
     }
 
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {

@@ -61,13 +61,12 @@ impl Store for Gated {
 
 /// An engine on its own memory broker (keeping 3 messages) and `store`.
 async fn engine_on(store: &(impl Store + Clone)) -> Engine {
-    Engine::builder()
-        .broker(MemoryBroker::new())
-        .store(store.clone())
-        .tune(|c| c.history_size = 3)
-        .build()
-        .await
-        .expect("engine")
+    engine_with(store, MemoryBroker::new()).await
+}
+
+/// An engine on `broker` (keeping 3 messages) and `store`.
+async fn engine_with(store: &(impl Store + Clone), broker: MemoryBroker) -> Engine {
+    Engine::builder().broker(broker).store(store.clone()).tune(|c| c.history_size = 3).build().await.expect("engine")
 }
 
 fn bodies(page: &Value) -> Vec<u64> {
@@ -170,9 +169,8 @@ async fn sent_means_committed_and_a_failed_commit_can_be_resent() {
 async fn appends_waiting_for_a_commit_go_in_one() {
     let gate = Arc::new(Semaphore::new(0));
     let store = Gated { gate: Some(gate.clone()), ..Gated::default() };
-    let engine = engine_on(&store).await;
-    let mut watcher = client(&engine, "watcher").await;
-    watcher.join("r", None).await.unwrap();
+    let broker = MemoryBroker::new();
+    let engine = engine_with(&store, broker.clone()).await;
     const SENDERS: usize = 20;
     let mut sends = Vec::new();
     for i in 0..SENDERS {
@@ -181,11 +179,9 @@ async fn appends_waiting_for_a_commit_go_in_one() {
         sends
             .push(tokio::spawn(async move { sender.send("r", json!(i)).await.map(|_| ()).map_err(|e| e.to_string()) }));
     }
-    // Every message is ordered and delivered before its commit: once the watcher saw them all,
-    // the first append holds the gate and the others wait behind it.
-    for _ in 0..SENDERS {
-        event_of(&mut watcher, "message").await;
-    }
+    // Every message is ordered (and held back) before its commit: once the broker holds them
+    // all, the first append holds the gate and the others wait behind it.
+    ordered(&broker, SENDERS).await;
     gate.add_permits(SENDERS);
     for send in sends {
         tokio::time::timeout(WAIT, send).await.expect("sent in time").expect("task").expect("sent");
@@ -196,15 +192,52 @@ async fn appends_waiting_for_a_commit_go_in_one() {
     engine.shutdown().await;
 }
 
+/// Waits until `broker` holds `n` messages (ordered, whether or not they went out yet).
+async fn ordered(broker: &MemoryBroker, n: usize) {
+    chat_testkit::eventually("the messages ordered", WAIT, || async { (broker.stats().messages == n).then_some(()) })
+        .await;
+}
+
+/// No member sees a message before the store kept it: the memory broker holds it back (and
+/// the room's history and position with it) until the commit, so a process that dies first
+/// leaves nobody holding a message it would hand out again. Messages sent meanwhile wait
+/// behind it, in order.
+#[tokio::test]
+async fn a_message_goes_out_once_kept() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = Gated { gate: Some(gate.clone()), ..Gated::default() };
+    let broker = MemoryBroker::new();
+    let engine = engine_with(&store, broker.clone()).await;
+    let mut watcher = client(&engine, "watcher").await;
+    watcher.join("r", None).await.unwrap();
+    let alice = client(&engine, "alice").await;
+    alice.join("r", None).await.unwrap();
+    let send = tokio::spawn(async move {
+        let first = alice.send("r", json!(1)).await.map_err(|e| e.to_string());
+        (first, alice)
+    });
+    ordered(&broker, 1).await;
+    let page = watcher.history("r", None, None, Some(10)).await.unwrap();
+    assert_eq!(seqs(&page), Vec::<u64>::new(), "not shown before it is kept");
+    let late = client(&engine, "late").await;
+    assert_eq!(late.join("r", None).await.unwrap().seq, 0, "a join is not placed after it either");
+    gate.add_permits(100);
+    let (first, alice) = tokio::time::timeout(WAIT, send).await.expect("sent in time").expect("task");
+    assert_eq!(first, Ok(Some(1)));
+    assert_eq!(event_of(&mut watcher, "message").await["seq"], 1);
+    assert_eq!(alice.send("r", json!(2)).await.unwrap(), Some(2));
+    assert_eq!(event_of(&mut watcher, "message").await["seq"], 2);
+    engine.shutdown().await;
+}
+
 /// One session's record that the store refuses fails that session's send only, though it
 /// shared a commit with the others.
 #[tokio::test]
 async fn a_record_the_store_refuses_fails_only_its_sender() {
     let gate = Arc::new(Semaphore::new(0));
     let store = Gated { gate: Some(gate.clone()), poison: Some("mallory"), ..Gated::default() };
-    let engine = engine_on(&store).await;
-    let mut watcher = client(&engine, "watcher").await;
-    watcher.join("r", None).await.unwrap();
+    let broker = MemoryBroker::new();
+    let engine = engine_with(&store, broker.clone()).await;
     let mut sends = Vec::new();
     for user in ["alice", "mallory", "bob"] {
         let sender = client(&engine, user).await;
@@ -213,9 +246,7 @@ async fn a_record_the_store_refuses_fails_only_its_sender() {
             sender.send("r", json!(user)).await.map_err(|e| e.code().map(str::to_owned))
         }));
     }
-    for _ in 0..3 {
-        event_of(&mut watcher, "message").await;
-    }
+    ordered(&broker, 3).await;
     gate.add_permits(100);
     let mut outcomes = Vec::new();
     for send in sends {

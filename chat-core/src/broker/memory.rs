@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Broker, BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, HistoryPage, HistoryQuery, KeptKey, Message,
+    Broker, BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, Held, HistoryPage, HistoryQuery, KeptKey, Message,
     Origin, Position, PresenceEntry, Publication, PublishOpts, Published, Transient,
 };
 use crate::protocol::RoomName;
@@ -146,6 +146,13 @@ struct RoomData {
     /// Stored messages, contiguous in seq, oldest first, with the time each was stored.
     history: VecDeque<(Instant, Arc<Message>)>,
     history_bytes: usize,
+    /// Messages ordered after `seq` but held back (see `BrokerNode::publish_held`), in seq
+    /// order from `seq + 1`, each with whether it was released: they go out, in order, once
+    /// every one before them was released.
+    held: VecDeque<(Arc<Message>, bool)>,
+    held_bytes: usize,
+    /// The history size of the latest publish, applied as held messages go out.
+    size: usize,
     keys: HashMap<KeyId, u64>,
     /// The keys in the order they were stored (so in seq order), with when each expires and
     /// its seq.
@@ -415,6 +422,9 @@ impl RoomData {
             ttl: Duration::MAX,
             history: VecDeque::new(),
             history_bytes: 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            size: usize::MAX,
             keys: HashMap::new(),
             key_order: VecDeque::new(),
             key_bytes: 0,
@@ -428,19 +438,57 @@ impl RoomData {
 
     /// What this room adds to the hub's totals.
     fn retained(&self) -> Counted {
-        if self.history.is_empty() && self.keys.is_empty() {
+        if self.history.is_empty() && self.keys.is_empty() && self.held.is_empty() {
             return Counted::default();
         }
         Counted {
-            bytes: ROOM_OVERHEAD + self.name.len() + self.history_bytes + self.key_bytes,
-            messages: self.history.len(),
+            bytes: ROOM_OVERHEAD + self.name.len() + self.history_bytes + self.held_bytes + self.key_bytes,
+            messages: self.history.len() + self.held.len(),
             keys: self.keys.len(),
         }
     }
 
     /// Holds nothing that anyone needs: it can be dropped and created again later.
     fn unused(&self) -> bool {
-        self.subscribers.is_empty() && self.presence.is_empty() && self.history.is_empty() && self.keys.is_empty()
+        self.subscribers.is_empty()
+            && self.presence.is_empty()
+            && self.history.is_empty()
+            && self.keys.is_empty()
+            && self.held.is_empty()
+    }
+
+    /// The seq the next message gets.
+    fn next_seq(&self) -> u64 {
+        self.seq + self.held.len() as u64 + 1
+    }
+
+    /// Releases held message `seq` of `epoch` (nothing if the room has left that epoch), and
+    /// stores and delivers every released message at the front of the held ones, in order.
+    /// Whether any went out.
+    fn release(&mut self, room: &RoomName, epoch: &Epoch, seq: u64) -> bool {
+        if self.epoch != *epoch || seq <= self.seq {
+            return false;
+        }
+        if let Some(held) = usize::try_from(seq - self.seq - 1).ok().and_then(|i| self.held.get_mut(i)) {
+            held.1 = true;
+        }
+        let now = Instant::now();
+        let mut out = false;
+        while self.held.front().is_some_and(|(_, released)| *released) {
+            let Some((message, _)) = self.held.pop_front() else { break };
+            self.held_bytes -= message_cost(&message);
+            self.seq = message.seq;
+            self.push_message(now, message.clone());
+            while self.history.len() > self.size {
+                self.pop_message();
+            }
+            self.deliver(room, &Delivery::Stored { epoch: self.epoch.clone(), message });
+            out = true;
+        }
+        if out {
+            self.expire(now);
+        }
+        out
     }
 
     fn push_message(&mut self, now: Instant, message: Arc<Message>) {
@@ -452,11 +500,19 @@ impl RoomData {
     /// returns how many. The caller settles the room's accounting.
     fn erase(&mut self, which: impl Fn(&Message) -> bool) -> u64 {
         let mut erased = 0;
-        for (_, m) in self.history.iter_mut().filter(|(_, m)| m.body.is_some() && which(m)) {
-            self.history_bytes -= message_cost(m);
-            *m = Arc::new(Message { body: None, ..(**m).clone() });
-            self.history_bytes += message_cost(m);
-            erased += 1;
+        let mut tombstone = |m: &mut Arc<Message>, bytes: &mut usize| {
+            if m.body.is_some() && which(m) {
+                *bytes -= message_cost(m);
+                *m = Arc::new(Message { body: None, ..(**m).clone() });
+                *bytes += message_cost(m);
+                erased += 1;
+            }
+        };
+        for (_, m) in &mut self.history {
+            tombstone(m, &mut self.history_bytes);
+        }
+        for (m, _) in &mut self.held {
+            tombstone(m, &mut self.held_bytes);
         }
         erased
     }
@@ -517,6 +573,8 @@ impl RoomData {
     fn clear_retained(&mut self) {
         self.history.clear();
         self.history_bytes = 0;
+        self.held.clear();
+        self.held_bytes = 0;
         self.keys.clear();
         self.key_order.clear();
         self.key_bytes = 0;
@@ -663,6 +721,47 @@ impl MemoryNode {
         }
     }
 
+    /// Orders `msg` in the room: its seq (or, for a key seen within the window, the original
+    /// one), held back behind the room's held messages; with `hold` false, released at once
+    /// (under the same lock).
+    async fn order(
+        &self,
+        room: &RoomName,
+        msg: Publication,
+        opts: &PublishOpts,
+        hold: bool,
+    ) -> Result<Published, BrokerError> {
+        let key = opts.key.as_deref().map(|k| (msg.from.clone(), Arc::<str>::from(k)));
+        let published = self
+            .with_room(room, |data, r| {
+                let now = Instant::now();
+                r.ttl = opts.history_ttl;
+                r.size = opts.history_size;
+                r.prune_keys(now);
+                if let Some(seq) = key.as_ref().and_then(|k| r.keys.get(k)) {
+                    let published = Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true };
+                    self.hub.settle(data, r, false);
+                    return published;
+                }
+                let seq = r.next_seq();
+                if let Some(key) = key {
+                    r.push_key(expiry(now, opts.idempotency_window), seq, key);
+                }
+                let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: Some(msg.body) });
+                r.held_bytes += message_cost(&message);
+                r.held.push_back((message, false));
+                let epoch = r.epoch.clone();
+                if !hold {
+                    r.release(room, &epoch, seq);
+                }
+                self.hub.settle(data, r, true);
+                Published { epoch, seq, duplicate: false }
+            })
+            .await?;
+        self.hub.note_retention(opts);
+        Ok(published)
+    }
+
     fn detach_now(&self) {
         let rooms: Vec<_> = lock(&self.hub.rooms).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (name, room) in rooms {
@@ -697,39 +796,38 @@ impl Drop for MemoryNode {
 #[async_trait]
 impl BrokerNode for MemoryNode {
     async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
-        let key = opts.key.as_deref().map(|k| (msg.from.clone(), Arc::<str>::from(k)));
-        let published = self
-            .with_room(room, |data, r| {
-                let now = Instant::now();
-                r.ttl = opts.history_ttl;
-                r.prune_keys(now);
-                if let Some(seq) = key.as_ref().and_then(|k| r.keys.get(k)) {
-                    let published = Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true };
-                    self.hub.settle(data, r, false);
-                    return published;
-                }
-                r.seq += 1;
-                let seq = r.seq;
-                if let Some(key) = key {
-                    r.push_key(expiry(now, opts.idempotency_window), seq, key);
-                }
-                let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: Some(msg.body) });
-                r.push_message(now, message.clone());
-                while r.history.len() > opts.history_size {
-                    r.pop_message();
-                }
-                r.expire(now);
-                self.hub.settle(data, r, true);
-                let epoch = r.epoch.clone();
-                r.deliver(room, &Delivery::Stored { epoch: epoch.clone(), message });
-                Published { epoch, seq, duplicate: false }
-            })
-            .await?;
-        self.hub.note_retention(opts);
+        let published = self.order(room, msg, opts, false).await?;
         if !published.duplicate {
             self.hub.enforce_cap(opts.max_history_bytes);
         }
         Ok(published)
+    }
+
+    /// Orders the message and holds it back until the [`Held`] goes: the room's position,
+    /// history and deliveries stay where they were until then (and for the messages after it).
+    async fn publish_held(
+        &self,
+        room: &RoomName,
+        msg: Publication,
+        opts: &PublishOpts,
+    ) -> Result<(Published, Held), BrokerError> {
+        let published = self.order(room, msg, opts, true).await?;
+        if published.duplicate {
+            return Ok((published, Held::default()));
+        }
+        let (hub, room, epoch, seq, cap) =
+            (self.hub.clone(), room.clone(), published.epoch.clone(), published.seq, opts.max_history_bytes);
+        let held = Held::new(move || {
+            let out = hub.with_existing(&room, |data, r| {
+                let out = r.release(&room, &epoch, seq);
+                hub.settle(data, r, out);
+                out
+            });
+            if out == Some(true) {
+                hub.enforce_cap(cap);
+            }
+        });
+        Ok((published, held))
     }
 
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {

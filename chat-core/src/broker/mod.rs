@@ -77,6 +77,53 @@ pub struct PublishOpts {
     pub max_history_bytes: usize,
 }
 
+/// A message a broker holds back (see [`BrokerNode::publish_held`]): released when this is
+/// released or dropped, whichever comes first, so a publisher that gives up cannot block its
+/// room.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+/// use chat_core::broker::Held;
+///
+/// let released = Arc::new(AtomicBool::new(false));
+/// let flag = released.clone();
+/// let held = Held::new(move || flag.store(true, Ordering::Relaxed));
+/// assert!(!released.load(Ordering::Relaxed));
+/// drop(held);
+/// assert!(released.load(Ordering::Relaxed));
+/// ```
+#[derive(Default)]
+pub struct Held(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Held {
+    /// Runs `release` when released or dropped.
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Held {
+        Held(Some(Box::new(release)))
+    }
+
+    /// Lets the message (and those held behind it) go out now.
+    pub fn release(mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Held" } else { "Held(released)" })
+    }
+}
+
 /// Where a publication landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -222,6 +269,22 @@ pub trait BrokerNode: Send + Sync + 'static {
     /// Orders and stores a message and delivers it to every node subscribed to the room, this
     /// one included. A key seen within the window returns the original seq and delivers nothing.
     async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError>;
+    /// Like [`publish`](BrokerNode::publish), for a message the engine is about to keep in its
+    /// store: a broker may hold the message back (no delivery, and neither history nor a
+    /// position shows it) until the returned [`Held`] is released or dropped, and the messages
+    /// after it in the room with it. The memory broker does, so that a process that dies
+    /// before the commit leaves no member holding a message the store lacks (the restarted
+    /// process goes on from the store, and would hand the seq out again). A broker whose
+    /// deliveries start on other processes cannot (the Redis broker): by default the message
+    /// goes out at once.
+    async fn publish_held(
+        &self,
+        room: &RoomName,
+        msg: Publication,
+        opts: &PublishOpts,
+    ) -> Result<(Published, Held), BrokerError> {
+        Ok((self.publish(room, msg, opts).await?, Held::default()))
+    }
     /// Fans out without storing.
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError>;
     /// This node starts receiving the room's deliveries. Returns the room's position, read after
