@@ -20,6 +20,7 @@
 //! * **Origin**: the store tells the broker where a room stands when the broker holds nothing
 //!   of it (see [`Origin`]), so a restarted or flushed broker goes on in the same epoch.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,10 +48,11 @@ pub(crate) struct Keeper {
 
 impl Keeper {
     /// A keeper on `store`; starts its committer task, which appends at most `max_batch`
-    /// records at a time, with up to `queue` more waiting. The task ends with the keeper.
+    /// records at a time, with up to `queue` more waiting (and as many that the store could
+    /// not take, to be appended again). The task ends with the keeper.
     pub(crate) fn new(store: Arc<dyn Store>, max_batch: usize, queue: usize) -> Keeper {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(commit(store.clone(), rx, max_batch.max(1)));
+        tokio::spawn(commit(store.clone(), rx, max_batch.max(1), queue.max(1)));
         Keeper { store, queue: tx }
     }
 
@@ -197,13 +199,40 @@ fn message(r: Record) -> Message {
     Message { seq: r.seq, from: r.from, ts: r.ts, body: r.body }
 }
 
+/// The first wait before appending again what the store could not take, doubled after each
+/// failure up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Appends what sessions queued, a batch at a time, and answers each of them. A batch the
 /// store refuses as a whole for a reason other than being unreachable (`Internal`: a record it
 /// cannot take, say) is appended again one record at a time, so that one session's bad record
 /// fails only that session's send.
-async fn commit(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Pending>, max_batch: usize) {
+///
+/// A batch the store could not take (`Unavailable`) is answered as such, and kept to be
+/// appended again in the background, with growing pauses, until the store takes it: those
+/// messages were ordered and may have reached members, and the store must not lack them once
+/// it is back, whether or not their senders resend (a resend is skipped as a duplicate). At
+/// most `unkept_limit` records wait so; beyond that the oldest are given up, with a warning.
+async fn commit(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Pending>, max_batch: usize, unkept_limit: usize) {
     let mut pending = Vec::with_capacity(max_batch.min(1024));
-    while queue.recv_many(&mut pending, max_batch).await > 0 {
+    let mut unkept: VecDeque<Record> = VecDeque::new();
+    let mut pause = RETRY_MIN;
+    loop {
+        let received = if unkept.is_empty() {
+            queue.recv_many(&mut pending, max_batch).await
+        } else {
+            tokio::select! {
+                n = queue.recv_many(&mut pending, max_batch) => n,
+                _ = tokio::time::sleep(pause) => {
+                    pause = append_unkept(&*store, &mut unkept, max_batch, pause).await;
+                    continue;
+                }
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
         match store.append(&records).await {
             Err(StoreError::Internal(why)) if pending.len() > 1 => {
@@ -214,12 +243,49 @@ async fn commit(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Pending>, max_b
                 }
             }
             outcome => {
+                if let Err(StoreError::Unavailable(_)) = &outcome {
+                    unkept.extend(records);
+                    let over = unkept.len().saturating_sub(unkept_limit);
+                    if over > 0 {
+                        unkept.drain(..over);
+                        tracing::warn!(records = over, "the store stayed unavailable; gave up appending these again");
+                    }
+                }
                 let mut conflicts = outcome.as_deref().unwrap_or_default().iter().copied().peekable();
                 for (i, p) in pending.drain(..).enumerate() {
                     let conflict = outcome.as_ref().map(|_| conflicts.next_if_eq(&i).is_some()).map_err(Clone::clone);
                     answer(p, conflict);
                 }
             }
+        }
+    }
+    if !unkept.is_empty() {
+        tracing::warn!(records = unkept.len(), "stopping with records the store never took");
+    }
+}
+
+/// Appends the oldest batch of `unkept`; returns the pause before the next try.
+async fn append_unkept(
+    store: &dyn Store,
+    unkept: &mut VecDeque<Record>,
+    max_batch: usize,
+    pause: Duration,
+) -> Duration {
+    let batch: Vec<Record> = unkept.iter().take(max_batch).cloned().collect();
+    match store.append(&batch).await {
+        Ok(conflicts) => {
+            unkept.drain(..batch.len());
+            if !conflicts.is_empty() {
+                // The room has gone on under another epoch since: what the store holds stays.
+                tracing::warn!(records = conflicts.len(), "records appended late conflict with stored ones");
+            }
+            RETRY_MIN
+        }
+        Err(StoreError::Unavailable(_)) => (pause * 2).min(RETRY_MAX),
+        Err(StoreError::Internal(why)) => {
+            unkept.drain(..batch.len());
+            tracing::warn!(records = batch.len(), error = %why, "the store refused records appended late; gave them up");
+            RETRY_MIN
         }
     }
 }

@@ -165,6 +165,31 @@ async fn sent_means_committed_and_a_failed_commit_can_be_resent() {
     engine.shutdown().await;
 }
 
+/// A message the store could not take when it was sent (its sender answered `unavailable`)
+/// is appended in the background once the store is back, resent or not: members received it,
+/// so the store must not lack it.
+#[tokio::test]
+async fn what_the_store_could_not_take_is_appended_once_it_is_back() {
+    let store = MemoryStore::new();
+    let engine = engine_on(&store).await;
+    let mut alice = client(&engine, "alice").await;
+    alice.join("r", None).await.unwrap();
+    store.set_available(false);
+    for n in 1..=2 {
+        let err = alice.send("r", json!(n)).await.unwrap_err();
+        assert_eq!(err.code(), Some("unavailable"), "{err}");
+        assert_eq!(event_of(&mut alice, "message").await["seq"], n, "delivered, not kept");
+    }
+    store.set_available(true);
+    chat_testkit::eventually("both appended", WAIT, || async { (store.len() == 2).then_some(()) }).await;
+    for n in 3..=6 {
+        alice.send("r", json!(n)).await.unwrap();
+    }
+    let page = alice.history("r", None, None, Some(10)).await.unwrap();
+    assert_eq!(bodies(&page), vec![1, 2, 3, 4, 5, 6], "1 and 2 from the store, past the window of 3");
+    engine.shutdown().await;
+}
+
 #[tokio::test]
 async fn appends_waiting_for_a_commit_go_in_one() {
     let gate = Arc::new(Semaphore::new(0));
