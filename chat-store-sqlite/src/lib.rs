@@ -20,6 +20,7 @@
 //!         from: Arc::from("alice"),
 //!         ts: 1_700_000_000_000 + seq,
 //!         body: Some(format!(r#"{{"text":"hello {seq}"}}"#).into()),
+//!         key: None,
 //!     })
 //!     .collect();
 //! let conflicts = store.append(&batch).await?; // one transaction: committed (and synced) when it returns
