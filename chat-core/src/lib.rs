@@ -37,6 +37,7 @@ pub mod auth;
 pub mod broker;
 mod bucket;
 pub mod client;
+pub mod direct;
 mod driver;
 mod engine;
 mod heartbeat;

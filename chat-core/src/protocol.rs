@@ -67,6 +67,7 @@ impl RoomName {
         !name.is_empty()
             && name.len() <= MAX_ROOM_LEN
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@' | b'#'))
+            && crate::direct::well_formed(name)
     }
 
     /// The name.

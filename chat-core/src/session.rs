@@ -417,7 +417,22 @@ impl Session {
         self.info.as_ref().map_or_else(|_| NOBODY.get_or_init(|| Identity::user("")), |i| &i.identity)
     }
 
+    /// Whether this session's user may do `action` in `room`: a direct conversation's own
+    /// users only, whatever the host says (PROTOCOL.md §4); then the host's authorizer.
     async fn authorize(&self, room: &RoomName, action: Action) -> Result<(), Failure> {
+        if let Some(users) = crate::direct::users(room) {
+            let me = self.identity().user.as_str();
+            if !crate::direct::can_take_part(me) {
+                let why = format!("{me:?} cannot take part in direct conversations: its name is not made of room characters without ':'");
+                return Err(Failure::new(ErrorCode::InvalidRoom, why));
+            }
+            if !users.contains(&me) {
+                return Err(Failure::new(
+                    ErrorCode::Forbidden,
+                    format!("{room} is a direct conversation of other users"),
+                ));
+            }
+        }
         if self.inner.authorizer.authorize(self.identity(), room, action).await {
             Ok(())
         } else {

@@ -209,7 +209,8 @@ impl Hub {
             Some(p) => RoomData::new(room, p.epoch, p.seq),
             None => RoomData::new(room, self.fresh_epoch(), 0),
         };
-        // The keys are in before anyone can find the room.
+        // The keys are in before anyone can find the room. (Its lock is taken before the room
+        // map's, against the lock order: nobody else can hold or wait for it yet.)
         let mut r = lock(&data);
         let now = Instant::now();
         for k in keys {
