@@ -59,8 +59,11 @@ impl Engine {
     /// gone); `outbound` takes whole frames. Resolves when the session is over and `outbound`
     /// was closed. Every transport calls this and does nothing else with the protocol.
     ///
-    /// Every frame written to `outbound` is one JSON object in valid UTF-8: transports may
-    /// rely on it (the WebSocket transport sends frames as text without validating them again).
+    /// Every frame written to `outbound` is one JSON object in valid UTF-8, on one line (no
+    /// raw line break: message bodies are kept compact, see [`compact`](crate::protocol::compact)):
+    /// transports may rely on it (the WebSocket transport sends frames as text without
+    /// validating them again; a line-framed transport, NDJSON or server-sent events, writes
+    /// them as they are).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -259,6 +259,7 @@ pub enum Request {
         /// The room.
         room: RoomName,
         /// The body's JSON text, exactly as the client sent it (surrounding whitespace trimmed).
+        /// The session keeps and sends it [`compact`].
         body: Bytes,
         /// The idempotency key (1 to 128 bytes); `None` on ephemeral sends.
         key: Option<String>,
@@ -458,6 +459,40 @@ fn prescan(text: &str) -> Result<(), &'static str> {
 
 /// Parses one frame's bytes into a request.
 ///
+/// `json`, a valid JSON text, without the whitespace outside its strings: how a `send` body is
+/// kept and sent, so that every frame the engine writes is a single line (JSON strings cannot
+/// hold a raw line break), whatever the client wrote.
+///
+/// ```
+/// use chat_core::protocol::compact;
+///
+/// assert_eq!(&compact(b"{ \"text\" : \"hi there\",\n  \"n\": [1, 2] }")[..], br#"{"text":"hi there","n":[1,2]}"#);
+/// ```
+pub fn compact(json: &[u8]) -> Bytes {
+    let space = |b: &u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    if !json.iter().any(space) {
+        return Bytes::copy_from_slice(json);
+    }
+    let mut out = Vec::with_capacity(json.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in json {
+        if quoted {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = false;
+            }
+        } else if !space(&b) {
+            quoted = b == b'"';
+            out.push(b);
+        }
+    }
+    Bytes::from(out)
+}
+
 /// The caller has already checked the frame against `max_frame`; `max_body` is the session's
 /// concern (it ranks after `not_member` and `forbidden` in §6).
 ///
@@ -952,11 +987,22 @@ mod tests {
 
     #[test]
     fn body_is_passed_through_as_sent() {
-        let f = parse(b"{\"type\":\"send\",\"room\":\"r\",\"body\":  {\"a\" : [1, 2.50, \"\\u00e9\"]}  }").unwrap();
+        let f = parse(b"{\"type\":\"send\",\"room\":\"r\",\"body\":  {\"a\" :\r\n [1,\t2.50, \"\\u00e9 \\\" x\"]}  }")
+            .unwrap();
         match f.request {
-            Request::Send { body, .. } => assert_eq!(&body[..], br#"{"a" : [1, 2.50, "\u00e9"]}"#),
+            Request::Send { body, .. } => {
+                assert_eq!(&body[..], b"{\"a\" :\r\n [1,\t2.50, \"\\u00e9 \\\" x\"]}");
+                assert_eq!(&compact(&body)[..], br#"{"a":[1,2.50,"\u00e9 \" x"]}"#);
+            }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn compact_keeps_strings_whole() {
+        assert_eq!(&compact(br#" [ "a b" , "c\"  d\\" , {"e" : " "} ] "#)[..], br#"["a b","c\"  d\\",{"e":" "}]"#);
+        assert_eq!(&compact(br#"[ "\\" , " x" ]"#)[..], br#"["\\"," x"]"#, "an escaped backslash, then the quote");
+        assert_eq!(&compact(b"null")[..], b"null");
     }
 
     #[test]

@@ -579,6 +579,8 @@ impl Session {
         if body.len() > max_body {
             return Err(Failure::new(ErrorCode::BodyTooLarge, format!("bodies are limited to {max_body} bytes")));
         }
+        // Kept and sent without the whitespace outside its strings: every frame is one line.
+        let body = crate::protocol::compact(&body);
         let body = match &self.info {
             Ok(info) => match self.inner.hooks.on_send(info, &room, &body).await {
                 SendDecision::Accept => body,

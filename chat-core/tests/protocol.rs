@@ -143,7 +143,7 @@ async fn join_leave_and_their_idempotence() {
 }
 
 #[tokio::test]
-async fn send_fans_out_to_every_member_with_the_body_unchanged() {
+async fn send_fans_out_to_every_member_with_the_body_unchanged_but_compact() {
     let engine = engine().await;
     let mut alice = Raw::hello(&engine, "alice").await;
     let mut bob = Raw::hello(&engine, "bob").await;
@@ -159,7 +159,9 @@ async fn send_fans_out_to_every_member_with_the_body_unchanged() {
             }
         };
         let text = std::str::from_utf8(&frame).unwrap();
-        assert!(text.ends_with(&format!(r#""body":{body}}}"#)), "body passed through byte for byte: {text}");
+        // Byte for byte but for the whitespace outside strings: numbers, escapes and UTF-8 as sent.
+        let compact = r#"{"text":"héllo \u00e9","n":[1.50,null,{"deep":true}]}"#;
+        assert!(text.ends_with(&format!(r#""body":{compact}}}"#)), "body passed through compact: {text}");
         let v: Value = serde_json::from_slice(&frame).unwrap();
         assert_eq!(
             (v["room"].as_str(), v["seq"].as_u64(), v["from"].as_str()),
@@ -763,4 +765,28 @@ async fn replies_flow_while_requests_never_stop() {
     }
     assert_eq!(engine.kick("alice"), 1);
     tokio::time::timeout(within, session).await.expect("a kicked session ends").unwrap();
+}
+
+/// Whatever whitespace a client puts in a body, the engine keeps and sends it compact: every
+/// frame it writes is one line (PROTOCOL.md §3), so line-framed transports need no escaping.
+#[tokio::test]
+async fn every_frame_is_one_line() {
+    let engine = engine().await;
+    let mut alice = Raw::hello(&engine, "alice").await;
+    alice.join("r").await;
+    alice.send(
+        "{\"type\":\"send\",\"id\":2,\"room\":\"r\",\"body\":{\n  \"text\" : \"two\\nlines\",\r\n\t\"n\": [1, 2]\n}}",
+    );
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        frames.push(alice.recv_raw().await);
+    }
+    for frame in &frames {
+        assert!(!frame.contains(&b'\n') && !frame.contains(&b'\r'), "{}", String::from_utf8_lossy(frame));
+    }
+    let message = frames.iter().find(|f| f.starts_with(br#"{"type":"message""#)).expect("the message");
+    assert!(message.ends_with(br#""body":{"text":"two\nlines","n":[1,2]}}"#), "{}", String::from_utf8_lossy(message));
+    let page = alice.ask(r#"{"type":"history","id":3,"room":"r"}"#).await;
+    assert_eq!(page["messages"][0]["body"], json!({"text": "two\nlines", "n": [1, 2]}));
+    engine.shutdown().await;
 }
