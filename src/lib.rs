@@ -14,7 +14,7 @@ pub use chat_store_sqlite as sqlite;
 pub use chat_transport_tcp as tcp;
 pub use chat_transport_ws as ws;
 
-pub use chat_core::{Config, Engine, MemoryBroker};
+pub use chat_core::{async_trait, Config, Engine, MemoryBroker};
 
 /// The README's Rust examples run as doc-tests.
 #[cfg(doctest)]

@@ -121,11 +121,35 @@ pub enum Action {
     Presence,
 }
 
-/// Allows or refuses room actions (a refusal is the client's `forbidden`).
+/// Why an [`Authorizer`] refused: the message of the client's `forbidden` error (empty: the
+/// engine says which room).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// Allows or refuses room actions (a refusal is the client's `forbidden`, with its reason).
+///
+/// ```
+/// use chat_core::auth::{Action, Authorizer, Identity, Refusal};
+/// use chat_core::{async_trait, RoomName};
+///
+/// /// Anyone may read `announcements`; only `boss` may write there.
+/// struct Announcements;
+///
+/// #[async_trait]
+/// impl Authorizer for Announcements {
+///     async fn authorize(&self, who: &Identity, room: &RoomName, action: Action) -> Result<(), Refusal> {
+///         if room.as_str() == "announcements" && action == Action::Send && who.user != "boss" {
+///             return Err(Refusal("only boss announces".into()));
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Authorizer: Send + Sync + 'static {
-    /// Whether `identity` may do `action` in `room`.
-    async fn authorize(&self, identity: &Identity, room: &RoomName, action: Action) -> bool;
+    /// Whether `identity` may do `action` in `room`: `Ok`, or why not.
+    async fn authorize(&self, identity: &Identity, room: &RoomName, action: Action) -> Result<(), Refusal>;
 }
 
 /// The default authorizer: everything is allowed (the identity's room patterns still apply).
@@ -134,15 +158,24 @@ pub struct AllowAll;
 
 #[async_trait]
 impl Authorizer for AllowAll {
-    async fn authorize(&self, _: &Identity, _: &RoomName, _: Action) -> bool {
-        true
+    async fn authorize(&self, _: &Identity, _: &RoomName, _: Action) -> Result<(), Refusal> {
+        Ok(())
     }
 }
 
 /// The longest user name the built-in authenticators accept, in bytes.
 pub const MAX_USER_LEN: usize = 64;
 
-fn valid_user(user: &str) -> bool {
+/// Whether `user` is a user name the built-in authenticators accept: 1 to [`MAX_USER_LEN`]
+/// bytes, no control characters. A custom authenticator can hold its names to the same rule.
+///
+/// ```
+/// use chat_core::auth::valid_user_name;
+///
+/// assert!(valid_user_name("alice") && valid_user_name("Zoë Smith"));
+/// assert!(!valid_user_name("") && !valid_user_name("line\nbreak"));
+/// ```
+pub fn valid_user_name(user: &str) -> bool {
     !user.is_empty() && user.len() <= MAX_USER_LEN && !user.chars().any(char::is_control)
 }
 
@@ -155,7 +188,7 @@ pub struct AllowAnonymous;
 impl Authenticator for AllowAnonymous {
     async fn authenticate(&self, c: &Credentials<'_>) -> Result<Identity, AuthError> {
         match c.user {
-            Some(user) if valid_user(user) => Ok(Identity::user(user)),
+            Some(user) if valid_user_name(user) => Ok(Identity::user(user)),
             Some(_) => Err(AuthError("user must be 1 to 64 bytes without control characters".into())),
             None => Err(AuthError("hello needs a user".into())),
         }
@@ -359,7 +392,7 @@ impl Authenticator for JwtAuthenticator {
         let token = c.token.ok_or_else(|| AuthError("a token is required".into()))?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError(format!("invalid token: {e}")))?;
-        if !valid_user(&data.claims.sub) {
+        if !valid_user_name(&data.claims.sub) {
             return Err(AuthError("the token's sub is not a valid user name".into()));
         }
         Ok(Identity { user: data.claims.sub, rooms: data.claims.rooms, expires: Some(data.claims.exp) })

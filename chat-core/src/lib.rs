@@ -54,7 +54,13 @@ pub mod store;
 #[doc(hidden)]
 pub use rooms::bench;
 
-pub use auth::{AllowAll, AllowAnonymous, Authenticator, Authorizer, Identity, JwtAuthenticator};
+/// The attribute the [`Authenticator`], [`Authorizer`] and [`Hooks`] traits are written with:
+/// `#[chat_core::async_trait]` on an `impl` of one of them.
+pub use async_trait::async_trait;
+pub use auth::{
+    valid_user_name, Action, AllowAll, AllowAnonymous, AuthError, Authenticator, Authorizer, Credentials, Identity,
+    JwtAuthenticator, Refusal,
+};
 pub use broker::memory::{MemoryBroker, MemoryStats};
 pub use broker::{Broker, BrokerError, BrokerNode};
 pub use driver::{ConnInfo, Inbound};

@@ -433,10 +433,12 @@ impl Session {
                 ));
             }
         }
-        if self.inner.authorizer.authorize(self.identity(), room, action).await {
-            Ok(())
-        } else {
-            Err(Failure::new(ErrorCode::Forbidden, format!("not allowed in {room}")))
+        match self.inner.authorizer.authorize(self.identity(), room, action).await {
+            Ok(()) => Ok(()),
+            Err(refusal) if refusal.0.is_empty() => {
+                Err(Failure::new(ErrorCode::Forbidden, format!("not allowed in {room}")))
+            }
+            Err(refusal) => Err(Failure::new(ErrorCode::Forbidden, refusal.0)),
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chat_core::auth::{Action, Identity};
+use chat_core::auth::{Action, Identity, Refusal};
 use chat_core::hooks::{DisconnectReason, Hooks, SendDecision, SessionInfo};
 use chat_core::{Authorizer, ByeReason, Engine, Inbound, JwtAuthenticator, RoomName};
 use common::{engine, Raw};
@@ -399,9 +399,14 @@ struct DenySecrets;
 
 #[async_trait]
 impl Authorizer for DenySecrets {
-    async fn authorize(&self, who: &Identity, room: &RoomName, action: Action) -> bool {
-        !(room.starts_with("secret") && (who.user != "boss" || action == Action::Send))
-            && !(room.as_str() == "readonly" && action == Action::Send)
+    async fn authorize(&self, who: &Identity, room: &RoomName, action: Action) -> Result<(), Refusal> {
+        if room.starts_with("secret") && (who.user != "boss" || action == Action::Send) {
+            return Err(Refusal(String::new())); // no reason given: the engine names the room
+        }
+        if room.as_str() == "readonly" && action == Action::Send {
+            return Err(Refusal("readonly is read-only".into()));
+        }
+        Ok(())
     }
 }
 
@@ -409,9 +414,17 @@ impl Authorizer for DenySecrets {
 async fn the_authorizer_can_forbid_each_action() {
     let engine = Engine::builder().authorizer(DenySecrets).tune(|c| c.max_body = 5).build().await.unwrap();
     let mut raw = Raw::hello(&engine, "alice").await;
-    raw.expect_error(r#"{"type":"join","id":1,"room":"secret-1"}"#, "forbidden", Some(1)).await;
+    let refused = raw.ask(r#"{"type":"join","id":1,"room":"secret-1"}"#).await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["message"].as_str()),
+        (Some("forbidden"), Some("not allowed in secret-1"))
+    );
     raw.join("readonly").await;
-    raw.expect_error(r#"{"type":"send","id":3,"room":"readonly","body":1}"#, "forbidden", Some(3)).await;
+    let refused = raw.ask(r#"{"type":"send","id":3,"room":"readonly","body":1}"#).await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["message"].as_str()),
+        (Some("forbidden"), Some("readonly is read-only"))
+    );
     // forbidden outranks body_too_large
     raw.expect_error(r#"{"type":"send","id":4,"room":"readonly","body":"long body"}"#, "forbidden", Some(4)).await;
     let mut boss = Raw::hello(&engine, "boss").await;
