@@ -110,6 +110,7 @@ pub trait Authenticator: Send + Sync + 'static {
 
 /// A room action the [`Authorizer`] rules on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Action {
     /// `join`.
     Join,

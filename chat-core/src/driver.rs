@@ -26,6 +26,7 @@ use crate::session::Session;
 
 /// One thing a transport read from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Inbound {
     /// One whole frame's JSON bytes.
     Frame(Bytes),

@@ -25,6 +25,7 @@ use crate::store::{Retention, RetentionPolicy, Store};
 
 /// Every limit and timing a host may tune. The defaults are safe on the open internet.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// The largest frame's JSON bytes (`welcome.max_frame`). Default 65,536.
     pub max_frame: usize,
@@ -190,6 +191,7 @@ pub struct Stats {
 
 /// Errors building or running an [`Engine`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The broker refused the node.
     #[error(transparent)]

@@ -21,6 +21,7 @@ pub struct SessionInfo {
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DisconnectReason {
     /// The server closed it with this `bye` reason.
     Bye(ByeReason),

@@ -103,6 +103,7 @@ impl std::ops::Deref for RoomName {
 
 /// Every error code of PROTOCOL.md §6, in the table's order of precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// A frame over `max_frame` (fatal).
     FrameTooLarge,
@@ -178,6 +179,7 @@ impl fmt::Display for ErrorCode {
 
 /// Why the server closes a connection (`bye.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ByeReason {
     /// The server is shutting down.
     Shutdown,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use chat_core::{Config, ConnInfo, Engine, Inbound};
+use chat_core::{ConnInfo, Engine, Inbound};
 use common::{Raw, WAIT};
 use futures::Stream;
 
@@ -246,7 +246,7 @@ async fn join_leave_churn_cannot_flood_a_large_room() {
 /// The accounting returns to zero when connections end.
 #[tokio::test(flavor = "current_thread")]
 async fn stats_return_to_zero() {
-    let engine = Engine::builder().config(Config { rate_per_sec: 0, ..Config::default() }).build().await.unwrap();
+    let engine = Engine::builder().tune(|c| c.rate_per_sec = 0).build().await.unwrap();
     let (taken, unread) = not_reading(&engine, vec![hello("a"), r#"{"type":"join","id":1,"room":"r"}"#.to_owned()]);
     let mut raw = Raw::hello(&engine, "b").await;
     raw.join("r").await;

@@ -85,7 +85,7 @@ pub(crate) fn store_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
 pub(crate) fn connect_error(what: &str, e: &tokio_postgres::Error) -> Error {
     match store_error(what, e) {
         StoreError::Unavailable(m) => Error::Unavailable(m),
-        StoreError::Internal(m) => Error::Internal(m),
+        other => Error::Internal(other.to_string()),
     }
 }
 

@@ -249,7 +249,7 @@ impl PostgresStoreBuilder {
         let migrated = tokio::time::timeout(self.timeout, async {
             let mut conn = store.conn().await.map_err(|e| match e {
                 StoreError::Unavailable(m) => Error::Unavailable(m),
-                StoreError::Internal(m) => Error::Internal(m),
+                other => Error::Internal(other.to_string()),
             })?;
             let result = migrate::migrate(conn.client()).await;
             if result.is_ok() {

@@ -18,6 +18,7 @@ pub mod memory;
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// The broker cannot be reached right now; nothing was stored. Becomes `unavailable`.
     #[error("broker unavailable: {0}")]

@@ -27,6 +27,7 @@ pub mod memory;
 
 /// What can go wrong talking to a store.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store cannot be reached or did not answer in time; nothing was committed, or the
     /// caller cannot know. Becomes `unavailable`.
