@@ -57,9 +57,11 @@ pub use rooms::bench;
 /// The attribute the [`Authenticator`], [`Authorizer`] and [`Hooks`] traits are written with:
 /// `#[chat_core::async_trait]` on an `impl` of one of them.
 pub use async_trait::async_trait;
+#[cfg(feature = "jwt")]
+pub use auth::JwtAuthenticator;
 pub use auth::{
     valid_user_name, Action, AllowAll, AllowAnonymous, AuthError, Authenticator, Authorizer, Credentials, Identity,
-    JwtAuthenticator, Refusal,
+    Refusal,
 };
 pub use broker::memory::{MemoryBroker, MemoryStats};
 pub use broker::{Broker, BrokerError, BrokerNode};
