@@ -1649,19 +1649,16 @@ async fn run(
     panic!("{out}");
 }
 
+/// The faults of the Redis tests: nodes killed, Redis frozen, saved and restarted, cuts.
+const REDIS_FAULTS: [FaultKind; 5] =
+    [FaultKind::KillNode, FaultKind::PauseRedis, FaultKind::SaveRedis, FaultKind::RestartRedis, FaultKind::CutClients];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_nodes_lose_nothing_under_faults() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (seed, secs) = settings(60);
-    let kinds = [
-        FaultKind::KillNode,
-        FaultKind::PauseRedis,
-        FaultKind::SaveRedis,
-        FaultKind::RestartRedis,
-        FaultKind::CutClients,
-    ];
     let redis = RedisSide::start();
-    run("redis, 3 nodes", Backend::Redis(redis), None, 3, &kinds, secs, seed).await;
+    run("redis, 3 nodes", Backend::Redis(redis), None, 3, &REDIS_FAULTS, secs, seed).await;
 }
 
 /// The same checker with every node keeping the conversation in one PostgreSQL (issue 12),
@@ -1671,15 +1668,7 @@ async fn redis_nodes_lose_nothing_under_faults() {
 async fn redis_and_postgres_nodes_lose_nothing_under_faults() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (seed, secs) = settings(60);
-    let kinds = [
-        FaultKind::KillNode,
-        FaultKind::PauseRedis,
-        FaultKind::SaveRedis,
-        FaultKind::RestartRedis,
-        FaultKind::CutClients,
-        FaultKind::PauseStore,
-        FaultKind::RestartStore,
-    ];
+    let kinds = [&REDIS_FAULTS[..], &[FaultKind::PauseStore, FaultKind::RestartStore]].concat();
     let (redis, store) = (RedisSide::start(), StoreSide::postgres());
     run("redis and postgres, 3 nodes", Backend::Redis(redis), Some(store), 3, &kinds, secs.div_ceil(2), seed).await;
 }

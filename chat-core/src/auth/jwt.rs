@@ -211,7 +211,6 @@ mod tests {
     use super::*;
     use crate::auth::AllowAnonymous;
 
-
     fn c(t: &str) -> Credentials<'_> {
         Credentials { token: Some(t), user: None, peer: None }
     }
