@@ -466,33 +466,48 @@ fn prescan(text: &str) -> Result<(), &'static str> {
 /// hold a raw line break), whatever the client wrote.
 ///
 /// ```
+/// use bytes::Bytes;
 /// use chat_core::protocol::compact;
 ///
-/// assert_eq!(&compact(b"{ \"text\" : \"hi there\",\n  \"n\": [1, 2] }")[..], br#"{"text":"hi there","n":[1,2]}"#);
+/// let sent = Bytes::from_static(b"{ \"text\" : \"hi there\",\n  \"n\": [1, 2] }");
+/// assert_eq!(&compact(sent)[..], br#"{"text":"hi there","n":[1,2]}"#);
 /// ```
-pub fn compact(json: &[u8]) -> Bytes {
-    let space = |b: &u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
-    if !json.iter().any(space) {
-        return Bytes::copy_from_slice(json);
-    }
-    let mut out = Vec::with_capacity(json.len());
-    let (mut quoted, mut escaped) = (false, false);
-    for &b in json {
-        if quoted {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = false;
+pub fn compact(json: Bytes) -> Bytes {
+    // One pass: strings are skipped with `memchr` to their closing quote; whitespace outside
+    // them is dropped, and a copy is made only once there is some (most clients send none).
+    let mut out: Option<Vec<u8>> = None;
+    let (mut kept_from, mut i) = (0, 0);
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let Some(k) = memchr::memchr2(b'"', b'\\', &json[i..]) else {
+                        i = json.len(); // unterminated (not valid JSON): kept as it is
+                        break;
+                    };
+                    let escape = json[i + k] == b'\\';
+                    i = (i + k + if escape { 2 } else { 1 }).min(json.len());
+                    if !escape {
+                        break;
+                    }
+                }
             }
-        } else if !space(&b) {
-            quoted = b == b'"';
-            out.push(b);
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                out.get_or_insert_with(|| Vec::with_capacity(json.len())).extend_from_slice(&json[kept_from..i]);
+                i += 1;
+                kept_from = i;
+            }
+            _ => i += 1,
         }
     }
-    Bytes::from(out)
+    match out {
+        None => json, // as it came: not copied, not even shared
+        Some(mut out) => {
+            out.extend_from_slice(&json[kept_from..]);
+            Bytes::from(out)
+        }
+    }
 }
 
 /// The caller has already checked the frame against `max_frame`; `max_body` is the session's
@@ -994,17 +1009,53 @@ mod tests {
         match f.request {
             Request::Send { body, .. } => {
                 assert_eq!(&body[..], b"{\"a\" :\r\n [1,\t2.50, \"\\u00e9 \\\" x\"]}");
-                assert_eq!(&compact(&body)[..], br#"{"a":[1,2.50,"\u00e9 \" x"]}"#);
+                assert_eq!(&compact(body)[..], br#"{"a":[1,2.50,"\u00e9 \" x"]}"#);
             }
             other => panic!("{other:?}"),
         }
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            "[ \t\n\"\\\\a-zé:,{}\\[\\]]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[ a-z\"\\\\]{0,6}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Any JSON, however it is spaced, compacts to what a compact writer writes.
+        #[test]
+        fn compact_is_the_compact_form(value in json_value()) {
+            let pretty = Bytes::from(serde_json::to_vec_pretty(&value).unwrap());
+            let compact_form = Bytes::from(serde_json::to_vec(&value).unwrap());
+            proptest::prop_assert_eq!(&compact(pretty)[..], &compact_form[..]);
+            proptest::prop_assert_eq!(&compact(compact_form.clone())[..], &compact_form[..]);
+        }
+    }
+
     #[test]
     fn compact_keeps_strings_whole() {
-        assert_eq!(&compact(br#" [ "a b" , "c\"  d\\" , {"e" : " "} ] "#)[..], br#"["a b","c\"  d\\",{"e":" "}]"#);
-        assert_eq!(&compact(br#"[ "\\" , " x" ]"#)[..], br#"["\\"," x"]"#, "an escaped backslash, then the quote");
-        assert_eq!(&compact(b"null")[..], b"null");
+        assert_eq!(
+            &compact(Bytes::from_static(br#" [ "a b" , "c\"  d\\" , {"e" : " "} ] "#))[..],
+            br#"["a b","c\"  d\\",{"e":" "}]"#
+        );
+        assert_eq!(
+            &compact(Bytes::from_static(br#"[ "\\" , " x" ]"#))[..],
+            br#"["\\"," x"]"#,
+            "an escaped backslash, then the quote"
+        );
+        assert_eq!(&compact(Bytes::from_static(b"null"))[..], b"null");
     }
 
     #[test]

@@ -582,7 +582,7 @@ impl Session {
             return Err(Failure::new(ErrorCode::BodyTooLarge, format!("bodies are limited to {max_body} bytes")));
         }
         // Kept and sent without the whitespace outside its strings: every frame is one line.
-        let body = crate::protocol::compact(&body);
+        let body = crate::protocol::compact(body);
         let body = match &self.info {
             Ok(info) => match self.inner.hooks.on_send(info, &room, &body).await {
                 SendDecision::Accept => body,

@@ -478,18 +478,23 @@ impl RoomData {
         while self.held.front().is_some_and(|(_, released)| *released) {
             let Some((message, _)) = self.held.pop_front() else { break };
             self.held_bytes -= message_cost(&message);
-            self.seq = message.seq;
-            self.push_message(now, message.clone());
-            while self.history.len() > self.size {
-                self.pop_message();
-            }
-            self.deliver(room, &Delivery::Stored { epoch: self.epoch.clone(), message });
+            self.go_out(room, now, message);
             out = true;
         }
         if out {
             self.expire(now);
         }
         out
+    }
+
+    /// Stores `message`, the next after `seq`, in the history and delivers it.
+    fn go_out(&mut self, room: &RoomName, now: Instant, message: Arc<Message>) {
+        self.seq = message.seq;
+        self.push_message(now, message.clone());
+        while self.history.len() > self.size {
+            self.pop_message();
+        }
+        self.deliver(room, &Delivery::Stored { epoch: self.epoch.clone(), message });
     }
 
     fn push_message(&mut self, now: Instant, message: Arc<Message>) {
@@ -722,45 +727,46 @@ impl MemoryNode {
         }
     }
 
-    /// Orders `msg` in the room: its seq (or, for a key seen within the window, the original
-    /// one), held back behind the room's held messages; with `hold` false, released at once
-    /// (under the same lock).
-    async fn order(
+    /// Orders `msg` in room `r` (locked, `data` its handle): its seq (or, for a key seen within
+    /// the window, the original one), held back behind the room's held messages; with `hold`
+    /// false, released at once. A plain function, not a future: publishing stays one future.
+    fn order(
         &self,
         room: &RoomName,
+        (data, r): (&Room, &mut RoomData),
         msg: Publication,
         opts: &PublishOpts,
         hold: bool,
-    ) -> Result<Published, BrokerError> {
+    ) -> Published {
+        let now = Instant::now();
+        r.ttl = opts.history_ttl;
+        r.size = opts.history_size;
+        r.prune_keys(now);
         let key = opts.key.as_deref().map(|k| (msg.from.clone(), Arc::<str>::from(k)));
-        let published = self
-            .with_room(room, |data, r| {
-                let now = Instant::now();
-                r.ttl = opts.history_ttl;
-                r.size = opts.history_size;
-                r.prune_keys(now);
-                if let Some(seq) = key.as_ref().and_then(|k| r.keys.get(k)) {
-                    let published = Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true };
-                    self.hub.settle(data, r, false);
-                    return published;
-                }
-                let seq = r.next_seq();
-                if let Some(key) = key {
-                    r.push_key(expiry(now, opts.idempotency_window), seq, key);
-                }
-                let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: Some(msg.body) });
-                r.held_bytes += message_cost(&message);
-                r.held.push_back((message, false));
-                let epoch = r.epoch.clone();
-                if !hold {
-                    r.release(room, &epoch, seq);
-                }
-                self.hub.settle(data, r, true);
-                Published { epoch, seq, duplicate: false }
-            })
-            .await?;
-        self.hub.note_retention(opts);
-        Ok(published)
+        if let Some(seq) = key.as_ref().and_then(|k| r.keys.get(k)) {
+            let published = Published { epoch: r.epoch.clone(), seq: *seq, duplicate: true };
+            self.hub.settle(data, r, false);
+            return published;
+        }
+        let seq = r.next_seq();
+        if let Some(key) = key {
+            r.push_key(expiry(now, opts.idempotency_window), seq, key);
+        }
+        let message = Arc::new(Message { seq, from: msg.from, ts: msg.ts, body: Some(msg.body) });
+        let epoch = r.epoch.clone();
+        if !hold && r.held.is_empty() {
+            // Nothing to wait behind: out at once (the common case, kept short).
+            r.go_out(room, now, message);
+            r.expire(now);
+        } else {
+            r.held_bytes += message_cost(&message);
+            r.held.push_back((message, false));
+            if !hold {
+                r.release(room, &epoch, seq);
+            }
+        }
+        self.hub.settle(data, r, true);
+        Published { epoch, seq, duplicate: false }
     }
 
     fn detach_now(&self) {
@@ -797,7 +803,8 @@ impl Drop for MemoryNode {
 #[async_trait]
 impl BrokerNode for MemoryNode {
     async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
-        let published = self.order(room, msg, opts, false).await?;
+        let published = self.with_room(room, |data, r| self.order(room, (data, r), msg, opts, false)).await?;
+        self.hub.note_retention(opts);
         if !published.duplicate {
             self.hub.enforce_cap(opts.max_history_bytes);
         }
@@ -812,7 +819,8 @@ impl BrokerNode for MemoryNode {
         msg: Publication,
         opts: &PublishOpts,
     ) -> Result<(Published, Held), BrokerError> {
-        let published = self.order(room, msg, opts, true).await?;
+        let published = self.with_room(room, |data, r| self.order(room, (data, r), msg, opts, true)).await?;
+        self.hub.note_retention(opts);
         if published.duplicate {
             return Ok((published, Held::default()));
         }
