@@ -113,19 +113,26 @@ impl LocalRoom {
 }
 
 fn push_to(members: &mut [Member], item: &Pending) {
+    // What the item is, worked out once for all the members: this loop is the fan-out.
+    let (frame, class) = match item {
+        Pending::Stored(_, f) | Pending::Reset(f) => (f, Class::Must),
+        Pending::Transient(f, class) => (f, *class),
+    };
+    // A stored message at or below a member's floor reached it already (no other item has a
+    // seq: `u64::MAX` is above every floor).
+    let seq = match item {
+        Pending::Stored(seq, _) => *seq,
+        _ => u64::MAX,
+    };
+    let reset = matches!(item, Pending::Reset(_));
     for m in members {
         match &mut m.pending {
             Some(buffer) => buffer.push(item.clone()),
+            None if seq <= m.floor => {}
             None => {
-                match item {
-                    Pending::Stored(seq, _) if *seq <= m.floor => continue,
-                    Pending::Reset(_) => m.floor = 0,
-                    _ => {}
+                if reset {
+                    m.floor = 0;
                 }
-                let (frame, class) = match item {
-                    Pending::Stored(_, f) | Pending::Reset(f) => (f, Class::Must),
-                    Pending::Transient(f, class) => (f, *class),
-                };
                 m.outbox.push(frame.clone(), class);
             }
         }
