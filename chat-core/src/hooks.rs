@@ -35,7 +35,8 @@ pub enum SendDecision {
     /// Store and fan out the body as sent.
     Accept,
     /// Store and fan out this body instead. It must be valid JSON: build it with
-    /// [`Bytes::from`] over `serde_json::to_vec` output.
+    /// [`Bytes::from`] over `serde_json::to_vec` output. It is kept compact, as a client's is
+    /// (see [`compact`](crate::protocol::compact)), so every frame stays one line.
     Rewrite(Bytes),
     /// Refuse: the client gets `forbidden` with this message.
     Reject(String),

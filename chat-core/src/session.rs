@@ -594,7 +594,7 @@ impl Session {
                             "the send hook rewrote the body into invalid JSON",
                         ));
                     }
-                    new
+                    crate::protocol::compact(new)
                 }
             },
             Err(_) => body,

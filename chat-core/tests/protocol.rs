@@ -662,6 +662,7 @@ impl Hooks for Rec {
             b"\"spam\"" => SendDecision::Reject("no spam".into()),
             b"\"darn\"" => SendDecision::Rewrite(Bytes::from_static(b"\"***\"")),
             b"\"broken\"" => SendDecision::Rewrite(Bytes::from_static(b"{oops")),
+            b"\"pretty\"" => SendDecision::Rewrite(Bytes::from_static(b"{\n  \"said\": \"pretty much\"\n}")),
             _ => SendDecision::Accept,
         }
     }
@@ -678,6 +679,16 @@ async fn hooks_see_the_session_lifecycle_and_moderate_sends() {
     assert_eq!(raw.recv_of("message").await["body"], "***");
     raw.recv_of("sent").await;
     raw.expect_error(r#"{"type":"send","id":4,"room":"r","body":"broken"}"#, "internal", Some(4)).await;
+    // A rewrite is kept compact too: the frame stays one line.
+    raw.send(r#"{"type":"send","id":6,"room":"r","body":"pretty"}"#);
+    let frame = loop {
+        let f = raw.recv_raw().await;
+        if f.starts_with(br#"{"type":"message""#) {
+            break f;
+        }
+    };
+    assert!(frame.ends_with(br#""body":{"said":"pretty much"}}"#), "{}", String::from_utf8_lossy(&frame));
+    raw.recv_of("sent").await;
     raw.ask(r#"{"type":"leave","id":5,"room":"r"}"#).await;
     raw.join("s").await;
     assert_eq!(engine.kick("alice"), 1);
