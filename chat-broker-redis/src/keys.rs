@@ -64,6 +64,12 @@ impl Keys {
         channel.strip_prefix(self.prefix.as_str())?.strip_prefix("chan:")
     }
 
+    /// The channel of notices for users (`chat_core::broker::Notice`), which every node
+    /// subscribes to. Not a room's: `room_of_channel` finds no room in it.
+    pub(crate) fn notices(&self) -> String {
+        format!("{}notices", self.prefix)
+    }
+
     /// The live nodes (a sorted set: node -> deadline in ms).
     pub(crate) fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)

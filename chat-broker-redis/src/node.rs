@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::broker::{
-    DeliverySink, Epoch, HistoryPage, HistoryQuery, Origin, Position, PresenceEntry, Publication, PublishOpts,
+    DeliverySink, Epoch, HistoryPage, HistoryQuery, Notice, Origin, Position, PresenceEntry, Publication, PublishOpts,
     Published, Transient,
 };
 use chat_core::{BrokerError, BrokerNode, RoomName};
@@ -395,6 +395,12 @@ impl Shared {
         Ok(())
     }
 
+    /// Publishes a notice on the notices channel, which every node subscribes to.
+    pub(crate) async fn publish_notice(&self, payload: Vec<u8>) -> Result<(), BrokerError> {
+        let cmd = redis::cmd("PUBLISH").arg(self.keys.notices()).arg(payload).to_owned();
+        self.query("notify", async |conn| cmd.query_async::<Value>(conn).await).await.map(drop)
+    }
+
     /// Publishes a transient payload on the room's channel.
     pub(crate) async fn publish_raw(&self, room: &str, payload: Vec<u8>) -> Result<(), BrokerError> {
         let cmd = redis::cmd("PUBLISH").arg(self.keys.channel(room)).arg(payload).to_owned();
@@ -429,9 +435,10 @@ impl RedisNode {
         let op = settings.op_timeout;
         let client = locator.primary(op).await?;
         let primary = Primary::connect(client.clone(), &settings).await?;
-        let (pubsub, stream) = subscriber::connect(&client, op).await?;
+        let keys = Keys::new(&settings.key_prefix);
+        let (pubsub, stream) = subscriber::connect(&client, op, &keys).await?;
         let shared = Arc::new(Shared {
-            keys: Keys::new(&settings.key_prefix),
+            keys,
             epoch_ttl_ms: AtomicU64::new(millis(settings.default_history_ttl)),
             instance: format!("{node}-{:x}", random()),
             settings,
@@ -497,6 +504,13 @@ impl BrokerNode for RedisNode {
             }
         }
         Ok(Published { epoch: Epoch::from(epoch), seq, duplicate })
+    }
+
+    async fn notify(&self, users: &[Arc<str>], notice: &Notice) -> Result<(), BrokerError> {
+        match wire::encode_notice(users, notice) {
+            Some(payload) => self.shared.publish_notice(payload).await,
+            None => Err(BrokerError::Internal(format!("the redis broker cannot carry {notice:?}"))),
+        }
     }
 
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {

@@ -21,6 +21,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{from_redis, timed_out};
+use crate::keys::Keys;
 use crate::node::{lock, Shared, Track};
 use crate::wire::{self, Wire};
 
@@ -29,10 +30,20 @@ const CATCH_UP_PAGE: usize = 500;
 /// How many rooms are caught up at once after a reconnect.
 const CATCH_UP_ROOMS: usize = 32;
 
-/// Opens a pub/sub connection within `op`.
-pub(crate) async fn connect(client: &redis::Client, op: Duration) -> Result<(PubSubSink, PubSubStream), BrokerError> {
-    match timeout(op, client.get_async_pubsub()).await {
-        Ok(pubsub) => Ok(pubsub.map_err(from_redis)?.split()),
+/// Opens a pub/sub connection within `op`, subscribed to the notices channel (rooms are the
+/// caller's).
+pub(crate) async fn connect(
+    client: &redis::Client,
+    op: Duration,
+    keys: &Keys,
+) -> Result<(PubSubSink, PubSubStream), BrokerError> {
+    let connected = timeout(op, async {
+        let (mut sink, stream) = client.get_async_pubsub().await?.split();
+        sink.subscribe(keys.notices()).await?;
+        Ok::<_, redis::RedisError>((sink, stream))
+    });
+    match connected.await {
+        Ok(done) => done.map_err(from_redis),
         Err(_) => Err(timed_out("pub/sub connect")),
     }
 }
@@ -95,7 +106,7 @@ async fn pump(shared: &Shared, stream: &mut PubSubStream, stop: &CancellationTok
 /// tracked room, with every room caught up.
 async fn reconnect(shared: &Shared) -> Result<PubSubStream, BrokerError> {
     let client = shared.follow_primary().await?;
-    let (mut sink, stream) = connect(&client, shared.settings.op_timeout).await?;
+    let (mut sink, stream) = connect(&client, shared.settings.op_timeout, &shared.keys).await?;
     let channels: Vec<String> = lock(&shared.subs).keys().map(|room| shared.keys.channel(room)).collect();
     if !channels.is_empty() {
         match timeout(shared.settings.op_timeout, sink.subscribe(&channels)).await {
@@ -143,7 +154,13 @@ async fn catch_up(shared: &Shared, room: &str) -> Result<(), BrokerError> {
 
 /// One channel message.
 fn on_message(shared: &Shared, channel: &str, payload: &[u8]) {
-    let Some(room) = shared.keys.room_of_channel(channel) else { return };
+    let Some(room) = shared.keys.room_of_channel(channel) else {
+        match wire::decode_notice(payload) {
+            Some((users, notice)) => shared.sink.notify(&users, &notice),
+            None => tracing::warn!(channel, "malformed notice; dropped"),
+        }
+        return;
+    };
     let Some(wire) = wire::decode(payload) else {
         tracing::warn!(room, "malformed message on the room's channel; dropped");
         return;

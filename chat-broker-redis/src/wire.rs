@@ -7,6 +7,20 @@
 //! J\n<user>                                                 a user's first session joined
 //! L\n<user>                                                 a user's last session left
 //! ```
+//!
+//! On the notices channel (`Keys::notices`), a notice for users, each user's length in the
+//! header:
+//!
+//! ```text
+//! I<seq> <room len> <from len> <user len>…\n<room><from><users>   an invite
+//! R<room len> <user len>…\n<room><users>                         a kick from a room
+//! K<user len>…\n<users>                                          a kick from every node
+//! ```
+
+use std::sync::Arc;
+
+use chat_core::broker::Notice;
+use chat_core::RoomName;
 
 /// One decoded channel message, borrowing from the payload.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,6 +59,63 @@ pub(crate) fn encode_member(kind: u8, user: &str) -> Vec<u8> {
     out.push(b'\n');
     out.extend_from_slice(user.as_bytes());
     out
+}
+
+/// Encodes a notice for `users` (the notices channel).
+pub(crate) fn encode_notice(users: &[Arc<str>], notice: &Notice) -> Option<Vec<u8>> {
+    let (kind, mut header, mut data) = match notice {
+        Notice::Invite { room, from, seq } => {
+            (b'I', format!("{seq} {} {}", room.len(), from.len()), [room.as_bytes(), from.as_bytes()].concat())
+        }
+        Notice::KickFromRoom { room } => (b'R', format!("{}", room.len()), room.as_bytes().to_vec()),
+        Notice::Kick => (b'K', String::new(), Vec::new()),
+        _ => return None, // a notice this version does not carry
+    };
+    for user in users {
+        if !header.is_empty() {
+            header.push(' ');
+        }
+        header.push_str(&user.len().to_string());
+        data.extend_from_slice(user.as_bytes());
+    }
+    let mut out = Vec::with_capacity(2 + header.len() + data.len());
+    out.push(kind);
+    out.extend_from_slice(header.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&data);
+    Some(out)
+}
+
+/// Decodes a message of the notices channel; `None` for anything malformed.
+pub(crate) fn decode_notice(payload: &[u8]) -> Option<(Vec<Arc<str>>, Notice)> {
+    let (&kind, rest) = payload.split_first()?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let (header, mut data) = (std::str::from_utf8(&rest[..nl]).ok()?, &rest[nl + 1..]);
+    let mut numbers = header.split(' ').filter(|n| !n.is_empty()).map(|n| n.parse::<u64>().ok());
+    let text = |data: &mut &[u8], len: u64| -> Option<String> {
+        let (s, tail) = split_str(data, len)?;
+        *data = tail;
+        Some(s.to_owned())
+    };
+    let notice = match kind {
+        b'I' => {
+            let (seq, room_len, from_len) = (numbers.next()??, numbers.next()??, numbers.next()??);
+            let room = RoomName::new(&text(&mut data, room_len)?).ok()?;
+            let from = Arc::from(text(&mut data, from_len)?);
+            Notice::Invite { room, from, seq }
+        }
+        b'R' => {
+            let room_len = numbers.next()??;
+            Notice::KickFromRoom { room: RoomName::new(&text(&mut data, room_len)?).ok()? }
+        }
+        b'K' => Notice::Kick,
+        _ => return None,
+    };
+    let mut users = Vec::new();
+    for len in numbers {
+        users.push(Arc::from(text(&mut data, len?)?));
+    }
+    data.is_empty().then_some((users, notice))
 }
 
 fn numbers<const N: usize>(header: &[u8]) -> Option<[u64; N]> {
@@ -101,6 +172,39 @@ mod tests {
         let s = b"S12 99 2 3 1764201600123456\ne1bob\"hi\"";
         let id = 1_764_201_600_123_456;
         assert_eq!(decode(s), Some(Wire::Stored { seq: 12, ts: 99, epoch: "e1", from: "bob", body: b"\"hi\"", id }));
+    }
+
+    #[test]
+    fn notices_round_trip() {
+        let room = RoomName::new("dm:alice:bob").unwrap();
+        let users: Vec<Arc<str>> = vec![Arc::from("alice"), Arc::from("b ob")];
+        for notice in [
+            Notice::Invite { room: room.clone(), from: Arc::from("alice"), seq: 12 },
+            Notice::KickFromRoom { room },
+            Notice::Kick,
+        ] {
+            let bytes = encode_notice(&users, &notice).unwrap();
+            assert_eq!(decode_notice(&bytes), Some((users.clone(), notice)));
+        }
+        assert_eq!(decode_notice(b"K\n"), Some((Vec::new(), Notice::Kick)));
+    }
+
+    #[test]
+    fn rejects_garbled_notices() {
+        for bad in [
+            &b""[..],
+            b"K",
+            b"K3\nab",
+            b"K1\nab",
+            b"I1 2\nab",
+            b"I1 5 1 1\nab",
+            b"Ix 1 1\nab",
+            b"R3\nb d",
+            b"R1 1\n a",
+            b"X\n",
+        ] {
+            assert_eq!(decode_notice(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -14,13 +14,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AllowAll, AllowAnonymous, Authenticator, Authorizer};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{Broker, BrokerError, BrokerNode, DeliverySink};
+use crate::broker::{
+    Broker, BrokerError, BrokerNode, DeliverySink, HistoryQuery, Notice, PresenceEntry, Publication, PublishOpts,
+    Published,
+};
 use crate::heartbeat;
 use crate::hooks::{Hooks, NoHooks};
 use crate::keeper::{Keeper, KeptNode};
+use crate::notices::{NodeSink, Users};
 use crate::outbox::Outbox;
 use crate::protocol::{ByeReason, RoomName};
-use crate::rooms::{Rooms, RoomsSink};
+use crate::rooms::Rooms;
 use crate::store::{Retention, RetentionPolicy, Store};
 
 /// Every limit and timing a host may tune. The defaults are safe on the open internet.
@@ -199,6 +203,18 @@ pub enum EngineError {
     /// A setting is out of range.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    /// The host asked for something invalid (a body that is not JSON, say).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// Who a message the host publishes ([`Engine::publish`]) is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender<'a> {
+    /// A user (a bot, or a user on whose behalf the host speaks): its messages carry its name.
+    User(&'a str),
+    /// The system: its messages carry `"from":""`, a name no user can have (PROTOCOL.md §4).
+    System,
 }
 
 type RoomFilter = Arc<dyn Fn(&RoomName) -> bool + Send + Sync>;
@@ -303,7 +319,8 @@ impl EngineBuilder {
         let node: Arc<str> = Arc::from(self.node_id.unwrap_or_else(|| format!("n{:x}", unique())).as_str());
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone(), self.config.max_rooms));
-        let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
+        let users = Arc::new(Users::default());
+        let sink: Arc<dyn DeliverySink> = Arc::new(NodeSink { rooms: rooms.clone(), users: users.clone() });
         let keeper = self.store.map(|s| Keeper::new(s, self.config.store_batch, self.config.store_queue));
         let broker_node =
             broker.attach(&node, sink, keeper.as_ref().map(|k| k.origin(self.config.idempotency_window))).await?;
@@ -322,6 +339,7 @@ impl EngineBuilder {
                 broker: broker_node,
                 keeps,
                 rooms,
+                users,
                 authenticator: self.authenticator,
                 authorizer: self.authorizer,
                 hooks: self.hooks,
@@ -403,6 +421,8 @@ pub(crate) struct Inner {
     /// A store keeps the conversation (`broker` is then a `KeptNode`).
     pub(crate) keeps: bool,
     pub(crate) rooms: Arc<Rooms>,
+    /// This node's sessions by user, for notices (`crate::notices`).
+    pub(crate) users: Arc<Users>,
     pub(crate) authenticator: Arc<dyn Authenticator>,
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) hooks: Arc<dyn Hooks>,
@@ -445,6 +465,39 @@ impl Inner {
 
     pub(crate) fn lock_sessions(&self) -> MutexGuard<'_, HashMap<u64, SessionEntry>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Orders and stores a message (through the store when there is one), then announces it
+    /// to a direct conversation's users (`invite`, PROTOCOL.md §4). The one way in for a
+    /// stored message, a session's or the host's.
+    pub(crate) async fn publish(
+        &self,
+        room: &RoomName,
+        publication: Publication,
+        key: Option<String>,
+    ) -> Result<Published, BrokerError> {
+        let c = &self.config;
+        let opts = PublishOpts {
+            key,
+            idempotency_window: c.idempotency_window,
+            history_size: c.history_size,
+            history_ttl: c.history_ttl,
+            max_history_bytes: c.max_history_bytes,
+        };
+        let from = publication.from.clone();
+        let published = self.broker.publish(room, publication, &opts).await?;
+        if !published.duplicate {
+            if let Some(users) = crate::direct::users(room) {
+                let users: Vec<Arc<str>> = users.into_iter().map(Arc::from).collect();
+                let invite = Notice::Invite { room: room.clone(), from, seq: published.seq };
+                // Best effort, like every notice: the message itself is stored either way, and
+                // a client that joins (or comes back with `since`) gets it.
+                if let Err(e) = self.broker.notify(&users, &invite).await {
+                    tracing::warn!(%room, error = %e, "invite not sent");
+                }
+            }
+        }
+        Ok(published)
     }
 
     /// A session's id (`welcome.session`), unique across the cluster.
@@ -553,13 +606,133 @@ impl Engine {
     }
 
     /// Closes every session of `user` on this node with `bye kicked`. Returns how many.
+    /// [`kick_everywhere`](Self::kick_everywhere) does it on every node of the cluster.
     pub fn kick(&self, user: &str) -> usize {
-        let sessions = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        sessions
-            .values()
-            .filter(|s| s.user.as_deref() == Some(user))
-            .filter(|s| s.outbox.close(ByeReason::Kicked, []))
-            .count()
+        let sessions = self.inner.users.sessions(user);
+        sessions.iter().filter(|(_, outbox)| outbox.close(ByeReason::Kicked, [])).count()
+    }
+
+    /// Closes every session of `user` with `bye kicked`, on every node of the cluster (through
+    /// the broker). A node the broker cannot reach at that moment does not hear of it: the
+    /// host's authenticator is what keeps a user out for good.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let engine = chat_core::Engine::builder().build().await.unwrap();
+    /// engine.kick_everywhere("mallory").await.unwrap();
+    /// # }
+    /// ```
+    pub async fn kick_everywhere(&self, user: &str) -> Result<(), EngineError> {
+        Ok(self.inner.broker.notify(&[Arc::from(user)], &Notice::Kick).await?)
+    }
+
+    /// Removes `user` from `room`, on every node of the cluster: each of its sessions there
+    /// leaves the room (as with `leave`: presence, `member_left`) and gets
+    /// `{"type":"kicked","room":…}`. The user may join again unless the host's authorizer
+    /// refuses it from then on.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let engine = chat_core::Engine::builder().build().await.unwrap();
+    /// let room = chat_core::RoomName::new("lobby").unwrap();
+    /// engine.kick_from_room(&room, "mallory").await.unwrap();
+    /// # }
+    /// ```
+    pub async fn kick_from_room(&self, room: &RoomName, user: &str) -> Result<(), EngineError> {
+        Ok(self.inner.broker.notify(&[Arc::from(user)], &Notice::KickFromRoom { room: room.clone() }).await?)
+    }
+
+    /// Publishes a message into `room` on the host's behalf, as a named user or as the system
+    /// (bots, notices): stored, ordered and fanned out to the room's members on every node
+    /// exactly as a client's `send` (through the store when there is one, and with `invite`s
+    /// in a direct conversation). `body` is JSON text, at most `Config::max_body` bytes; it is
+    /// kept compact, as a client's is. The send hook is not asked: the host is the sender.
+    /// With a `key`, a second publish with the same sender and key within the idempotency
+    /// window returns the first one's seq (`duplicate`).
+    ///
+    /// A direct conversation's messages come from its users or from the system.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use chat_core::{Engine, RoomName, Sender};
+    /// let engine = Engine::builder().build().await.unwrap();
+    /// let room = RoomName::new("lobby").unwrap();
+    /// let first = engine.publish(&room, Sender::System, r#"{"text": "maintenance at 18:00"}"#, None).await.unwrap();
+    /// assert_eq!((first.seq, first.duplicate), (1, false));
+    /// let bot = engine.publish(&room, Sender::User("bot"), r#"{"text":"hello"}"#, Some("k1")).await.unwrap();
+    /// let again = engine.publish(&room, Sender::User("bot"), r#"{"text":"hello"}"#, Some("k1")).await.unwrap();
+    /// assert_eq!((bot.seq, again.seq, again.duplicate), (2, 2, true));
+    /// # }
+    /// ```
+    pub async fn publish(
+        &self,
+        room: &RoomName,
+        from: Sender<'_>,
+        body: impl Into<bytes::Bytes>,
+        key: Option<&str>,
+    ) -> Result<Published, EngineError> {
+        let body = body.into();
+        let max_body = self.inner.config.max_body;
+        if body.len() > max_body {
+            return Err(EngineError::Invalid(format!("bodies are limited to {max_body} bytes")));
+        }
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(EngineError::Invalid("the body is not JSON".into()));
+        }
+        let from = match from {
+            Sender::System => "",
+            Sender::User(user) if !crate::auth::valid_user_name(user) => {
+                return Err(EngineError::Invalid(format!("{user:?} is not a user name")));
+            }
+            Sender::User(user) => user,
+        };
+        if let Some(users) = crate::direct::users(room) {
+            if !from.is_empty() && !users.contains(&from) {
+                return Err(EngineError::Invalid(format!("{room} is a direct conversation of other users")));
+            }
+        }
+        let publication =
+            Publication { from: Arc::from(from), ts: crate::session::now_ms(), body: crate::protocol::compact(body) };
+        Ok(self.inner.publish(room, publication, key.map(str::to_owned)).await?)
+    }
+
+    /// Sends `user` an `invite` to `room` from `from`, on every node of the cluster: each of its
+    /// sessions that is not a member of the room gets
+    /// `{"type":"invite","room":…,"from":…,"seq":…}`, `seq` being the room's latest. Any room,
+    /// not only a direct conversation (where every stored message invites its users anyway);
+    /// whether the user may join is still the authorizer's call. Best effort, as every
+    /// notice: a node the broker cannot reach at that moment does not hear of it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use chat_core::{Engine, RoomName, Sender};
+    /// let engine = Engine::builder().build().await.unwrap();
+    /// let room = RoomName::new("release-party").unwrap();
+    /// engine.invite(&room, "bob", Sender::User("alice")).await.unwrap();
+    /// # }
+    /// ```
+    pub async fn invite(&self, room: &RoomName, user: &str, from: Sender<'_>) -> Result<(), EngineError> {
+        let from = match from {
+            Sender::System => "",
+            Sender::User(user) => user,
+        };
+        let latest = self.inner.broker.history(room, HistoryQuery { before: None, after: None, limit: 0 }).await?;
+        let invite = Notice::Invite { room: room.clone(), from: Arc::from(from), seq: latest.latest };
+        Ok(self.inner.broker.notify(&[Arc::from(user)], &invite).await?)
+    }
+
+    /// The members of `room` across the cluster: each user once, with its number of sessions
+    /// there (what a client's `presence` gets).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let engine = chat_core::Engine::builder().build().await.unwrap();
+    /// let room = chat_core::RoomName::new("lobby").unwrap();
+    /// assert!(engine.members(&room).await.unwrap().is_empty());
+    /// # }
+    /// ```
+    pub async fn members(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, EngineError> {
+        Ok(self.inner.broker.presence(room).await?)
     }
 
     /// Erases the message at `seq` of `room` (in its current epoch), cluster-wide: its body is

@@ -28,8 +28,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{
-    BrokerError, BrokerNode, HistoryPage, HistoryQuery, KeptKey, Message, Origin, Position, PresenceEntry, Publication,
-    PublishOpts, Published, Transient,
+    BrokerError, BrokerNode, HistoryPage, HistoryQuery, KeptKey, Message, Notice, Origin, Position, PresenceEntry,
+    Publication, PublishOpts, Published, Transient,
 };
 use crate::protocol::RoomName;
 use crate::store::{Record, Store, StoreError};
@@ -105,6 +105,10 @@ impl BrokerNode for KeptNode {
         let kept = self.keeper.keep(Record { room: room.clone(), epoch, seq, from, ts, body: Some(body), key }).await;
         held.release();
         kept.map(|()| published)
+    }
+
+    async fn notify(&self, users: &[Arc<str>], notice: &Notice) -> Result<(), BrokerError> {
+        self.broker.notify(users, notice).await
     }
 
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {

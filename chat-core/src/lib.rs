@@ -45,6 +45,7 @@ pub mod hooks;
 pub mod io;
 mod keeper;
 mod limits;
+mod notices;
 mod outbox;
 pub mod protocol;
 mod rooms;
@@ -66,7 +67,7 @@ pub use auth::{
 pub use broker::memory::{MemoryBroker, MemoryStats};
 pub use broker::{Broker, BrokerError, BrokerNode};
 pub use driver::{ConnInfo, Inbound};
-pub use engine::{Config, Engine, EngineBuilder, EngineError, RequestCosts, Stats};
+pub use engine::{Config, Engine, EngineBuilder, EngineError, RequestCosts, Sender, Stats};
 pub use hooks::{Hooks, NoHooks};
 pub use limits::{ConnectionLimits, ConnectionPermit, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use protocol::{ByeReason, ErrorCode, RoomName};

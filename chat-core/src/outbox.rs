@@ -35,6 +35,9 @@ pub(crate) struct Outbox {
     seen: AtomicBool,
     /// The writer flushed something since the heartbeat task last looked.
     sent: AtomicBool,
+    /// The host kicked the session from rooms ([`mark_kicked`](Outbox::mark_kicked)), which
+    /// the session task has not yet left.
+    kicks: AtomicBool,
     /// The session task, woken when the writer waits and a frame arrives, and on close. Kept
     /// out of `state`: a push touches one cache line of each recipient's outbox, not two.
     waker: AtomicWaker,
@@ -80,6 +83,7 @@ impl Outbox {
             ending: AtomicBool::new(false),
             seen: AtomicBool::new(false),
             sent: AtomicBool::new(false),
+            kicks: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             max_frames: max_frames.clamp(1, u32::MAX as usize) as u32,
             max_bytes: max_bytes.max(1),
@@ -205,6 +209,18 @@ impl Outbox {
     /// Whether anything was received, and sent, since the last call (the heartbeat task's).
     pub(crate) fn take_activity(&self) -> (bool, bool) {
         (self.seen.swap(false, Ordering::Relaxed), self.sent.swap(false, Ordering::Relaxed))
+    }
+
+    /// The host kicked the session from rooms (listed by `notices::Users`, not here: an idle
+    /// outbox stays small): the session task is woken, and leaves them when it next looks.
+    pub(crate) fn mark_kicked(&self) {
+        self.kicks.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether the host kicked the session from rooms since the last call.
+    pub(crate) fn take_kicked(&self) -> bool {
+        self.kicks.swap(false, Ordering::AcqRel)
     }
 
     /// Whether the session must end (closed or abandoned). The session task is woken when

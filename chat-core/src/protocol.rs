@@ -889,6 +889,36 @@ pub fn encode_member_left(room: &str, user: &str) -> Bytes {
 }
 
 #[derive(Serialize)]
+struct Invite<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    room: &'a str,
+    from: &'a str,
+    seq: u64,
+}
+
+/// An `invite` event: a message was stored at `seq` in the direct conversation `room`, sent
+/// by `from` (PROTOCOL.md §4).
+///
+/// ```
+/// let frame = chat_core::protocol::encode_invite("dm:alice:bob", "alice", 12);
+/// assert_eq!(&frame[..], br#"{"type":"invite","room":"dm:alice:bob","from":"alice","seq":12}"#);
+/// ```
+pub fn encode_invite(room: &str, from: &str, seq: u64) -> Bytes {
+    to_bytes(&Invite { ty: "invite", room, from, seq })
+}
+
+/// A `kicked` event: the host removed the session from `room` (PROTOCOL.md §4).
+///
+/// ```
+/// let frame = chat_core::protocol::encode_kicked("lobby");
+/// assert_eq!(&frame[..], br#"{"type":"kicked","room":"lobby"}"#);
+/// ```
+pub fn encode_kicked(room: &str) -> Bytes {
+    to_bytes(&RoomReply::new("kicked", None, room))
+}
+
+#[derive(Serialize)]
 struct Member<'a> {
     user: &'a str,
     sessions: u64,

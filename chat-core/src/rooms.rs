@@ -181,6 +181,11 @@ impl Rooms {
         self.map.read().unwrap_or_else(PoisonError::into_inner).get(room).cloned()
     }
 
+    /// Whether session `key` is a member of `room` here (joined, or joining).
+    pub(crate) fn is_member(&self, room: &RoomName, key: u64) -> bool {
+        self.get(room).is_some_and(|local| lock(&local.state).members.iter().any(|m| m.key == key))
+    }
+
     /// Number of rooms with local members.
     pub(crate) fn len(&self) -> usize {
         self.map.read().unwrap_or_else(PoisonError::into_inner).len()
@@ -431,7 +436,13 @@ pub(crate) struct RoomsSink(pub(crate) Arc<Rooms>);
 
 impl DeliverySink for RoomsSink {
     fn deliver(&self, room: &RoomName, delivery: Delivery) {
-        let rooms = &self.0;
+        RoomsSink::deliver_to(&self.0, room, delivery);
+    }
+}
+
+impl RoomsSink {
+    /// One delivery for `room`, to `rooms` (see [`DeliverySink::deliver`]).
+    pub(crate) fn deliver_to(rooms: &Arc<Rooms>, room: &RoomName, delivery: Delivery) {
         let Some(local) = rooms.get(room) else { return };
         let mut st = lock(&local.state);
         if !st.subscribed {

@@ -18,16 +18,16 @@ use bytes::Bytes;
 use futures::{Sink, Stream, StreamExt};
 
 use crate::auth::{Action, Credentials, Identity};
-use crate::broker::{BrokerError, HistoryQuery, Publication, PublishOpts, Transient};
+use crate::broker::{BrokerError, HistoryQuery, Publication, Transient};
 use crate::bucket::TokenBucket;
 use crate::driver::{ConnInfo, Inbound, Writer};
 use crate::engine::Inner;
 use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
 use crate::outbox::{Class, Outbox};
 use crate::protocol::{
-    encode_error, encode_history, encode_joined, encode_left, encode_pong, encode_presence, encode_refreshed,
-    encode_sent, encode_welcome, parse, ByeReason, ClientFrame, ErrorCode, MessageParts, Request, RoomName, Since,
-    WelcomeParts, PROTOCOL_VERSION,
+    encode_error, encode_history, encode_joined, encode_kicked, encode_left, encode_pong, encode_presence,
+    encode_refreshed, encode_sent, encode_welcome, parse, ByeReason, ClientFrame, ErrorCode, MessageParts, Request,
+    RoomName, Since, WelcomeParts, PROTOCOL_VERSION,
 };
 use crate::rooms::{message_frame, LocalRoom};
 
@@ -74,6 +74,8 @@ enum Wake {
     Inbound(Inbound),
     /// The peer is gone (the stream ended or failed).
     Gone,
+    /// The host kicked the session from rooms (`Outbox::mark_kicked`).
+    Kicked,
 }
 
 pub(crate) struct Session {
@@ -151,6 +153,9 @@ impl Session {
                 if outbox.is_ending() {
                     return Poll::Ready(Wake::Ending);
                 }
+                if outbox.take_kicked() {
+                    return Poll::Ready(Wake::Kicked);
+                }
                 let may_read = burst < REQUESTS_PER_WRITE && !outbox.is_full();
                 let first = may_read.then(|| inbound.poll_next_unpin(cx));
                 if let Some(Poll::Ready(item)) = first {
@@ -171,6 +176,7 @@ impl Session {
             .await;
             match wake {
                 Wake::Ending | Wake::Gone => break,
+                Wake::Kicked => writer.drive(&outbox, Box::pin(self.kicked())).await,
                 Wake::Inbound(item) => {
                     // Before `hello` nothing counts as a sign of life: the hello deadline holds.
                     if self.info.is_ok() {
@@ -189,12 +195,26 @@ impl Session {
         writer.drive(&outbox, Box::pin(self.end())).await;
     }
 
+    /// Leaves the rooms the host kicked the session from, telling the client (`kicked`).
+    async fn kicked(&mut self) {
+        for room in self.inner.users.take_kicks(self.key) {
+            if let Some(i) = self.rooms.iter().position(|r| r.name() == &room) {
+                let local = self.rooms.swap_remove(i);
+                self.leave_room(&local).await;
+                self.outbox.push(encode_kicked(&room), Class::Must);
+            }
+        }
+    }
+
     /// Leaves every room, unregisters, tells the host, and lets the writer finish.
     async fn end(&mut self) {
         let reason = self.outbox.closed();
         // The peer is gone if nobody closed the session on purpose.
         self.outbox.abandon_unless_closed();
         self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+        if self.info.is_ok() {
+            self.inner.users.remove(&self.user, self.key);
+        }
         let rooms = std::mem::take(&mut self.rooms);
         for local in &rooms {
             self.inner.rooms.remove_member(local, self.key);
@@ -380,6 +400,7 @@ impl Session {
             entry.user = Some(self.user.clone());
             entry.set_expiry(identity.expires);
         }
+        self.inner.users.add(&self.user, self.key, &self.outbox);
         let info = SessionInfo { session, identity, peer };
         self.inner.hooks.on_connect(&info).await;
         tracing::debug!(session = %info.session, user = %self.user, transport, "session started");
@@ -600,20 +621,11 @@ impl Session {
             Err(_) => body,
         };
         let publication = Publication { from: self.user.clone(), ts: now_ms(), body };
-        let broker = &*self.inner.broker;
         let seq = if ephemeral {
-            broker.broadcast(&room, Transient::Message(publication)).await?;
+            self.inner.broker.broadcast(&room, Transient::Message(publication)).await?;
             None
         } else {
-            let c = &self.inner.config;
-            let opts = PublishOpts {
-                key,
-                idempotency_window: c.idempotency_window,
-                history_size: c.history_size,
-                history_ttl: c.history_ttl,
-                max_history_bytes: c.max_history_bytes,
-            };
-            Some(broker.publish(&room, publication, &opts).await?.seq)
+            Some(self.inner.publish(&room, publication, key).await?.seq)
         };
         if let Some(id) = id {
             self.push(encode_sent(Some(id), &room, seq));

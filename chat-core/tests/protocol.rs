@@ -586,6 +586,10 @@ mod flaky {
             self.check()?;
             self.0.broadcast(r, t).await
         }
+        async fn notify(&self, u: &[Arc<str>], n: &Notice) -> Result<(), BrokerError> {
+            self.check()?;
+            self.0.notify(u, n).await
+        }
         async fn subscribe(&self, r: &RoomName) -> Result<Position, BrokerError> {
             self.check()?;
             self.0.subscribe(r).await

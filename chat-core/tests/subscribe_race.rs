@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::broker::{
-    DeliverySink, HistoryPage, HistoryQuery, Origin, Position, PresenceEntry, Publication, PublishOpts, Published,
-    Transient,
+    DeliverySink, HistoryPage, HistoryQuery, Notice, Origin, Position, PresenceEntry, Publication, PublishOpts,
+    Published, Transient,
 };
 use chat_core::{Broker, BrokerError, BrokerNode, Engine, MemoryBroker, RoomName};
 use common::Raw;
@@ -50,6 +50,9 @@ impl BrokerNode for RacyNode {
     }
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {
         self.inner.broadcast(room, what).await
+    }
+    async fn notify(&self, users: &[Arc<str>], notice: &Notice) -> Result<(), BrokerError> {
+        self.inner.notify(users, notice).await
     }
     async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {
         let before = self.inner.subscribe(room).await?;

@@ -6,7 +6,7 @@
 //! drop its deliveries for a moment) and expands [`broker_conformance!`](crate::broker_conformance)
 //! with a constructor; that makes one test per case below: seq and delivery order, history
 //! bounds, history age, idempotency, epochs, presence, transient fan-out, unsubscribing, one
-//! order across nodes, and gap repair.
+//! order across nodes, gap repair, erasure, and notices to users on every node.
 //!
 //! ```no_run
 //! use chat_core::{Broker, MemoryBroker};
@@ -35,7 +35,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::broker::{
-    Delivery, DeliverySink, HistoryPage, HistoryQuery, Message, PresenceEntry, Publication, PublishOpts, Transient,
+    Delivery, DeliverySink, HistoryPage, HistoryQuery, Message, Notice, PresenceEntry, Publication, PublishOpts,
+    Transient,
 };
 use chat_core::{Broker, BrokerNode, RoomName};
 
@@ -66,7 +67,7 @@ macro_rules! broker_conformance {
             seq_and_delivery_order, history_bounds, history_age, idempotency,
             lost_history_starts_a_new_epoch, presence_counts_sessions_across_nodes,
             transient_fan_out_is_not_stored, unsubscribed_nodes_get_nothing, one_order_across_nodes,
-            interrupted_deliveries_are_repaired, erasure_leaves_tombstones);
+            interrupted_deliveries_are_repaired, erasure_leaves_tombstones, notices_reach_every_node);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -79,10 +80,11 @@ macro_rules! broker_conformance {
     };
 }
 
-/// A node's deliveries, in the order the broker made them.
+/// A node's deliveries, in the order the broker made them, and the notices it got.
 #[derive(Default)]
 pub struct Recorder {
     seen: Mutex<Vec<(RoomName, Delivery)>>,
+    notices: Mutex<Vec<(Vec<Arc<str>>, Notice)>>,
     more: tokio::sync::Notify,
 }
 
@@ -91,9 +93,30 @@ impl DeliverySink for Recorder {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).push((room.clone(), delivery));
         self.more.notify_waiters();
     }
+
+    fn notify(&self, users: &[Arc<str>], notice: &Notice) {
+        self.notices.lock().unwrap_or_else(|e| e.into_inner()).push((users.to_vec(), notice.clone()));
+        self.more.notify_waiters();
+    }
 }
 
 impl Recorder {
+    /// Waits until at least `n` notices arrived; returns them all, in arrival order.
+    pub async fn notices(&self, n: usize) -> Vec<(Vec<Arc<str>>, Notice)> {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let more = self.more.notified();
+                let got = self.notices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if got.len() >= n {
+                    return got;
+                }
+                more.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("fewer than {n} notices within {WAIT:?}"))
+    }
+
     /// Everything delivered so far for `room`.
     pub fn of(&self, room: &RoomName) -> Vec<Delivery> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -445,4 +468,26 @@ pub async fn interrupted_deliveries_are_repaired(subject: &dyn Subject) {
         assert_eq!(got.len(), 7, "nothing twice: {got:?}");
         assert_eq!(got[6].1.seq, 7);
     }
+}
+
+/// A notice reaches every attached node, the sender included, whatever rooms they subscribe
+/// to, with its users and content intact; each kind of notice travels.
+pub async fn notices_reach_every_node(subject: &dyn Subject) {
+    let (a, seen_a) = attach(subject, "a").await;
+    let (b, seen_b) = attach(subject, "b").await;
+    let users = |names: &[&str]| names.iter().map(|n| Arc::<str>::from(*n)).collect::<Vec<_>>();
+    let sent = [
+        (users(&["alice", "bob"]), Notice::Invite { room: room("dm:alice:bob"), from: Arc::from("alice"), seq: 7 }),
+        (users(&["mallory"]), Notice::KickFromRoom { room: room("lobby") }),
+        (users(&["eve", "mallory"]), Notice::Kick),
+    ];
+    for (i, (to, notice)) in sent.iter().enumerate() {
+        let by = if i % 2 == 0 { &a } else { &b };
+        by.notify(to, notice).await.expect("notify");
+    }
+    for seen in [&seen_a, &seen_b] {
+        let got = seen.notices(sent.len()).await;
+        assert_eq!(got, sent.to_vec(), "each notice once, as sent, in order");
+    }
+    assert!(seen_a.of(&room("lobby")).is_empty(), "a notice is no room delivery");
 }

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 
 use super::{
     Broker, BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, Held, HistoryPage, HistoryQuery, KeptKey, Message,
-    Origin, Position, PresenceEntry, Publication, PublishOpts, Published, Transient,
+    Notice, Origin, Position, PresenceEntry, Publication, PublishOpts, Published, Transient,
 };
 use crate::protocol::RoomName;
 
@@ -119,6 +119,8 @@ struct Hub {
     sweep_every_ms: AtomicU64,
     /// A sweep task is running.
     sweeping: AtomicBool,
+    /// Every attached node's sink, for [`Notice`]s.
+    nodes: Mutex<Vec<Subscriber>>,
 }
 
 struct Subscriber {
@@ -691,6 +693,7 @@ impl Broker for MemoryBroker {
     ) -> Result<Arc<dyn BrokerNode>, BrokerError> {
         start_sweep(&self.hub);
         let node = self.hub.next_node.fetch_add(1, Ordering::Relaxed);
+        lock(&self.hub.nodes).push(Subscriber { node, sink: sink.clone() });
         Ok(Arc::new(MemoryNode { hub: self.hub.clone(), node, sink, origin }))
     }
 }
@@ -770,6 +773,7 @@ impl MemoryNode {
     }
 
     fn detach_now(&self) {
+        lock(&self.hub.nodes).retain(|s| s.node != self.node);
         let rooms: Vec<_> = lock(&self.hub.rooms).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (name, room) in rooms {
             let mut r = lock(&room);
@@ -837,6 +841,15 @@ impl BrokerNode for MemoryNode {
             }
         });
         Ok((published, held))
+    }
+
+    async fn notify(&self, users: &[Arc<str>], notice: &Notice) -> Result<(), BrokerError> {
+        // Cloned out of the lock: a sink must not be called with the broker's locks held.
+        let sinks: Vec<_> = lock(&self.hub.nodes).iter().map(|s| s.sink.clone()).collect();
+        for sink in sinks {
+            sink.notify(users, notice);
+        }
+        Ok(())
     }
 
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {

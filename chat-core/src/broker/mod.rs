@@ -197,11 +197,43 @@ pub enum Delivery {
     },
 }
 
+/// Something for named users wherever their sessions are, on every node of the cluster: not
+/// tied to a room a node subscribes to, not stored, and not ordered with a room's deliveries
+/// (see [`BrokerNode::notify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// A message was stored at `seq` in the direct conversation `room`, sent by `from`: the
+    /// users' sessions that are not members of the room get an `invite` (PROTOCOL.md §4).
+    Invite {
+        /// The direct conversation.
+        room: RoomName,
+        /// Who sent the message.
+        from: Arc<str>,
+        /// Its seq.
+        seq: u64,
+    },
+    /// The host removes the users from `room`: each of their sessions that is a member leaves
+    /// it and gets `kicked`.
+    KickFromRoom {
+        /// The room.
+        room: RoomName,
+    },
+    /// The host disconnects the users: each of their sessions is closed with `bye kicked`.
+    Kick,
+}
+
 /// Receives a node's deliveries. Called synchronously by the broker, in seq order per room;
 /// it must not block and must not call back into the broker.
 pub trait DeliverySink: Send + Sync + 'static {
     /// One delivery for `room`.
     fn deliver(&self, room: &RoomName, delivery: Delivery);
+
+    /// A [`Notice`] for `users`, sent by any node of the cluster (this one included). A sink
+    /// that serves no sessions may ignore it: the default does.
+    fn notify(&self, users: &[Arc<str>], notice: &Notice) {
+        let _ = (users, notice);
+    }
 }
 
 /// Where a room's history goes on from when the broker holds nothing of it: the engine's
@@ -286,6 +318,10 @@ pub trait BrokerNode: Send + Sync + 'static {
     ) -> Result<(Published, Held), BrokerError> {
         Ok((self.publish(room, msg, opts).await?, Held::default()))
     }
+    /// Hands `notice` for `users` to the [`DeliverySink`] of every node attached to the
+    /// cluster, this one included, whatever rooms they subscribe to. At most once: a node that
+    /// is not connected to the broker at that moment misses it.
+    async fn notify(&self, users: &[Arc<str>], notice: &Notice) -> Result<(), BrokerError>;
     /// Fans out without storing.
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError>;
     /// This node starts receiving the room's deliveries. Returns the room's position, read after
