@@ -4,7 +4,8 @@
 //! and the pages come back by themselves and show what they missed, once each. Then the server
 //! restarts without its store, its history lost, and the pages start over.
 //! Apart from that, chat.js with a `tokenSource` refreshes its short-lived token by itself and
-//! outlives it.
+//! outlives it, and two pages start and answer a direct conversation (the host's own messages
+//! and kicks show too).
 //!
 //! Needs `chromium` and `chromedriver` (`apt-get install chromium chromium-driver`); fails,
 //! never skips, without them. `SCREENSHOT=1` also saves the page to `docs/screenshot.png`.
@@ -226,6 +227,59 @@ async fn screenshot(alice: &Client, bob: &Client) {
     eprintln!("saved {}", path.display());
     // Leave bob's composer empty for what follows.
     bob.find(Locator::Css("#text")).await.unwrap().clear().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_start_and_answer_a_direct_conversation() {
+    let mut driver = Chromedriver::start();
+    let server = Server::start(MemoryBroker::new(), None, Some("127.0.0.1:0".parse().unwrap())).await;
+    let url = format!("http://{}/", server.ws);
+    let alice = driver.browser().await;
+    let bob = driver.browser().await;
+    let outcome = tokio::spawn(direct_scenario(alice.clone(), bob.clone(), server, url)).await;
+    let _ = alice.close().await;
+    let _ = bob.close().await;
+    drop(driver);
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn direct_scenario(alice: Client, bob: Client, server: Server, url: String) {
+    sign_in(&alice, &url, "alice").await;
+    sign_in(&bob, &url, "bob").await;
+    // Alice clicks bob among the members: their conversation opens; she writes.
+    wait_for(&alice, "#members li[data-user=bob]").await.click().await.unwrap();
+    wait_for(&alice, "ol[data-room='dm:alice:bob']:not([hidden])").await;
+    assert_eq!(alice.find(Locator::Css("#room-title")).await.unwrap().text().await.unwrap(), "@ bob");
+    type_text(&alice, "psst", true).await;
+    // Bob was not in it: the invite opens it in his sidebar, unread, with the message.
+    wait_for(&bob, "li.msg[data-room='dm:alice:bob'][data-seq='1'][data-from=alice]").await;
+    let button = wait_for(&bob, "button.room-button[data-room='dm:alice:bob']").await;
+    assert!(button.text().await.unwrap().starts_with("@ alice"));
+    wait_for(&bob, "button.room-button[data-room='dm:alice:bob'] .badge:not([hidden])").await;
+    button.click().await.unwrap();
+    type_text(&bob, "what?", true).await;
+    wait_for(&alice, "li.msg[data-room='dm:alice:bob'][data-seq='2'][data-from=bob]").await;
+    // "@carol" in the join box starts another one.
+    let input = alice.find(Locator::Css("#join-room")).await.unwrap();
+    input.send_keys("@carol").await.unwrap();
+    input.send_keys("\u{E007}").await.unwrap();
+    wait_for(&alice, "ol[data-room='dm:alice:carol']:not([hidden])").await;
+
+    // The host's own message shows as the system's; its kick as a notice.
+    let dm = chat_engine::core::RoomName::new("dm:alice:bob").unwrap();
+    let system = chat_engine::core::Sender::System;
+    server.engine.publish(&dm, system, r#"{"text":"call missed"}"#, None).await.unwrap();
+    let note = wait_for(&bob, "li.msg.system[data-room='dm:alice:bob'][data-seq='3']").await;
+    assert_eq!(note.find(Locator::Css(".from")).await.unwrap().text().await.unwrap(), "system");
+    let lobby = chat_engine::core::RoomName::new("lobby").unwrap();
+    server.engine.kick_from_room(&lobby, "bob").await.unwrap();
+    let notice = wait_for(&bob, "ol[data-room=lobby] li.notice.kicked").await;
+    // (Not the room shown: its list is hidden, so its text is read as the DOM has it.)
+    let text = notice.prop("textContent").await.unwrap();
+    assert_eq!(text.as_deref(), Some("You were removed from this room."));
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,12 @@
 // app.js: the example page's UI on top of chat.js. Rooms in the sidebar, one message list per
-// room, members, typing indicators and a connection status. All protocol work (ids, replies,
+// room, members, typing indicators, direct conversations (click a member, or join "@name";
+// an invitation opens the conversation in the sidebar) and a connection status. All protocol work (ids, replies,
 // reconnection, recovery, deduplication) is chat.js's; this file only renders its events.
 //
 // Query parameters for links and tests: ?user=NAME&room=ROOM (joins at once), &token=JWT when
 // the server was started with --token-secret.
 
-import { ChatClient } from "./chat.js";
+import { ChatClient, directPeers, directRoom } from "./chat.js";
 
 const $ = (selector) => document.querySelector(selector);
 const params = new URLSearchParams(location.search);
@@ -53,6 +54,21 @@ function start(name, firstRoom) {
     const r = rooms.get(room);
     if (r) (r.members.delete(user), renderMembers());
   });
+  chat.on("invite", ({ room }) => {
+    // A direct message (or the host's invitation): the conversation opens in the sidebar,
+    // with its history, marked unread.
+    if (rooms.has(room) && chat.rooms.has(room)) return;
+    joinRoom(room, { focus: false }).then(() => markUnread(room));
+  });
+  chat.on("kicked", ({ room }) => {
+    const r = rooms.get(room);
+    if (!r) return;
+    r.members.clear();
+    const removed = notice("You were removed from this room.");
+    removed.classList.add("kicked");
+    r.list.append(removed);
+    renderMembers();
+  });
   chat.on("error", (e) => console.warn("chat:", e.code, e.message));
   window.addEventListener("online", () => chat.retryNow());
   chat.connect().then(
@@ -68,13 +84,15 @@ function start(name, firstRoom) {
 
 $("#join-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  const room = $("#join-room").value.trim();
-  if (room) joinRoom(room).then(() => ($("#join-room").value = ""));
+  const name = $("#join-room").value.trim();
+  // "@bob" starts (or opens) the direct conversation with bob.
+  const room = name.startsWith("@") ? directRoom(me, name.slice(1)) : name;
+  if (name) joinRoom(room).then(() => ($("#join-room").value = ""));
 });
 
-async function joinRoom(room) {
+async function joinRoom(room, { focus = true } = {}) {
   if (!rooms.has(room)) addRoom(room);
-  show(room);
+  if (focus || !active) show(room);
   try {
     await chat.join(room);
   } catch (e) {
@@ -94,7 +112,7 @@ function addRoom(room) {
   button.className = "room-button";
   button.dataset.room = room;
   const name = document.createElement("span");
-  name.textContent = `# ${room}`;
+  name.textContent = title(room);
   const badge = document.createElement("span");
   badge.className = "badge";
   badge.hidden = true;
@@ -116,7 +134,7 @@ function show(room) {
   const r = rooms.get(room);
   r.unread = 0;
   r.badge.hidden = true;
-  $("#room-title").textContent = `# ${room}`;
+  $("#room-title").textContent = title(room);
   renderMembers();
   renderTyping();
   scrollToEnd(true);
@@ -135,6 +153,20 @@ async function onJoined({ room }) {
   }
 }
 
+/** What the sidebar and the header call a room: `@ bob` for a direct conversation. */
+function title(room) {
+  const peers = directPeers(room, me);
+  return peers ? `@ ${peers.join(", ")}` : `# ${room}`;
+}
+
+function markUnread(room) {
+  const r = rooms.get(room);
+  if (!r || room === active) return;
+  r.unread = Math.max(r.unread, 1);
+  r.badge.textContent = r.unread;
+  r.badge.hidden = false;
+}
+
 function renderMembers() {
   const r = rooms.get(active);
   const items = [...(r ? r.members : new Map())]
@@ -144,6 +176,11 @@ function renderMembers() {
       li.className = "member";
       li.dataset.user = user;
       li.textContent = user === me ? `${user} (you)` : user;
+      if (user !== me) {
+        // A click opens the direct conversation with that member.
+        li.title = `message ${user} directly`;
+        li.addEventListener("click", () => joinRoom(directRoom(me, user)));
+      }
       if (sessions > 1) {
         const count = document.createElement("span");
         count.className = "count";
@@ -161,14 +198,14 @@ function onMessage(m) {
   const r = rooms.get(m.room);
   if (!r) return;
   const li = document.createElement("li");
-  li.className = m.from === me ? "msg mine" : "msg";
+  li.className = m.from === me ? "msg mine" : m.from === "" ? "msg system" : "msg";
   li.dataset.room = m.room;
   li.dataset.seq = m.seq;
   li.dataset.from = m.from;
   li.dataset.ts = m.ts;
   const from = document.createElement("span");
   from.className = "from";
-  from.textContent = m.from;
+  from.textContent = m.from === "" ? "system" : m.from; // the host's own messages
   const time = document.createElement("time");
   time.dateTime = new Date(m.ts).toISOString();
   time.textContent = new Date(m.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });

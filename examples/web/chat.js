@@ -34,11 +34,34 @@
 //   ephemeral     {room, from, ts, body}                  ephemeral messages (typing...)
 //   clear         {room, epoch}                           drop what you show for the room
 //   member_joined / member_left  {room, user}
+//   invite        {room, from, seq}   a message for you in a room you are not in (a direct
+//                                     conversation's, or the host's invitation): join to read it
+//   kicked        {room}              the host removed you from the room (not rejoined)
 //   bye           {reason, reconnect}
 //   error         {code, message}                         errors that answer no request
 //   frame         every frame received, raw (for debugging)
 
 export const SUBPROTOCOL = "chat.v1";
+
+/**
+ * The name of the direct conversation between `users` (PROTOCOL.md §4): `dm:` and the
+ * distinct names in ascending byte order, joined by `:`.
+ */
+export function directRoom(...users) {
+  const bytes = (s) => new TextEncoder().encode(s);
+  const order = (a, b) => {
+    const [x, y] = [bytes(a), bytes(b)];
+    for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+    return x.length - y.length;
+  };
+  return `dm:${[...new Set(users)].sort(order).join(":")}`;
+}
+
+/** The other users of direct conversation `room` for `me`, or null for any other room. */
+export function directPeers(room, me) {
+  if (!room.startsWith("dm:")) return null;
+  return room.slice(3).split(":").filter((u) => u !== me);
+}
 
 export class ChatError extends Error {
   constructor(code, message) {
@@ -416,6 +439,14 @@ export class ChatClient {
       case "member_joined":
       case "member_left":
         this.emit(frame.type, { room: frame.room, user: frame.user });
+        break;
+      case "invite":
+        this.emit("invite", { room: frame.room, from: frame.from, seq: frame.seq });
+        break;
+      case "kicked":
+        // Out of the room: not rejoined on reconnect.
+        this.rooms.delete(frame.room);
+        this.emit("kicked", { room: frame.room });
         break;
       case "bye":
         this.emit("bye", { reason: frame.reason, reconnect: frame.reconnect });
