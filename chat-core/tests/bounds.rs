@@ -261,3 +261,35 @@ async fn stats_return_to_zero() {
     })
     .await;
 }
+
+/// A flood of direct messages to a user who does not read: every one of them invites the
+/// user's session, which is not in the conversation. Invites are dropped once its outbox is
+/// half full (as ephemeral messages are), so the flood cannot close it as a slow consumer:
+/// what it announces is in the conversation's history.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_of_direct_messages_cannot_close_its_recipient() {
+    let engine = Engine::builder()
+        .tune(|c| {
+            c.rate_per_sec = 0;
+            c.outbox_frames = 64;
+        })
+        .build()
+        .await
+        .unwrap();
+    let (_, _unread) = not_reading(&engine, vec![hello("victim")]);
+    let mut mallory = Raw::hello(&engine, "mallory").await;
+    mallory.join("dm:mallory:victim").await;
+    for i in 0..200 {
+        mallory.send(&format!(r#"{{"type":"send","id":{i},"room":"dm:mallory:victim","body":{i}}}"#));
+    }
+    loop {
+        let f = mallory.recv().await;
+        if f["type"] == "sent" && f["id"] == 199 {
+            assert_eq!(f["seq"], 200, "{f}");
+            break;
+        }
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.sessions, 2, "the recipient is still connected: {stats:?}");
+    assert!(stats.queued_frames <= 64 / 2 + 1, "invites stop at half the outbox: {stats:?}");
+}
