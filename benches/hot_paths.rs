@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chat_core::bench::{encode_message, MessageParts};
 use chat_core::broker::{Broker, Delivery, DeliverySink, Publication, PublishOpts};
-use chat_core::protocol::{encode_message, parse, MessageParts};
+use chat_core::protocol::parse;
 use chat_core::{ConnInfo, Engine, Inbound, MemoryBroker, RoomName};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::StreamExt;

@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::engine::{Config, Inner, SessionEntry};
+use crate::frames::encode_ping;
 use crate::outbox::Class;
-use crate::protocol::{encode_ping, ByeReason};
+use crate::protocol::ByeReason;
 
 /// Ticks per `min(heartbeat, handshake_timeout)`: the precision of pings, timeouts and
 /// handshake deadlines, as a fraction of the shorter of the two.

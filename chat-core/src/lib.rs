@@ -40,6 +40,7 @@ pub mod client;
 pub mod direct;
 mod driver;
 mod engine;
+mod frames;
 mod heartbeat;
 pub mod hooks;
 pub mod io;
@@ -53,7 +54,14 @@ mod session;
 pub mod store;
 
 #[doc(hidden)]
-pub use rooms::bench;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench {
+    //! What the benches and the fuzzers reach inside the engine (the `bench` feature; not an
+    //! API): the frame encoders and fan-out through the real delivery path.
+    pub use crate::frames::*;
+    pub use crate::rooms::bench::Fanout;
+}
 
 /// The attribute the [`Authenticator`], [`Authorizer`] and [`Hooks`] traits are written with:
 /// `#[chat_core::async_trait]` on an `impl` of one of them.

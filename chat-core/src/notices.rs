@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::broker::{Delivery, DeliverySink, Notice};
+use crate::frames::encode_invite;
 use crate::outbox::{Class, Outbox};
-use crate::protocol::{encode_invite, ByeReason, RoomName};
+use crate::protocol::{ByeReason, RoomName};
 use crate::rooms::{Rooms, RoomsSink};
 
 /// Each user's sessions (key and outbox): a few per user, so a list.

@@ -24,7 +24,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 
-use crate::protocol::{encode_bye, ByeReason};
+use crate::frames::encode_bye;
+use crate::protocol::ByeReason;
 
 pub(crate) struct Outbox {
     state: Mutex<State>,
@@ -230,8 +231,8 @@ impl Outbox {
     }
 
     /// Moves whatever is queued into `out` without waiting (benches).
-    #[doc(hidden)]
-    pub fn drain_now(&self, out: &mut VecDeque<Bytes>) {
+    #[cfg(feature = "bench")]
+    pub(crate) fn drain_now(&self, out: &mut VecDeque<Bytes>) {
         let mut s = self.lock();
         std::mem::swap(&mut s.queue, out);
         s.bytes = 0;

@@ -18,8 +18,9 @@ use bytes::Bytes;
 
 use crate::broker::{BrokerError, BrokerNode, Delivery, DeliverySink, Epoch, HistoryQuery, Message, Transient};
 use crate::bucket::TokenBucket;
+use crate::frames::{encode_member_joined, encode_member_left, encode_message, encode_reset, MessageParts};
 use crate::outbox::{Class, Outbox};
-use crate::protocol::{encode_member_joined, encode_member_left, encode_message, encode_reset, MessageParts, RoomName};
+use crate::protocol::RoomName;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -431,7 +432,8 @@ impl Rooms {
     }
 }
 
-/// The node's rooms receive the broker's deliveries.
+/// The node's rooms receive the broker's deliveries (the node's sink is `notices::NodeSink`,
+/// which hands them here; the benches use this one alone).
 pub(crate) struct RoomsSink(pub(crate) Arc<Rooms>);
 
 impl DeliverySink for RoomsSink {
@@ -466,8 +468,8 @@ impl RoomsSink {
     }
 }
 
-#[doc(hidden)]
-pub mod bench {
+#[cfg(feature = "bench")]
+pub(crate) mod bench {
     //! Hooks for the criterion benches: fan-out through the real delivery path without a broker.
     use super::*;
 

@@ -22,13 +22,13 @@ use crate::broker::{BrokerError, HistoryQuery, Publication, Transient};
 use crate::bucket::TokenBucket;
 use crate::driver::{ConnInfo, Inbound, Writer};
 use crate::engine::Inner;
+use crate::frames::{
+    encode_error, encode_history, encode_joined, encode_kicked, encode_left, encode_pong, encode_presence,
+    encode_refreshed, encode_sent, encode_welcome, MessageParts, WelcomeParts,
+};
 use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
 use crate::outbox::{Class, Outbox};
-use crate::protocol::{
-    encode_error, encode_history, encode_joined, encode_kicked, encode_left, encode_pong, encode_presence,
-    encode_refreshed, encode_sent, encode_welcome, parse, ByeReason, ClientFrame, ErrorCode, MessageParts, Request,
-    RoomName, Since, WelcomeParts, PROTOCOL_VERSION,
-};
+use crate::protocol::{parse, ByeReason, ClientFrame, ErrorCode, Request, RoomName, Since, PROTOCOL_VERSION};
 use crate::rooms::{message_frame, LocalRoom};
 
 /// A request's failure: the error frame to send.

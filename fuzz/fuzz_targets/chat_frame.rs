@@ -5,7 +5,8 @@
 
 #![no_main]
 
-use chat_core::protocol::{encode_error, parse, ClientFrame, ErrorCode, Request, MAX_ID};
+use chat_core::bench::encode_error;
+use chat_core::protocol::{parse, ClientFrame, ErrorCode, Request, MAX_ID};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 
