@@ -91,6 +91,9 @@ impl Default for ReconnectOptions {
 pub enum Update {
     /// An event of the server.
     Event(Event),
+    /// The connection is gone (after the events it had received, a `bye` among them if the
+    /// server said one); the next call reconnects, unless that `bye` said not to.
+    Disconnected,
     /// A new connection is up: rooms rejoined, unanswered sends resent.
     Reconnected(Reconnected),
 }
@@ -345,6 +348,7 @@ impl Reconnecting {
             });
             self.pending.push_back(update);
         }
+        self.pending.push_back(Ok(Update::Disconnected));
     }
 
     /// Keeps the rooms' positions up to date with an event handed out.
@@ -370,9 +374,9 @@ impl Reconnecting {
         self.unacked.retain(|u| u.room != room);
     }
 
-    /// The next event, or news of a reconnection. A lost connection is replaced (events it had
-    /// received come first); so is one silent for twice the heartbeat that does not answer a
-    /// ping. Fails when reconnecting fails (see [`ReconnectOptions::max_attempts`]; the next
+    /// The next event, or news of the connection: [`Update::Disconnected`] when it is lost
+    /// (after the events it had received), [`Update::Reconnected`] once it is replaced. A
+    /// connection silent for twice the heartbeat that does not answer a ping counts as lost. Fails when reconnecting fails (see [`ReconnectOptions::max_attempts`]; the next
     /// call tries again), when the server's `bye` said not to come back
     /// ([`ClientError::Closed`] until [`reconnect`](Self::reconnect)), and for a frame that is
     /// not a valid event ([`ClientError::Protocol`], the next call goes on).
