@@ -513,7 +513,10 @@ impl Chat {
             Event::MemberJoined(m) if self.rooms.contains_key(&m.room) => println!("* [{}] {} joined", m.room, m.user),
             Event::MemberLeft(m) if self.rooms.contains_key(&m.room) => println!("* [{}] {} left", m.room, m.user),
             Event::Invite(invite) => {
-                println!("* [{}] {} wrote to you (#{}): /join {} to read it", invite.room, invite.from, invite.seq, invite.room)
+                println!(
+                    "* [{}] {} wrote to you (#{}): /join {} to read it",
+                    invite.room, invite.from, invite.seq, invite.room
+                )
             }
             Event::Reset(reset) => {
                 if let Some(state) = self.rooms.get_mut(&reset.room) {

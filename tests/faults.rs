@@ -1821,9 +1821,10 @@ async fn a_node_without_the_room_acknowledges_into_a_rolled_back_epoch() {
 
     // bob, on b (which never had the room), comes back with what he saw: seq 6.
     let bob = tcp(b.tcp, "bob").await;
-    let back =
-        eventually("bob's join through b", WAIT, || async { bob.join(room, Some(Since::new(&joined.epoch, 6))).await.ok() })
-            .await;
+    let back = eventually("bob's join through b", WAIT, || async {
+        bob.join(room, Some(Since::new(&joined.epoch, 6))).await.ok()
+    })
+    .await;
     let x = say(&bob, "x").await;
     // x reaches alice, or she is reset and x is in the new epoch's history.
     let what = "x or a reset at alice";

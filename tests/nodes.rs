@@ -57,7 +57,6 @@ fn text(m: &Message) -> &str {
     m.body["text"].as_str().unwrap_or("")
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
     const PER_SENDER: usize = 30;
@@ -75,8 +74,12 @@ async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
         join(c, "cross").await;
     }
     // Membership crosses nodes: alice (on a) hears of dave (on b), dave of alice.
-    next_matching(&mut clients[0], "member_joined dave on a", |e| matches!(e, Event::MemberJoined(m) if m.user == "dave"))
-        .await;
+    next_matching(
+        &mut clients[0],
+        "member_joined dave on a",
+        |e| matches!(e, Event::MemberJoined(m) if m.user == "dave"),
+    )
+    .await;
     for c in [&clients[0], &clients[1]] {
         let p = within("presence", c.presence("cross")).await.expect("presence");
         let all = ["alice", "bob", "carol", "dave"].map(|u| (u.to_owned(), 1)).to_vec();
@@ -105,8 +108,12 @@ async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
         assert_eq!(&delivered, seqs, "sender {c}: delivered in the order sent, under the acknowledged seqs");
     }
     // One history, whichever node is asked.
-    let from_a = within("history", clients[0].history("cross", HistoryQuery::default().after(60).limit(40))).await.expect("history");
-    let from_b = within("history", clients[3].history("cross", HistoryQuery::default().after(60).limit(40))).await.expect("history");
+    let from_a = within("history", clients[0].history("cross", HistoryQuery::default().after(60).limit(40)))
+        .await
+        .expect("history");
+    let from_b = within("history", clients[3].history("cross", HistoryQuery::default().after(60).limit(40)))
+        .await
+        .expect("history");
     assert_eq!(history_keys(&from_a), history_keys(&from_b));
     assert_eq!(history_keys(&from_a), seen[0][60..100].to_vec());
 }

@@ -326,11 +326,7 @@ async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_each_time() {
         let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!(text)).await.ok() }).await;
         assert_eq!(seq, Some(4), "round {round}: after the snapshot's 1..3, in a new epoch");
         let reset = next_matching(&mut alice, WAIT, |e| reset(e).filter(|r| r.room == "r")).await;
-        assert!(
-            !epochs.contains(&reset.epoch),
-            "round {round}: back to an old epoch {} ({epochs:?})",
-            reset.epoch
-        );
+        assert!(!epochs.contains(&reset.epoch), "round {round}: back to an old epoch {} ({epochs:?})", reset.epoch);
         epochs.push(reset.epoch.clone());
         let expected: Vec<_> = (1..=3).map(|n| (n, json!(n))).chain([(4, json!(text))]).collect();
         assert_eq!(messages(&mut alice, "r", 4, WAIT).await, expected);

@@ -114,10 +114,13 @@ async fn nodes_follow_a_failover_to_an_up_to_date_replica_without_a_reset() {
     let seq = eventually("a send after the failover", FAILOVER, || async { bob.send("r", json!(6)).await.ok() }).await;
     assert_eq!(seq, Some(6), "the same history goes on");
     for c in [&mut alice, &mut bob] {
-        let next =
-            next_matching(c, WAIT, |e| {
-                matches!(&e, Event::Message(m) if m.room == "r").then_some(()).or(matches!(e, Event::Reset(_)).then_some(())).map(|()| e)
-            }).await;
+        let next = next_matching(c, WAIT, |e| {
+            matches!(&e, Event::Message(m) if m.room == "r")
+                .then_some(())
+                .or(matches!(e, Event::Reset(_)).then_some(()))
+                .map(|()| e)
+        })
+        .await;
         assert!(matches!(&next, Event::Message(m) if m.seq == Some(6)), "{next:?}");
     }
     assert_eq!(alice.send("r", json!(7)).await.unwrap(), Some(7));

@@ -269,9 +269,7 @@ async fn a_record_the_store_refuses_fails_only_its_sender() {
     for user in ["alice", "mallory", "bob"] {
         let sender = client(&engine, user).await;
         sender.join("r", None).await.unwrap();
-        sends.push(tokio::spawn(async move {
-            sender.send("r", json!(user)).await.map_err(|e| e.code())
-        }));
+        sends.push(tokio::spawn(async move { sender.send("r", json!(user)).await.map_err(|e| e.code()) }));
     }
     ordered(&broker, 3).await;
     gate.add_permits(100);

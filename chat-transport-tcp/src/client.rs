@@ -26,11 +26,7 @@ pub const CLIENT_MAX_FRAME: usize = 64 << 20;
 /// A refused `hello` (`unauthorized`, ...) is a [`ClientError::Server`] whose
 /// [`code`](ClientError::code) is the server's error code; a connection that cannot be opened
 /// is [`ClientError::Connect`].
-pub async fn connect(
-    addr: impl ToSocketAddrs,
-    user: Option<&str>,
-    token: Option<&str>,
-) -> Result<Client, ClientError> {
+pub async fn connect(addr: impl ToSocketAddrs, user: Option<&str>, token: Option<&str>) -> Result<Client, ClientError> {
     let stream = TcpStream::connect(addr).await.map_err(cannot)?;
     stream.set_nodelay(true).map_err(cannot)?;
     let (reader, writer) = stream.into_split();

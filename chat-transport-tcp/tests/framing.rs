@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_core::hooks::{DisconnectReason, SessionInfo};
 use chat_core::client::Event;
+use chat_core::hooks::{DisconnectReason, SessionInfo};
 use chat_core::Engine;
 use chat_transport_tcp::connect;
 use common::{serve, server, within, Raw};

@@ -85,9 +85,8 @@ pub async fn connect_tls(
         .connect(name, tcp)
         .await
         .map_err(|e| ClientError::Connect(format!("tls: {e}")))?;
-    let (socket, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config()))
-        .await
-        .map_err(upgrade_failed)?;
+    let (socket, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config())).await.map_err(upgrade_failed)?;
     wrap(socket, user, token).await
 }
 

@@ -4,8 +4,8 @@
 
 mod common;
 
-use chat_core::hooks::{DisconnectReason, Hooks, SessionInfo};
 use chat_core::client::{Bye, ClientError, Event, HistoryQuery};
+use chat_core::hooks::{DisconnectReason, Hooks, SessionInfo};
 use chat_core::Engine;
 use chat_transport_ws::{connect, WsOptions, WsServer};
 use common::*;

@@ -273,7 +273,8 @@ mod tests {
             panic!("a message")
         };
         assert_eq!((ephemeral.seq, ephemeral.body, ephemeral.deleted), (None, Value::Null, false));
-        let Event::Message(erased) = parse(json!({"type":"message","room":"r","seq":3,"from":"a","ts":1,"deleted":true}))
+        let Event::Message(erased) =
+            parse(json!({"type":"message","room":"r","seq":3,"from":"a","ts":1,"deleted":true}))
         else {
             panic!("a message")
         };

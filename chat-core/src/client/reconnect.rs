@@ -304,8 +304,12 @@ impl Reconnecting {
     /// One connection attempt: connect, rejoin, resend.
     async fn attempt_once(&mut self) -> Result<Reconnected, ClientError> {
         let client = (self.connector)().await?;
-        let mut done =
-            Reconnected { welcome: client.welcome().clone(), rejoined: Vec::new(), refused: Vec::new(), resent: Vec::new() };
+        let mut done = Reconnected {
+            welcome: client.welcome().clone(),
+            rejoined: Vec::new(),
+            refused: Vec::new(),
+            resent: Vec::new(),
+        };
         let rooms: Vec<(String, Since)> = self.rooms.iter().map(|(r, s)| (r.clone(), s.clone())).collect();
         for (room, since) in rooms {
             match client.join(&room, Some(since)).await {
