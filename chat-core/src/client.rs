@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,12 +24,14 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{ErrorCode, Since};
+use crate::protocol::ErrorCode;
 
 mod error;
 mod event;
 mod reconnect;
 
+/// Where a client left a room (`join` with `since`): the same type the server parses.
+pub use crate::protocol::Since;
 pub use error::{ClientError, ServerCode, ServerError};
 pub use event::{Bye, Event, HistoryPage, Invite, Joined, Member, Message, Presence, PresenceEntry, Reset, Unknown};
 pub use reconnect::{Backoff, ReconnectOptions, Reconnected, Reconnecting, Resent, Update};
@@ -65,6 +67,8 @@ struct Shared {
     next_id: AtomicU64,
     /// The session's current expiry (`welcome.exp`, then each `refreshed.exp`); 0: none.
     exp: AtomicU64,
+    /// The connection stopped being read: no reply can come any more.
+    closed: AtomicBool,
 }
 
 /// Where a client gets a new token when its session's identity is about to expire (see
@@ -194,6 +198,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             exp: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         });
         let closer = CancellationToken::new();
         tokio::spawn(write_task(out_rx, outbound, closer.clone()));
@@ -293,6 +298,11 @@ impl Client {
         frame["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
         shared.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        // Set before the reader clears `pending`: a request registered after that fails now.
+        if shared.closed.load(Ordering::SeqCst) {
+            shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            return Err(ClientError::Closed);
+        }
         let bytes = serde_json::to_vec(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if shared.out.send(Bytes::from(bytes)).is_err() {
             shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
@@ -547,6 +557,8 @@ where
             break;
         }
     }
-    // Connection over: every waiting request fails.
+    // Connection over: every waiting request fails, later ones at once, and the writer stops.
+    shared.closed.store(true, Ordering::SeqCst);
     shared.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    closer.cancel();
 }

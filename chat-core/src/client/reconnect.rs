@@ -182,6 +182,8 @@ pub struct Reconnecting {
     connector: Connector,
     options: ReconnectOptions,
     client: Option<Client>,
+    /// A lost connection whose received events are still to be handed out.
+    draining: Option<Client>,
     /// Every room joined, with the last position seen there.
     rooms: BTreeMap<String, Since>,
     /// Keyed sends without a reply, oldest first.
@@ -208,7 +210,8 @@ impl std::fmt::Debug for Reconnecting {
 
 impl Reconnecting {
     /// A client that opens its connections with `connector`, not connected yet: the first
-    /// call that needs the server connects.
+    /// call that needs the server connects, and [`next_update`](Self::next_update) reports
+    /// that first connection as an [`Update::Reconnected`] too.
     pub fn new<F, Fut>(connector: F, options: ReconnectOptions) -> Reconnecting
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -219,6 +222,7 @@ impl Reconnecting {
             connector: Box::new(move || Box::pin(connector())),
             options,
             client: None,
+            draining: None,
             rooms: BTreeMap::new(),
             unacked: VecDeque::new(),
             pending: VecDeque::new(),
@@ -229,7 +233,8 @@ impl Reconnecting {
         }
     }
 
-    /// [`new`](Self::new), then connects (retrying as [`options`](ReconnectOptions) say).
+    /// [`new`](Self::new), then connects (retrying as [`options`](ReconnectOptions) say); this
+    /// first connection is not reported as an update.
     pub async fn connect<F, Fut>(connector: F, options: ReconnectOptions) -> Result<Reconnecting, ClientError>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -272,9 +277,9 @@ impl Reconnecting {
     /// (also queued as [`Update::Reconnected`]).
     pub async fn reconnect(&mut self) -> Result<Reconnected, ClientError> {
         self.stopped = false;
-        if self.client.is_some() {
-            self.lost().await;
-        }
+        self.lost();
+        // What the old connection received comes before the news of the new one.
+        self.drain().await;
         loop {
             if self.attempt > 0 {
                 tokio::time::sleep(self.options.backoff.delay(self.attempt - 1)).await;
@@ -320,8 +325,11 @@ impl Reconnecting {
                     done.rejoined.push(joined);
                 }
                 Err(ClientError::Server(e)) => {
-                    self.forget(&room);
-                    done.refused.push((room, ClientError::Server(e)));
+                    let refusal = ClientError::Server(e);
+                    for dropped in self.forget(&room) {
+                        done.resent.push(Resent { room: dropped.room, key: dropped.key, result: Err(refusal.clone()) });
+                    }
+                    done.refused.push((room, refusal));
                 }
                 Err(e) => return Err(e),
             }
@@ -340,19 +348,34 @@ impl Reconnecting {
         Ok(done)
     }
 
-    /// The connection is gone (or given up on): what it had received is queued, as events,
-    /// and the client is dropped.
-    async fn lost(&mut self) {
-        let Some(mut client) = self.client.take() else { return };
-        client.close();
-        while let Some(frame) = client.next_frame().await {
-            let update = Event::parse(&frame).map(|event| {
-                self.observe(&event);
-                Update::Event(event)
-            });
-            self.pending.push_back(update);
+    /// The connection is gone (or given up on): it is closed, and what it had received is
+    /// handed out next (see [`drain`](Self::drain)).
+    fn lost(&mut self) {
+        if let Some(client) = self.client.take() {
+            client.close();
+            self.draining = Some(client);
         }
-        self.pending.push_back(Ok(Update::Disconnected));
+    }
+
+    /// Queues what the lost connection had received, then [`Update::Disconnected`]. Safe to
+    /// cancel: what is left stays in `draining` for the next call.
+    async fn drain(&mut self) {
+        loop {
+            let Some(client) = self.draining.as_mut() else { return };
+            match client.next_frame().await {
+                Some(frame) => {
+                    let update = Event::parse(&frame).map(|event| {
+                        self.observe(&event);
+                        Update::Event(event)
+                    });
+                    self.pending.push_back(update);
+                }
+                None => {
+                    self.draining = None;
+                    self.pending.push_back(Ok(Update::Disconnected));
+                }
+            }
+        }
     }
 
     /// Keeps the rooms' positions up to date with an event handed out.
@@ -373,14 +396,20 @@ impl Reconnecting {
         }
     }
 
-    fn forget(&mut self, room: &str) {
+    /// Forgets `room`; returns its unanswered sends, dropped with it.
+    fn forget(&mut self, room: &str) -> VecDeque<Unacked> {
         self.rooms.remove(room);
-        self.unacked.retain(|u| u.room != room);
+        let (dropped, kept) = std::mem::take(&mut self.unacked).into_iter().partition(|u| u.room == room);
+        self.unacked = kept;
+        dropped
     }
 
     /// The next event, or news of the connection: [`Update::Disconnected`] when it is lost
     /// (after the events it had received), [`Update::Reconnected`] once it is replaced. A
-    /// connection silent for twice the heartbeat that does not answer a ping counts as lost. Fails when reconnecting fails (see [`ReconnectOptions::max_attempts`]; the next
+    /// connection silent for twice the heartbeat that does not answer a ping counts as lost.
+    ///
+    /// Safe to use in `select!`: a call dropped while reconnecting leaves nothing half done
+    /// that the next call does not take up. Fails when reconnecting fails (see [`ReconnectOptions::max_attempts`]; the next
     /// call tries again), when the server's `bye` said not to come back
     /// ([`ClientError::Closed`] until [`reconnect`](Self::reconnect)), and for a frame that is
     /// not a valid event ([`ClientError::Protocol`], the next call goes on).
@@ -389,7 +418,16 @@ impl Reconnecting {
             if let Some(update) = self.pending.pop_front() {
                 return update;
             }
+            if self.draining.is_some() {
+                self.drain().await;
+                continue;
+            }
             if self.stopped {
+                // The connection ends after that `bye`: say so, then stay down.
+                if self.client.is_some() {
+                    self.lost();
+                    continue;
+                }
                 return Err(ClientError::Closed);
             }
             let Some(client) = self.client.as_mut() else {
@@ -402,13 +440,13 @@ impl Reconnecting {
                     self.observe(&event);
                     return Ok(Update::Event(event));
                 }
-                Ok(Err(ClientError::Closed)) => self.lost().await,
+                Ok(Err(ClientError::Closed)) => self.lost(),
                 Ok(Err(e)) => return Err(e),
                 // Quiet: the server pings an idle connection, and the client answers unseen.
                 // Make sure the peer is still there.
                 Err(_) => {
                     if !matches!(tokio::time::timeout(silence, client.sync()).await, Ok(Ok(()))) {
-                        self.lost().await;
+                        self.lost();
                     }
                 }
             }
@@ -440,7 +478,7 @@ impl Reconnecting {
                     self.rooms.insert(room.to_owned(), position);
                     return Ok(joined);
                 }
-                Err(ClientError::Closed) => self.lost().await,
+                Err(ClientError::Closed) => self.lost(),
                 Err(e) => return Err(e),
             }
         }
@@ -449,7 +487,7 @@ impl Reconnecting {
 
     /// Leaves `room` and forgets it (and its unanswered sends).
     pub async fn leave(&mut self, room: &str) -> Result<(), ClientError> {
-        self.forget(room);
+        drop(self.forget(room));
         match self.client.as_ref() {
             Some(client) => match client.leave(room).await {
                 // Not connected means not in the room either.
@@ -488,7 +526,7 @@ impl Reconnecting {
             }
             let result = self.connected().await?.send_with(room, body.clone(), Some(key), false).await;
             match result {
-                Err(ClientError::Closed) => self.lost().await,
+                Err(ClientError::Closed) => self.lost(),
                 result => {
                     if let Some(at) = self.unacked.iter().position(|u| u.key == key) {
                         self.unacked.remove(at);
@@ -509,7 +547,7 @@ impl Reconnecting {
     pub async fn history(&mut self, room: &str, query: HistoryQuery) -> Result<HistoryPage, ClientError> {
         for _ in 0..CALL_RETRIES {
             match self.connected().await?.history(room, query).await {
-                Err(ClientError::Closed) => self.lost().await,
+                Err(ClientError::Closed) => self.lost(),
                 result => return result,
             }
         }
@@ -520,7 +558,7 @@ impl Reconnecting {
     pub async fn presence(&mut self, room: &str) -> Result<Presence, ClientError> {
         for _ in 0..CALL_RETRIES {
             match self.connected().await?.presence(room).await {
-                Err(ClientError::Closed) => self.lost().await,
+                Err(ClientError::Closed) => self.lost(),
                 result => return result,
             }
         }
