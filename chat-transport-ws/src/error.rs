@@ -9,7 +9,7 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A socket operation failed (bind, accept, connect).
+    /// A socket operation failed (bind, accept).
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     /// The TLS configuration is unusable (unreadable PEM, key not matching the certificate...)
