@@ -512,10 +512,13 @@ impl Reconnecting {
     /// (see [`Reconnected::resent`]). A refusal (`forbidden`, `unavailable`...) is an answer:
     /// nothing is resent then.
     pub async fn send_keyed(&mut self, room: &str, body: Value, key: &str) -> Result<u64, ClientError> {
-        if self.unacked.len() >= self.options.max_unacked {
-            return Err(ClientError::Backlog);
+        // Sending again a key that waits already (after a failed call) adds nothing to resend.
+        if !self.unacked.iter().any(|u| u.key == key) {
+            if self.unacked.len() >= self.options.max_unacked {
+                return Err(ClientError::Backlog);
+            }
+            self.unacked.push_back(Unacked { room: room.to_owned(), body: body.clone(), key: key.to_owned() });
         }
-        self.unacked.push_back(Unacked { room: room.to_owned(), body: body.clone(), key: key.to_owned() });
         for _ in 0..CALL_RETRIES {
             if self.client.is_none() {
                 // Reconnecting resends it, with whatever else had no reply.
