@@ -1,5 +1,6 @@
-//! `chat-client`: a terminal chat client, and an example of using the engine's generic
-//! [`Client`](chat_core::client::Client) over either transport.
+//! `chat-client`: a terminal chat client, and an example of using the engine's client library
+//! ([`Reconnecting`](chat_core::client::Reconnecting) around the generic
+//! [`Client`](chat_core::client::Client)) over either transport.
 //!
 //! ```text
 //! cargo run --example chat-client -- [--tcp ADDR | --ws URL] --user NAME [--token T] [ROOM...]
@@ -16,29 +17,33 @@
 //! ! forbidden: ...                  errors start with `!`
 //! ```
 //!
-//! The client survives server restarts: it reconnects with exponential backoff (unless the
-//! server's `bye` says not to), joins its rooms again with `since` (the epoch and last seq shown
-//! in each room) so the server replays what it missed, and falls back to `history` when the
-//! server cannot (`recovered: false`, or a `reset`). Every message is shown once, in seq order.
-//! Lines typed while disconnected are queued and sent on reconnection with an idempotency key,
-//! so a line whose `sent` reply was lost is not stored twice.
+//! The client survives server restarts. The library does the reconnecting: exponential backoff
+//! with jitter (unless the server's `bye` says not to), the rooms joined again with `since` (the
+//! epoch and last seq seen in each room) so the server replays what was missed, and keyed sends
+//! whose `sent` reply was lost resent with their key, so that nothing is stored twice. This
+//! program falls back to `history` when the server cannot replay (`recovered: false`, or a
+//! `reset`), and shows every message once, in seq order. Lines typed while disconnected are
+//! queued here and sent on reconnection, each with its idempotency key.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
-use chat_core::client::{Client, ClientError};
+use chat_core::client::{
+    Backoff, Client, ClientError, Event, HistoryQuery, Joined, Message, ReconnectOptions, Reconnected, Reconnecting,
+    Update,
+};
 use chat_core::RoomName;
 use clap::Parser;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// How many messages are shown when joining a room for the first time.
 const RECENT_ON_JOIN: u64 = 10;
 /// The page size used to catch up with history after a reconnection.
 const CATCH_UP_PAGE: u64 = 100;
-/// The first and the longest pause between reconnection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// The pauses between reconnection attempts: from 100 ms, doubling up to 5 s, jittered.
+const BACKOFF: Backoff = Backoff { min: Duration::from_millis(100), max: Duration::from_secs(5) };
 
 #[derive(Parser, Debug)]
 #[command(about = "A terminal client for the chat engine (protocol chat/1)")]
@@ -61,33 +66,18 @@ struct Args {
 }
 
 /// Where the server is.
+#[derive(Clone)]
 enum Server {
     Tcp(String),
     Ws(String),
 }
 
-/// Why connecting failed: the server said no (do not retry), or it could not be reached.
-enum ConnectError {
-    Refused(String),
-    Failed(String),
-}
-
 impl Server {
-    async fn connect(&self, user: &str, token: Option<&str>) -> Result<Client, ConnectError> {
-        let (code, message) = match self {
-            Server::Tcp(addr) => match chat_transport_tcp::connect(addr.as_str(), Some(user), token).await {
-                Ok(client) => return Ok(client),
-                Err(e) => (e.code().map(str::to_owned), e.to_string()),
-            },
-            Server::Ws(url) => match chat_transport_ws::connect(url, Some(user), token).await {
-                Ok(client) => return Ok(client),
-                Err(e) => (e.code().map(str::to_owned), e.to_string()),
-            },
-        };
-        match code.as_deref() {
-            // The hello itself was refused: trying again would be refused again.
-            Some("unauthorized" | "unsupported_protocol" | "not_authenticated") => Err(ConnectError::Refused(message)),
-            _ => Err(ConnectError::Failed(message)),
+    /// Opens one connection, over either transport; the errors are the same type either way.
+    async fn connect(self, user: String, token: Option<String>) -> Result<Client, ClientError> {
+        match self {
+            Server::Tcp(addr) => chat_transport_tcp::connect(addr.as_str(), Some(&user), token.as_deref()).await,
+            Server::Ws(url) => chat_transport_ws::connect(&url, Some(&user), token.as_deref()).await,
         }
     }
 }
@@ -146,28 +136,22 @@ struct RoomState {
     shown: u64,
 }
 
-/// A line on its way to the server, with the idempotency key it keeps across resends.
+/// A line typed while disconnected, with the idempotency key it is sent with.
 struct Unsent {
     room: String,
     body: Value,
     key: String,
 }
 
-/// How a connection ended.
-enum End {
-    Quit,
-    Lost { reason: String, reconnect: bool },
-}
-
-/// The connection broke while a request was under way.
+/// The connection broke while a request was under way: the library reconnects, and says so
+/// with `Update::Reconnected`.
 struct Lost;
 
-type Input = Lines<BufReader<Stdin>>;
-
-/// The client's state, kept across connections.
+/// The client's state, kept across connections (the library keeps the connection itself).
 struct Chat {
     rooms: BTreeMap<String, RoomState>,
     current: Option<String>,
+    /// Lines typed while disconnected, sent once connected again.
     unsent: VecDeque<Unsent>,
     key_prefix: String,
     next_key: u64,
@@ -198,38 +182,53 @@ async fn main() -> anyhow::Result<()> {
         next_key: 0,
         bye: None,
     };
+    let (user, token) = (args.user, args.token);
+    let connector = move || server.clone().connect(user.clone(), token.clone());
+    let mut options = ReconnectOptions::default();
+    options.backoff = BACKOFF;
+    // Not connected yet: the first `next_update` connects, and says so like every reconnection.
+    let mut client = Reconnecting::new(connector, options);
     let mut input = BufReader::new(tokio::io::stdin()).lines();
-    let mut backoff = BACKOFF.0;
     loop {
-        let (reason, reconnect) = match server.connect(&args.user, args.token.as_deref()).await {
-            Ok(mut client) => {
-                let welcome = client.welcome();
-                println!("* connected to node {} as {}", welcome.node, welcome.user);
-                backoff = BACKOFF.0;
-                match chat.session(&mut client, &mut input).await {
-                    End::Quit => return Ok(()),
-                    End::Lost { reason, reconnect } => (reason, reconnect),
+        let step = tokio::select! {
+            // What the server sent first, so that it shows before the next line's effects.
+            biased;
+            update = client.next_update() => match update {
+                Ok(Update::Event(event)) => chat.on_event(&mut client, event).await,
+                Ok(Update::Disconnected) => {
+                    match chat.bye.take() {
+                        Some((reason, false)) => println!("* disconnected (server said bye: {reason})"),
+                        Some((reason, true)) => println!("* disconnected (server said bye: {reason}); reconnecting"),
+                        None => println!("* disconnected (connection lost); reconnecting"),
+                    }
+                    Ok(())
                 }
-            }
-            Err(ConnectError::Refused(e)) => bail!("the server refused the session: {e}"),
-            Err(ConnectError::Failed(e)) => (format!("cannot connect: {e}"), true),
+                Ok(Update::Reconnected(done)) => chat.on_connected(&mut client, done).await,
+                Ok(_) => Ok(()),
+                Err(e) if e.is_refusal() => bail!("the server refused the session: {e}"),
+                Err(ClientError::Closed) => bail!("disconnected; the server asks not to reconnect"),
+                Err(e) => {
+                    println!("! {e}");
+                    Ok(())
+                }
+            },
+            line = input.next_line() => match line {
+                Ok(Some(line)) => match Command::parse(&line) {
+                    Some(Command::Quit) => return Ok(()),
+                    Some(command) if client.client().is_some() => chat.run(&mut client, command).await,
+                    Some(command) => {
+                        chat.run_offline(command);
+                        Ok(())
+                    }
+                    None => Ok(()),
+                },
+                // End of input (or unreadable input): like /quit.
+                _ => return Ok(()),
+            },
         };
-        if !reconnect {
-            bail!("disconnected ({reason}); the server asks not to reconnect");
-        }
-        let delay = jitter(backoff);
-        backoff = (backoff * 2).min(BACKOFF.1);
-        println!("* disconnected ({reason}); reconnecting in {} ms", delay.as_millis());
-        if chat.offline(&mut input, delay).await.is_some() {
-            return Ok(());
-        }
+        // A request that found the connection gone: the library is reconnecting already.
+        let _ = step;
     }
-}
-
-/// Spreads reconnections of many clients over [d/2, d] (no rand dependency for this).
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    d / 2 + d / 2 * (nanos % 1000) / 1000
 }
 
 /// Sorts a request's outcome: a reply, a refusal (printed, the session goes on) or a lost
@@ -237,8 +236,8 @@ fn jitter(d: Duration) -> Duration {
 fn check<T>(result: Result<T, ClientError>) -> Result<Option<T>, Lost> {
     match result {
         Ok(v) => Ok(Some(v)),
-        Err(ClientError::Server { code, message }) => {
-            println!("! {code}: {message}");
+        Err(ClientError::Server(e)) => {
+            println!("! {e}");
             Ok(None)
         }
         // Closed, timed out, or unreadable: this connection is over for us.
@@ -246,86 +245,38 @@ fn check<T>(result: Result<T, ClientError>) -> Result<Option<T>, Lost> {
     }
 }
 
-/// A message event as one line: `[room #seq] user: text`.
-fn format_message(e: &Value) -> String {
-    let room = e["room"].as_str().unwrap_or("?");
-    let from = e["from"].as_str().unwrap_or("?");
-    let at = e["seq"].as_u64().map_or("~".to_owned(), |s| format!("#{s}"));
-    if e["deleted"] == true {
+/// A message as one line: `[room #seq] user: text`.
+fn format_message(m: &Message) -> String {
+    let (room, from) = (&m.room, &m.from);
+    let at = m.seq.map_or("~".to_owned(), |s| format!("#{s}"));
+    if m.deleted {
         return format!("[{room} {at}] {from}: (message deleted)");
     }
-    let body = &e["body"];
-    match body.get("text").and_then(Value::as_str) {
+    match m.body.get("text").and_then(Value::as_str) {
         Some(text) => format!("[{room} {at}] {from}: {text}"),
-        None => format!("[{room} {at}] {from}: {body}"),
+        None => format!("[{room} {at}] {from}: {}", m.body),
     }
 }
 
 impl Chat {
-    /// One connection's life: rejoin, resend, then events and input until it ends.
-    async fn session(&mut self, client: &mut Client, input: &mut Input) -> End {
+    /// A new connection (the first one, or one after a loss): the library rejoined the rooms
+    /// it knew and resent what had no reply; show how each room came back, join the rooms
+    /// chosen meanwhile, then send the lines typed offline.
+    async fn on_connected(&mut self, client: &mut Reconnecting, done: Reconnected) -> Result<(), Lost> {
+        println!("* connected to node {} as {}", done.welcome.node, done.welcome.user);
         self.bye = None;
-        let heartbeat = Duration::from_millis(client.welcome().heartbeat_ms.max(1000));
-        let mut liveness = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        let mut ready = self.rejoin(client).await;
-        if ready.is_ok() {
-            ready = self.flush(client).await;
+        for (room, e) in &done.refused {
+            println!("! [{room}] could not rejoin: {e}");
+            self.rooms.remove(room);
         }
-        while ready.is_ok() {
-            ready = tokio::select! {
-                // What the server sent first, so that it shows before the next line's effects.
-                biased;
-                event = client.next_event() => match event {
-                    Some(event) => self.on_event(client, event).await,
-                    None => break,
-                },
-                line = input.next_line() => match line {
-                    Ok(Some(line)) => match Command::parse(&line) {
-                        Some(Command::Quit) => return End::Quit,
-                        Some(command) => self.run(client, command).await,
-                        None => Ok(()),
-                    },
-                    // End of input (or unreadable input): like /quit.
-                    _ => return End::Quit,
-                },
-                // The server pings us when idle, but a dead peer without a FIN is only found
-                // by asking it something.
-                _ = liveness.tick() => match tokio::time::timeout(heartbeat, client.sync()).await {
-                    Ok(Ok(())) => Ok(()),
-                    _ => break,
-                },
-            };
+        for joined in done.rejoined {
+            self.rejoined(client, joined).await?;
         }
-        // Show what arrived before the connection closed, and read the server's `bye`.
-        let drain = async {
-            while let Some(event) = client.next_event().await {
-                let _ = self.on_event(client, event).await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-        match self.bye.take() {
-            Some((reason, reconnect)) => End::Lost { reason: format!("server said bye: {reason}"), reconnect },
-            None => End::Lost { reason: "connection lost".to_owned(), reconnect: true },
+        let new: Vec<String> = self.rooms.keys().filter(|r| client.since(r).is_none()).cloned().collect();
+        for room in new {
+            self.join(client, &room).await?;
         }
-    }
-
-    /// Waits `delay` before reconnecting, taking input meanwhile. `Some` means quit.
-    async fn offline(&mut self, input: &mut Input, delay: Duration) -> Option<End> {
-        let pause = tokio::time::sleep(delay);
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                _ = &mut pause => return None,
-                line = input.next_line() => match line {
-                    Ok(Some(line)) => match Command::parse(&line) {
-                        Some(Command::Quit) => return Some(End::Quit),
-                        Some(command) => self.run_offline(command),
-                        None => {}
-                    },
-                    _ => return Some(End::Quit),
-                },
-            }
-        }
+        self.flush(client).await
     }
 
     /// Input while disconnected: room changes are remembered, lines queued.
@@ -350,7 +301,7 @@ impl Chat {
     }
 
     /// Input while connected.
-    async fn run(&mut self, client: &mut Client, command: Command) -> Result<(), Lost> {
+    async fn run(&mut self, client: &mut Reconnecting, command: Command) -> Result<(), Lost> {
         match command {
             Command::Say(text) => {
                 if self.queue(text) {
@@ -381,18 +332,17 @@ impl Chat {
                     println!("! join a room first");
                     return Ok(());
                 };
-                if let Some(page) = check(client.history(&room, None, None, Some(n)).await)? {
-                    let messages = page["messages"].as_array().cloned().unwrap_or_default();
-                    if messages.is_empty() {
+                if let Some(page) = check(client.history(&room, HistoryQuery::latest(n)).await)? {
+                    if page.messages.is_empty() {
                         println!("* [{room}] no history");
                     }
-                    for m in &messages {
+                    for m in &page.messages {
                         println!("{}", format_message(m));
                     }
                     // Whatever this showed is not shown again when it arrives live.
-                    let newest = messages.iter().filter_map(|m| m["seq"].as_u64()).max().unwrap_or(0);
+                    let newest = page.messages.iter().filter_map(|m| m.seq).max().unwrap_or(0);
                     if let Some(state) = self.rooms.get_mut(&room) {
-                        if page["epoch"].as_str() == state.epoch.as_deref() {
+                        if Some(&page.epoch) == state.epoch.as_ref() {
                             state.shown = state.shown.max(newest);
                         }
                     }
@@ -404,14 +354,12 @@ impl Chat {
                     return Ok(());
                 };
                 if let Some(presence) = check(client.presence(&room).await)? {
-                    let mut members: Vec<String> = presence["members"]
-                        .as_array()
-                        .map(Vec::as_slice)
-                        .unwrap_or_default()
+                    let mut members: Vec<String> = presence
+                        .members
                         .iter()
-                        .map(|m| match m["sessions"].as_u64() {
-                            Some(n) if n > 1 => format!("{} ({n} sessions)", m["user"].as_str().unwrap_or("?")),
-                            _ => m["user"].as_str().unwrap_or("?").to_owned(),
+                        .map(|m| match m.sessions {
+                            n if n > 1 => format!("{} ({n} sessions)", m.user),
+                            _ => m.user.clone(),
                         })
                         .collect();
                     members.sort();
@@ -436,11 +384,11 @@ impl Chat {
         true
     }
 
-    /// Sends the queued lines in order. A line leaves the queue once the server answered it.
-    async fn flush(&mut self, client: &Client) -> Result<(), Lost> {
-        while let Some(next) = self.unsent.front() {
-            check(client.send_with(&next.room, next.body.clone(), Some(&next.key), false).await)?;
-            self.unsent.pop_front();
+    /// Sends the queued lines in order, each with its key: one the library has to resend
+    /// after a lost connection is stored once.
+    async fn flush(&mut self, client: &mut Reconnecting) -> Result<(), Lost> {
+        while let Some(next) = self.unsent.pop_front() {
+            check(client.send_keyed(&next.room, next.body, &next.key).await)?;
         }
         Ok(())
     }
@@ -474,119 +422,111 @@ impl Chat {
         }
     }
 
-    /// After (re)connecting: joins every room, recovering from what was shown.
-    async fn rejoin(&mut self, client: &mut Client) -> Result<(), Lost> {
-        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
-        for room in rooms {
-            self.join(client, &room).await?;
+    /// Joins `room` (already in `self.rooms`) for the first time, showing its latest
+    /// messages. False if refused.
+    async fn join(&mut self, client: &mut Reconnecting, room: &str) -> Result<bool, Lost> {
+        let Some(joined) = check(client.join(room, None).await)? else {
+            self.rooms.remove(room);
+            return Ok(false);
+        };
+        println!("* [{room}] joined");
+        let state = self.rooms.entry(room.to_owned()).or_default();
+        state.epoch = Some(joined.epoch);
+        state.shown = joined.seq.saturating_sub(RECENT_ON_JOIN);
+        self.catch_up(client, room, None).await?;
+        let state = self.rooms.entry(room.to_owned()).or_default();
+        state.shown = state.shown.max(joined.seq);
+        Ok(true)
+    }
+
+    /// How a room the library rejoined came back.
+    async fn rejoined(&mut self, client: &mut Reconnecting, joined: Joined) -> Result<(), Lost> {
+        let room = joined.room.clone();
+        let Some(state) = self.rooms.get_mut(&room) else { return Ok(()) };
+        if joined.recovered {
+            // The server replays what we missed, as events, before anything live.
+            println!("* [{room}] rejoined (recovered)");
+        } else if state.epoch.as_ref() == Some(&joined.epoch) && state.shown <= joined.seq {
+            // Same history, but the server could not replay it all: read what is left of it.
+            println!("* [{room}] rejoined (catching up from history)");
+            self.catch_up(client, &room, None).await?;
+        } else {
+            // The history we knew is gone: everything in the new one is new to us.
+            println!("* [{room}] rejoined: the room's history was reset");
+            *state = RoomState { epoch: Some(joined.epoch), shown: 0 };
+            self.catch_up(client, &room, None).await?;
         }
         Ok(())
     }
 
-    /// Joins `room` (already in `self.rooms`): with `since` when something of it was shown
-    /// before, catching up with history when the server cannot replay. False if refused.
-    async fn join(&mut self, client: &mut Client, room: &str) -> Result<bool, Lost> {
-        let Some(state) = self.rooms.get(room) else { return Ok(false) };
-        let since = state.epoch.clone().map(|epoch| (epoch, state.shown));
-        let Some(joined) = check(client.join(room, since.as_ref().map(|(e, s)| (e.as_str(), *s))).await)? else {
-            self.rooms.remove(room);
-            return Ok(false);
-        };
-        let state = self.rooms.entry(room.to_owned()).or_default();
-        match since {
-            // First time in this room: show its latest messages.
-            None => {
-                println!("* [{room}] joined");
-                state.epoch = Some(joined.epoch);
-                state.shown = joined.seq.saturating_sub(RECENT_ON_JOIN);
-                self.catch_up(client, room, None).await?;
-                let state = self.rooms.entry(room.to_owned()).or_default();
-                state.shown = state.shown.max(joined.seq);
-            }
-            // The server replays what we missed, as events, before anything live.
-            Some(_) if joined.recovered => println!("* [{room}] rejoined (recovered)"),
-            // Same history, but the server could not replay it all: read what is left of it.
-            Some((epoch, shown)) if epoch == joined.epoch && shown <= joined.seq => {
-                println!("* [{room}] rejoined (catching up from history)");
-                self.catch_up(client, room, None).await?;
-            }
-            // The history we knew is gone: everything in the new one is new to us.
-            Some(_) => {
-                println!("* [{room}] rejoined: the room's history was reset");
-                *state = RoomState { epoch: Some(joined.epoch), shown: 0 };
-                self.catch_up(client, room, None).await?;
-            }
-        }
-        Ok(true)
-    }
-
     /// Shows the messages of `room` after the last one shown (and before `before`), in order.
-    async fn catch_up(&mut self, client: &mut Client, room: &str, before: Option<u64>) -> Result<(), Lost> {
+    async fn catch_up(&mut self, client: &mut Reconnecting, room: &str, before: Option<u64>) -> Result<(), Lost> {
         loop {
             let Some(state) = self.rooms.get(room) else { return Ok(()) };
             let after = state.shown;
-            let Some(page) = check(client.history(room, before, Some(after), Some(CATCH_UP_PAGE)).await)? else {
-                return Ok(());
-            };
-            if page["epoch"].as_str() != state.epoch.as_deref() {
+            let mut query = HistoryQuery::latest(CATCH_UP_PAGE).after(after);
+            if let Some(before) = before {
+                query = query.before(before);
+            }
+            let Some(page) = check(client.history(room, query).await)? else { return Ok(()) };
+            if Some(&page.epoch) != state.epoch.as_ref() {
                 return Ok(()); // the history changed again meanwhile: a `reset` event follows
             }
-            let messages = page["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
-            if let Some(first) = messages.first().and_then(|m| m["seq"].as_u64()) {
+            if let Some(first) = page.messages.first().and_then(|m| m.seq) {
                 if after > 0 && first > after + 1 {
                     println!("* [{room}] messages {}..{} are no longer in history", after + 1, first - 1);
                 }
             }
-            for m in messages {
+            for m in &page.messages {
                 self.show(m);
             }
             let progressed = self.rooms.get(room).is_some_and(|s| s.shown > after);
-            if messages.is_empty() || !progressed {
+            if page.messages.is_empty() || !progressed {
                 return Ok(());
             }
         }
     }
 
     /// Prints a message unless it was shown already.
-    fn show(&mut self, e: &Value) {
-        let Some(room) = e["room"].as_str() else { return };
-        let Some(state) = self.rooms.get_mut(room) else { return };
-        match e["seq"].as_u64() {
+    fn show(&mut self, m: &Message) {
+        let Some(state) = self.rooms.get_mut(&m.room) else { return };
+        match m.seq {
             Some(seq) if seq <= state.shown => return,
             Some(seq) => state.shown = seq,
             None => {} // ephemeral
         }
-        println!("{}", format_message(e));
+        println!("{}", format_message(m));
     }
 
-    async fn on_event(&mut self, client: &mut Client, e: Value) -> Result<(), Lost> {
-        let room = e["room"].as_str().unwrap_or("?").to_owned();
-        let user = e["user"].as_str().unwrap_or("?");
-        match e["type"].as_str().unwrap_or("") {
-            "message" => {
+    async fn on_event(&mut self, client: &mut Reconnecting, event: Event) -> Result<(), Lost> {
+        match event {
+            Event::Message(m) => {
                 // A gap (which the protocol rules out, but a client checks): fill it first.
-                let shown = self.rooms.get(&room).map(|s| s.shown);
-                if let (Some(shown), Some(seq)) = (shown, e["seq"].as_u64()) {
+                let shown = self.rooms.get(&m.room).map(|s| s.shown);
+                if let (Some(shown), Some(seq)) = (shown, m.seq) {
                     if seq > shown + 1 {
-                        self.catch_up(client, &room, Some(seq)).await?;
+                        self.catch_up(client, &m.room, Some(seq)).await?;
                     }
                 }
-                self.show(&e);
+                self.show(&m);
             }
-            "member_joined" if self.rooms.contains_key(&room) => println!("* [{room}] {user} joined"),
-            "member_left" if self.rooms.contains_key(&room) => println!("* [{room}] {user} left"),
-            "reset" => {
-                if let Some(state) = self.rooms.get_mut(&room) {
-                    println!("* [{room}] the room's history was reset");
-                    *state = RoomState { epoch: e["epoch"].as_str().map(str::to_owned), shown: 0 };
-                    self.catch_up(client, &room, None).await?;
+            Event::MemberJoined(m) if self.rooms.contains_key(&m.room) => println!("* [{}] {} joined", m.room, m.user),
+            Event::MemberLeft(m) if self.rooms.contains_key(&m.room) => println!("* [{}] {} left", m.room, m.user),
+            Event::Invite(invite) => {
+                println!(
+                    "* [{}] {} wrote to you (#{}): /join {} to read it",
+                    invite.room, invite.from, invite.seq, invite.room
+                )
+            }
+            Event::Reset(reset) => {
+                if let Some(state) = self.rooms.get_mut(&reset.room) {
+                    println!("* [{}] the room's history was reset", reset.room);
+                    *state = RoomState { epoch: Some(reset.epoch), shown: 0 };
+                    self.catch_up(client, &reset.room, None).await?;
                 }
             }
-            "error" => println!("! {}: {}", e["code"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("")),
-            "bye" => {
-                let reason = e["reason"].as_str().unwrap_or("?").to_owned();
-                self.bye = Some((reason, e["reconnect"].as_bool().unwrap_or(false)));
-            }
+            Event::Error(e) => println!("! {e}"),
+            Event::Bye(bye) => self.bye = Some((bye.reason, bye.reconnect)),
             _ => {}
         }
         Ok(())

@@ -18,6 +18,7 @@ use axum::http::header;
 use axum::routing::get;
 use axum::Router;
 use chat_engine::core::auth::TokenClaims;
+use chat_engine::core::client::{Bye, Event};
 use chat_engine::core::{AllowAnonymous, Engine, JwtAuthenticator, MemoryBroker, MemoryStore};
 use chat_engine::tcp::TcpServer;
 use chat_engine::ws::{DeflateOptions, WsOptions, WsServer};
@@ -330,7 +331,7 @@ async fn refresh_scenario(page: Client, auth: JwtAuthenticator, ws: SocketAddr) 
     let token = auth.sign(&TokenClaims::new("alice", 0).expires_at(first_exp)).unwrap();
     let mut control = chat_engine::ws::connect(&format!("ws://{ws}/ws"), None, Some(&token)).await.unwrap();
     let bye = tokio::time::timeout(std::time::Duration::from_secs(30), control.next_event()).await.unwrap();
-    assert_eq!(bye, Some(json!({"type":"bye","reason":"expired","reconnect":true})));
+    assert_eq!(bye, Ok(Event::Bye(Bye { reason: "expired".into(), reconnect: true })));
     // ...while the page refreshed in time: still open, on a later expiry, never told `bye`.
     page.execute("chat.request({ type: 'ping' }).then((p) => (t.pong = p));", vec![]).await.unwrap();
     assert_eq!(wait_until(&page, "window.t.pong").await["type"], "pong");

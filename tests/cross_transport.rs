@@ -7,11 +7,12 @@ mod common;
 
 use std::collections::HashMap;
 
-use chat_core::client::Client;
+use chat_core::client::{Client, Event, HistoryQuery};
+use chat_core::protocol::Since;
 use chat_core::Engine;
 use common::*;
 use futures::future::join_all;
-use serde_json::{json, Value};
+use serde_json::json;
 
 async fn servers() -> Servers {
     Servers::start(Engine::builder().node_id("solo").build().await.expect("engine")).await
@@ -77,8 +78,10 @@ async fn graceful_shutdown_says_bye_to_clients_of_both_transports() {
     let (tcp_addr, ws_url) = (s.tcp, s.ws.clone());
     s.shutdown().await;
     for (i, client) in clients.iter_mut().enumerate() {
-        let bye = next_matching(client, "bye", |e| e["type"] == "bye").await;
-        assert_eq!((&bye["reason"], &bye["reconnect"]), (&json!("shutdown"), &json!(true)), "client {i}: {bye}");
+        let Event::Bye(bye) = next_matching(client, "bye", |e| matches!(e, Event::Bye(_))).await else {
+            unreachable!("a bye")
+        };
+        assert_eq!((bye.reason.as_str(), bye.reconnect), ("shutdown", true), "client {i}: {bye:?}");
         closed(client, "the close after bye").await;
     }
     assert!(tokio::net::TcpStream::connect(tcp_addr).await.is_err(), "the TCP listener is closed");
@@ -118,10 +121,10 @@ async fn idempotent_resend_through_the_other_transport_gives_the_same_seq() {
     );
     within("sync", bob.sync()).await.expect("sync");
     while let Some(frame) = bob.try_next_frame() {
-        let e: Value = serde_json::from_slice(&frame).expect("json");
-        assert_ne!(e["type"], "message", "no duplicate delivered: {e}");
+        let e = Event::parse(&frame).expect("an event");
+        assert!(!matches!(e, Event::Message(_)), "no duplicate delivered: {e:?}");
     }
-    let history = within("history", alice_tcp.history("keys", None, None, None)).await.expect("history");
+    let history = within("history", alice_tcp.history("keys", HistoryQuery::default())).await.expect("history");
     assert_eq!(history_keys(&history), got, "history holds each message once");
     s.shutdown().await;
 }
@@ -156,9 +159,17 @@ async fn history_and_presence_are_identical_from_both_transports() {
     for (before, after, limit) in queries {
         let mut pages = Vec::new();
         for client in [&alice_tcp, &bob, &carol, &alice_ws] {
-            let mut page = within("history", client.history("hist", before, after, limit)).await.expect("history");
-            page.as_object_mut().expect("an object").remove("id");
-            pages.push(page);
+            let mut query = HistoryQuery::default();
+            if let Some(seq) = before {
+                query = query.before(seq);
+            }
+            if let Some(seq) = after {
+                query = query.after(seq);
+            }
+            if let Some(n) = limit {
+                query = query.limit(n);
+            }
+            pages.push(within("history", client.history("hist", query)).await.expect("history"));
         }
         assert!(pages.iter().all(|p| p == &pages[0]), "history {before:?} {after:?} {limit:?} differs: {pages:?}");
         let seqs: Vec<u64> = history_keys(&pages[0]).iter().map(|k| k.0).collect();
@@ -172,7 +183,7 @@ async fn history_and_presence_are_identical_from_both_transports() {
         };
         assert_eq!(seqs, expected, "history {before:?} {after:?} {limit:?}");
     }
-    let full = within("history", bob.history("hist", None, None, None)).await.expect("history");
+    let full = within("history", bob.history("hist", HistoryQuery::default())).await.expect("history");
     assert_eq!(history_keys(&full)[3].2, json!({"kind": "not text", "n": 3, "nested": [null, {"a": 1.5}]}));
 
     let presence = |expected: Vec<(&str, u64)>| {
@@ -216,13 +227,13 @@ async fn a_tcp_client_recovers_through_websocket() {
         within("send", watcher.send("rec", json!({"text": format!("before {i}")}))).await.expect("sent");
     }
     let seen = messages(&mut alice, "rec", 3).await;
-    let last = seen.last().and_then(|m| m["seq"].as_u64()).expect("seq");
+    let last = seen.last().and_then(|m| m.seq).expect("seq");
     drop(alice);
     for i in 1..=4 {
         within("send", watcher.send("rec", json!({"text": format!("missed {i}")}))).await.expect("sent");
     }
     let mut alice = ws(&s.ws, "alice").await;
-    let back = within("join", alice.join("rec", Some((&joined.epoch, last)))).await.expect("join");
+    let back = within("join", alice.join("rec", Some(Since::new(&joined.epoch, last)))).await.expect("join");
     assert!(back.recovered, "{back:?}");
     assert_eq!(back.epoch, joined.epoch);
     within("send", watcher.send("rec", json!({"text": "live"}))).await.expect("sent");
@@ -230,6 +241,6 @@ async fn a_tcp_client_recovers_through_websocket() {
     let texts: Vec<_> = replay.iter().map(|k| k.2["text"].as_str().unwrap_or("").to_owned()).collect();
     assert_eq!(texts, ["missed 1", "missed 2", "missed 3", "missed 4", "live"]);
     assert_eq!(replay.iter().map(|k| k.0).collect::<Vec<_>>(), (last + 1..=last + 5).collect::<Vec<_>>());
-    let _ = next_matching(&mut watcher, "watcher's own live message", |e| e["body"]["text"] == "live").await;
+    next_message(&mut watcher, "watcher's own live message", |m| m.body["text"] == "live").await;
     s.shutdown().await;
 }

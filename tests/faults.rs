@@ -28,7 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use chat_core::client::Client;
+use chat_core::client::{Client, Event, HistoryQuery, Message};
+use chat_core::protocol::Since;
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -1733,25 +1734,31 @@ async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_again() {
         })
         .await;
         let what = format!("{text} delivered");
-        let got = next_matching(alice, &what, |e| {
-            (e["type"] == "message" && e["body"]["text"] == text.as_str()) || e["type"] == "reset"
+        let got = next_matching(alice, &what, |e| match e {
+            Event::Message(m) => m.body["text"] == text.as_str(),
+            e => matches!(e, Event::Reset(_)),
         });
         let mut event = got.await;
-        while event["type"] == "reset" {
-            epochs.push(event["epoch"].as_str().expect("a reset's epoch").to_owned());
+        while let Event::Reset(reset) = &event {
+            epochs.push(reset.epoch.clone());
             // Replayed or new messages of the new epoch may come first: recorded below.
-            event = next_matching(alice, &what, |e| e["type"] == "message" || e["type"] == "reset").await;
-            while event["type"] == "message" && event["body"]["text"] != text.as_str() {
-                record(epochs, bodies, &event);
-                event = next_matching(alice, &what, |e| e["type"] == "message" || e["type"] == "reset").await;
+            let message_or_reset = |e: &Event| matches!(e, Event::Message(_) | Event::Reset(_));
+            event = next_matching(alice, &what, message_or_reset).await;
+            while let Event::Message(m) = &event {
+                if m.body["text"] == text.as_str() {
+                    break;
+                }
+                record(epochs, bodies, m);
+                event = next_matching(alice, &what, message_or_reset).await;
             }
         }
-        record(epochs, bodies, &event);
+        let Event::Message(m) = &event else { unreachable!("a message") };
+        record(epochs, bodies, m);
     };
-    fn record(epochs: &[String], bodies: &mut HashMap<(String, u64), String>, m: &Value) {
+    fn record(epochs: &[String], bodies: &mut HashMap<(String, u64), String>, m: &Message) {
         let epoch = epochs.last().expect("an epoch").clone();
-        let seq = m["seq"].as_u64().expect("a stored message's seq");
-        let text = m["body"]["text"].as_str().unwrap_or("").to_owned();
+        let seq = m.seq.expect("a stored message's seq");
+        let text = m.body["text"].as_str().unwrap_or("").to_owned();
         if let Some(before) = bodies.insert((epoch.clone(), seq), text.clone()) {
             assert_eq!(
                 before, text,
@@ -1814,21 +1821,26 @@ async fn a_node_without_the_room_acknowledges_into_a_rolled_back_epoch() {
 
     // bob, on b (which never had the room), comes back with what he saw: seq 6.
     let bob = tcp(b.tcp, "bob").await;
-    let back =
-        eventually("bob's join through b", WAIT, || async { bob.join(room, Some((&joined.epoch, 6))).await.ok() })
-            .await;
+    let back = eventually("bob's join through b", WAIT, || async {
+        bob.join(room, Some(Since::new(&joined.epoch, 6))).await.ok()
+    })
+    .await;
     let x = say(&bob, "x").await;
     // x reaches alice, or she is reset and x is in the new epoch's history.
     let what = "x or a reset at alice";
-    let event = next_matching(&mut alice, what, |e| e["type"] == "reset" || e["body"]["text"] == "x").await;
-    let page = within("history", alice.history(room, None, None, None)).await.expect("history");
+    let event = next_matching(&mut alice, what, |e| match e {
+        Event::Message(m) => m.body["text"] == "x",
+        e => matches!(e, Event::Reset(_)),
+    })
+    .await;
+    let page = within("history", alice.history(room, HistoryQuery::default())).await.expect("history");
     let texts: Vec<String> =
         history_keys(&page).iter().map(|k| k.2["text"].as_str().unwrap_or("").to_owned()).collect();
     assert!(
-        event["type"] == "message" || texts.iter().any(|t| t == "x"),
-        "bob joined through b with since seq 6 of {} and got {back:?}; x was acknowledged as seq {x}, alice got {event} and the history of epoch {} is {texts:?}",
+        matches!(event, Event::Message(_)) || texts.iter().any(|t| t == "x"),
+        "bob joined through b with since seq 6 of {} and got {back:?}; x was acknowledged as seq {x}, alice got {event:?} and the history of epoch {} is {texts:?}",
         joined.epoch,
-        page["epoch"]
+        page.epoch
     );
     drop((a, b));
 }

@@ -10,11 +10,12 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chat_core::client::Client;
+use chat_core::client::{Client, Event, HistoryQuery, Message};
+use chat_core::protocol::Since;
 use chat_core::{Engine, MemoryBroker};
 use common::*;
 use futures::future::join_all;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The presence expiry the nodes run with: a killed node's sessions leave presence within it
 /// (plus one sweep interval, a quarter of it).
@@ -52,8 +53,8 @@ async fn say_with_key(client: &Client, room: &str, text: &str, key: &str) -> u64
     within("send", sent).await.expect("sent").expect("a stored seq")
 }
 
-fn text(m: &Value) -> &str {
-    m["body"]["text"].as_str().unwrap_or("")
+fn text(m: &Message) -> &str {
+    m.body["text"].as_str().unwrap_or("")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,8 +74,12 @@ async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
         join(c, "cross").await;
     }
     // Membership crosses nodes: alice (on a) hears of dave (on b), dave of alice.
-    next_matching(&mut clients[0], "member_joined dave on a", |e| e["type"] == "member_joined" && e["user"] == "dave")
-        .await;
+    next_matching(
+        &mut clients[0],
+        "member_joined dave on a",
+        |e| matches!(e, Event::MemberJoined(m) if m.user == "dave"),
+    )
+    .await;
     for c in [&clients[0], &clients[1]] {
         let p = within("presence", c.presence("cross")).await.expect("presence");
         let all = ["alice", "bob", "carol", "dave"].map(|u| (u.to_owned(), 1)).to_vec();
@@ -103,8 +108,12 @@ async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
         assert_eq!(&delivered, seqs, "sender {c}: delivered in the order sent, under the acknowledged seqs");
     }
     // One history, whichever node is asked.
-    let from_a = within("history", clients[0].history("cross", None, Some(60), Some(40))).await.expect("history");
-    let from_b = within("history", clients[3].history("cross", None, Some(60), Some(40))).await.expect("history");
+    let from_a = within("history", clients[0].history("cross", HistoryQuery::default().after(60).limit(40)))
+        .await
+        .expect("history");
+    let from_b = within("history", clients[3].history("cross", HistoryQuery::default().after(60).limit(40)))
+        .await
+        .expect("history");
     assert_eq!(history_keys(&from_a), history_keys(&from_b));
     assert_eq!(history_keys(&from_a), seen[0][60..100].to_vec());
 }
@@ -130,7 +139,7 @@ async fn a_killed_node_loses_no_acknowledged_message() {
         acked.push((format!("k{i}"), say_with_key(&bob, room, &format!("bob {i}"), &format!("k{i}")).await));
     }
     let seen = messages(&mut bob, room, 3).await;
-    let mut last_seen = seen.last().and_then(|m| m["seq"].as_u64()).expect("seq");
+    let mut last_seen = seen.last().and_then(|m| m.seq).expect("seq");
     // One more that bob fires without waiting for its reply as b dies: stored or not, a resend
     // with its key must not store it twice.
     bob.send_frame(json!({"type": "send", "room": room, "key": "k4", "body": {"text": "bob 4"}}).to_string())
@@ -143,7 +152,7 @@ async fn a_killed_node_loses_no_acknowledged_message() {
     // her leave was processed before its first look).
     let dave_left = tokio::spawn(async move {
         let what = "member_left dave";
-        let e = next_matching(&mut erin, what, |e| e["type"] == "member_left" && e["user"] == "dave").await;
+        let e = next_matching(&mut erin, what, |e| matches!(e, Event::MemberLeft(m) if m.user == "dave")).await;
         (e, killed.elapsed(), erin)
     });
 
@@ -160,7 +169,7 @@ async fn a_killed_node_loses_no_acknowledged_message() {
     // Bob reconnects to a at once, recovering from the last message he saw.
     let mut bob = ws(&a.ws, "bob").await;
     assert_eq!(bob.welcome().node, "a");
-    let back = within("rejoin", bob.join(room, Some((&joined.epoch, last_seen)))).await.expect("rejoin");
+    let back = within("rejoin", bob.join(room, Some(Since::new(&joined.epoch, last_seen)))).await.expect("rejoin");
     assert!(back.recovered, "every message after {last_seen} is in history: {back:?}");
     assert_eq!(back.epoch, joined.epoch);
     // What a had delivered when bob joined is replayed; anything a was still receiving from
@@ -169,7 +178,7 @@ async fn a_killed_node_loses_no_acknowledged_message() {
     assert!(back.seq <= newest, "joined at {} after {newest}", back.seq);
     let replay = messages(&mut bob, room, (newest - last_seen) as usize).await;
     for m in &replay {
-        let seq = m["seq"].as_u64().expect("seq");
+        let seq = m.seq.expect("seq");
         assert_eq!(seq, last_seen + 1, "no gap, no duplicate in the replay: {replay:?}");
         last_seen = seq;
     }
@@ -182,7 +191,7 @@ async fn a_killed_node_loses_no_acknowledged_message() {
         assert_eq!(say_with_key(&bob, room, &format!("bob {n}"), key).await, *seq, "resend of {key}");
     }
     let k4 = say_with_key(&bob, room, "bob 4", "k4").await;
-    let history = within("history", alice.history(room, None, None, None)).await.expect("history");
+    let history = within("history", alice.history(room, HistoryQuery::default())).await.expect("history");
     let texts: Vec<String> =
         history_keys(&history).iter().map(|k| k.2["text"].as_str().unwrap_or("").to_owned()).collect();
     for t in ["bob 1", "bob 2", "bob 3", "bob 4", "alice 1 while b is dead"] {
@@ -193,7 +202,7 @@ async fn a_killed_node_loses_no_acknowledged_message() {
     // dave (whose only session died with b) leaves presence within the expiry; bob, back on a,
     // stays.
     let (left, took, erin) = dave_left.await.expect("erin's watch");
-    assert_eq!(left["room"], room);
+    assert_eq!(left.room(), Some(room));
     // Typically about 1.25 × the expiry; the bound leaves room for a loaded CI machine.
     assert!(took < PRESENCE_TTL * 5, "dave left presence {took:?} after b died (expiry {PRESENCE_TTL:?})");
     // Presence converges: b's sessions are gone with dave's, everyone else's stay (a's own
@@ -208,9 +217,8 @@ async fn a_killed_node_loses_no_acknowledged_message() {
     // And a still works for everyone: a live message reaches both.
     let live = say(&alice, room, "after the failover").await;
     for c in [&mut alice, &mut bob] {
-        let m =
-            next_matching(c, "the live message", |e| e["type"] == "message" && text(e) == "after the failover").await;
-        assert_eq!(m["seq"].as_u64(), Some(live));
+        let m = next_message(c, "the live message", |m| text(m) == "after the failover").await;
+        assert_eq!(m.seq, Some(live));
     }
     drop((erin, a));
 }
@@ -237,7 +245,7 @@ async fn a_restarted_node_keeps_seq_and_epoch() {
     assert_eq!((fresh.epoch.as_str(), fresh.seq), (joined.epoch.as_str(), 5), "the room's epoch and seq survive b");
     // Recovery through the restarted node replays from Redis.
     let mut dave = tcp(b.tcp, "dave").await;
-    let back = within("join", dave.join(room, Some((&joined.epoch, 2)))).await.expect("join");
+    let back = within("join", dave.join(room, Some(Since::new(&joined.epoch, 2)))).await.expect("join");
     assert!(back.recovered, "{back:?}");
     let replay: Vec<String> = messages(&mut dave, room, 3).await.iter().map(|m| text(m).to_owned()).collect();
     assert_eq!(replay, ["before 3", "before 4", "before 5"]);
@@ -245,7 +253,7 @@ async fn a_restarted_node_keeps_seq_and_epoch() {
     // New messages go on from seq 6, on both nodes.
     assert_eq!(say(&carol, room, "after restart").await, 6);
     for c in [&mut alice, &mut carol, &mut dave] {
-        let m = next_matching(c, "the message after the restart", |e| e["type"] == "message" && e["seq"] == 6).await;
+        let m = next_message(c, "the message after the restart", |m| m.seq == Some(6)).await;
         assert_eq!(text(&m), "after restart");
     }
     // bob's dead session leaves presence although a node named b is alive again.
@@ -275,11 +283,11 @@ async fn the_terminal_client_reconnects_by_itself_and_misses_nothing() {
     let mut term = ChatClient::start("chat-client", &["--tcp", &port, "--user", "carol", "lobby"]);
     term.expect("the connection", |l| l.starts_with("* connected to node front as carol")).await;
     term.expect("the join", |l| l == "* [lobby] joined").await;
-    next_matching(&mut bob, "carol's arrival", |e| e["type"] == "member_joined" && e["user"] == "carol").await;
+    next_matching(&mut bob, "carol's arrival", |e| matches!(e, Event::MemberJoined(m) if m.user == "carol")).await;
 
     term.type_line("hello from the terminal").await;
-    let m = next_matching(&mut bob, "carol's line", |e| e["type"] == "message").await;
-    assert_eq!((m["from"].as_str(), text(&m), m["seq"].as_u64()), (Some("carol"), "hello from the terminal", Some(1)));
+    let m = next_message(&mut bob, "carol's line", |_| true).await;
+    assert_eq!((m.from.as_str(), text(&m), m.seq), ("carol", "hello from the terminal", Some(1)));
     term.expect("its own line", |l| l == "[lobby #1] carol: hello from the terminal").await;
     say(&bob, "lobby", "hi carol").await;
     term.expect("bob's line", |l| l == "[lobby #2] bob: hi carol").await;
@@ -298,8 +306,8 @@ async fn the_terminal_client_reconnects_by_itself_and_misses_nothing() {
     term.expect("the reconnection", |l| l.starts_with("* connected to node front as carol")).await;
     term.expect("the recovery", |l| l == "* [lobby] rejoined (recovered)").await;
     term.expect("the missed line", |l| l == "[lobby #3] bob: sent while you were away").await;
-    let m = next_matching(&mut bob, "the line typed offline", |e| e["type"] == "message" && e["from"] == "carol").await;
-    assert_eq!((text(&m), m["seq"].as_u64()), ("typed while offline", Some(4)));
+    let m = next_message(&mut bob, "the line typed offline", |m| m.from == "carol").await;
+    assert_eq!((text(&m), m.seq), ("typed while offline", Some(4)));
     term.expect("the line typed offline", |l| l == "[lobby #4] carol: typed while offline").await;
 
     term.type_line("/quit").await;

@@ -7,10 +7,11 @@
 
 mod common;
 
-use chat_core::client::Client;
+use chat_core::client::{Client, Event, HistoryQuery, Message};
+use chat_core::protocol::Since;
 use chat_testkit::PgDatabase;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A server on `store` (a `--store` value), on free ports; `more` are further arguments.
 async fn server(name: &str, store: &str, more: &[&str]) -> ChatServer {
@@ -25,8 +26,8 @@ async fn say(client: &Client, room: &str, n: u64) -> u64 {
     within("send", sent).await.expect("sent").expect("a stored seq")
 }
 
-fn seqs(messages: &[Value]) -> Vec<u64> {
-    messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect()
+fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq.expect("seq")).collect()
 }
 
 /// Five messages, SIGKILL, a new process on the same store: `join` with `since` recovers in the
@@ -44,13 +45,13 @@ async fn a_killed_server_comes_back_with_the_conversation(store: &str) {
 
     let second = server("store-second", store, &[]).await;
     let mut bob = tcp(second.tcp, "bob").await;
-    let joined = within("join", bob.join("r", Some((&epoch, 2)))).await.expect("join");
+    let joined = within("join", bob.join("r", Some(Since::new(&epoch, 2)))).await.expect("join");
     assert_eq!((joined.epoch.as_str(), joined.seq, joined.recovered), (epoch.as_str(), 5, true), "{}", second.stderr());
     assert_eq!(seqs(&messages(&mut bob, "r", 3).await), vec![3, 4, 5], "replayed from the store");
-    let page = within("history", bob.history("r", None, None, Some(50))).await.expect("history");
-    assert_eq!(page["epoch"].as_str(), Some(epoch.as_str()));
+    let page = within("history", bob.history("r", HistoryQuery::latest(50))).await.expect("history");
+    assert_eq!(page.epoch, epoch);
     assert_eq!(history_keys(&page).iter().map(|k| k.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-    assert_eq!(page["messages"][4]["body"], json!({"n": 5}));
+    assert_eq!(page.messages[4].body, json!({"n": 5}));
     // Alice did not see her last replies; she comes back and resends with the same keys.
     let alice = tcp(second.tcp, "alice").await;
     within("join", alice.join("r", None)).await.expect("join");
@@ -102,10 +103,10 @@ async fn a_flushed_redis_loses_nothing_kept_in_postgres() {
 
     assert_eq!(say(&bob, "r", 7).await, 7, "the next seq, not 1");
     for c in [&mut alice, &mut bob] {
-        let next = next_matching(c, "the next message", |e| e["type"] == "message" || e["type"] == "reset").await;
-        assert_eq!((next["type"].as_str(), next["seq"].as_u64()), (Some("message"), Some(7)), "{next}");
+        let next = next_matching(c, "the next message", |e| matches!(e, Event::Message(_) | Event::Reset(_))).await;
+        assert!(matches!(&next, Event::Message(m) if m.seq == Some(7)), "{next:?}");
     }
-    let page = within("history", alice.history("r", None, None, Some(50))).await.expect("history");
-    assert_eq!(page["epoch"].as_str(), Some(epoch.as_str()), "the same epoch");
+    let page = within("history", alice.history("r", HistoryQuery::latest(50))).await.expect("history");
+    assert_eq!(page.epoch, epoch, "the same epoch");
     assert_eq!(history_keys(&page).iter().map(|k| k.0).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
 }

@@ -7,6 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use chat_core::client::HistoryQuery;
+use chat_core::protocol::Since;
 use common::{connect, engine, messages, seqs, RedisServer};
 use futures::future::join_all;
 use serde_json::json;
@@ -97,8 +99,8 @@ async fn idempotency_key_holds_across_nodes() {
         let got = messages(c, "r", 2, WAIT).await;
         assert_eq!(got, vec![(1, json!("once")), (2, json!("bob"))]);
     }
-    let history = bob.history("r", None, None, None).await.unwrap();
-    assert_eq!(history["messages"].as_array().map(Vec::len), Some(2));
+    let history = bob.history("r", HistoryQuery::default()).await.unwrap();
+    assert_eq!(history.messages.len(), 2);
 }
 
 #[tokio::test]
@@ -115,7 +117,7 @@ async fn seq_and_epoch_survive_an_engine_restart() {
 
     let a2 = engine(&redis, "restart:", "a").await;
     let (mut alice, _t) = connect(&a2, "alice").await;
-    let back = alice.join("r", Some((&joined.epoch, 1))).await.unwrap();
+    let back = alice.join("r", Some(Since::new(&joined.epoch, 1))).await.unwrap();
     assert_eq!((back.epoch.as_str(), back.seq, back.recovered), (joined.epoch.as_str(), 3, true));
     assert_eq!(seqs(&messages(&mut alice, "r", 2, WAIT).await), vec![2, 3]);
     assert_eq!(alice.send("r", json!(4)).await.unwrap(), Some(4));

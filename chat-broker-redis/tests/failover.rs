@@ -6,10 +6,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connect, engine, eventually, messages, next_matching, seqs, RedisServer};
+use chat_core::client::{HistoryQuery, PresenceEntry};
+use chat_core::protocol::Since;
+use chat_core::ErrorCode;
+use common::{connect, engine, eventually, member, messages, next_matching, reset, seqs, RedisServer};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
+
+fn entry(user: &str, sessions: u64) -> PresenceEntry {
+    PresenceEntry { user: user.into(), sessions }
+}
 
 #[tokio::test]
 async fn a_dropped_node_leaves_presence_within_the_expiry() {
@@ -20,9 +27,9 @@ async fn a_dropped_node_leaves_presence_within_the_expiry() {
     alice.join("r", None).await.unwrap();
     let (bob, bob_task) = connect(&b, "bob").await;
     bob.join("r", None).await.unwrap();
-    next_matching(&mut alice, WAIT, |e| e["type"] == "member_joined" && e["user"] == "bob").await;
+    next_matching(&mut alice, WAIT, |e| member(e, "bob", true)).await;
     let members = alice.presence("r").await.unwrap();
-    assert_eq!(members["members"], json!([{"user": "alice", "sessions": 1}, {"user": "bob", "sessions": 1}]));
+    assert_eq!(members.members, [entry("alice", 1), entry("bob", 1)]);
 
     // Node b dies: its session task stops mid-flight and the engine is dropped, no shutdown.
     bob_task.abort();
@@ -30,12 +37,12 @@ async fn a_dropped_node_leaves_presence_within_the_expiry() {
     drop(b);
     drop(bob);
     let died = Instant::now();
-    next_matching(&mut alice, WAIT, |e| e["type"] == "member_left" && e["user"] == "bob").await;
+    next_matching(&mut alice, WAIT, |e| member(e, "bob", false)).await;
     let took = died.elapsed();
     // Within the 2 s expiry by design; the slack is for a loaded test machine.
     assert!(took <= Duration::from_secs(3), "bob left presence after {took:?} (expiry 2 s)");
     let members = alice.presence("r").await.unwrap();
-    assert_eq!(members["members"], json!([{"user": "alice", "sessions": 1}]));
+    assert_eq!(members.members, [entry("alice", 1)]);
 
     // Node a serves on.
     assert_eq!(alice.send("r", json!("still here")).await.unwrap(), Some(1));
@@ -62,7 +69,7 @@ async fn redis_restarting_empty_under_the_nodes() {
     redis.kill();
     let started = Instant::now();
     let err = alice.send("r", json!("lost")).await.unwrap_err();
-    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "a send during the outage took {took:?}");
 
@@ -70,10 +77,10 @@ async fn redis_restarting_empty_under_the_nodes() {
     // Connected members are told the history is gone, by each node on its own.
     let mut epochs = Vec::new();
     for c in [&mut alice, &mut bob] {
-        let reset = next_matching(c, WAIT, |e| e["type"] == "reset").await;
-        assert_eq!(reset["seq"], 0);
-        assert_ne!(reset["epoch"], joined.epoch.as_str());
-        epochs.push(reset["epoch"].clone());
+        let reset = next_matching(c, WAIT, reset).await;
+        assert_eq!(reset.seq, 0);
+        assert_ne!(reset.epoch, joined.epoch);
+        epochs.push(reset.epoch.clone());
     }
     assert_eq!(epochs[0], epochs[1]);
 
@@ -90,9 +97,9 @@ async fn redis_restarting_empty_under_the_nodes() {
 
     // A client coming back with the old epoch cannot recover.
     let (carol, _tc) = connect(&b, "carol").await;
-    let back = carol.join("r", Some((&joined.epoch, 3))).await.unwrap();
+    let back = carol.join("r", Some(Since::new(&joined.epoch, 3))).await.unwrap();
     assert!(!back.recovered);
-    assert_eq!((json!(back.epoch), back.seq), (epochs[0].clone(), 2));
+    assert_eq!((back.epoch, back.seq), (epochs[0].clone(), 2));
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -107,16 +114,16 @@ async fn a_leave_while_redis_is_frozen_leaves_no_ghost() {
     let (bob, _tb) = connect(&a, "bob").await;
     alice.join("r", None).await.unwrap();
     bob.join("r", None).await.unwrap();
-    next_matching(&mut alice, WAIT, |e| e["type"] == "member_joined" && e["user"] == "bob").await;
+    next_matching(&mut alice, WAIT, |e| member(e, "bob", true)).await;
 
     redis.pause();
     // The reply comes once the removal has failed (the op timeout): nothing was removed.
     bob.leave("r").await.expect("left");
     redis.resume();
 
-    next_matching(&mut alice, WAIT, |e| e["type"] == "member_left" && e["user"] == "bob").await;
+    next_matching(&mut alice, WAIT, |e| member(e, "bob", false)).await;
     let members = alice.presence("r").await.unwrap();
-    assert_eq!(members["members"], json!([{"user": "alice", "sessions": 1}]));
+    assert_eq!(members.members, [entry("alice", 1)]);
     a.shutdown().await;
 }
 
@@ -145,7 +152,7 @@ async fn ending_a_session_while_redis_is_frozen_is_bounded() {
         let (carol, _tc) = connect(&a, "carol").await;
         carol.join("r0", None).await.ok()?;
         let members = carol.presence("r0").await.ok()?;
-        (members["members"] == json!([{"user": "carol", "sessions": 1}])).then_some(())
+        (members.members == [entry("carol", 1)]).then_some(())
     })
     .await;
     a.shutdown().await;
@@ -187,14 +194,14 @@ async fn redis_coming_back_from_an_older_snapshot_starts_a_new_epoch() {
     // the new messages.
     assert_eq!(acked, vec![6, 7, 8], "the new epoch goes on after what Redis kept");
     for c in [&mut alice, &mut bob] {
-        let reset = next_matching(c, WAIT, |e| e["type"] == "reset" && e["room"] == "r").await;
-        assert_ne!(reset["epoch"], json!(old));
+        let reset = next_matching(c, WAIT, |e| reset(e).filter(|r| r.room == "r")).await;
+        assert_ne!(reset.epoch, old);
         let got = messages(c, "r", 8, WAIT).await;
         let expected: Vec<_> = (1..=5).chain(11..=13).zip(1..).map(|(n, seq)| (seq, send(n))).collect();
         assert_eq!(got, expected, "what Redis kept, then every ack");
     }
     let (carol, _tc) = connect(&a, "carol").await;
-    let back = carol.join("r", Some((&old, 10))).await.unwrap();
+    let back = carol.join("r", Some(Since::new(&old, 10))).await.unwrap();
     assert!(!back.recovered, "{back:?}");
     assert_ne!(back.epoch, old);
     a.shutdown().await;
@@ -225,8 +232,8 @@ async fn a_room_key_lost_on_its_own_starts_a_new_epoch() {
         let kept: Vec<_> = if key == "h" { vec![] } else { (1..=3).map(|n| (n, json!(n))).collect() };
         let next = kept.len() as u64 + 1;
         assert_eq!(alice.send(&room, json!("after")).await.unwrap(), Some(next), "key {key}");
-        let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset" && e["room"] == room.as_str()).await;
-        assert_ne!(reset["epoch"], json!(old), "key {key}");
+        let reset = next_matching(&mut alice, WAIT, |e| reset(e).filter(|r| r.room == room.as_str())).await;
+        assert_ne!(reset.epoch, old, "key {key}");
         let expected: Vec<_> = kept.into_iter().chain([(next, json!("after"))]).collect();
         assert_eq!(messages(&mut alice, &room, next as usize, WAIT).await, expected, "key {key}");
     }
@@ -273,8 +280,8 @@ async fn a_history_that_diverged_under_the_same_seqs_starts_a_new_epoch() {
 
     let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!("after")).await.ok() }).await;
     assert_eq!(seq, Some(9), "after what Redis holds, in a new epoch");
-    let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset").await;
-    assert_ne!(reset["epoch"], json!(old), "not seq 9 after messages alice never got, in the old epoch");
+    let reset = next_matching(&mut alice, WAIT, reset).await;
+    assert_ne!(reset.epoch, old, "not seq 9 after messages alice never got, in the old epoch");
     // The new epoch holds Redis's history as it is (1..5 from the snapshot, the other node's
     // 6..8), then the new message: alice gets the other node's messages she had never seen.
     let got = messages(&mut alice, "r", 9, WAIT).await;
@@ -312,19 +319,15 @@ async fn redis_back_to_one_snapshot_twice_starts_a_new_epoch_each_time() {
     let (mut alice, _ta) = connect(&a, "alice").await;
     let first = six_messages_past_a_snapshot(&redis, &mut alice).await;
 
-    let mut epochs = vec![json!(first)];
+    let mut epochs = vec![first];
     for round in 1..=2 {
         redis.restart(); // back to the snapshot: the first epoch, seq 3
         let text = format!("after restart {round}");
         let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!(text)).await.ok() }).await;
         assert_eq!(seq, Some(4), "round {round}: after the snapshot's 1..3, in a new epoch");
-        let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset" && e["room"] == "r").await;
-        assert!(
-            !epochs.contains(&reset["epoch"]),
-            "round {round}: back to an old epoch {} ({epochs:?})",
-            reset["epoch"]
-        );
-        epochs.push(reset["epoch"].clone());
+        let reset = next_matching(&mut alice, WAIT, |e| reset(e).filter(|r| r.room == "r")).await;
+        assert!(!epochs.contains(&reset.epoch), "round {round}: back to an old epoch {} ({epochs:?})", reset.epoch);
+        epochs.push(reset.epoch.clone());
         let expected: Vec<_> = (1..=3).map(|n| (n, json!(n))).chain([(4, json!(text))]).collect();
         assert_eq!(messages(&mut alice, "r", 4, WAIT).await, expected);
         assert_eq!(alice.send("r", json!("more")).await.unwrap(), Some(5));
@@ -355,18 +358,13 @@ async fn a_message_stored_after_a_rollback_by_a_node_that_could_not_know_survive
     // Node a knows the old epoch went to 6: its next call starts the new epoch.
     let seq = eventually("a send to be stored", WAIT, || async { alice.send("r", json!("alice's")).await.ok() }).await;
     assert_eq!(seq, Some(5), "after what Redis holds: 1..3 and bob's");
-    let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset").await;
-    assert_ne!(reset["epoch"], json!(old));
+    let reset = next_matching(&mut alice, WAIT, reset).await;
+    assert_ne!(reset.epoch, old);
     let expected: Vec<_> = (1..=3).map(|n| (n, json!(n))).chain([(4, json!("bob's")), (5, json!("alice's"))]).collect();
     assert_eq!(messages(&mut alice, "r", 5, WAIT).await, expected, "bob's acknowledged message is kept");
-    let page = bob.history("r", None, None, None).await.unwrap();
-    assert_eq!(page["epoch"], reset["epoch"]);
-    let history: Vec<_> = page["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| (m["seq"].as_u64().unwrap_or_default(), m["body"].clone()))
-        .collect();
+    let page = bob.history("r", HistoryQuery::default()).await.unwrap();
+    assert_eq!(page.epoch, reset.epoch);
+    let history: Vec<_> = page.messages.into_iter().map(|m| (m.seq.unwrap_or_default(), m.body)).collect();
     assert_eq!(history, expected);
     a.shutdown().await;
     b.shutdown().await;
@@ -396,8 +394,8 @@ async fn a_kept_message_stays_idempotent_in_the_new_epoch() {
 
     redis.restart(); // back to 1..3
     let resent = eventually("a resend to be answered", WAIT, || async { keyed(&alice, 2).await.ok() }).await;
-    let reset = next_matching(&mut alice, WAIT, |e| e["type"] == "reset").await;
-    assert_ne!(reset["epoch"], json!(old));
+    let reset = next_matching(&mut alice, WAIT, reset).await;
+    assert_ne!(reset.epoch, old);
     assert_eq!(resent, Some(2), "the kept message, under its seq in the new epoch");
     assert_eq!(keyed(&alice, 5).await.unwrap(), Some(4), "a lost message's key is stored anew");
     let got = messages(&mut alice, "r", 4, WAIT).await;

@@ -8,8 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use chat_core::Engine;
-use common::{broker_at, connect, eventually, messages, next_matching, seqs, RedisServer};
+use chat_core::client::{Event, HistoryQuery};
+use chat_core::protocol::Since;
+use chat_core::{Engine, ErrorCode};
+use common::{broker_at, connect, eventually, messages, next_matching, reset, seqs, RedisServer};
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -112,16 +114,21 @@ async fn nodes_follow_a_failover_to_an_up_to_date_replica_without_a_reset() {
     let seq = eventually("a send after the failover", FAILOVER, || async { bob.send("r", json!(6)).await.ok() }).await;
     assert_eq!(seq, Some(6), "the same history goes on");
     for c in [&mut alice, &mut bob] {
-        let next =
-            next_matching(c, WAIT, |e| (e["type"] == "message" && e["room"] == "r") || e["type"] == "reset").await;
-        assert_eq!((next["type"].as_str(), next["seq"].as_u64()), (Some("message"), Some(6)), "{next}");
+        let next = next_matching(c, WAIT, |e| {
+            matches!(&e, Event::Message(m) if m.room == "r")
+                .then_some(())
+                .or(matches!(e, Event::Reset(_)).then_some(()))
+                .map(|()| e)
+        })
+        .await;
+        assert!(matches!(&next, Event::Message(m) if m.seq == Some(6)), "{next:?}");
     }
     assert_eq!(alice.send("r", json!(7)).await.unwrap(), Some(7));
     for c in [&mut alice, &mut bob] {
         assert_eq!(seqs(&messages(c, "r", 1, WAIT).await), vec![7]);
     }
     let (carol, _tc) = connect(&a, "carol").await;
-    let back = carol.join("r", Some((&epoch, 4))).await.unwrap();
+    let back = carol.join("r", Some(Since::new(&epoch, 4))).await.unwrap();
     assert!(back.recovered, "{back:?}");
     assert_eq!((back.epoch, back.seq), (epoch, 7));
     a.shutdown().await;
@@ -170,8 +177,8 @@ async fn a_failover_to_a_replica_that_missed_writes_starts_a_new_epoch() {
         eventually("a send after the failover", FAILOVER, || async { bob.send("r", json!("new")).await.ok() }).await;
     assert_eq!(seq, Some(6), "after the replica's 1..5, in a new epoch");
     for c in [&mut alice, &mut bob] {
-        let reset = next_matching(c, WAIT, |e| e["type"] == "reset" && e["room"] == "r").await;
-        assert_ne!(reset["epoch"], json!(old), "not seq 6 again in the old epoch");
+        let reset = next_matching(c, WAIT, |e| reset(e).filter(|r| r.room == "r")).await;
+        assert_ne!(reset.epoch, old, "not seq 6 again in the old epoch");
         let expected: Vec<_> = (1..=5).map(|n| (n, json!(n))).chain([(6, json!("new"))]).collect();
         assert_eq!(messages(c, "r", 6, WAIT).await, expected);
     }
@@ -180,7 +187,7 @@ async fn a_failover_to_a_replica_that_missed_writes_starts_a_new_epoch() {
         assert_eq!(messages(c, "r", 1, WAIT).await, vec![(7, json!("more"))]);
     }
     let (carol, _tc) = connect(&a, "carol").await;
-    let back = carol.join("r", Some((&old, 8))).await.unwrap();
+    let back = carol.join("r", Some(Since::new(&old, 8))).await.unwrap();
     assert!(!back.recovered, "{back:?}");
     a.shutdown().await;
     b.shutdown().await;
@@ -208,11 +215,11 @@ async fn sent_can_wait_for_a_replica() {
 
     ha.replica.pause();
     let err = keyed("two").await.unwrap_err();
-    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
     // The resend finds the message stored, but the replica still lacks it: not `sent` yet
     // (found by the history checker: a failover then lost an acknowledged duplicate).
     let err = keyed("two").await.unwrap_err();
-    assert_eq!(err.code(), Some("unavailable"), "a duplicate waits for the replica too: {err}");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "a duplicate waits for the replica too: {err}");
     ha.replica.resume();
     let seq = eventually("the resend to be acknowledged", WAIT, || async { keyed("two").await.ok() }).await;
     assert_eq!(seq, Some(2), "the same message, stored once");
@@ -254,8 +261,8 @@ async fn a_demoted_primary_serves_no_stale_reads() {
 
     let (bob, _tb) = connect(&a, "bob").await;
     let err = bob.join("r", None).await.unwrap_err();
-    assert_eq!(err.code(), Some("unavailable"), "{err}");
-    let err = alice.history("r", None, None, Some(10)).await.unwrap_err();
-    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
+    let err = alice.history("r", HistoryQuery::latest(10)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
     a.shutdown().await;
 }

@@ -9,9 +9,11 @@ mod common;
 
 use std::time::Duration;
 
+use chat_core::client::{Event, HistoryPage, HistoryQuery};
+use chat_core::protocol::Since;
 use chat_core::{Engine, MemoryStore};
 use common::{broker, connect, messages, next_matching, seqs, RedisServer};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -25,8 +27,8 @@ async fn engine(redis: &RedisServer, store: &MemoryStore, node: &str) -> Engine 
         .expect("engine attaches")
 }
 
-fn page_seqs(page: &Value) -> Vec<u64> {
-    page["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_u64().expect("seq")).collect()
+fn page_seqs(page: &HistoryPage) -> Vec<u64> {
+    page.messages.iter().map(|m| m.seq.expect("seq")).collect()
 }
 
 /// Two nodes serve a room; Redis is flushed. The next send gets the next seq in the same
@@ -54,14 +56,14 @@ async fn a_flushed_redis_goes_on_from_the_store_in_the_same_epoch() {
 
     assert_eq!(bob.send("r", json!(6)).await.unwrap(), Some(6), "the next seq, not 1");
     for c in [&mut alice, &mut bob] {
-        let next = next_matching(c, WAIT, |e| e["type"] == "message" || e["type"] == "reset").await;
-        assert_eq!((next["type"].as_str(), next["seq"].as_u64()), (Some("message"), Some(6)), "{next}");
+        let next = next_matching(c, WAIT, |e| matches!(e, Event::Message(_) | Event::Reset(_)).then_some(e)).await;
+        assert!(matches!(&next, Event::Message(m) if m.seq == Some(6)), "{next:?}");
     }
-    let page = alice.history("r", None, None, Some(50)).await.unwrap();
-    assert_eq!(page["epoch"].as_str(), Some(epoch.as_str()), "the same epoch");
+    let page = alice.history("r", HistoryQuery::latest(50)).await.unwrap();
+    assert_eq!(page.epoch, epoch, "the same epoch");
     assert_eq!(page_seqs(&page), vec![1, 2, 3, 4, 5, 6], "1..5 from the store, 6 from Redis");
     let (carol, _tc) = connect(&b, "carol").await;
-    let joined = carol.join("r", Some((&epoch, 2))).await.unwrap();
+    let joined = carol.join("r", Some(Since::new(&epoch, 2))).await.unwrap();
     assert!(joined.recovered, "a returning client recovers across the flush");
     a.shutdown().await;
     b.shutdown().await;
@@ -94,7 +96,7 @@ async fn a_redis_older_than_the_store_goes_on_from_the_store() {
     let joined = bob.join("r", None).await.unwrap();
     assert_eq!((joined.epoch.as_str(), joined.seq), (epoch.as_str(), 6), "where the store stands");
     assert_eq!(bob.send("r", json!(7)).await.unwrap(), Some(7));
-    let page = bob.history("r", None, None, Some(50)).await.unwrap();
+    let page = bob.history("r", HistoryQuery::latest(50)).await.unwrap();
     assert_eq!(page_seqs(&page), (1..=7).collect::<Vec<_>>());
     b.shutdown().await;
 }
@@ -127,8 +129,8 @@ async fn a_resend_after_a_flush_gets_its_original_seq() {
     assert_eq!(bob.send_with("r", json!(3), Some("k3"), false).await.unwrap(), Some(3), "the original seq");
     assert_eq!(bob.send_with("r", json!(6), Some("k6"), false).await.unwrap(), Some(6), "a new key: the next seq");
     for c in [&mut alice, &mut bob] {
-        let next = next_matching(c, WAIT, |e| e["type"] == "message" || e["type"] == "reset").await;
-        assert_eq!((next["type"].as_str(), next["seq"].as_u64()), (Some("message"), Some(6)), "{next}");
+        let next = next_matching(c, WAIT, |e| matches!(e, Event::Message(_) | Event::Reset(_)).then_some(e)).await;
+        assert!(matches!(&next, Event::Message(m) if m.seq == Some(6)), "{next:?}");
     }
 
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.expect("FLUSHALL");
@@ -139,10 +141,10 @@ async fn a_resend_after_a_flush_gets_its_original_seq() {
     assert_eq!(bob.send_with("r", json!(1), Some("k1"), false).await.unwrap(), Some(1), "the original seq");
     assert_eq!(alice.send("r", json!(7)).await.unwrap(), Some(7));
     for c in [&mut alice, &mut bob] {
-        let next = next_matching(c, WAIT, |e| e["type"] == "message" || e["type"] == "reset").await;
-        assert_eq!((next["type"].as_str(), next["seq"].as_u64()), (Some("message"), Some(7)), "{next}");
+        let next = next_matching(c, WAIT, |e| matches!(e, Event::Message(_) | Event::Reset(_)).then_some(e)).await;
+        assert!(matches!(&next, Event::Message(m) if m.seq == Some(7)), "{next:?}");
     }
-    let page = alice.history("r", None, None, Some(50)).await.unwrap();
+    let page = alice.history("r", HistoryQuery::latest(50)).await.unwrap();
     assert_eq!(page_seqs(&page), (1..=7).collect::<Vec<_>>(), "each message once");
     for e in [a, b, c] {
         e.shutdown().await;

@@ -2,13 +2,17 @@
 //! a stream of events, automatic answers to the server's heartbeat pings, and, given a
 //! [`TokenSource`], `refresh` with a new token before the session's identity expires.
 //!
+//! Events come typed ([`Event`], one struct per kind, parsed once); replies too ([`Joined`],
+//! [`HistoryPage`], [`Presence`]); every failure is one [`ClientError`], whichever the transport.
+//! [`Reconnecting`] adds automatic reconnection with recovery on top of any transport.
+//!
 //! Transports wrap it (`chat_transport_tcp::connect`, `chat_transport_ws::connect`) so that the
 //! client's protocol logic exists once, like the server's. The terminal client, the load
 //! generator and the tests use it.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,41 +24,20 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// What can go wrong for a client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The server answered the request with an `error` frame.
-    #[error("{code}: {message}")]
-    Server {
-        /// The error code (`not_member`, `unavailable`...).
-        code: String,
-        /// The server's explanation.
-        message: String,
-    },
-    /// The connection is closed.
-    #[error("connection closed")]
-    Closed,
-    /// The server sent something this client cannot read.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// The server did not answer `hello` within [`HELLO_TIMEOUT`].
-    #[error("no welcome from the server in time")]
-    Timeout,
-}
+use crate::protocol::ErrorCode;
+
+mod error;
+mod event;
+mod reconnect;
+
+/// Where a client left a room (`join` with `since`): the same type the server parses.
+pub use crate::protocol::Since;
+pub use error::{ClientError, ServerCode, ServerError};
+pub use event::{Bye, Event, HistoryPage, Invite, Joined, Member, Message, Presence, PresenceEntry, Reset, Unknown};
+pub use reconnect::{Backoff, ReconnectOptions, Reconnected, Reconnecting, Resent, Update};
 
 /// How long [`Client::connect`] waits for `welcome`.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl ClientError {
-    /// The server's error code, when the server refused the request.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            ClientError::Server { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
 
 /// The server's `welcome`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -76,19 +59,6 @@ pub struct Welcome {
     pub exp: Option<u64>,
 }
 
-/// The server's `joined` reply.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Joined {
-    /// The room.
-    pub room: String,
-    /// The room's epoch.
-    pub epoch: String,
-    /// The room's latest seq when joining.
-    pub seq: u64,
-    /// Whether every message after `since` was replayed.
-    pub recovered: bool,
-}
-
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Value, ClientError>>>>;
 
 struct Shared {
@@ -97,6 +67,8 @@ struct Shared {
     next_id: AtomicU64,
     /// The session's current expiry (`welcome.exp`, then each `refreshed.exp`); 0: none.
     exp: AtomicU64,
+    /// The connection stopped being read: no reply can come any more.
+    closed: AtomicBool,
 }
 
 /// Where a client gets a new token when its session's identity is about to expire (see
@@ -139,7 +111,8 @@ pub fn refresh_delay(remaining: Duration) -> Duration {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use chat_core::{client::Client, ConnInfo, Engine, Inbound};
+/// use chat_core::client::{Client, Event, HistoryQuery};
+/// use chat_core::{ConnInfo, Engine, Inbound};
 /// use futures::StreamExt;
 ///
 /// let engine = Engine::builder().build().await.unwrap();
@@ -159,10 +132,12 @@ pub fn refresh_delay(remaining: Duration) -> Duration {
 /// let seq = alice.send("lobby", serde_json::json!({"text": "hi"})).await.unwrap();
 /// assert_eq!(seq, Some(1));
 /// // Alice's own arrival comes first, then her message.
-/// let arrival = alice.next_event().await.unwrap();
-/// assert_eq!((arrival["type"].as_str(), arrival["user"].as_str()), (Some("member_joined"), Some("alice")));
-/// let message = alice.next_event().await.unwrap();
-/// assert_eq!((message["seq"].as_u64(), &message["body"]["text"]), (Some(1), &serde_json::json!("hi")));
+/// let Event::MemberJoined(arrival) = alice.next_event().await.unwrap() else { panic!("arrival first") };
+/// assert_eq!(arrival.user, "alice");
+/// let Event::Message(message) = alice.next_event().await.unwrap() else { panic!("then the message") };
+/// assert_eq!((message.seq, &message.body["text"]), (Some(1), &serde_json::json!("hi")));
+/// let page = alice.history("lobby", HistoryQuery::latest(10)).await.unwrap();
+/// assert_eq!(page.seqs(), [1]);
 /// # engine.shutdown().await;
 /// # }
 /// ```
@@ -223,6 +198,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             exp: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         });
         let closer = CancellationToken::new();
         tokio::spawn(write_task(out_rx, outbound, closer.clone()));
@@ -245,7 +221,7 @@ impl Client {
             }
         };
         let mut client = Client { shared, events, welcome: Welcome::default(), closer, refresher: None };
-        client.welcome = serde_json::from_value(reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        client.welcome = reply_as(reply)?;
         client.shared.exp.store(client.welcome.exp.unwrap_or(0), Ordering::Relaxed);
         Ok(client)
     }
@@ -322,6 +298,11 @@ impl Client {
         frame["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
         shared.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        // Set before the reader clears `pending`: a request registered after that fails now.
+        if shared.closed.load(Ordering::SeqCst) {
+            shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            return Err(ClientError::Closed);
+        }
         let bytes = serde_json::to_vec(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if shared.out.send(Bytes::from(bytes)).is_err() {
             shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
@@ -340,14 +321,15 @@ impl Client {
         self.shared.out.send(frame.into()).map_err(|_| ClientError::Closed)
     }
 
-    /// Joins `room`, recovering from `since` = (epoch, last seen seq) when given.
-    pub async fn join(&self, room: &str, since: Option<(&str, u64)>) -> Result<Joined, ClientError> {
+    /// Joins `room`; with `since` (the epoch and the last seq seen there), the server replays
+    /// what came after it, as events, before anything live, when it still can
+    /// ([`Joined::recovered`]).
+    pub async fn join(&self, room: &str, since: Option<Since>) -> Result<Joined, ClientError> {
         let mut frame = json!({"type": "join", "room": room});
-        if let Some((epoch, seq)) = since {
+        if let Some(Since { epoch, seq }) = since {
             frame["since"] = json!({"epoch": epoch, "seq": seq});
         }
-        let reply = self.request(frame).await?;
-        serde_json::from_value(reply).map_err(|e| ClientError::Protocol(e.to_string()))
+        reply_as(self.request(frame).await?)
     }
 
     /// Leaves `room`.
@@ -379,26 +361,26 @@ impl Client {
         Ok(reply.get("seq").and_then(Value::as_u64))
     }
 
-    /// A page of history (see PROTOCOL.md §4); returns the whole `history` reply.
-    pub async fn history(
-        &self,
-        room: &str,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: Option<u64>,
-    ) -> Result<Value, ClientError> {
+    /// A page of `room`'s history (PROTOCOL.md §4): which one, `query` says.
+    pub async fn history(&self, room: &str, query: HistoryQuery) -> Result<HistoryPage, ClientError> {
         let mut frame = json!({"type": "history", "room": room});
-        for (name, value) in [("before", before), ("after", after), ("limit", limit)] {
+        for (name, value) in [("before", query.before), ("after", query.after), ("limit", query.limit)] {
             if let Some(v) = value {
                 frame[name] = json!(v);
             }
         }
-        self.request(frame).await
+        reply_as(self.request(frame).await?)
     }
 
-    /// The room's members: the whole `presence` reply.
-    pub async fn presence(&self, room: &str) -> Result<Value, ClientError> {
-        self.request(json!({"type": "presence", "room": room})).await
+    /// The room's members.
+    pub async fn presence(&self, room: &str) -> Result<Presence, ClientError> {
+        reply_as(self.request(json!({"type": "presence", "room": room})).await?)
+    }
+
+    /// Closes the connection. Events that were received already can still be read; then
+    /// [`next_event`](Self::next_event) says [`ClientError::Closed`]. Requests fail from now on.
+    pub fn close(&self) {
+        self.closer.cancel();
     }
 
     /// The next event's raw frame (messages, member events, errors without id, `bye`...).
@@ -419,14 +401,77 @@ impl Client {
         self.request(json!({"type": "ping"})).await.map(drop)
     }
 
-    /// The next event, parsed.
-    pub async fn next_event(&mut self) -> Option<Value> {
-        loop {
-            let frame = self.events.recv().await?;
-            if let Ok(value) = serde_json::from_slice(&frame) {
-                return Some(value);
-            }
-        }
+    /// The next event, parsed (see [`Event`]); [`ClientError::Closed`] once the connection is
+    /// closed and every event was read. A frame that is not a valid event is a
+    /// [`ClientError::Protocol`] (and the events after it still come).
+    pub async fn next_event(&mut self) -> Result<Event, ClientError> {
+        let frame = self.events.recv().await.ok_or(ClientError::Closed)?;
+        Event::parse(&frame)
+    }
+}
+
+/// A reply's fields as `T`; what does not fit is a protocol error.
+fn reply_as<T: serde::de::DeserializeOwned>(reply: Value) -> Result<T, ClientError> {
+    serde_json::from_value(reply).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Which page of a room's history to read ([`Client::history`]). Bounds are exclusive; the
+/// server caps `limit` (100 by default) and picks one (50) when none is given.
+///
+/// * neither bound: the newest messages;
+/// * [`before`](Self::before): the newest older than a seq (paging back);
+/// * [`after`](Self::after): the oldest newer than a seq (catching up);
+/// * both: the oldest between the two.
+///
+/// ```
+/// use chat_core::client::HistoryQuery;
+/// let newest = HistoryQuery::latest(50);
+/// let older = HistoryQuery::latest(50).before(58);
+/// let missed = HistoryQuery::default().after(41).limit(100);
+/// assert_eq!((older.before_seq(), older.limit_count()), (Some(58), Some(50)));
+/// assert_eq!((missed.after_seq(), newest.after_seq()), (Some(41), None));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u64>,
+}
+
+impl HistoryQuery {
+    /// The newest `limit` messages (with [`after`](Self::after): the oldest `limit` after it).
+    pub fn latest(limit: u64) -> HistoryQuery {
+        HistoryQuery::default().limit(limit)
+    }
+
+    /// Only messages with a seq below `seq`.
+    pub fn before(self, seq: u64) -> HistoryQuery {
+        HistoryQuery { before: Some(seq), ..self }
+    }
+
+    /// Only messages with a seq above `seq`, oldest first.
+    pub fn after(self, seq: u64) -> HistoryQuery {
+        HistoryQuery { after: Some(seq), ..self }
+    }
+
+    /// At most `limit` messages (a positive number; the server caps it).
+    pub fn limit(self, limit: u64) -> HistoryQuery {
+        HistoryQuery { limit: Some(limit), ..self }
+    }
+
+    /// The `before` bound, if any.
+    pub fn before_seq(&self) -> Option<u64> {
+        self.before
+    }
+
+    /// The `after` bound, if any.
+    pub fn after_seq(&self) -> Option<u64> {
+        self.after
+    }
+
+    /// The limit asked for, if any.
+    pub fn limit_count(&self) -> Option<u64> {
+        self.limit
     }
 }
 
@@ -455,7 +500,7 @@ async fn refresh_task(shared: Arc<Shared>, source: impl TokenSource, stop: Cance
             Ok(()) => {}
             // Closed, or refused (`unauthorized` closes the connection): nothing more to do.
             Err(ClientError::Closed) => return,
-            Err(e) if e.code() == Some("unauthorized") => return,
+            Err(e) if e.code() == Some(ErrorCode::Unauthorized) => return,
             Err(e) => tracing::debug!(error = %e, "refresh failed; trying again"),
         }
     }
@@ -488,7 +533,8 @@ where
     E: Send,
 {
     while let Some(Ok(frame)) = tokio::select! { f = inbound.next() => f, _ = closer.cancelled() => None } {
-        let Ok(head) = serde_json::from_slice::<Head<'_>>(&frame) else { continue };
+        // A frame that is not even that much is an event: `next_event` reports it.
+        let head = serde_json::from_slice::<Head<'_>>(&frame).unwrap_or(Head { ty: None, id: None });
         let ty = head.ty.as_deref().unwrap_or("");
         let (is_ping, is_error, id) = (ty == "ping", ty == "error", head.id);
         if is_ping && id.is_none() {
@@ -498,13 +544,10 @@ where
         if let Some(id) = id {
             let waiter = shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
             if let Some(waiter) = waiter {
-                let reply = match serde_json::from_slice::<Value>(&frame) {
-                    Ok(v) if is_error => Err(ClientError::Server {
-                        code: v["code"].as_str().unwrap_or("").to_owned(),
-                        message: v["message"].as_str().unwrap_or("").to_owned(),
-                    }),
-                    Ok(v) => Ok(v),
-                    Err(e) => Err(ClientError::Protocol(e.to_string())),
+                let reply = if is_error {
+                    Err(event::from_slice(&frame).map_or_else(|e| e, ClientError::Server))
+                } else {
+                    event::from_slice(&frame)
                 };
                 let _ = waiter.send(reply);
                 continue;
@@ -514,6 +557,8 @@ where
             break;
         }
     }
-    // Connection over: every waiting request fails.
+    // Connection over: every waiting request fails, later ones at once, and the writer stops.
+    shared.closed.store(true, Ordering::SeqCst);
     shared.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    closer.cancel();
 }

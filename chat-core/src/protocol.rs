@@ -132,6 +132,34 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of PROTOCOL.md §6's table.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::FrameTooLarge,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::UnsupportedProtocol,
+        ErrorCode::Unauthorized,
+        ErrorCode::BadFrame,
+        ErrorCode::InvalidRoom,
+        ErrorCode::NotMember,
+        ErrorCode::Forbidden,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code written `wire` on the wire (the inverse of [`as_str`](Self::as_str)); `None`
+    /// for a code this version does not know.
+    ///
+    /// ```
+    /// use chat_core::ErrorCode;
+    /// assert_eq!(ErrorCode::from_wire("not_member"), Some(ErrorCode::NotMember));
+    /// assert_eq!(ErrorCode::from_wire("from_the_future"), None);
+    /// ```
+    pub fn from_wire(wire: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|code| code.as_str() == wire)
+    }
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -197,6 +225,22 @@ pub enum ByeReason {
 }
 
 impl ByeReason {
+    /// Every reason of PROTOCOL.md §3.
+    pub const ALL: [ByeReason; 7] = [
+        ByeReason::Shutdown,
+        ByeReason::Timeout,
+        ByeReason::SlowConsumer,
+        ByeReason::Expired,
+        ByeReason::ProtocolError,
+        ByeReason::Unauthorized,
+        ByeReason::Kicked,
+    ];
+
+    /// The reason written `wire` on the wire; `None` for one this version does not know.
+    pub fn from_wire(wire: &str) -> Option<ByeReason> {
+        ByeReason::ALL.into_iter().find(|reason| reason.as_str() == wire)
+    }
+
     /// The reason as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -229,6 +273,18 @@ pub struct Since {
     pub epoch: String,
     /// The last `seq` the client saw.
     pub seq: u64,
+}
+
+impl Since {
+    /// The position `seq` in the history named `epoch`.
+    ///
+    /// ```
+    /// let since = chat_core::protocol::Since::new("e1", 41);
+    /// assert_eq!((since.epoch.as_str(), since.seq), ("e1", 41));
+    /// ```
+    pub fn new(epoch: impl Into<String>, seq: u64) -> Since {
+        Since { epoch: epoch.into(), seq }
+    }
 }
 
 /// A client request, parsed and checked up to `invalid_room` (§6's first six rows).

@@ -5,10 +5,19 @@ mod common;
 
 use std::collections::HashMap;
 
-use chat_core::client::Client;
+use chat_core::client::{Client, Event, HistoryQuery, Member, PresenceEntry, Reset};
+use chat_core::protocol::Since;
 use chat_core::{Engine, MemoryBroker};
-use common::{client, event, event_of, Raw};
+use common::{client, event, event_where, message, Raw};
 use serde_json::json;
+
+fn member(room: &str, user: &str) -> Member {
+    Member { room: room.into(), user: user.into() }
+}
+
+fn entry(user: &str, sessions: u64) -> PresenceEntry {
+    PresenceEntry { user: user.into(), sessions }
+}
 
 async fn cluster(n: usize) -> (MemoryBroker, Vec<Engine>) {
     let broker = MemoryBroker::new();
@@ -31,9 +40,9 @@ async fn cluster(n: usize) -> (MemoryBroker, Vec<Engine>) {
 async fn messages_until(client: &mut Client, room: &str, last: u64) -> Vec<(u64, serde_json::Value)> {
     let mut seen = Vec::new();
     while seen.last().map(|(s, _)| *s) != Some(last) {
-        let e = event_of(client, "message").await;
-        if e["room"] == room {
-            seen.push((e["seq"].as_u64().unwrap(), e["body"].clone()));
+        let m = message(client).await;
+        if m.room == room {
+            seen.push((m.seq.expect("a stored message"), m.body));
         }
     }
     seen
@@ -101,14 +110,14 @@ async fn presence_and_member_events_span_the_cluster() {
     let (_broker, engines) = cluster(2).await;
     let mut a = client(&engines[0], "alice").await;
     a.join("r", None).await.unwrap();
-    event_of(&mut a, "member_joined").await;
+    event_where(&mut a, |e| matches!(e, Event::MemberJoined(_)).then_some(())).await;
     let b = client(&engines[1], "bob").await;
     b.join("r", None).await.unwrap();
-    assert_eq!(event(&mut a).await, json!({"type":"member_joined","room":"r","user":"bob"}));
+    assert_eq!(event(&mut a).await, Event::MemberJoined(member("r", "bob")));
     let p = a.presence("r").await.unwrap();
-    assert_eq!(p["members"], json!([{"user":"alice","sessions":1},{"user":"bob","sessions":1}]));
+    assert_eq!(p.members, [entry("alice", 1), entry("bob", 1)]);
     drop(b);
-    assert_eq!(event(&mut a).await, json!({"type":"member_left","room":"r","user":"bob"}));
+    assert_eq!(event(&mut a).await, Event::MemberLeft(member("r", "bob")));
 }
 
 #[tokio::test]
@@ -116,19 +125,19 @@ async fn a_dropped_node_leaves_presence() {
     let (broker, engines) = cluster(1).await;
     let mut a = client(&engines[0], "alice").await;
     a.join("r", None).await.unwrap();
-    event_of(&mut a, "member_joined").await;
+    event_where(&mut a, |e| matches!(e, Event::MemberJoined(_)).then_some(())).await;
     {
         // A second node whose sessions vanish with it (no graceful shutdown).
         let other = Engine::builder().broker(broker.clone()).build().await.unwrap();
         let mut raw = Raw::hello(&other, "bob").await;
         raw.join("r").await;
-        assert_eq!(event(&mut a).await["user"], "bob");
+        assert!(matches!(event(&mut a).await, Event::MemberJoined(m) if m.user == "bob"));
         raw.task.abort();
         drop(raw);
         drop(other);
     }
-    assert_eq!(event(&mut a).await, json!({"type":"member_left","room":"r","user":"bob"}));
-    assert_eq!(a.presence("r").await.unwrap()["members"], json!([{"user":"alice","sessions":1}]));
+    assert_eq!(event(&mut a).await, Event::MemberLeft(member("r", "bob")));
+    assert_eq!(a.presence("r").await.unwrap().members, [entry("alice", 1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +169,7 @@ async fn recovery_replays_what_was_missed_then_goes_live_without_gap_or_duplicat
         writer
     });
     let mut back = client(&engines[1], "reader").await;
-    let joined = back.join("r", Some((&joined.epoch, 8))).await.unwrap();
+    let joined = back.join("r", Some(Since::new(&joined.epoch, 8))).await.unwrap();
     assert!(joined.recovered, "{joined:?}");
     assert!(joined.seq >= 20);
     let seen = messages_until(&mut back, "r", 60).await;
@@ -180,29 +189,28 @@ async fn recovery_fails_honestly() {
     }
     let mut c = client(&engine, "c").await;
     // nothing missed
-    let j = c.join("r", Some((&joined.epoch, 3))).await.unwrap();
+    let j = c.join("r", Some(Since::new(&joined.epoch, 3))).await.unwrap();
     assert!(j.recovered);
     c.leave("r").await.unwrap();
     // a seq from the future
-    let j = c.join("r", Some((&joined.epoch, 4))).await.unwrap();
+    let j = c.join("r", Some(Since::new(&joined.epoch, 4))).await.unwrap();
     assert!(!j.recovered);
     c.leave("r").await.unwrap();
     // another epoch
-    let j = c.join("r", Some(("another-epoch", 1))).await.unwrap();
+    let j = c.join("r", Some(Since::new("another-epoch", 1))).await.unwrap();
     assert!(!j.recovered);
     c.leave("r").await.unwrap();
     // trimmed history: 10 missed, 5 kept
     for n in 4..=13 {
         writer.send("r", json!(n)).await.unwrap();
     }
-    let j = c.join("r", Some((&joined.epoch, 3))).await.unwrap();
+    let j = c.join("r", Some(Since::new(&joined.epoch, 3))).await.unwrap();
     assert_eq!((j.recovered, j.seq), (false, 13));
-    let page = c.history("r", None, None, None).await.unwrap();
-    let seqs: Vec<_> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, vec![9, 10, 11, 12, 13]);
+    let page = c.history("r", HistoryQuery::default()).await.unwrap();
+    assert_eq!(page.seqs(), vec![9, 10, 11, 12, 13]);
     // what was kept still recovers
     c.leave("r").await.unwrap();
-    let j = c.join("r", Some((&joined.epoch, 8))).await.unwrap();
+    let j = c.join("r", Some(Since::new(&joined.epoch, 8))).await.unwrap();
     assert!(j.recovered);
     let replay = messages_until(&mut c, "r", 13).await;
     assert_eq!(replay.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![9, 10, 11, 12, 13]);
@@ -218,19 +226,22 @@ async fn lost_history_resets_connected_members_and_refuses_old_epochs() {
     b.send("r", json!("old")).await.unwrap();
     messages_until(&mut a, "r", 1).await;
     broker.wipe();
-    let reset = event_of(&mut a, "reset").await;
-    assert_eq!(reset["room"], "r");
-    assert_eq!(reset["seq"], 0);
-    let epoch = reset["epoch"].as_str().unwrap().to_owned();
+    let Reset { room, epoch, seq } = event_where(&mut a, |e| match e {
+        Event::Reset(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(room, "r");
+    assert_eq!(seq, 0);
     assert_ne!(epoch, before.epoch);
     assert_eq!(b.send("r", json!("new")).await.unwrap(), Some(1), "the new epoch starts at 1");
-    let m = event_of(&mut a, "message").await;
-    assert_eq!((m["seq"].as_u64(), m["body"].as_str()), (Some(1), Some("new")));
+    let m = message(&mut a).await;
+    assert_eq!((m.seq, m.body.as_str()), (Some(1), Some("new")));
     let mut c = client(&engines[1], "carol").await;
-    let j = c.join("r", Some((&before.epoch, 1))).await.unwrap();
+    let j = c.join("r", Some(Since::new(&before.epoch, 1))).await.unwrap();
     assert!(!j.recovered);
     assert_eq!(j.epoch, epoch);
-    let _ = event_of(&mut c, "member_joined").await;
+    event_where(&mut c, |e| matches!(e, Event::MemberJoined(_)).then_some(())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +298,7 @@ async fn a_member_that_never_reads_is_closed_and_nobody_else_notices() {
     let last: serde_json::Value = serde_json::from_slice(frames.last().unwrap()).unwrap();
     assert_eq!(last, json!({"type":"bye","reason":"slow_consumer","reconnect":true}));
     let p = readers[0].presence("r").await.unwrap();
-    assert!(!p["members"].as_array().unwrap().iter().any(|m| m["user"] == "stalled"));
+    assert!(!p.members.iter().any(|m| m.user == "stalled"));
 }
 
 #[tokio::test]
@@ -304,7 +315,7 @@ async fn member_events_stay_off_even_when_the_broker_announces_a_dead_node() {
     drop(raw);
     drop(other); // the broker announces bob's departure; this engine keeps it to itself
     let p = a.presence("r").await.unwrap();
-    assert_eq!(p["members"], json!([{"user":"alice","sessions":1}]));
+    assert_eq!(p.members, [entry("alice", 1)]);
     a.sync().await.unwrap();
     assert!(a.try_next_frame().is_none(), "no member event reached alice");
 }

@@ -4,8 +4,9 @@
 
 mod common;
 
-use chat_core::{async_trait, Action, Authorizer, Engine, Identity, Refusal, RoomName};
-use common::{client, event_of};
+use chat_core::client::HistoryQuery;
+use chat_core::{async_trait, Action, Authorizer, Engine, ErrorCode, Identity, Refusal, RoomName};
+use common::{client, message};
 use serde_json::json;
 
 /// An authorizer that allows everything, as a careless host's would.
@@ -31,15 +32,15 @@ async fn only_the_users_named_may_use_a_direct_conversation() {
     alice.join("dm:alice:bob", None).await.unwrap();
     bob.join("dm:alice:bob", None).await.unwrap();
     assert_eq!(bob.send("dm:alice:bob", json!("hi")).await.unwrap(), Some(1));
-    assert_eq!(event_of(&mut alice, "message").await["body"], "hi");
+    assert_eq!(message(&mut alice).await.body, "hi");
     let err = carol.join("dm:alice:bob", None).await.unwrap_err();
-    assert_eq!(err.code(), Some("forbidden"), "{err}");
-    let err = carol.history("dm:alice:bob", None, None, Some(10)).await.unwrap_err();
-    assert_eq!(err.code(), Some("not_member"), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    let err = carol.history("dm:alice:bob", HistoryQuery::latest(10)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotMember), "{err}");
     // Three users: each of them, and nobody else.
     carol.join("dm:alice:bob:carol", None).await.unwrap();
     let err = client(&engine, "dave").await.join("dm:alice:bob:carol", None).await.unwrap_err();
-    assert_eq!(err.code(), Some("forbidden"), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
     engine.shutdown().await;
 }
 
@@ -49,7 +50,7 @@ async fn a_malformed_direct_name_is_no_room() {
     let alice = client(&engine, "alice").await;
     for name in ["dm:bob:alice", "dm:alice", "dm:alice:alice", "dm:alice::bob"] {
         let err = alice.join(name, None).await.unwrap_err();
-        assert_eq!(err.code(), Some("invalid_room"), "{name}: {err}");
+        assert_eq!(err.code(), Some(ErrorCode::InvalidRoom), "{name}: {err}");
     }
     engine.shutdown().await;
 }
@@ -60,7 +61,7 @@ async fn a_user_whose_name_cannot_be_in_one_takes_part_in_none() {
     for user in ["bob smith", "bob:alice"] {
         let c = client(&engine, user).await;
         let err = c.join("dm:alice:bob", None).await.unwrap_err();
-        assert_eq!(err.code(), Some("invalid_room"), "{user}: {err}");
+        assert_eq!(err.code(), Some(ErrorCode::InvalidRoom), "{user}: {err}");
         c.join("lobby", None).await.expect("an ordinary room is fine");
     }
     engine.shutdown().await;

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chat_core::broker::{Delivery, DeliverySink, Origin};
+use chat_core::protocol::Since;
 use chat_core::{Broker, BrokerError, BrokerNode, Engine, MemoryBroker, RoomName};
-use common::{client, event_of};
+use common::{client, message};
 use serde_json::json;
 
 /// Deliveries to the node, held while `held` is set and passed on in order once released.
@@ -72,13 +73,13 @@ async fn a_join_during_deliveries_in_flight_is_at_the_rooms_latest() {
     let mut alice = client(&engine, "alice").await;
     let epoch = alice.join("r", None).await.unwrap().epoch;
     assert_eq!(alice.send("r", json!(1)).await.unwrap(), Some(1));
-    assert_eq!(event_of(&mut alice, "message").await["seq"], 1);
+    assert_eq!(message(&mut alice).await.seq, Some(1));
 
     gate.hold();
     assert_eq!(alice.send("r", json!(2)).await.unwrap(), Some(2), "stored; its delivery is held");
     assert_eq!(alice.send("r", json!(3)).await.unwrap(), Some(3));
     let mut bob = client(&engine, "bob").await;
-    let joined = bob.join("r", Some((&epoch, 1))).await.unwrap();
+    let joined = bob.join("r", Some(Since::new(&epoch, 1))).await.unwrap();
     assert_eq!((joined.seq, joined.recovered), (3, true), "the room's latest, not the node's 1");
     let carol = client(&engine, "carol").await;
     assert_eq!(carol.join("r", None).await.unwrap().seq, 3);
@@ -87,10 +88,10 @@ async fn a_join_during_deliveries_in_flight_is_at_the_rooms_latest() {
     // bob: 2 and 3 by replay, once, then the live 4.
     assert_eq!(alice.send("r", json!(4)).await.unwrap(), Some(4));
     for seq in [2, 3, 4] {
-        assert_eq!(event_of(&mut bob, "message").await["seq"], seq);
+        assert_eq!(message(&mut bob).await.seq, Some(seq));
     }
     for seq in [2, 3, 4] {
-        assert_eq!(event_of(&mut alice, "message").await["seq"], seq, "the members before go on as before");
+        assert_eq!(message(&mut alice).await.seq, Some(seq), "the members before go on as before");
     }
     engine.shutdown().await;
 }

@@ -6,8 +6,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use chat_core::client::Client;
-use chat_core::{Engine, MemoryBroker};
+use chat_core::client::{Client, HistoryQuery};
+use chat_core::protocol::Since;
+use chat_core::{Engine, ErrorCode, MemoryBroker};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -142,7 +143,7 @@ async fn run(ops: Vec<Op>) {
                     stored.push(body);
                     assert_eq!(seq, stored.len() as u64, "one seq order for the room");
                 } else {
-                    assert_eq!(result.unwrap_err().code(), Some("not_member"));
+                    assert_eq!(result.unwrap_err().code(), Some(ErrorCode::NotMember));
                 }
             }
             Op::Disconnect { client } => {
@@ -157,7 +158,7 @@ async fn run(ops: Vec<Op>) {
                 }
                 let conn = common::client(&engines[engine], &m.name).await;
                 for (room, view) in &mut m.views {
-                    let joined = conn.join(room, Some((&view.epoch, view.last))).await.unwrap();
+                    let joined = conn.join(room, Some(Since::new(&view.epoch, view.last))).await.unwrap();
                     assert!(joined.recovered, "{}: recovery of {room} from {}", m.name, view.last);
                     view.epoch = joined.epoch;
                 }
@@ -182,8 +183,8 @@ async fn run(ops: Vec<Op>) {
     for room in ROOMS {
         auditor.join(room, None).await.unwrap();
         let expected = truth.messages.get(room).cloned().unwrap_or_default();
-        let page = auditor.history(room, None, None, Some(100)).await.unwrap();
-        let bodies: Vec<Value> = page["messages"].as_array().unwrap().iter().map(|m| m["body"].clone()).collect();
+        let page = auditor.history(room, HistoryQuery::latest(100)).await.unwrap();
+        let bodies: Vec<Value> = page.messages.into_iter().map(|m| m.body).collect();
         assert_eq!(bodies, expected, "history of {room}");
     }
     for e in engines {

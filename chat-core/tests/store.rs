@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chat_core::broker::{HistoryQuery, Position};
+use chat_core::client::{HistoryPage, HistoryQuery as Query};
+use chat_core::protocol::Since;
 use chat_core::store::{Record, RetentionPolicy};
-use chat_core::{Engine, MemoryBroker, MemoryStore, RoomName, Store, StoreError};
-use common::{client, event_of, WAIT};
+use chat_core::{Engine, ErrorCode, MemoryBroker, MemoryStore, RoomName, Store, StoreError};
+use common::{client, message, WAIT};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -69,12 +71,12 @@ async fn engine_with(store: &(impl Store + Clone), broker: MemoryBroker) -> Engi
     Engine::builder().broker(broker).store(store.clone()).tune(|c| c.history_size = 3).build().await.expect("engine")
 }
 
-fn bodies(page: &Value) -> Vec<u64> {
-    page["messages"].as_array().expect("messages").iter().map(|m| m["body"].as_u64().expect("a number")).collect()
+fn bodies(page: &HistoryPage) -> Vec<u64> {
+    page.messages.iter().map(|m| m.body.as_u64().expect("a number")).collect()
 }
 
-fn seqs(page: &Value) -> Vec<u64> {
-    page["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_u64().expect("a seq")).collect()
+fn seqs(page: &HistoryPage) -> Vec<u64> {
+    page.messages.iter().map(|m| m.seq.expect("a seq")).collect()
 }
 
 #[tokio::test]
@@ -87,15 +89,15 @@ async fn history_reaches_past_the_brokers_window_into_the_store() {
         assert_eq!(alice.send("r", json!(n)).await.unwrap(), Some(n));
     }
     assert_eq!(store.len(), 10, "every sent message is in the store");
-    let all = alice.history("r", None, None, Some(10)).await.unwrap();
+    let all = alice.history("r", Query::latest(10)).await.unwrap();
     assert_eq!(bodies(&all), (1..=10).collect::<Vec<_>>(), "the window holds 8..10, the store the rest");
-    let older = alice.history("r", Some(5), None, Some(50)).await.unwrap();
+    let older = alice.history("r", Query::default().before(5).limit(50)).await.unwrap();
     assert_eq!(seqs(&older), vec![1, 2, 3, 4]);
-    let after = alice.history("r", None, Some(2), Some(3)).await.unwrap();
+    let after = alice.history("r", Query::default().after(2).limit(3)).await.unwrap();
     assert_eq!(seqs(&after), vec![3, 4, 5]);
-    let across = alice.history("r", None, Some(6), Some(3)).await.unwrap();
+    let across = alice.history("r", Query::default().after(6).limit(3)).await.unwrap();
     assert_eq!(seqs(&across), vec![7, 8, 9], "one from the store, two from the window");
-    let newest = alice.history("r", None, None, Some(5)).await.unwrap();
+    let newest = alice.history("r", Query::latest(5)).await.unwrap();
     assert_eq!(seqs(&newest), vec![6, 7, 8, 9, 10]);
     engine.shutdown().await;
 }
@@ -110,11 +112,11 @@ async fn recovery_replays_from_the_store_what_the_window_lost() {
         alice.send("r", json!(n)).await.unwrap();
     }
     let mut bob = client(&engine, "bob").await;
-    let joined = bob.join("r", Some((&epoch, 2))).await.unwrap();
+    let joined = bob.join("r", Some(Since::new(&epoch, 2))).await.unwrap();
     assert!(joined.recovered, "3..10 are kept, 8..10 only in the window");
     let mut replayed = Vec::new();
     while replayed.len() < 8 {
-        replayed.push(event_of(&mut bob, "message").await["seq"].as_u64().unwrap());
+        replayed.push(message(&mut bob).await.seq.unwrap());
     }
     assert_eq!(replayed, (3..=10).collect::<Vec<_>>());
     engine.shutdown().await;
@@ -135,14 +137,14 @@ async fn a_node_restarted_on_its_store_goes_on_in_the_same_epoch() {
     // A new broker: nothing of the room is in memory any more.
     let second = engine_on(&store).await;
     let mut bob = client(&second, "bob").await;
-    let joined = bob.join("r", Some((&epoch, 3))).await.unwrap();
+    let joined = bob.join("r", Some(Since::new(&epoch, 3))).await.unwrap();
     assert_eq!((joined.epoch.as_str(), joined.seq, joined.recovered), (epoch.as_str(), 5, true));
     for seq in [4, 5] {
-        assert_eq!(event_of(&mut bob, "message").await["seq"], seq);
+        assert_eq!(message(&mut bob).await.seq, Some(seq));
     }
     assert_eq!(bob.send("r", json!(6)).await.unwrap(), Some(6), "the next seq, not 1");
-    let page = bob.history("r", None, None, Some(50)).await.unwrap();
-    assert_eq!((page["epoch"].as_str(), seqs(&page)), (Some(epoch.as_str()), vec![1, 2, 3, 4, 5, 6]));
+    let page = bob.history("r", Query::latest(50)).await.unwrap();
+    assert_eq!((page.epoch.as_str(), seqs(&page)), (epoch.as_str(), vec![1, 2, 3, 4, 5, 6]));
     second.shutdown().await;
 }
 
@@ -154,10 +156,10 @@ async fn sent_means_committed_and_a_failed_commit_can_be_resent() {
     alice.join("r", None).await.unwrap();
     store.set_available(false);
     let err = alice.send_with("r", json!("kept?"), Some("k1"), false).await.unwrap_err();
-    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
     // Ordered and delivered, but not kept: the reply says so, and a resend with the key
     // stores it under its seq.
-    assert_eq!(event_of(&mut alice, "message").await["seq"], 1);
+    assert_eq!(message(&mut alice).await.seq, Some(1));
     assert!(store.is_empty());
     store.set_available(true);
     assert_eq!(alice.send_with("r", json!("kept?"), Some("k1"), false).await.unwrap(), Some(1));
@@ -177,15 +179,15 @@ async fn what_the_store_could_not_take_is_appended_once_it_is_back() {
     store.set_available(false);
     for n in 1..=2 {
         let err = alice.send("r", json!(n)).await.unwrap_err();
-        assert_eq!(err.code(), Some("unavailable"), "{err}");
-        assert_eq!(event_of(&mut alice, "message").await["seq"], n, "delivered, not kept");
+        assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
+        assert_eq!(message(&mut alice).await.seq, Some(n), "delivered, not kept");
     }
     store.set_available(true);
     chat_testkit::eventually("both appended", WAIT, || async { (store.len() == 2).then_some(()) }).await;
     for n in 3..=6 {
         alice.send("r", json!(n)).await.unwrap();
     }
-    let page = alice.history("r", None, None, Some(10)).await.unwrap();
+    let page = alice.history("r", Query::latest(10)).await.unwrap();
     assert_eq!(bodies(&page), vec![1, 2, 3, 4, 5, 6], "1 and 2 from the store, past the window of 3");
     engine.shutdown().await;
 }
@@ -242,16 +244,16 @@ async fn a_message_goes_out_once_kept() {
         (first, alice)
     });
     ordered(&broker, 1).await;
-    let page = watcher.history("r", None, None, Some(10)).await.unwrap();
+    let page = watcher.history("r", Query::latest(10)).await.unwrap();
     assert_eq!(seqs(&page), Vec::<u64>::new(), "not shown before it is kept");
     let late = client(&engine, "late").await;
     assert_eq!(late.join("r", None).await.unwrap().seq, 0, "a join is not placed after it either");
     gate.add_permits(100);
     let (first, alice) = tokio::time::timeout(WAIT, send).await.expect("sent in time").expect("task");
     assert_eq!(first, Ok(Some(1)));
-    assert_eq!(event_of(&mut watcher, "message").await["seq"], 1);
+    assert_eq!(message(&mut watcher).await.seq, Some(1));
     assert_eq!(alice.send("r", json!(2)).await.unwrap(), Some(2));
-    assert_eq!(event_of(&mut watcher, "message").await["seq"], 2);
+    assert_eq!(message(&mut watcher).await.seq, Some(2));
     engine.shutdown().await;
 }
 
@@ -267,9 +269,7 @@ async fn a_record_the_store_refuses_fails_only_its_sender() {
     for user in ["alice", "mallory", "bob"] {
         let sender = client(&engine, user).await;
         sender.join("r", None).await.unwrap();
-        sends.push(tokio::spawn(async move {
-            sender.send("r", json!(user)).await.map_err(|e| e.code().map(str::to_owned))
-        }));
+        sends.push(tokio::spawn(async move { sender.send("r", json!(user)).await.map_err(|e| e.code()) }));
     }
     ordered(&broker, 3).await;
     gate.add_permits(100);
@@ -277,7 +277,7 @@ async fn a_record_the_store_refuses_fails_only_its_sender() {
     for send in sends {
         outcomes.push(tokio::time::timeout(WAIT, send).await.expect("answered in time").expect("task").map(|_| ()));
     }
-    assert_eq!(outcomes, vec![Ok(()), Err(Some("internal".to_owned())), Ok(())]);
+    assert_eq!(outcomes, vec![Ok(()), Err(Some(ErrorCode::Internal)), Ok(())]);
     assert_eq!(store.store.len(), 2);
     engine.shutdown().await;
 }
@@ -304,26 +304,23 @@ async fn erased_messages_stay_as_tombstones() {
     assert!(!engine.erase_message(&r, 9).await.unwrap());
     assert_eq!(engine.erase_user("mallory").await.unwrap(), 3, "2 and 5 in r, 1 in s");
 
-    let page = alice.history("r", None, None, Some(10)).await.unwrap();
-    let shown: Vec<(u64, bool)> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["seq"].as_u64().unwrap(), m["deleted"] == true))
-        .collect();
+    let page = alice.history("r", Query::latest(10)).await.unwrap();
+    let shown: Vec<(u64, bool)> = page.messages.iter().map(|m| (m.seq.unwrap(), m.deleted)).collect();
     assert_eq!(shown, vec![(1, true), (2, true), (3, false), (4, false), (5, true), (6, false)]);
-    for m in page["messages"].as_array().unwrap() {
+    // On the wire, a tombstone has no body at all (the typed page shows it as `Null`).
+    let raw = alice.request(json!({"type": "history", "room": "r", "limit": 10})).await.unwrap();
+    for m in raw["messages"].as_array().unwrap() {
         assert_eq!(m.get("body").is_none(), m["deleted"] == true, "a tombstone has no body: {m}");
     }
     let mut bob = client(&engine, "bob").await;
-    assert!(bob.join("r", Some((&epoch, 3))).await.unwrap().recovered);
-    let replayed: Vec<Value> = vec![event_of(&mut bob, "message").await, event_of(&mut bob, "message").await];
-    assert_eq!((replayed[0]["seq"].as_u64(), replayed[0].get("body")), (Some(4), Some(&json!(4))));
-    assert_eq!((replayed[1]["seq"].as_u64(), &replayed[1]["deleted"]), (Some(5), &json!(true)));
+    assert!(bob.join("r", Some(Since::new(&epoch, 3))).await.unwrap().recovered);
+    let replayed = [message(&mut bob).await, message(&mut bob).await];
+    assert_eq!((replayed[0].seq, &replayed[0].body, replayed[0].deleted), (Some(4), &json!(4), false));
+    assert_eq!((replayed[1].seq, &replayed[1].body, replayed[1].deleted), (Some(5), &Value::Null, true));
     let s = alice.join("s", None).await;
     assert!(s.is_ok());
-    let other = alice.history("s", None, None, Some(10)).await.unwrap();
-    assert_eq!(other["messages"][0]["deleted"], true);
+    let other = alice.history("s", Query::latest(10)).await.unwrap();
+    assert!(other.messages[0].deleted);
     engine.shutdown().await;
 }
 
@@ -351,8 +348,8 @@ async fn a_resend_after_a_restart_gets_its_original_seq() {
         assert_eq!(alice.send_with("r", json!(n), Some(&key), false).await.unwrap(), Some(n), "{key}");
     }
     assert_eq!(alice.send_with("r", json!(5), Some("k5"), false).await.unwrap(), Some(5));
-    assert_eq!(event_of(&mut alice, "message").await["seq"], 5, "no resend was delivered again");
-    let page = alice.history("r", None, None, Some(50)).await.unwrap();
+    assert_eq!(message(&mut alice).await.seq, Some(5), "no resend was delivered again");
+    let page = alice.history("r", Query::latest(50)).await.unwrap();
     assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5]);
     second.shutdown().await;
 }

@@ -9,12 +9,15 @@
 //!
 //! * Server: [`TcpServer`] (bind, optional [`TlsConfig`], `run` until the engine shuts down),
 //!   or [`serve_connection`] for a stream accepted elsewhere.
-//! * Client: [`connect`], [`connect_tls`], [`connect_io`].
+//! * Client: [`connect`], [`connect_tls`], [`connect_io`], which fail with the core's
+//!   [`ClientError`](chat_core::client::ClientError) like every transport's client
+//!   ([`Error`] is the server side's).
 //! * Framing: [`FrameCodec`]; an oversized length prefix is refused (`frame_too_large`) on the
 //!   prefix alone, without reading or allocating its body.
 //!
 //! ```
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), chat_transport_tcp::Error> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use chat_core::client::Event;
 //! use chat_core::Engine;
 //! use chat_transport_tcp::{connect, TcpServer};
 //! use serde_json::json;
@@ -30,14 +33,13 @@
 //! let seq = alice.send("lobby", json!({"text": "hello over TCP"})).await?;
 //! assert_eq!(seq, Some(1));
 //! // Alice's own arrival, then her message, come back as events.
-//! let arrival = alice.next_event().await.expect("member_joined");
-//! assert_eq!(arrival["type"], "member_joined");
-//! let message = alice.next_event().await.expect("message");
-//! assert_eq!((message["seq"].as_u64(), &message["body"]["text"]), (Some(1), &json!("hello over TCP")));
+//! assert!(matches!(alice.next_event().await?, Event::MemberJoined(m) if m.user == "alice"));
+//! let Event::Message(message) = alice.next_event().await? else { panic!("a message") };
+//! assert_eq!((message.seq, &message.body["text"]), (Some(1), &json!("hello over TCP")));
 //!
 //! engine.shutdown().await;
-//! let bye = alice.next_event().await.expect("bye");
-//! assert_eq!((&bye["type"], &bye["reason"]), (&json!("bye"), &json!("shutdown")));
+//! let Event::Bye(bye) = alice.next_event().await? else { panic!("bye") };
+//! assert_eq!((bye.reason.as_str(), bye.reconnect), ("shutdown", true));
 //! # Ok(()) }
 //! ```
 

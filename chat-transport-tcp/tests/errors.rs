@@ -4,7 +4,8 @@
 mod common;
 
 use chat_core::auth::JwtAuthenticator;
-use chat_core::Engine;
+use chat_core::client::HistoryQuery;
+use chat_core::{Engine, ErrorCode};
 use chat_transport_tcp::connect;
 use common::{engine, serve, server, within, Raw};
 use serde_json::json;
@@ -51,10 +52,10 @@ async fn jwt_server() -> (JwtAuthenticator, std::net::SocketAddr) {
 async fn a_bad_token_is_unauthorized() {
     let (auth, addr) = jwt_server().await;
     let refused = within("the refusal", connect(addr, Some("mallory"), Some("not.a.token"))).await;
-    assert_eq!(refused.expect_err("refused").code(), Some("unauthorized"));
+    assert_eq!(refused.expect_err("refused").code(), Some(ErrorCode::Unauthorized));
     let foreign = JwtAuthenticator::new(b"another secret").issue("mallory", 60, None).expect("token");
     let refused = within("the refusal", connect(addr, None, Some(&foreign))).await;
-    assert_eq!(refused.expect_err("refused").code(), Some("unauthorized"));
+    assert_eq!(refused.expect_err("refused").code(), Some(ErrorCode::Unauthorized));
 
     // Raw: the error, then `bye unauthorized`, then the close.
     let mut raw = Raw::connect(addr).await;
@@ -73,7 +74,7 @@ async fn token_room_patterns_make_other_rooms_forbidden() {
     let token = auth.issue("alice", 60, Some(vec!["team-*".into()])).expect("token");
     let alice = within("welcome", connect(addr, None, Some(&token))).await.expect("welcome");
     let refused = within("join", alice.join("lobby", None)).await.expect_err("forbidden");
-    assert_eq!(refused.code(), Some("forbidden"));
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden));
     within("join", alice.join("team-a", None)).await.expect("an allowed room");
 }
 
@@ -108,19 +109,19 @@ async fn bad_frames_are_answered_and_the_connection_stays_usable() {
 async fn room_errors_are_not_fatal() {
     let (_engine, addr) = server().await;
     let alice = within("welcome", connect(addr, Some("alice"), None)).await.expect("welcome");
-    let code = |r: Result<_, chat_core::client::ClientError>| r.expect_err("an error").code().map(str::to_owned);
+    let code = |r: Result<_, chat_core::client::ClientError>| r.expect_err("an error").code();
 
     let bad = within("join", alice.join("no spaces allowed", None)).await;
-    assert_eq!(code(bad.map(drop)).as_deref(), Some("invalid_room"));
+    assert_eq!(code(bad.map(drop)), Some(ErrorCode::InvalidRoom));
     let too_long = within("join", alice.join(&"x".repeat(129), None)).await;
-    assert_eq!(code(too_long.map(drop)).as_deref(), Some("invalid_room"));
+    assert_eq!(code(too_long.map(drop)), Some(ErrorCode::InvalidRoom));
 
     let outsider = within("send", alice.send("lobby", json!("hi"))).await;
-    assert_eq!(code(outsider.map(drop)).as_deref(), Some("not_member"));
-    let outsider = within("history", alice.history("lobby", None, None, None)).await;
-    assert_eq!(code(outsider.map(drop)).as_deref(), Some("not_member"));
+    assert_eq!(code(outsider.map(drop)), Some(ErrorCode::NotMember));
+    let outsider = within("history", alice.history("lobby", HistoryQuery::default())).await;
+    assert_eq!(code(outsider.map(drop)), Some(ErrorCode::NotMember));
     let outsider = within("presence", alice.presence("lobby")).await;
-    assert_eq!(code(outsider.map(drop)).as_deref(), Some("not_member"));
+    assert_eq!(code(outsider.map(drop)), Some(ErrorCode::NotMember));
 
     within("join", alice.join("lobby", None)).await.expect("joined");
     assert_eq!(within("send", alice.send("lobby", json!("hi"))).await.expect("sent"), Some(1));
@@ -133,7 +134,7 @@ async fn a_body_over_max_body_is_too_large_but_not_fatal() {
     let alice = within("welcome", connect(addr, Some("alice"), None)).await.expect("welcome");
     within("join", alice.join("lobby", None)).await.expect("joined");
     let refused = within("send", alice.send("lobby", json!("x".repeat(100)))).await.expect_err("too large");
-    assert_eq!(refused.code(), Some("body_too_large"));
+    assert_eq!(refused.code(), Some(ErrorCode::BodyTooLarge));
     assert_eq!(within("send", alice.send("lobby", json!("small"))).await.expect("sent"), Some(1));
 }
 
@@ -153,9 +154,9 @@ async fn sends_over_the_rate_are_limited_but_not_fatal() {
         within("send", alice.send("lobby", json!("ok"))).await.expect("within the burst");
     }
     let refused = within("send", alice.send("lobby", json!("too fast"))).await.expect_err("rate limited");
-    assert_eq!(refused.code(), Some("rate_limited"));
+    assert_eq!(refused.code(), Some(ErrorCode::RateLimited));
     // Still usable: a request the bucket can pay for (history costs nothing here) goes through.
-    within("history", alice.history("lobby", None, None, None)).await.expect("history");
+    within("history", alice.history("lobby", HistoryQuery::default())).await.expect("history");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_core::client::Event;
 use chat_core::hooks::{DisconnectReason, SessionInfo};
 use chat_core::Engine;
 use chat_transport_tcp::connect;
@@ -112,10 +113,9 @@ async fn peers_dropping_mid_frame_do_not_disturb_others() {
     within("join", bob.join("lobby", None)).await.expect("joined");
     assert_eq!(within("send", alice.send("lobby", json!("still here"))).await.expect("sent"), Some(1));
     let message = loop {
-        let event = within("the message", bob.next_event()).await.expect("event");
-        if event["type"] == "message" {
-            break event;
+        if let Event::Message(m) = within("the message", bob.next_event()).await.expect("event") {
+            break m;
         }
     };
-    assert_eq!((&message["from"], &message["body"]), (&json!("alice"), &json!("still here")));
+    assert_eq!((message.from.as_str(), &message.body), ("alice", &json!("still here")));
 }

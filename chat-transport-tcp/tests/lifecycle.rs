@@ -5,19 +5,27 @@ mod common;
 
 use std::time::Duration;
 
-use chat_core::client::Client;
+use chat_core::client::{Bye, Client, ClientError, Event, Message};
 use chat_core::Engine;
 use chat_transport_tcp::{connect, connect_io, serve_connection, TcpServer};
 use common::{engine, serve, server, within, Raw};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The next event of `client` that is not a membership event.
-async fn next_non_member_event(client: &mut Client) -> Value {
+async fn next_non_member_event(client: &mut Client) -> Event {
     loop {
         let event = within("an event", client.next_event()).await.expect("an event, not the end");
-        if !matches!(event["type"].as_str(), Some("member_joined" | "member_left")) {
+        if !matches!(event, Event::MemberJoined(_) | Event::MemberLeft(_)) {
             return event;
         }
+    }
+}
+
+/// The next event of `client` that is not a membership event, which must be a message.
+async fn next_message(client: &mut Client) -> Message {
+    match next_non_member_event(client).await {
+        Event::Message(m) => m,
+        other => panic!("a message, not {other:?}"),
     }
 }
 
@@ -34,8 +42,8 @@ async fn shutdown_says_bye_and_closes_the_listener() {
 
     within("shutdown", engine.shutdown()).await;
     let bye = next_non_member_event(&mut alice).await;
-    assert_eq!(bye, json!({"type": "bye", "reason": "shutdown", "reconnect": true}));
-    assert_eq!(within("the end of events", alice.next_event()).await, None);
+    assert_eq!(bye, Event::Bye(Bye { reason: "shutdown".into(), reconnect: true }));
+    assert_eq!(within("the end of events", alice.next_event()).await, Err(ClientError::Closed));
     raw.expect_bye("shutdown").await;
 
     within("the accept loop to end", accepting).await.expect("no panic");
@@ -111,9 +119,8 @@ async fn every_member_sees_one_order() {
     for client in [&mut alice, &mut bob] {
         let mut messages = Vec::new();
         while messages.len() < 2 * EACH as usize {
-            let event = next_non_member_event(client).await;
-            assert_eq!(event["type"], "message", "{event}");
-            messages.push((event["seq"].as_u64().expect("seq"), event["body"].clone()));
+            let message = next_message(client).await;
+            messages.push((message.seq.expect("seq"), message.body));
         }
         seen.push(messages);
     }
@@ -141,7 +148,7 @@ async fn any_byte_stream_can_carry_a_session() {
     let mut alice = within("welcome", connect_io(client_end, Some("alice"), None)).await.expect("alice");
     within("join", alice.join("lobby", None)).await.expect("joined");
     assert_eq!(within("send", alice.send("lobby", json!(1))).await.expect("sent"), Some(1));
-    assert_eq!(next_non_member_event(&mut alice).await["body"], 1);
+    assert_eq!(next_message(&mut alice).await.body, 1);
 }
 
 #[cfg(feature = "tls")]
@@ -184,10 +191,10 @@ mod tls {
         let body = json!({"text": "x".repeat(10_000)});
         assert_eq!(within("send", alice.send("lobby", body.clone())).await.expect("sent"), Some(1));
         for client in [&mut alice, &mut bob] {
-            assert_eq!(next_non_member_event(client).await["body"], body);
+            assert_eq!(next_message(client).await.body, body);
         }
         within("shutdown", engine.shutdown()).await;
-        assert_eq!(next_non_member_event(&mut bob).await["reason"], "shutdown");
+        assert!(matches!(next_non_member_event(&mut bob).await, Event::Bye(bye) if bye.reason == "shutdown"));
     }
 
     #[tokio::test]

@@ -7,10 +7,10 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_core::auth::TokenClaims;
+use chat_core::client::{Bye, Event};
 use chat_core::{Engine, JwtAuthenticator};
 use chat_transport_tcp::connect;
 use common::{serve, within};
-use serde_json::json;
 
 #[tokio::test]
 async fn a_client_with_a_token_source_outlives_its_first_token() {
@@ -35,7 +35,7 @@ async fn a_client_with_a_token_source_outlives_its_first_token() {
     let token = auth.sign(&TokenClaims::new("alice", 0).expires_at(first_exp)).expect("a token");
     let mut control = within("welcome", connect(addr, None, Some(&token))).await.expect("control");
     let bye = tokio::time::timeout(Duration::from_secs(30), control.next_event()).await.expect("bye in time");
-    assert_eq!(bye, Some(json!({"type": "bye", "reason": "expired", "reconnect": true})));
+    assert_eq!(bye, Ok(Event::Bye(Bye { reason: "expired".into(), reconnect: true })));
     assert!(SystemTime::now().duration_since(UNIX_EPOCH).unwrap() >= Duration::from_secs(first_exp));
     // ...while alice refreshed in time and is still here, on a later expiry.
     within("a round trip", alice.sync()).await.expect("alice still connected");

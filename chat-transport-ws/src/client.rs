@@ -1,9 +1,12 @@
 //! The Rust client over WebSocket: [`connect`] (and [`connect_tls`]) open the socket with
 //! tokio-tungstenite, offering the `chat.v1` subprotocol, and hand it to the core's
-//! [`Client`], which holds all of the client's protocol logic.
+//! [`Client`], which holds all of the client's protocol logic. Every failure is the core's
+//! [`ClientError`], as over any transport: an unusable URL, an unreachable server or a failed
+//! TLS or WebSocket handshake is [`ClientError::Connect`], an upgrade answered with an HTTP
+//! error is [`ClientError::Rejected`].
 
 use bytes::Bytes;
-use chat_core::client::Client;
+use chat_core::client::{Client, ClientError};
 use futures::future::ready;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,7 +17,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::error::Error;
 use crate::options::SUBPROTOCOL;
 
 /// The client's WebSocket settings: small buffers (a load generator opens thousands of
@@ -24,8 +26,8 @@ fn config() -> WebSocketConfig {
 }
 
 /// The upgrade request for `url`, offering `chat.v1`.
-fn request(url: &str) -> Result<Request, Error> {
-    let mut request = url.into_client_request().map_err(|e| Error::Url(format!("{url}: {e}")))?;
+fn request(url: &str) -> Result<Request, ClientError> {
+    let mut request = url.into_client_request().map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
     request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
     Ok(request)
 }
@@ -46,12 +48,13 @@ fn request(url: &str) -> Result<Request, Error> {
 /// # engine.shutdown().await;
 /// # }
 /// ```
-pub async fn connect(url: &str, user: Option<&str>, token: Option<&str>) -> Result<Client, Error> {
+pub async fn connect(url: &str, user: Option<&str>, token: Option<&str>) -> Result<Client, ClientError> {
     let request = request(url)?;
     if request.uri().scheme_str() != Some("ws") {
-        return Err(Error::Url(format!("{url}: only ws:// here; wss:// goes through connect_tls")));
+        return Err(ClientError::Connect(format!("{url}: only ws:// here; wss:// goes through connect_tls")));
     }
-    let (socket, _response) = tokio_tungstenite::connect_async_with_config(request, Some(config()), true).await?;
+    let (socket, _response) =
+        tokio_tungstenite::connect_async_with_config(request, Some(config()), true).await.map_err(upgrade_failed)?;
     wrap(socket, user, token).await
 }
 
@@ -63,29 +66,33 @@ pub async fn connect_tls(
     user: Option<&str>,
     token: Option<&str>,
     tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
-) -> Result<Client, Error> {
+) -> Result<Client, ClientError> {
     use tokio_rustls::rustls::pki_types::ServerName;
 
     let request = request(url)?;
     let uri = request.uri();
     if uri.scheme_str() != Some("wss") {
-        return Err(Error::Url(format!("{url}: connect_tls needs a wss:// URL")));
+        return Err(ClientError::Connect(format!("{url}: connect_tls needs a wss:// URL")));
     }
-    let host = uri.host().ok_or_else(|| Error::Url(format!("{url}: no host")))?;
+    let host = uri.host().ok_or_else(|| ClientError::Connect(format!("{url}: no host")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    tcp.set_nodelay(true)?;
-    let name = ServerName::try_from(host).map_err(|e| Error::Tls(e.to_string()))?;
-    let stream =
-        tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| Error::Tls(e.to_string()))?;
-    let (socket, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config())).await?;
+    let cannot = |e: std::io::Error| ClientError::Connect(e.to_string());
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(cannot)?;
+    tcp.set_nodelay(true).map_err(cannot)?;
+    let name = ServerName::try_from(host).map_err(|e| ClientError::Connect(format!("tls: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ClientError::Connect(format!("tls: {e}")))?;
+    let (socket, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config())).await.map_err(upgrade_failed)?;
     wrap(socket, user, token).await
 }
 
 /// Hands an open WebSocket to the core's client: text messages are its frames (zero-copy);
 /// pings are answered by tungstenite as the stream is read; a close ends the stream.
-async fn wrap<S>(socket: WebSocketStream<S>, user: Option<&str>, token: Option<&str>) -> Result<Client, Error>
+async fn wrap<S>(socket: WebSocketStream<S>, user: Option<&str>, token: Option<&str>) -> Result<Client, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -100,5 +107,13 @@ where
     // The core's client writes JSON it encoded, or raw test frames: validated, never copied.
     let outbound = sink
         .with(|frame: Bytes| ready(Utf8Bytes::try_from(frame).map(Message::Text).map_err(tungstenite::Error::from)));
-    Ok(Client::connect(inbound, outbound, user, token).await?)
+    Client::connect(inbound, outbound, user, token).await
+}
+
+/// A failed WebSocket opening: an HTTP answer other than 101 is [`ClientError::Rejected`].
+fn upgrade_failed(e: tungstenite::Error) -> ClientError {
+    match e {
+        tungstenite::Error::Http(response) => ClientError::Rejected(response.status().as_u16()),
+        e => ClientError::Connect(format!("websocket: {e}")),
+    }
 }

@@ -8,7 +8,9 @@
 //! * [`WsServer`]: a standalone listener (plain or TLS), to which the host adds its own routes
 //!   (the example server's browser page at `GET /`).
 //! * [`connect`] / [`connect_tls`]: the Rust client, the core's
-//!   [`Client`](chat_core::client::Client) over a WebSocket.
+//!   [`Client`](chat_core::client::Client) over a WebSocket; they fail with the core's
+//!   [`ClientError`](chat_core::client::ClientError) like every transport's client ([`Error`]
+//!   is the server side's).
 //! * [`ConnectionHandler`] / [`router_with`]: the same WebSocket with something other than the
 //!   engine on each connection (the Autobahn testee's echo, `examples/autobahn-testee.rs`).
 //!
@@ -56,9 +58,8 @@
 //! let seq = alice.send("lobby", serde_json::json!({"text": "hello"})).await.unwrap();
 //! assert_eq!(seq, Some(1));
 //! loop {
-//!     let event = alice.next_event().await.unwrap();
-//!     if event["type"] == "message" {
-//!         assert_eq!(event["body"]["text"], "hello");
+//!     if let chat_core::client::Event::Message(message) = alice.next_event().await.unwrap() {
+//!         assert_eq!(message.body["text"], "hello");
 //!         break;
 //!     }
 //! }

@@ -4,7 +4,8 @@
 mod common;
 
 use chat_core::auth::JwtAuthenticator;
-use chat_core::Engine;
+use chat_core::client::{ClientError, HistoryQuery};
+use chat_core::{Engine, ErrorCode};
 use common::*;
 use futures::SinkExt;
 use serde_json::json;
@@ -87,7 +88,7 @@ async fn bad_token_is_unauthorized_and_room_patterns_are_forbidden() {
     let issuer = JwtAuthenticator::new(secret);
 
     let refused = connect_client(addr, Some("alice"), Some("not a token")).await.expect_err("refused");
-    assert_eq!(refused.code(), Some("unauthorized"), "{refused}");
+    assert_eq!(refused.code(), Some(ErrorCode::Unauthorized), "{refused}");
     // Over a raw connection: the error, `bye unauthorized`, the close.
     let mut ws = raw(addr).await;
     send_text(&mut ws, r#"{"type":"hello","id":1,"protocol":1,"user":"alice"}"#).await;
@@ -97,21 +98,21 @@ async fn bad_token_is_unauthorized_and_room_patterns_are_forbidden() {
     let alice = connect_client(addr, None, Some(&token)).await.expect("good token");
     assert_eq!(alice.welcome().user, "alice");
     let forbidden = alice.join("admin", None).await.unwrap_err();
-    assert_eq!(forbidden.code(), Some("forbidden"));
+    assert_eq!(forbidden.code(), Some(ErrorCode::Forbidden));
     alice.join("team-1", None).await.expect("allowed by the pattern");
     engine.shutdown().await;
 }
 
 /// The server's error code of a failed request.
-fn code<T>(r: Result<T, chat_core::client::ClientError>) -> Option<String> {
-    r.err().and_then(|e| e.code().map(str::to_owned))
+fn code<T>(r: Result<T, chat_core::client::ClientError>) -> Option<ErrorCode> {
+    r.err().and_then(|e| e.code())
 }
 
 async fn connect_client(
     addr: std::net::SocketAddr,
     user: Option<&str>,
     token: Option<&str>,
-) -> Result<chat_core::client::Client, chat_transport_ws::Error> {
+) -> Result<chat_core::client::Client, ClientError> {
     within(chat_transport_ws::connect(&url(addr), user, token)).await
 }
 
@@ -162,22 +163,22 @@ async fn room_errors_are_not_fatal() {
     let addr = serve(&engine).await;
     let mut alice = connect_client(addr, Some("alice"), None).await.unwrap();
 
-    assert_eq!(code(alice.join("not a room!", None).await).as_deref(), Some("invalid_room"));
-    assert_eq!(code(alice.send("lobby", json!("hi")).await).as_deref(), Some("not_member"));
-    assert_eq!(code(alice.history("lobby", None, None, None).await).as_deref(), Some("not_member"));
+    assert_eq!(code(alice.join("not a room!", None).await), Some(ErrorCode::InvalidRoom));
+    assert_eq!(code(alice.send("lobby", json!("hi")).await), Some(ErrorCode::NotMember));
+    assert_eq!(code(alice.history("lobby", HistoryQuery::default()).await), Some(ErrorCode::NotMember));
     alice.join("lobby", None).await.expect("still usable");
     let big = json!({ "text": "x".repeat(100) });
-    assert_eq!(code(alice.send("lobby", big).await).as_deref(), Some("body_too_large"));
+    assert_eq!(code(alice.send("lobby", big).await), Some(ErrorCode::BodyTooLarge));
     assert_eq!(alice.send("lobby", json!("first")).await.unwrap(), Some(1));
-    assert_eq!(code(alice.send("lobby", json!("too soon")).await).as_deref(), Some("rate_limited"));
+    assert_eq!(code(alice.send("lobby", json!("too soon")).await), Some(ErrorCode::RateLimited));
     alice.presence("lobby").await.expect("still usable after rate_limited");
-    assert_eq!(code(alice.send("lobby", json!("again")).await).as_deref(), Some("rate_limited"));
-    assert_eq!(code(alice.send("lobby", json!("and again")).await).as_deref(), Some("rate_limited"));
+    assert_eq!(code(alice.send("lobby", json!("again")).await), Some(ErrorCode::RateLimited));
+    assert_eq!(code(alice.send("lobby", json!("and again")).await), Some(ErrorCode::RateLimited));
     // Repeated abuse: the third strike in a row closes with protocol_error.
-    assert_eq!(code(alice.send("lobby", json!("once more")).await).as_deref(), Some("rate_limited"));
-    let bye = next_of_type(&mut alice, "bye").await;
-    assert_eq!(bye["reason"], "protocol_error");
-    assert!(within(alice.next_event()).await.is_none(), "closed after bye");
+    assert_eq!(code(alice.send("lobby", json!("once more")).await), Some(ErrorCode::RateLimited));
+    let bye = next_bye(&mut alice).await;
+    assert_eq!(bye.reason, "protocol_error");
+    assert_eq!(within(alice.next_event()).await, Err(ClientError::Closed), "closed after bye");
     engine.shutdown().await;
 }
 

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chat_core::client::Client;
+use chat_core::client::{Client, ClientError, Event, HistoryPage, Message, Presence};
 use chat_core::Engine;
 use chat_transport_tcp::TcpServer;
 use chat_transport_ws::{WsOptions, WsServer};
@@ -38,56 +38,58 @@ pub use chat_testkit::eventually;
 
 /// The next event of `client` matching `pred`, skipping others; fails after [`WAIT`] or if the
 /// connection closes first.
-pub async fn next_matching(client: &mut Client, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub async fn next_matching(client: &mut Client, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
     within(what, async {
         loop {
             match client.next_event().await {
-                Some(e) if pred(&e) => return e,
-                Some(_) => {}
-                None => panic!("connection closed while waiting for {what}"),
+                Ok(e) if pred(&e) => return e,
+                Ok(_) => {}
+                Err(e) => panic!("{e} while waiting for {what}"),
             }
         }
     })
     .await
 }
 
+/// The next message of `client` that `pred` accepts, skipping other events and messages.
+pub async fn next_message(client: &mut Client, what: &str, pred: impl Fn(&Message) -> bool) -> Message {
+    match next_matching(client, what, |e| matches!(e, Event::Message(m) if pred(m))).await {
+        Event::Message(m) => m,
+        other => unreachable!("a message: {other:?}"),
+    }
+}
+
 /// The next `n` stored messages of `room` that `client` receives (other events skipped).
-pub async fn messages(client: &mut Client, room: &str, n: usize) -> Vec<Value> {
+pub async fn messages(client: &mut Client, room: &str, n: usize) -> Vec<Message> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let what = format!("message {} of {n} in {room}", out.len() + 1);
-        out.push(next_matching(client, &what, |e| e["type"] == "message" && e["room"] == room).await);
+        match next_matching(client, &what, |e| matches!(e, Event::Message(m) if m.room == room)).await {
+            Event::Message(m) => out.push(m),
+            other => unreachable!("a message: {other:?}"),
+        }
     }
     out
 }
 
 /// Waits until the connection is closed (every event before the close is skipped).
 pub async fn closed(client: &mut Client, what: &str) {
-    within(what, async { while client.next_event().await.is_some() {} }).await
+    within(what, async { while client.next_event().await != Err(ClientError::Closed) {} }).await
 }
 
 /// A message reduced to what every member must agree on: (seq, from, body).
-pub fn key_of(m: &Value) -> (u64, String, Value) {
-    (
-        m["seq"].as_u64().expect("a stored message has a seq"),
-        m["from"].as_str().unwrap_or("").to_owned(),
-        m["body"].clone(),
-    )
+pub fn key_of(m: &Message) -> (u64, String, Value) {
+    (m.seq.expect("a stored message has a seq"), m.from.clone(), m.body.clone())
 }
 
 /// The messages of a `history` reply, reduced by [`key_of`].
-pub fn history_keys(page: &Value) -> Vec<(u64, String, Value)> {
-    page["messages"].as_array().expect("history has messages").iter().map(key_of).collect()
+pub fn history_keys(page: &HistoryPage) -> Vec<(u64, String, Value)> {
+    page.messages.iter().map(key_of).collect()
 }
 
 /// Presence members sorted by user, as (user, sessions).
-pub fn members(presence: &Value) -> Vec<(String, u64)> {
-    let mut m: Vec<(String, u64)> = presence["members"]
-        .as_array()
-        .expect("presence has members")
-        .iter()
-        .map(|m| (m["user"].as_str().unwrap_or("").to_owned(), m["sessions"].as_u64().unwrap_or(0)))
-        .collect();
+pub fn members(presence: &Presence) -> Vec<(String, u64)> {
+    let mut m: Vec<(String, u64)> = presence.members.iter().map(|m| (m.user.clone(), m.sessions)).collect();
     m.sort();
     m
 }

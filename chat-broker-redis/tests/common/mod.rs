@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chat_broker_redis::RedisBroker;
-use chat_core::client::Client;
+use chat_core::client::{Client, Event, Message, Reset};
 use chat_core::{ConnInfo, Engine, Inbound};
 use futures::StreamExt;
 use serde_json::Value;
@@ -60,13 +60,12 @@ pub async fn connect(engine: &Engine, user: &str) -> (Client, JoinHandle<()>) {
 #[allow(unused_imports)] // each test binary uses a different subset
 pub use chat_testkit::eventually;
 
-/// The next event matching `pred`, skipping others; panics after `within`.
-pub async fn next_matching(client: &mut Client, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+/// The next event that `pick` takes, skipping others; panics after `within`.
+pub async fn next_matching<T>(client: &mut Client, within: Duration, pick: impl Fn(Event) -> Option<T>) -> T {
     let found = tokio::time::timeout(within, async {
         loop {
-            let event = client.next_event().await.expect("connection open");
-            if pred(&event) {
-                return event;
+            if let Some(found) = pick(client.next_event().await.expect("connection open")) {
+                return found;
             }
         }
     })
@@ -74,13 +73,34 @@ pub async fn next_matching(client: &mut Client, within: Duration, pred: impl Fn(
     found.unwrap_or_else(|_| panic!("no matching event within {within:?}"))
 }
 
+/// A `reset` event, for [`next_matching`].
+pub fn reset(e: Event) -> Option<Reset> {
+    match e {
+        Event::Reset(r) => Some(r),
+        _ => None,
+    }
+}
+
+/// A `member_joined` (`true`) or `member_left` (`false`) event of `user`, for [`next_matching`].
+pub fn member(e: Event, user: &str, joined: bool) -> Option<()> {
+    match e {
+        Event::MemberJoined(m) if joined && m.user == user => Some(()),
+        Event::MemberLeft(m) if !joined && m.user == user => Some(()),
+        _ => None,
+    }
+}
+
 /// The next `n` stored `message` events of `room` (other events skipped): (seq, body).
 pub async fn messages(client: &mut Client, room: &str, n: usize, within: Duration) -> Vec<(u64, Value)> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let e =
-            next_matching(client, within, |e| e["type"] == "message" && e["room"] == room && e["seq"].is_u64()).await;
-        out.push((e["seq"].as_u64().unwrap_or_default(), e["body"].clone()));
+        out.push(
+            next_matching(client, within, |e| match e {
+                Event::Message(Message { room: r, seq: Some(seq), body, .. }) if r == room => Some((seq, body)),
+                _ => None,
+            })
+            .await,
+        );
     }
     out
 }

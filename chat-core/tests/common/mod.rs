@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_core::client::Client;
+use chat_core::client::{Client, Event, Message};
 use chat_core::{ConnInfo, Engine, Inbound};
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -32,18 +32,26 @@ pub async fn client(engine: &Engine, user: &str) -> Client {
 }
 
 /// The next event of `client`, parsed, within [`WAIT`].
-pub async fn event(client: &mut Client) -> Value {
-    tokio::time::timeout(WAIT, client.next_event()).await.expect("an event in time").expect("connection open")
+pub async fn event(client: &mut Client) -> Event {
+    tokio::time::timeout(WAIT, client.next_event()).await.expect("an event in time").expect("a valid event")
 }
 
-/// The next event of `client` whose type is `ty`, skipping others.
-pub async fn event_of(client: &mut Client, ty: &str) -> Value {
+/// The next event of `client` that `pick` takes, skipping others, each within [`WAIT`].
+pub async fn event_where<T>(client: &mut Client, pick: impl Fn(Event) -> Option<T>) -> T {
     loop {
-        let e = event(client).await;
-        if e["type"] == ty {
-            return e;
+        if let Some(found) = pick(event(client).await) {
+            return found;
         }
     }
+}
+
+/// The next `message` event of `client`, skipping other events.
+pub async fn message(client: &mut Client) -> Message {
+    event_where(client, |e| match e {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await
 }
 
 /// A raw connection: frames in, frames out, nothing done on our side.

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chat_core::client::{Client, Event};
 use chat_core::Engine;
 use chat_transport_ws::{WsOptions, WsServer};
 use futures::{SinkExt, StreamExt};
@@ -114,15 +115,32 @@ pub async fn expect_fatal(ws: &mut Raw, code: &str, reason: &str, close_code: u1
     assert_eq!(u16::from(close.code), close_code);
 }
 
-/// The next event of the core client whose `type` is `ty` (others are skipped).
-pub async fn next_of_type(client: &mut chat_core::client::Client, ty: &str) -> Value {
+/// The next event of the core client that `pick` takes (others are skipped).
+pub async fn next_where<T>(client: &mut Client, pick: impl Fn(Event) -> Option<T>) -> T {
     within(async {
         loop {
-            let event = client.next_event().await.expect("connection closed");
-            if event["type"] == ty {
-                return event;
+            if let Some(found) = pick(client.next_event().await.expect("connection open")) {
+                return found;
             }
         }
+    })
+    .await
+}
+
+/// The next `message` event of the core client.
+pub async fn next_message(client: &mut Client) -> chat_core::client::Message {
+    next_where(client, |e| match e {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await
+}
+
+/// The next `bye` event of the core client.
+pub async fn next_bye(client: &mut Client) -> chat_core::client::Bye {
+    next_where(client, |e| match e {
+        Event::Bye(bye) => Some(bye),
+        _ => None,
     })
     .await
 }
