@@ -6,8 +6,10 @@
 //! cargo run --example chat-client -- [--tcp ADDR | --ws URL] --user NAME [--token T] [ROOM...]
 //! ```
 //!
-//! Type a line to send it to the current room. Commands: `/join ROOM`, `/leave [ROOM]`,
-//! `/room ROOM` (switch the current room), `/history [N]`, `/who`, `/quit`.
+//! Type a line to send it to the current room. Commands: `/join ROOM`, `/dm USER [USER...]`
+//! (join, or start, the direct conversation with those users), `/leave [ROOM]`, `/room ROOM`
+//! (switch the current room), `/history [N]`, `/who`, `/quit`. A direct message for you in a
+//! conversation you are not in shows as an invite, with the `/dm` that answers it.
 //!
 //! Output is one line per event, so that programs can read it too:
 //!
@@ -95,7 +97,8 @@ enum Command {
 }
 
 impl Command {
-    fn parse(line: &str) -> Option<Command> {
+    /// `me`: this session's user (`/dm` names a conversation with it).
+    fn parse(line: &str, me: &str) -> Option<Command> {
         let line = line.trim_end_matches(['\r', '\n']);
         if line.trim().is_empty() {
             return None;
@@ -120,9 +123,20 @@ impl Command {
                 Ok(n) if n > 0 => Command::History(n),
                 _ => Command::Invalid(format!("/history takes a positive number, not {n:?}")),
             },
+            ("dm", None) => Command::Invalid("/dm needs one or more users".to_owned()),
+            ("dm", Some(users)) => {
+                let users = users.split_whitespace().chain([me]);
+                match chat_core::direct::room(users) {
+                    Some(room) => Command::Join(room.to_string()),
+                    None => Command::Invalid(format!(
+                        "no direct conversation between {me} and {arg:?}",
+                        arg = arg.unwrap_or("")
+                    )),
+                }
+            }
             ("who", _) => Command::Who,
             ("quit", _) => Command::Quit,
-            _ => Command::Invalid(format!("unknown command /{name} (try /join /leave /room /history /who /quit)")),
+            _ => Command::Invalid(format!("unknown command /{name} (try /join /dm /leave /room /history /who /quit)")),
         })
     }
 }
@@ -149,6 +163,8 @@ struct Lost;
 
 /// The client's state, kept across connections (the library keeps the connection itself).
 struct Chat {
+    /// The user the server says this session is (`welcome.user`; the command line's until then).
+    me: String,
     rooms: BTreeMap<String, RoomState>,
     current: Option<String>,
     /// Lines typed while disconnected, sent once connected again.
@@ -175,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut chat = Chat {
+        me: args.user.clone(),
         current: rooms.first().cloned(),
         rooms: rooms.into_iter().map(|r| (r, RoomState::default())).collect(),
         unsent: VecDeque::new(),
@@ -213,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             },
             line = input.next_line() => match line {
-                Ok(Some(line)) => match Command::parse(&line) {
+                Ok(Some(line)) => match Command::parse(&line, &chat.me) {
                     Some(Command::Quit) => return Ok(()),
                     Some(command) if client.client().is_some() => chat.run(&mut client, command).await,
                     Some(command) => {
@@ -264,6 +281,7 @@ impl Chat {
     /// chosen meanwhile, then send the lines typed offline.
     async fn on_connected(&mut self, client: &mut Reconnecting, done: Reconnected) -> Result<(), Lost> {
         println!("* connected to node {} as {}", done.welcome.node, done.welcome.user);
+        self.me = done.welcome.user.clone();
         self.bye = None;
         for (room, e) in &done.refused {
             println!("! [{room}] could not rejoin: {e}");
@@ -513,10 +531,20 @@ impl Chat {
             Event::MemberJoined(m) if self.rooms.contains_key(&m.room) => println!("* [{}] {} joined", m.room, m.user),
             Event::MemberLeft(m) if self.rooms.contains_key(&m.room) => println!("* [{}] {} left", m.room, m.user),
             Event::Invite(invite) => {
-                println!(
-                    "* [{}] {} wrote to you (#{}): /join {} to read it",
-                    invite.room, invite.from, invite.seq, invite.room
-                )
+                // A direct conversation is answered with `/dm` and its other users.
+                let peers = RoomName::new(&invite.room).ok().and_then(|room| {
+                    let users = chat_core::direct::users(&room)?;
+                    Some(users.into_iter().filter(|u| *u != self.me).collect::<Vec<_>>().join(" "))
+                });
+                let answer = match peers {
+                    Some(peers) => format!("/dm {peers}"),
+                    None => format!("/join {}", invite.room),
+                };
+                println!("* [{}] {} wrote to you (#{}): {answer} to read it", invite.room, invite.from, invite.seq)
+            }
+            Event::Kicked(kicked) => {
+                println!("* [{}] you were removed from the room", kicked.room);
+                self.forget(Some(kicked.room));
             }
             Event::Reset(reset) => {
                 if let Some(state) = self.rooms.get_mut(&reset.room) {

@@ -321,3 +321,37 @@ async fn the_terminal_client_reconnects_by_itself_and_misses_nothing() {
     again.shutdown().await;
     other.shutdown().await;
 }
+
+/// Two terminal clients on two nodes start and answer a direct conversation: `/dm bob` opens
+/// it, bob's client shows the invite with the command that answers it, `/dm alice` does, and
+/// the host's kick from a room shows as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_clients_start_and_answer_a_direct_conversation() {
+    let broker = MemoryBroker::new();
+    let engine = |id: &str| Engine::builder().node_id(id).broker(broker.clone()).build();
+    let a = Servers::start(engine("a").await.expect("engine")).await;
+    let b = Servers::start(engine("b").await.expect("engine")).await;
+    let (port_a, port_b) = (a.tcp.to_string(), b.tcp.to_string());
+    let mut alice = ChatClient::start("chat-client", &["--tcp", &port_a, "--user", "alice", "lobby"]);
+    let mut bob = ChatClient::start("chat-client", &["--tcp", &port_b, "--user", "bob", "lobby"]);
+    for term in [&mut alice, &mut bob] {
+        term.expect("the join", |l| l == "* [lobby] joined").await;
+    }
+    alice.type_line("/dm bob").await;
+    alice.expect("the conversation", |l| l == "* [dm:alice:bob] joined").await;
+    alice.type_line("psst").await;
+    alice.expect("its own line", |l| l == "[dm:alice:bob #1] alice: psst").await;
+    bob.expect("the invite", |l| l == "* [dm:alice:bob] alice wrote to you (#1): /dm alice to read it").await;
+    bob.type_line("/dm alice").await;
+    bob.expect("the message", |l| l == "[dm:alice:bob #1] alice: psst").await;
+    bob.type_line("what?").await;
+    alice.expect("the answer", |l| l == "[dm:alice:bob #2] bob: what?").await;
+
+    let lobby = chat_core::RoomName::new("lobby").expect("a room name");
+    a.engine.kick_from_room(&lobby, "bob").await.expect("kick");
+    bob.expect("the kick", |l| l == "* [lobby] you were removed from the room").await;
+    for mut term in [alice, bob] {
+        term.type_line("/quit").await;
+        assert!(term.exit().await, "chat-client exits cleanly on /quit");
+    }
+}

@@ -33,7 +33,9 @@ mod reconnect;
 /// Where a client left a room (`join` with `since`): the same type the server parses.
 pub use crate::protocol::Since;
 pub use error::{ClientError, ServerCode, ServerError};
-pub use event::{Bye, Event, HistoryPage, Invite, Joined, Member, Message, Presence, PresenceEntry, Reset, Unknown};
+pub use event::{
+    Bye, Event, HistoryPage, Invite, Joined, Kicked, Member, Message, Presence, PresenceEntry, Reset, Unknown,
+};
 pub use reconnect::{Backoff, ReconnectOptions, Reconnected, Reconnecting, Resent, Update};
 
 /// How long [`Client::connect`] waits for `welcome`.

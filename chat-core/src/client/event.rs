@@ -26,6 +26,8 @@ pub enum Event {
     /// A direct conversation this user is named in but not a member of got a message
     /// (`invite`).
     Invite(Invite),
+    /// The host removed this session from a room (`kicked`): it is no longer a member.
+    Kicked(Kicked),
     /// The server closes the connection (`bye`).
     Bye(Bye),
     /// An error that answers no request (`error` without `id`: a request sent without one,
@@ -63,6 +65,7 @@ impl Event {
             "member_joined" => Event::MemberJoined(from_slice(frame)?),
             "member_left" => Event::MemberLeft(from_slice(frame)?),
             "invite" => Event::Invite(from_slice(frame)?),
+            "kicked" => Event::Kicked(from_slice(frame)?),
             "bye" => Event::Bye(from_slice(frame)?),
             "error" => Event::Error(from_slice(frame)?),
             _ => Event::Unknown(Unknown { kind: head.ty, frame: Bytes::copy_from_slice(frame) }),
@@ -76,6 +79,7 @@ impl Event {
             Event::Reset(r) => Some(&r.room),
             Event::MemberJoined(m) | Event::MemberLeft(m) => Some(&m.room),
             Event::Invite(i) => Some(&i.room),
+            Event::Kicked(k) => Some(&k.room),
             Event::Bye(_) | Event::Error(_) | Event::Unknown(_) => None,
         }
     }
@@ -146,6 +150,14 @@ pub struct Invite {
     pub from: String,
     /// The message's seq.
     pub seq: u64,
+}
+
+/// The host removed this session from a room (`kicked`, PROTOCOL.md §4). The session stays
+/// connected and in its other rooms; joining again is up to the host's authorizer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Kicked {
+    /// The room.
+    pub room: String,
 }
 
 /// The server closes the connection (`bye`).
@@ -294,6 +306,7 @@ mod tests {
             parse(json!({"type":"invite","room":"dm:alice:bob","from":"alice","seq":12})),
             Event::Invite(Invite { room: "dm:alice:bob".into(), from: "alice".into(), seq: 12 })
         );
+        assert_eq!(parse(json!({"type":"kicked","room":"lobby"})), Event::Kicked(Kicked { room: "lobby".into() }));
         let bye = parse(json!({"type":"bye","reason":"shutdown","reconnect":true}));
         assert_eq!(bye, Event::Bye(Bye { reason: "shutdown".into(), reconnect: true }));
         let Event::Bye(bye) = bye else { panic!("bye") };

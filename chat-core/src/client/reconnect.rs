@@ -392,6 +392,11 @@ impl Reconnecting {
                 }
             }
             Event::Bye(bye) if !bye.reconnect => self.stopped = true,
+            // Out of the room: not rejoined on the next connection, and its unanswered
+            // sends are dropped with it (they would be refused).
+            Event::Kicked(k) => {
+                self.forget(&k.room);
+            }
             _ => {}
         }
     }
