@@ -200,11 +200,6 @@ impl Authenticator for AllowAnonymous {
     }
 }
 
-/// Seconds since the Unix epoch, by this machine's clock.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,24 +10,7 @@
 use crate::protocol::RoomName;
 
 /// The prefix of every direct conversation's name.
-pub const PREFIX: &str = "dm:";
-
-/// Whether `name` is valid as far as direct conversations go: it does not start with `dm:`,
-/// or names two or more distinct, non-empty users in ascending byte order after it.
-/// [`RoomName::is_valid`] checks this, so a malformed `dm:` name is no room at all.
-pub(crate) fn well_formed(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(PREFIX) else { return true };
-    let mut names = rest.split(':');
-    let Some(mut last) = names.next() else { return false };
-    let mut count = 1;
-    for next in names {
-        if last.is_empty() || next <= last {
-            return false; // empty, repeated or out of order
-        }
-        (last, count) = (next, count + 1);
-    }
-    count >= 2 && !last.is_empty()
-}
+pub const PREFIX: &str = crate::protocol::DIRECT_PREFIX;
 
 /// The users of `room` when it is a direct conversation (two or more, distinct, ascending);
 /// `None` for an ordinary room.
@@ -82,13 +65,12 @@ mod tests {
         for malformed in
             ["dm:alice", "dm:alice:alice", "dm:bob:alice", "dm:alice::bob", "dm::alice", "dm:alice:bob:", "dm:"]
         {
-            assert!(!well_formed(malformed), "{malformed}");
             assert!(RoomName::new(malformed).is_err(), "{malformed}");
         }
-        assert!(well_formed("dmx:alice") && well_formed("lobby"));
+        assert!(RoomName::is_valid("dmx:alice") && RoomName::is_valid("lobby"));
         assert_eq!(users(&RoomName::new("DM:alice").unwrap()), None, "the prefix is lowercase");
         // Byte order: uppercase sorts before lowercase.
-        assert!(well_formed("dm:Zed:alice") && !well_formed("dm:alice:Zed"));
+        assert!(RoomName::is_valid("dm:Zed:alice") && !RoomName::is_valid("dm:alice:Zed"));
     }
 
     #[test]

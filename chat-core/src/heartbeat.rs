@@ -12,14 +12,14 @@
 //! 10 s). Expiries are compared with the system clock's whole seconds: `exp` is a whole
 //! second, so `now >= exp` holds from `exp` on.
 
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
-use crate::engine::{Config, Inner, SessionEntry};
+use crate::config::Config;
 use crate::frames::encode_ping;
-use crate::outbox::Class;
+use crate::outbox::{Class, Outbox};
 use crate::protocol::ByeReason;
 
 /// Ticks per `min(heartbeat, handshake_timeout)`: the precision of pings, timeouts and
@@ -61,9 +61,38 @@ impl Clock {
         t.saturating_duration_since(self.epoch).as_nanos().div_ceil(self.tick.as_nanos()) as u32
     }
 
+    /// When the task ticks: its first tick, and the period.
+    pub(crate) fn schedule(&self) -> (Instant, Duration) {
+        (self.epoch + self.tick, self.tick)
+    }
+
     /// A tick as far after `now` as the wrap-around comparison allows.
     pub(crate) fn never(&self, now: Instant) -> u32 {
         self.index(now).wrapping_add(i32::MAX as u32)
+    }
+}
+
+/// A live session as the engine tracks it, from its first byte (so that shutdown reaches
+/// it) to its end.
+pub(crate) struct SessionEntry {
+    /// Set by `hello`.
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) outbox: Arc<Outbox>,
+    /// Heartbeat ticks with nothing received, and with nothing sent (see `heartbeat`).
+    pub(crate) quiet_in: u16,
+    pub(crate) quiet_out: u16,
+    /// One deadline, in a `u32` that fits in the entry's padding (an entry stays 32 bytes:
+    /// memory per idle connection). Until `hello` succeeds (`user` is `None`): the heartbeat
+    /// tick from which the session is past its handshake deadline (see `heartbeat::Clock`).
+    /// After it: when the identity expires, in seconds since the Unix epoch (good until 2106;
+    /// later expiries are kept as `u32::MAX`); 0: never.
+    pub(crate) until: u32,
+}
+
+impl SessionEntry {
+    /// Sets the identity's expiry (`None`: never), once `hello` succeeded.
+    pub(crate) fn set_expiry(&mut self, unix_secs: Option<u64>) {
+        self.until = unix_secs.map_or(0, |t| u32::try_from(t).unwrap_or(u32::MAX).max(1));
     }
 }
 
@@ -73,28 +102,14 @@ fn due(now: u32, at: u32) -> bool {
     now.wrapping_sub(at) as i32 >= 0
 }
 
-/// Starts the engine's heartbeat task. It ends with the engine (or its shutdown).
-pub(crate) fn spawn(inner: Weak<Inner>) {
-    let Some(strong) = inner.upgrade() else { return };
-    let (start, tick) = (strong.clock.epoch + strong.clock.tick, strong.clock.tick);
-    drop(strong);
-    tokio::spawn(async move {
-        let mut ticks = interval_at(start, tick);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(inner) = inner.upgrade() else { return };
-            if inner.shutdown.is_cancelled() {
-                return;
-            }
-            let now = inner.clock.index(Instant::now());
-            let unix_now = crate::auth::unix_now();
-            let per_heartbeat = inner.clock.per_heartbeat;
-            for session in inner.lock_sessions().values_mut() {
-                tick_session(session, now, unix_now, per_heartbeat);
-            }
-        }
-    });
+/// One tick of the engine's heartbeat task over every session: what is due happens (closes,
+/// pings). The task itself is the engine's (`engine::spawn_heartbeat`).
+pub(crate) fn tick<'a>(clock: &Clock, sessions: impl Iterator<Item = &'a mut SessionEntry>) {
+    let now = clock.index(Instant::now());
+    let unix_now = crate::time::unix_now();
+    for session in sessions {
+        tick_session(session, now, unix_now, clock.per_heartbeat);
+    }
 }
 
 fn tick_session(s: &mut SessionEntry, now: u32, unix_now: u64, per_heartbeat: u16) {
@@ -123,6 +138,12 @@ fn tick_session(s: &mut SessionEntry, now: u32, unix_now: u64, per_heartbeat: u1
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_entry_stays_small() {
+        // One per connection: the expiry lives in padding that was already there.
+        assert!(std::mem::size_of::<SessionEntry>() <= 32);
+    }
 
     fn clock(heartbeat_ms: u64, handshake_ms: u64) -> Clock {
         let config = Config {

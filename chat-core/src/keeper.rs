@@ -336,7 +336,7 @@ impl Origin for StoreOrigin {
     /// began or [`ORIGIN_KEYS_SCAN`] messages, whichever comes first (seqs follow the order
     /// of the servers' clocks closely enough that what lies further back is older).
     async fn keys(&self, room: &RoomName, at: &Position) -> Result<Vec<KeptKey>, BrokerError> {
-        let now = crate::session::now_ms();
+        let now = crate::time::now_ms();
         let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
         let since = now.saturating_sub(window);
         let mut keys = Vec::new();
@@ -410,7 +410,7 @@ mod tests {
     /// but those `unkeyed` says.
     async fn kept(n: u64, age: impl Fn(u64) -> u64, unkeyed: impl Fn(u64) -> bool) -> StoreOrigin {
         let store = crate::MemoryStore::new();
-        let now = crate::session::now_ms();
+        let now = crate::time::now_ms();
         let records: Vec<Record> = (1..=n)
             .map(|seq| Record {
                 room: RoomName::new("r").unwrap(),

@@ -37,6 +37,7 @@ pub mod auth;
 pub mod broker;
 mod bucket;
 pub mod client;
+mod config;
 pub mod direct;
 mod driver;
 mod engine;
@@ -52,6 +53,8 @@ pub mod protocol;
 mod rooms;
 mod session;
 pub mod store;
+mod time;
+mod transport;
 
 #[doc(hidden)]
 #[cfg(feature = "bench")]
@@ -74,10 +77,11 @@ pub use auth::{
 };
 pub use broker::memory::{MemoryBroker, MemoryStats};
 pub use broker::{Broker, BrokerError, BrokerNode};
-pub use driver::{ConnInfo, Inbound};
-pub use engine::{Config, Engine, EngineBuilder, EngineError, RequestCosts, Sender, Stats};
+pub use config::{Config, RequestCosts};
+pub use engine::{Engine, EngineBuilder, EngineError, Sender, Stats};
 pub use hooks::{Hooks, NoHooks};
 pub use limits::{ConnectionLimits, ConnectionPermit, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use protocol::{ByeReason, ErrorCode, RoomName};
 pub use store::memory::MemoryStore;
 pub use store::{Record, Retention, Store, StoreError};
+pub use transport::{ConnInfo, Inbound};

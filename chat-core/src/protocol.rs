@@ -66,13 +66,34 @@ impl RoomName {
         !name.is_empty()
             && name.len() <= MAX_ROOM_LEN
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@' | b'#'))
-            && crate::direct::well_formed(name)
+            && direct_well_formed(name)
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The prefix of every direct conversation's name (`chat_core::direct`).
+pub const DIRECT_PREFIX: &str = "dm:";
+
+/// Whether `name` is valid as far as direct conversations go: it does not start with `dm:`,
+/// or names two or more distinct, non-empty users in ascending byte order after it.
+/// [`RoomName::is_valid`] checks this, so a malformed `dm:` name is no room at all
+/// (PROTOCOL.md §4, `crate::direct`).
+fn direct_well_formed(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(DIRECT_PREFIX) else { return true };
+    let mut names = rest.split(':');
+    let Some(mut last) = names.next() else { return false };
+    let mut count = 1;
+    for next in names {
+        if last.is_empty() || next <= last {
+            return false; // empty, repeated or out of order
+        }
+        (last, count) = (next, count + 1);
+    }
+    count >= 2 && !last.is_empty()
 }
 
 impl fmt::Debug for RoomName {

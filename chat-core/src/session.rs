@@ -20,7 +20,6 @@ use futures::{Sink, Stream, StreamExt};
 use crate::auth::{Action, Credentials, Identity};
 use crate::broker::{BrokerError, HistoryQuery, Publication, Transient};
 use crate::bucket::TokenBucket;
-use crate::driver::{ConnInfo, Inbound, Writer};
 use crate::engine::Inner;
 use crate::frames::{
     encode_error, encode_history, encode_joined, encode_kicked, encode_left, encode_pong, encode_presence,
@@ -30,6 +29,7 @@ use crate::hooks::{DisconnectReason, SendDecision, SessionInfo};
 use crate::outbox::{Class, Outbox};
 use crate::protocol::{parse, ByeReason, ClientFrame, ErrorCode, Request, RoomName, Since, PROTOCOL_VERSION};
 use crate::rooms::{message_frame, LocalRoom};
+use crate::transport::{ConnInfo, Inbound, Writer};
 
 /// A request's failure: the error frame to send.
 struct Failure {
@@ -56,11 +56,6 @@ impl From<BrokerError> for Failure {
             ),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch (0 for a clock set before it).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The most requests handled in a row before the writer runs (see `Session::run`).
@@ -620,7 +615,7 @@ impl Session {
             },
             Err(_) => body,
         };
-        let publication = Publication { from: self.user.clone(), ts: now_ms(), body };
+        let publication = Publication { from: self.user.clone(), ts: crate::time::now_ms(), body };
         let seq = if ephemeral {
             self.inner.broker.broadcast(&room, Transient::Message(publication)).await?;
             None

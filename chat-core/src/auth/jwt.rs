@@ -5,7 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{unix_now, valid_user_name, AuthError, Authenticator, Credentials, Identity};
+use super::{valid_user_name, AuthError, Authenticator, Credentials, Identity};
+use crate::time::unix_now;
 
 /// HS256 JSON Web Tokens: `sub` is the user, `exp` is required and enforced (and becomes the
 /// identity's [`expires`](Identity::expires): the session ends then unless refreshed), `nbf`
