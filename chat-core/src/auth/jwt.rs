@@ -35,20 +35,20 @@
 //!   decoded.
 //! - Exactly three segments, each base64url without padding, canonical (no `=`, no characters
 //!   outside the URL-safe alphabet, no non-zero trailing bits: one token, one encoding).
-//! - The header is a JSON object whose `alg` is exactly `"HS256"` (`none`, `HS384`, `RS256`,
-//!   a missing `alg`... are refused); `typ`, when present, must be `"JWT"` (compared without
-//!   regard to case, as media types are), so that other kinds of tokens signed with the same
-//!   secret (RFC 9068's `at+jwt`, say) are not taken for these; a `crit` header is refused,
-//!   since no extension is understood (RFC 7515 §4.1.11). Other header parameters (`kid`...)
-//!   are ignored.
+//! - The header is a JSON object, all of it UTF-8 (RFC 7515 §5.2), whose `alg` is exactly
+//!   `"HS256"` (`none`, `HS384`, `RS256`, a missing `alg`... are refused); `typ`, when present,
+//!   must be `"JWT"` (compared without regard to case, as media types are), so that other kinds
+//!   of tokens signed with the same secret (RFC 9068's `at+jwt`, say) are not taken for these;
+//!   a `crit` header is refused, since no extension is understood (RFC 7515 §4.1.11). Other
+//!   header parameters (`kid`...) are ignored.
 //! - The signature is checked (HMAC-SHA256 over the first two segments as sent, compared in
 //!   constant time) before the payload is decoded at all.
-//! - The payload is a JSON object with no duplicate registered claims: `sub` (a string, a
-//!   [valid user name](super::valid_user_name)), `exp` (an integer, required), `nbf`, `iss`
-//!   (a string), `aud` (a string or an array of strings) and `rooms` (an array of strings, or
-//!   null for no limit), with the rules of [`JwtAuthenticator`]. Other claims are ignored.
-//!   Unlike `jsonwebtoken`, an `iss` that is an array is refused: RFC 7519 §4.1.1 makes it a
-//!   single string.
+//! - The payload is a JSON object, all of it UTF-8, with no duplicate registered claims: `sub`
+//!   (a string, a [valid user name](super::valid_user_name)), `exp` (an integer, required),
+//!   `nbf`, `iss` (a string), `aud` (a string or an array of strings) and `rooms` (an array of
+//!   strings, or null for no limit), with the rules of [`JwtAuthenticator`]. Other claims are
+//!   ignored. Unlike `jsonwebtoken`, an `iss` that is an array is refused: RFC 7519 §4.1.1
+//!   makes it a single string.
 //!
 //! [`JwtAuthenticator::sign`] writes the header `{"typ":"JWT","alg":"HS256"}` and the claims in
 //! [`TokenClaims`]' field order, so its tokens are byte for byte those `jsonwebtoken` made (the
@@ -242,14 +242,16 @@ fn segment(b64: &str, what: &str) -> Result<Vec<u8>, String> {
     URL_SAFE_NO_PAD.decode(b64).map_err(|e| format!("the {what} is not base64url: {e}"))
 }
 
-/// Parses a JSON object; anything else (an array, which serde would take for a struct too, a
-/// string...) is refused.
+/// Parses a JSON object in UTF-8; anything else (an array, which serde would take for a struct
+/// too, a string...) is refused. The whole text is checked to be UTF-8 first: serde_json skips
+/// the members a struct ignores without looking at their bytes (RFC 7515 §5.2 wants the
+/// header a valid UTF-8 JSON object; the fuzz target `jwt` found that this was missing).
 fn object<'a, T: Deserialize<'a>>(json: &'a [u8], what: &str) -> Result<T, String> {
-    let first = json.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    if first != Some(&b'{') {
+    let json = std::str::from_utf8(json).map_err(|_| format!("the {what} is not UTF-8"))?;
+    if !json.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
         return Err(format!("the {what} is not a JSON object"));
     }
-    serde_json::from_slice(json).map_err(|e| format!("the {what} is not valid: {e}"))
+    serde_json::from_str(json).map_err(|e| format!("the {what} is not valid: {e}"))
 }
 
 impl JwtAuthenticator {
@@ -683,13 +685,32 @@ mod tests {
         ] {
             assert!(auth.verify(&forge(HS256, &raw, b"k"), unix_now()).is_err(), "{raw}");
         }
-        // Invalid UTF-8 in the payload.
-        let mut input = format!("{}.", URL_SAFE_NO_PAD.encode(HS256));
-        URL_SAFE_NO_PAD.encode_string(b"{\"sub\":\"b\xffb\",\"exp\":9999999999}", &mut input);
-        let mut mac = HmacSha256::new_from_slice(b"k").unwrap();
-        mac.update(input.as_bytes());
-        let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes().as_slice()));
-        assert!(refusal(&auth, &token).contains("payload"));
+    }
+
+    #[test]
+    fn header_and_payload_must_be_utf8_even_in_ignored_members() {
+        let auth = JwtAuthenticator::new(b"k");
+        let forge_bytes = |header: &[u8], payload: &[u8]| {
+            let mut input = URL_SAFE_NO_PAD.encode(header);
+            input.push('.');
+            URL_SAFE_NO_PAD.encode_string(payload, &mut input);
+            let mut mac = HmacSha256::new_from_slice(b"k").unwrap();
+            mac.update(input.as_bytes());
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes().as_slice()))
+        };
+        let header = br#"{"alg":"HS256","kid":"k1"}"#;
+        let claims = br#"{"sub":"bob","exp":9999999999,"x":"y"}"#;
+        assert!(auth.verify(&forge_bytes(header, claims), unix_now()).is_ok());
+        // The fuzz target's finding: an unknown header member with a byte that is not UTF-8.
+        let mut h = header.to_vec();
+        h.insert(h.len() - 4, 0xBE);
+        assert_eq!(refusal(&auth, &forge_bytes(&h, claims)), "the header is not UTF-8");
+        let mut p = claims.to_vec();
+        p.insert(p.len() - 3, 0xFF);
+        assert_eq!(refusal(&auth, &forge_bytes(header, &p)), "the payload is not UTF-8");
+        let mut p = claims.to_vec();
+        p.insert(9, 0xFF);
+        assert_eq!(refusal(&auth, &forge_bytes(header, &p)), "the payload is not UTF-8", "in sub");
     }
 
     #[test]
