@@ -150,3 +150,22 @@ put("http_upgrade", "keep-alive", req([b"Host: x", b"Connection: keep-alive, Upg
 put("http_upgrade", "not-found", req([b"Host: x"], path=b"/") + req(UP))
 put("http_upgrade", "chunked", req([b"Host: x", b"Transfer-Encoding: chunked"], method=b"POST", tail=b"2\r\nab\r\n0\r\n\r\n"))
 put("http_upgrade", "folded", b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n  , h2c\r\n\r\n")
+
+# jwt: [mode] + a token (bit 0 clear), or + header 0xFF payload, signed by the target (bit 0
+# set); bit 1 requires iss and aud.
+def b64(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+JWT_HEADER = J({"typ": "JWT", "alg": "HS256"})
+CLAIMS = {"sub": "alice", "exp": 4102444800, "rooms": ["lobby", "team-*"]}
+put("jwt", "token", b"\x00" + b64(JWT_HEADER) + b"." + b64(J(CLAIMS)) + b"." + b64(b"\x00" * 32))
+put("jwt", "alg-none", b"\x00" + b64(J({"alg": "none"})) + b"." + b64(J(CLAIMS)) + b".")
+put("jwt", "signed", b"\x01" + JWT_HEADER + b"\xff" + J(CLAIMS))
+put("jwt", "signed-strict", b"\x03" + JWT_HEADER + b"\xff" + J(dict(CLAIMS, iss="https://id.example.com", aud=["billing", "chat"])))
+put("jwt", "signed-nbf-kid", b"\x01" + J({"alg": "HS256", "kid": "k1"}) + b"\xff" + J(dict(CLAIMS, nbf=1700000000, iat=1700000000)))
+put("jwt", "signed-crit", b"\x01" + J({"alg": "HS256", "crit": ["b64"], "b64": False}) + b"\xff" + J(CLAIMS))
+put("jwt", "signed-expired", b"\x01" + JWT_HEADER + b"\xff" + J(dict(CLAIMS, exp=1300819380)))
+put("jwt", "signed-duplicate-sub", b"\x01" + JWT_HEADER + b"\xff" + b'{"sub":"alice","sub":"bob","exp":4102444800}')
+# What the first run found: a byte that is not UTF-8 in a header member the verifier ignores.
+put("jwt", "crash-kid-not-utf8", b"\x01" + b'{"alg":"HS256","kid":"\xbek1"}' + b"\xff" + J(CLAIMS))
+put("jwt", "signed-huge-number", b"\x01" + JWT_HEADER + b"\xff" + b'{"sub":"alice","exp":4102444800,"x":1e400}')

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../fuzz"
 
 seconds="${1:-30}"
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets=(tcp_frame ws_frame http_upgrade chat_frame session inflate)
+targets=(tcp_frame ws_frame http_upgrade chat_frame session inflate jwt)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz"
