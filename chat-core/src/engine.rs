@@ -304,9 +304,11 @@ impl EngineBuilder {
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone(), self.config.max_rooms));
         let sink: Arc<dyn DeliverySink> = Arc::new(RoomsSink(rooms.clone()));
-        let keeper = self.store.map(|s| Keeper::new(s, self.config.store_batch, self.config.store_queue));
+        let store = self.store.map(crate::metered::store);
+        let keeper = store.map(|s| Keeper::new(s, self.config.store_batch, self.config.store_queue));
         let broker_node =
             broker.attach(&node, sink, keeper.as_ref().map(|k| k.origin(self.config.idempotency_window))).await?;
+        let broker_node = crate::metered::node(broker_node);
         let retention = keeper.as_ref().map(|k| k.store().clone());
         let keeps = keeper.is_some();
         let broker_node: Arc<dyn BrokerNode> = match keeper {

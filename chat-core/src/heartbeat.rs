@@ -80,6 +80,8 @@ pub(crate) fn spawn(inner: Weak<Inner>) {
     tokio::spawn(async move {
         let mut ticks = interval_at(start, tick);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The gauges this engine adds to (`crate::metrics`), taken back when the task ends.
+        let mut sampled = crate::metrics::Sampled::default();
         loop {
             ticks.tick().await;
             let Some(inner) = inner.upgrade() else { return };
@@ -89,9 +91,13 @@ pub(crate) fn spawn(inner: Weak<Inner>) {
             let now = inner.clock.index(Instant::now());
             let unix_now = crate::auth::unix_now();
             let per_heartbeat = inner.clock.per_heartbeat;
+            let mut gauges = crate::metrics::Gauges::default();
             for session in inner.lock_sessions().values_mut() {
                 tick_session(session, now, unix_now, per_heartbeat);
+                gauges.add(session);
             }
+            gauges.rooms(inner.rooms.len());
+            sampled.update(gauges);
         }
     });
 }

@@ -45,6 +45,8 @@ pub mod hooks;
 pub mod io;
 mod keeper;
 mod limits;
+mod metered;
+pub mod metrics;
 mod outbox;
 pub mod protocol;
 mod rooms;

@@ -102,7 +102,11 @@ impl LocalRoom {
     /// Whether one more membership event may go out from this node now (`rate` per second,
     /// `burst` at once; rate 0: always).
     pub(crate) fn allow_member_event(&self, rate: u32, burst: u32) -> bool {
-        lock(&self.state).member_events.take(1, rate, burst)
+        let allowed = lock(&self.state).member_events.take(1, rate, burst);
+        if !allowed {
+            crate::metrics::dropped("member_event_rate", 1);
+        }
+        allowed
     }
 
     /// The epoch and the last seq this node delivered.
@@ -125,6 +129,7 @@ fn push_to(members: &mut [Member], item: &Pending) {
         _ => u64::MAX,
     };
     let reset = matches!(item, Pending::Reset(_));
+    let mut reached = 0;
     for m in members {
         match &mut m.pending {
             Some(buffer) => buffer.push(item.clone()),
@@ -133,10 +138,12 @@ fn push_to(members: &mut [Member], item: &Pending) {
                 if reset {
                     m.floor = 0;
                 }
-                m.outbox.push(frame.clone(), class);
+                reached += usize::from(m.outbox.push(frame.clone(), class));
             }
         }
     }
+    // Once per fan-out, not per member (`chat_deliveries_total`).
+    crate::metrics::delivered(reached);
 }
 
 /// The node's rooms.
