@@ -285,21 +285,23 @@ mod on {
 
     /// What one engine has added to the sampled gauges: each tick adds the change, and the
     /// engine's heartbeat task takes it all back when it ends (this is dropped), so that the
-    /// engines of one process add up.
+    /// engines of one process add up. The first tick touches every gauge, so that each is
+    /// exported from then on, zeros included.
     #[derive(Debug, Default)]
-    pub(crate) struct Sampled(Gauges);
+    pub(crate) struct Sampled(Option<Gauges>);
 
     impl Sampled {
         /// Moves the gauges from what this engine added last to `now`.
         pub(crate) fn update(&mut self, now: Gauges) {
-            let before = std::mem::replace(&mut self.0, now);
+            let first = self.0.is_none();
+            let before = self.0.replace(now).unwrap_or_default();
             for (key, was, is) in [
                 (&SESSIONS_KEY, before.sessions, now.sessions),
                 (&ROOMS_KEY, before.rooms, now.rooms),
                 (&OUTBOX_FRAMES_KEY, before.frames, now.frames),
                 (&OUTBOX_BYTES_KEY, before.bytes, now.bytes),
             ] {
-                if was != is {
+                if was != is || first {
                     gauge(key).increment(is as f64 - was as f64);
                 }
             }
