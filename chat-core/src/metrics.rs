@@ -14,7 +14,7 @@
 //! | `chat_rooms` | gauge | – | rooms with members on this node (sampled) |
 //! | `chat_joins_total` | counter | – | successful `join`s (a join of a room the session is in already not counted) |
 //! | `chat_messages_stored_total` | counter | – | messages this node's sessions sent that the broker ordered and stored (a keyed resend answered as a duplicate not counted) |
-//! | `chat_deliveries_total` | counter | – | frames fan-out queued for this node's live members: stored and ephemeral messages, membership events, resets (not replies, history pages or recovery replays) |
+//! | `chat_deliveries_total` | counter | – | frames fan-out handed to the outboxes of this node's live members: stored and ephemeral messages, membership events, resets (not replies, history pages or recovery replays; what an outbox then drops is also in `chat_dropped_total`) |
 //! | `chat_dropped_total` | counter | `reason` | frames that did not reach a member: `ephemeral` (an ephemeral message dropped, its member's outbox being half full), `slow_consumer` (what a session closed as a slow consumer had queued, and the event that overflowed it), `member_event_rate` (a `member_joined` / `member_left` over its room's rate) |
 //! | `chat_closes_total` | counter | `reason` | connections the server closed, by `bye` reason (`slow_consumer`, `timeout`, `expired`, `kicked`, `shutdown`, `protocol_error`, `unauthorized`), and connections whose peer went away first (`peer_gone`) |
 //! | `chat_outbox_queued_frames` | gauge | – | outbound frames queued for all sessions, or being written (sampled) |
@@ -89,7 +89,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (ROOMS, Kind::Gauge, "Rooms with members on this node (sampled by the heartbeat task)."),
     (JOINS, Kind::Counter, "Successful joins."),
     (MESSAGES_STORED, Kind::Counter, "Messages sent here that the broker ordered and stored."),
-    (DELIVERIES, Kind::Counter, "Frames fan-out queued for live members."),
+    (DELIVERIES, Kind::Counter, "Frames fan-out handed to live members' outboxes."),
     (DROPPED, Kind::Counter, "Frames that did not reach a member, by reason."),
     (CLOSES, Kind::Counter, "Connections closed, by bye reason (peer_gone: the peer left first)."),
     (OUTBOX_FRAMES, Kind::Gauge, "Outbound frames queued for all sessions (sampled)."),
