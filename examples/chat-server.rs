@@ -158,7 +158,10 @@ async fn serve_metrics(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(chat_engine::core::metrics::STORE_APPEND_RECORDS.into()), RECORDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(chat_engine::core::metrics::STORE_APPEND_RECORDS.into()),
+            RECORDS_BUCKETS,
+        )?
         .install_recorder()
         .context("installing the metrics recorder")?;
     chat_engine::core::metrics::describe();

@@ -34,8 +34,11 @@ fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Scrapes until every `(series, predicate)` holds; fails after [`WAIT`] with the last scrape.
-async fn until(addr: SocketAddr, what: &str, checks: &[(&str, fn(f64) -> bool)]) -> String {
+/// A series and what its value must satisfy.
+type Check<'a> = (&'a str, fn(f64) -> bool);
+
+/// Scrapes until every check holds; fails after [`WAIT`] with the last scrape.
+async fn until(addr: SocketAddr, what: &str, checks: &[Check<'_>]) -> String {
     let mut last = String::new();
     let found = tokio::time::timeout(WAIT, async {
         loop {

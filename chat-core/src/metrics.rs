@@ -241,8 +241,7 @@ mod on {
                 }
             };
             let label = name_of(index as u8);
-            with_recorder(|r| r.register_counter(&labelled(CONNECTIONS_TOTAL, "transport", label), &META))
-                .increment(1);
+            with_recorder(|r| r.register_counter(&labelled(CONNECTIONS_TOTAL, "transport", label), &META)).increment(1);
             with_recorder(|r| r.register_gauge(&labelled(CONNECTIONS, "transport", label), &META)).increment(1.0);
             Connection(index as u8)
         }
@@ -393,7 +392,6 @@ mod off {
 
     pub(crate) fn session_started() {}
     pub(crate) fn joined() {}
-    pub(crate) fn stored() {}
     #[inline(always)]
     pub(crate) fn delivered(_: usize) {}
     pub(crate) fn dropped_ephemeral() {}
@@ -409,9 +407,13 @@ mod off {
         }
     }
 
+    impl Drop for Connection {
+        fn drop(&mut self) {}
+    }
+
     /// Nothing to sample.
     #[derive(Default)]
-    pub(crate) struct Gauges;
+    pub(crate) struct Gauges(());
 
     impl Gauges {
         pub(crate) fn add(&mut self, _: &SessionEntry) {}
@@ -419,13 +421,11 @@ mod off {
     }
 
     #[derive(Default)]
-    pub(crate) struct Sampled;
+    pub(crate) struct Sampled(());
 
     impl Sampled {
         pub(crate) fn update(&mut self, _: Gauges) {}
     }
-
-    pub(crate) fn append_records(_: usize) {}
 }
 
 #[cfg(all(test, feature = "metrics"))]
