@@ -2,7 +2,10 @@
 //! encoding a `message`, in-process fan-out to 10 / 1,000 / 10,000 members (time per delivery),
 //! and `MemoryBroker` publish.
 //!
-//! Run: `cargo bench --bench hot_paths` (add `-- fanout` to run one group).
+//! Run: `cargo bench --bench hot_paths` (add `-- fanout` to run one group). With
+//! `CHAT_BENCH_RECORDER=prometheus` in the environment, the Prometheus recorder of the example
+//! server is installed first, so that the engine's metrics are recorded as in production
+//! (without it, no recorder: each recording finds none).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -129,5 +132,14 @@ fn send_through_driver(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse_send, encode, fanout, broker_publish, send_through_driver);
+/// Installs the Prometheus recorder when `CHAT_BENCH_RECORDER=prometheus` (see the top).
+fn recorder(_: &mut Criterion) {
+    if std::env::var("CHAT_BENCH_RECORDER").is_ok_and(|v| v == "prometheus") {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder();
+        let _handle = recorder.expect("a recorder, installed once");
+        chat_core::metrics::describe();
+    }
+}
+
+criterion_group!(benches, recorder, parse_send, encode, fanout, broker_publish, send_through_driver);
 criterion_main!(benches);

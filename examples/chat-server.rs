@@ -9,8 +9,12 @@
 //! # then open http://127.0.0.1:7071/ in two browser tabs
 //! ```
 //!
-//! Once both listeners accept it prints one line on stdout, `listening tcp=ADDR ws=ADDR`, so
-//! that scripts and tests can start it on port 0 and read the real ports. Logs go to stderr
+//! With `--metrics ADDR` it also serves the engine's metrics (`chat_core::metrics` lists them)
+//! to Prometheus at `http://ADDR/metrics`, through `metrics-exporter-prometheus`.
+//!
+//! Once the listeners accept it prints one line on stdout, `listening tcp=ADDR ws=ADDR` (and
+//! ` metrics=ADDR` with `--metrics`), so that scripts and tests can start it on port 0 and read
+//! the real ports. Logs go to stderr
 //! (`RUST_LOG=debug` for more). Ctrl-C or SIGTERM shuts it down gracefully: every client gets
 //! `bye shutdown` (and comes back, with `since`, to the next server on the same address).
 
@@ -120,6 +124,17 @@ struct Args {
     /// `hello` included). Default 10,000.
     #[arg(long)]
     handshake_timeout_ms: Option<u64>,
+    /// Serve metrics for Prometheus at http://ADDR/metrics (port 0 picks a free port; the
+    /// `listening` line names it as `metrics=ADDR`). Counters: chat_connections_total{transport},
+    /// chat_sessions_total, chat_joins_total, chat_messages_stored_total,
+    /// chat_deliveries_total, chat_dropped_total{reason}, chat_closes_total{reason},
+    /// chat_broker_errors_total{op}, chat_store_errors_total{op}. Gauges:
+    /// chat_connections{transport}, chat_sessions, chat_rooms, chat_outbox_queued_frames,
+    /// chat_outbox_queued_bytes. Histograms: chat_broker_call_duration_seconds{op},
+    /// chat_store_call_duration_seconds{op}, chat_store_append_records. Off by default; bind it
+    /// where only your Prometheus reaches it.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// A limit of at least 1 (0 would refuse every connection, not lift the limit).
@@ -129,6 +144,49 @@ fn at_least_one(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Buckets of the latency histograms (`*_seconds`), from 100 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Buckets of `chat_store_append_records`: records per commit, up to the default batch.
+const RECORDS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Installs the Prometheus recorder and serves `GET /metrics` on `addr`; returns the bound
+/// address. Must run before the engine is built, so that nothing it records is missed.
+async fn serve_metrics(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(chat_engine::core::metrics::STORE_APPEND_RECORDS.into()),
+            RECORDS_BUCKETS,
+        )?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    chat_engine::core::metrics::describe();
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics {addr}"))?;
+    let bound = listener.local_addr()?;
+    // Histograms are kept in windows that upkeep rolls over: without it they grow.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let render = move || {
+        let handle = handle.clone();
+        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
+    };
+    let app = Router::new().route("/metrics", get(render));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
 }
 
 /// The browser page and its scripts, compiled into the binary.
@@ -152,6 +210,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+
+    // 0. Metrics, if asked for: the recorder first, so that the engine's first records count.
+    let metrics_addr = match &args.metrics {
+        Some(addr) => Some(serve_metrics(addr).await?),
+        None => None,
+    };
 
     // 1. The engine: identity, limits, authentication and broker.
     let mut builder = Engine::builder().tune(|c| {
@@ -263,7 +327,10 @@ async fn main() -> anyhow::Result<()> {
     let (tcp_addr, ws_addr) = (tcp.local_addr()?, ws.local_addr());
     let tcp_task = tokio::spawn(tcp.run());
     let ws_task = tokio::spawn(ws.run());
-    println!("listening tcp={tcp_addr} ws={ws_addr}");
+    match metrics_addr {
+        Some(metrics) => println!("listening tcp={tcp_addr} ws={ws_addr} metrics={metrics}"),
+        None => println!("listening tcp={tcp_addr} ws={ws_addr}"),
+    }
     std::io::stdout().flush()?; // scripts and tests wait for this line
     tracing::info!(node = engine.node_id(), broker = %args.broker, "open http://{ws_addr}/ in a browser");
 

@@ -77,6 +77,7 @@ impl Engine {
         let close_timeout = c.close_timeout;
         let outbox = Arc::new(Outbox::new(c.outbox_frames, c.outbox_bytes));
         let running = self.inner.tracker.token();
+        let counted = crate::metrics::Connection::open(conn.transport);
         let mut session = Session::new(self.inner.clone(), outbox, conn);
         let mut writer = Writer::new(outbound);
         async move {
@@ -84,6 +85,7 @@ impl Engine {
             // Boxed: the last writes' timers are needed once, not for the connection's life.
             Box::pin(writer.finish(session.outbox(), close_timeout)).await;
             drop(running);
+            drop(counted);
         }
     }
 }

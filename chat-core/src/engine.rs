@@ -174,9 +174,11 @@ impl EngineBuilder {
         let rooms = Arc::new(Rooms::new(self.config.history_size, self.member_events.clone(), self.config.max_rooms));
         let users = Arc::new(Users::default());
         let sink: Arc<dyn DeliverySink> = Arc::new(NodeSink { rooms: rooms.clone(), users: users.clone() });
-        let keeper = self.store.map(|s| Keeper::new(s, self.config.store_batch, self.config.store_queue));
+        let store = self.store.map(crate::metered::store);
+        let keeper = store.map(|s| Keeper::new(s, self.config.store_batch, self.config.store_queue));
         let broker_node =
             broker.attach(&node, sink, keeper.as_ref().map(|k| k.origin(self.config.idempotency_window))).await?;
+        let broker_node = crate::metered::node(broker_node);
         let retention = keeper.as_ref().map(|k| k.store().clone());
         let keeps = keeper.is_some();
         let broker_node: Arc<dyn BrokerNode> = match keeper {
@@ -224,13 +226,20 @@ fn spawn_heartbeat(inner: Weak<Inner>) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(start, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The gauges this engine adds to (`crate::metrics`), taken back when the task ends.
+        let mut sampled = crate::metrics::Sampled::default();
         loop {
             ticks.tick().await;
             let Some(inner) = inner.upgrade() else { return };
             if inner.shutdown.is_cancelled() {
                 return;
             }
-            heartbeat::tick(&inner.clock, inner.lock_sessions().values_mut());
+            let mut gauges = crate::metrics::Gauges::default();
+            let mut sessions = inner.lock_sessions();
+            heartbeat::tick(&inner.clock, sessions.values_mut().inspect(|s| gauges.add(s)));
+            drop(sessions);
+            gauges.rooms(inner.rooms.len());
+            sampled.update(gauges);
         }
     });
 }

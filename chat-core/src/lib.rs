@@ -47,6 +47,8 @@ pub mod hooks;
 pub mod io;
 mod keeper;
 mod limits;
+mod metered;
+pub mod metrics;
 mod notices;
 mod outbox;
 pub mod protocol;

@@ -107,9 +107,14 @@ impl Outbox {
         let max_frames = self.max_frames as usize;
         match class {
             Class::Reply => {}
-            Class::Droppable if total_frames * 2 > max_frames || total_bytes * 2 > self.max_bytes => return false,
+            Class::Droppable if total_frames * 2 > max_frames || total_bytes * 2 > self.max_bytes => {
+                crate::metrics::dropped_ephemeral();
+                return false;
+            }
             Class::Droppable => {}
             Class::Must if total_frames > max_frames || total_bytes > self.max_bytes => {
+                // What was queued goes, and so does this event (`chat_dropped_total`).
+                crate::metrics::dropped("slow_consumer", s.queue.len() + 1);
                 Self::close_locked(&mut s, ByeReason::SlowConsumer, [], true);
                 self.end(s);
                 return false;
@@ -137,6 +142,7 @@ impl Outbox {
         }
         s.queue.push_back(encode_bye(reason));
         s.closed = Some(reason);
+        crate::metrics::closed(Some(reason));
     }
 
     /// Ends the session: queues `last` (an error, say) and `bye reason` after whatever is
@@ -155,6 +161,9 @@ impl Outbox {
     /// nothing more, end the session.
     pub(crate) fn abandon(&self) {
         let mut s = self.lock();
+        if s.closed.is_none() && !s.abandoned {
+            crate::metrics::closed(None); // the peer went first
+        }
         s.abandoned = true;
         s.queue = VecDeque::new();
         s.bytes = 0;

@@ -103,7 +103,11 @@ impl LocalRoom {
     /// Whether one more membership event may go out from this node now (`rate` per second,
     /// `burst` at once; rate 0: always).
     pub(crate) fn allow_member_event(&self, rate: u32, burst: u32) -> bool {
-        lock(&self.state).member_events.take(1, rate, burst)
+        let allowed = lock(&self.state).member_events.take(1, rate, burst);
+        if !allowed {
+            crate::metrics::dropped("member_event_rate", 1);
+        }
+        allowed
     }
 
     /// The epoch and the last seq this node delivered.
@@ -126,10 +130,15 @@ fn push_to(members: &mut [Member], item: &Pending) {
         _ => u64::MAX,
     };
     let reset = matches!(item, Pending::Reset(_));
-    for m in members {
+    // Counted in the rare branches only: the common one costs nothing more per member.
+    let mut skipped = 0;
+    for m in &mut *members {
         match &mut m.pending {
-            Some(buffer) => buffer.push(item.clone()),
-            None if seq <= m.floor => {}
+            Some(buffer) => {
+                buffer.push(item.clone());
+                skipped += 1;
+            }
+            None if seq <= m.floor => skipped += 1,
             None => {
                 if reset {
                     m.floor = 0;
@@ -138,6 +147,8 @@ fn push_to(members: &mut [Member], item: &Pending) {
             }
         }
     }
+    // Once per fan-out, not per member (`chat_deliveries_total`).
+    crate::metrics::delivered(members.len() - skipped);
 }
 
 /// The node's rooms.

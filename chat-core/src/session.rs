@@ -401,6 +401,7 @@ impl Session {
         tracing::debug!(session = %info.session, user = %self.user, transport, "session started");
         self.info = Ok(info);
         self.outbox.mark_seen(); // the idle timeout counts from here
+        crate::metrics::session_started();
     }
 
     /// `refresh`: the authenticator checks the new token (with no user: the token alone must
@@ -540,6 +541,7 @@ impl Session {
             self.rooms.reserve_exact(1); // most sessions are in one room: no spare capacity
         }
         self.rooms.push(point.room);
+        crate::metrics::joined();
         if let Ok(info) = &self.info {
             self.inner.hooks.on_join(info, &room).await;
         }

@@ -248,6 +248,8 @@ pub struct ChatServer {
     pub tcp: SocketAddr,
     /// The WebSocket endpoint's URL.
     pub ws: String,
+    /// The metrics endpoint's address (`metrics=ADDR`), when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
     pub log: PathBuf,
     child: Child,
 }
@@ -281,7 +283,8 @@ impl ChatServer {
         };
         let (tcp, ws) =
             parse_listening(&line).unwrap_or_else(|| panic!("unexpected first line of chat-server: {line:?}"));
-        ChatServer { tcp, ws, log, child }
+        let metrics = line.split_whitespace().find_map(|p| p.strip_prefix("metrics=")?.parse().ok());
+        ChatServer { tcp, ws, metrics, log, child }
     }
 
     /// The process id (for its `/proc` entry: memory).
