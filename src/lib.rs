@@ -9,9 +9,11 @@
 //!
 //! Each part but the core is a cargo feature, all on by default: `tcp`, `ws`, `axum` (re-exports
 //! the axum that [`ws::router`] returns a `Router` of), `tls`, `redis`, `jwt`
-//! (`core::JwtAuthenticator`), `sqlite`, `postgres`. A host that needs less turns the defaults
-//! off: `chat-engine = { version = "0.1", default-features = false, features = ["ws"] }` builds
-//! the engine and the WebSocket transport, and no Redis, TLS, JWT or database code.
+//! (`core::JwtAuthenticator`), `sqlite`, `postgres`, `metrics` (`core::metrics`: counters and
+//! histograms through the `metrics` facade, for whatever recorder the host installs). A host
+//! that needs less turns the defaults off:
+//! `chat-engine = { version = "0.1", default-features = false, features = ["ws"] }` builds the
+//! engine and the WebSocket transport, and no Redis, TLS, JWT, metrics or database code.
 
 #[cfg(feature = "axum")]
 pub use axum;
