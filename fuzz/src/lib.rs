@@ -71,35 +71,12 @@ const SERVER_TYPES: &[&str] = &[
     "member_joined",
     "member_left",
     "reset",
+    "invite",
+    "kicked",
     "error",
     "bye",
     "ping",
     "pong",
-];
-
-const ERROR_CODES: &[ErrorCode] = &[
-    ErrorCode::FrameTooLarge,
-    ErrorCode::NotAuthenticated,
-    ErrorCode::UnsupportedProtocol,
-    ErrorCode::Unauthorized,
-    ErrorCode::BadFrame,
-    ErrorCode::InvalidRoom,
-    ErrorCode::NotMember,
-    ErrorCode::Forbidden,
-    ErrorCode::BodyTooLarge,
-    ErrorCode::RateLimited,
-    ErrorCode::Unavailable,
-    ErrorCode::Internal,
-];
-
-const BYE_REASONS: &[ByeReason] = &[
-    ByeReason::Shutdown,
-    ByeReason::Timeout,
-    ByeReason::SlowConsumer,
-    ByeReason::Expired,
-    ByeReason::ProtocolError,
-    ByeReason::Unauthorized,
-    ByeReason::Kicked,
 ];
 
 /// What a server frame told about the session's end.
@@ -151,15 +128,14 @@ pub fn check_reply(frame: &[u8]) -> Kind {
         "error" => {
             let code =
                 obj.get("code").and_then(Value::as_str).unwrap_or_else(|| panic!("an error without code: {text}"));
-            let known =
-                ERROR_CODES.iter().find(|c| c.as_str() == code).unwrap_or_else(|| panic!("unknown code: {text}"));
+            let known = ErrorCode::from_wire(code).unwrap_or_else(|| panic!("unknown code: {text}"));
             assert!(has("message", is_str), "an error without message: {text}");
             return if known.is_fatal() { Kind::Fatal } else { Kind::Other };
         }
         "bye" => {
             let reason =
                 obj.get("reason").and_then(Value::as_str).unwrap_or_else(|| panic!("a bye without reason: {text}"));
-            assert!(BYE_REASONS.iter().any(|r| r.as_str() == reason), "unknown bye reason: {text}");
+            assert!(ByeReason::from_wire(reason).is_some(), "unknown bye reason: {text}");
             assert!(has("reconnect", Value::is_boolean), "{text}");
             return Kind::Bye;
         }
