@@ -70,6 +70,17 @@ pub enum Sender<'a> {
     System,
 }
 
+impl Sender<'_> {
+    /// The name messages carry: the user's (which must be a valid user name), or `""`.
+    fn name(&self) -> Result<&str, EngineError> {
+        match *self {
+            Sender::System => Ok(""),
+            Sender::User(user) if crate::auth::valid_user_name(user) => Ok(user),
+            Sender::User(user) => Err(EngineError::Invalid(format!("{user:?} is not a user name"))),
+        }
+    }
+}
+
 type RoomFilter = Arc<dyn Fn(&RoomName) -> bool + Send + Sync>;
 type RoomRetention = Arc<RetentionPolicy>;
 
@@ -537,13 +548,7 @@ impl Engine {
         if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             return Err(EngineError::Invalid("the body is not JSON".into()));
         }
-        let from = match from {
-            Sender::System => "",
-            Sender::User(user) if !crate::auth::valid_user_name(user) => {
-                return Err(EngineError::Invalid(format!("{user:?} is not a user name")));
-            }
-            Sender::User(user) => user,
-        };
+        let from = from.name()?;
         if let Some(users) = crate::direct::users(room) {
             if !from.is_empty() && !users.contains(&from) {
                 return Err(EngineError::Invalid(format!("{room} is a direct conversation of other users")));
@@ -570,10 +575,7 @@ impl Engine {
     /// # }
     /// ```
     pub async fn invite(&self, room: &RoomName, user: &str, from: Sender<'_>) -> Result<(), EngineError> {
-        let from = match from {
-            Sender::System => "",
-            Sender::User(user) => user,
-        };
+        let from = from.name()?;
         let latest = self.inner.broker.history(room, HistoryQuery { before: None, after: None, limit: 0 }).await?;
         let invite = Notice::Invite { room: room.clone(), from: Arc::from(from), seq: latest.latest };
         Ok(self.inner.broker.notify(&[Arc::from(user)], &invite).await?)

@@ -1,7 +1,7 @@
 //! Where the broker's [`Notice`]s land on a node: the sessions of the users they name. An
 //! `invite` goes to each of those sessions that is not a member of the room, a kick from a
-//! room to each that is (the session leaves the room itself, woken by `Outbox::mark_kicked`), a kick from the
-//! node closes them all.
+//! room to each that is (the session leaves the room itself, woken by `Outbox::mark_kicked`),
+//! a kick from the node closes them all.
 //!
 //! The node keeps an index of its sessions by user for this (set at `hello`, cleared when the
 //! session ends), so a notice costs a lookup, not a walk over every connection.
