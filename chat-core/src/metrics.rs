@@ -478,7 +478,7 @@ mod tests {
     fn fan_out_adds_the_members_it_reached() {
         let counts = Counts::default();
         ::metrics::with_local_recorder(&counts, || {
-            let mut room = crate::bench::Fanout::new(3, 16);
+            let mut room = crate::rooms::bench::Fanout::new(3, 16);
             room.deliver();
             room.deliver();
         });

@@ -240,7 +240,8 @@ impl Outbox {
     }
 
     /// Moves whatever is queued into `out` without waiting (benches).
-    #[cfg(feature = "bench")]
+    #[cfg(any(test, feature = "bench"))]
+    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
     pub(crate) fn drain_now(&self, out: &mut VecDeque<Bytes>) {
         let mut s = self.lock();
         std::mem::swap(&mut s.queue, out);

@@ -479,7 +479,9 @@ impl RoomsSink {
     }
 }
 
-#[cfg(feature = "bench")]
+// Also in unit tests (the metrics module's count fan-out through it), which use part of it.
+#[cfg(any(test, feature = "bench"))]
+#[cfg_attr(not(feature = "bench"), allow(dead_code))]
 pub(crate) mod bench {
     //! Hooks for the criterion benches: fan-out through the real delivery path without a broker.
     use super::*;
