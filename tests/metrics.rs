@@ -37,20 +37,14 @@ fn value(text: &str, series: &str) -> Option<f64> {
 /// A series and what its value must satisfy.
 type Check<'a> = (&'a str, fn(f64) -> bool);
 
-/// Scrapes until every check holds; fails after [`WAIT`] with the last scrape.
+/// Scrapes until every check holds (the gauges are sampled, so there is no event to wait
+/// for); fails after [`WAIT`]. Each scrape is bounded too (`within`).
 async fn until(addr: SocketAddr, what: &str, checks: &[Check<'_>]) -> String {
-    let mut last = String::new();
-    let found = tokio::time::timeout(WAIT, async {
-        loop {
-            last = scrape(addr).await;
-            if checks.iter().all(|(series, ok)| value(&last, series).is_some_and(ok)) {
-                return last.clone();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll interval
-        }
+    chat_testkit::eventually(what, WAIT, || async {
+        let text = scrape(addr).await;
+        checks.iter().all(|(series, ok)| value(&text, series).is_some_and(ok)).then_some(text)
     })
-    .await;
-    found.unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}; last scrape:\n{last}"))
+    .await
 }
 
 #[tokio::test]
