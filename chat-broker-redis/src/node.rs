@@ -30,7 +30,8 @@ use crate::keys::{registry_field, Keys};
 use crate::primary::{same_server, Locator};
 use crate::reply;
 use crate::scripts::SCRIPTS;
-use crate::{presence, subscriber, wire};
+use crate::{presence, subscriber};
+use chat_core::broker::wire;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -369,7 +370,7 @@ impl Shared {
                 Ok(last) => {
                     lock(&self.unremoved).remove(&field);
                     if last {
-                        let left = wire::encode_member(b'L', &held.user);
+                        let left = wire::encode_transient(&Transient::MemberLeft(held.user.as_str().into()));
                         if let Err(e) = self.publish_raw(&held.room, left).await {
                             tracing::warn!(room = %held.room, error = %e, "member_left not sent after a retried removal");
                         }
@@ -514,12 +515,7 @@ impl BrokerNode for RedisNode {
     }
 
     async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {
-        let payload = match &what {
-            Transient::Message(p) => wire::encode_message(p.ts, &p.from, &p.body),
-            Transient::MemberJoined(user) => wire::encode_member(b'J', user),
-            Transient::MemberLeft(user) => wire::encode_member(b'L', user),
-        };
-        self.shared.publish_raw(room, payload).await
+        self.shared.publish_raw(room, wire::encode_transient(&what)).await
     }
 
     async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {

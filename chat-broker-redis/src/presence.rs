@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::{lock, millis, Held, Shared};
 use crate::scripts::SCRIPTS;
-use crate::wire;
+use chat_core::broker::{wire, Transient};
 
 /// Refreshes this node's deadline; registers its sessions again if Redis had forgotten it.
 pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
@@ -42,7 +42,9 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         for (h, first) in held.iter().zip(results) {
             if first? && !announced.contains(&(&h.room, h.user.as_str())) {
                 announced.push((&h.room, &h.user));
-                shared.publish_raw(&h.room, wire::encode_member(b'J', &h.user)).await?;
+                shared
+                    .publish_raw(&h.room, wire::encode_transient(&Transient::MemberJoined(h.user.as_str().into())))
+                    .await?;
             }
         }
     } else {

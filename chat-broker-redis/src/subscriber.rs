@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_core::broker::{Delivery, Epoch, HistoryQuery, Message, Publication, Transient};
+use chat_core::broker::{Delivery, Epoch, HistoryQuery, Message};
 use chat_core::BrokerError;
 use futures::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
@@ -155,7 +155,7 @@ async fn catch_up(shared: &Shared, room: &str) -> Result<(), BrokerError> {
 /// One channel message.
 fn on_message(shared: &Shared, channel: &str, payload: &[u8]) {
     let Some(room) = shared.keys.room_of_channel(channel) else {
-        match wire::decode_notice(payload) {
+        match chat_core::broker::wire::decode_notice(payload) {
             Some((users, notice)) => shared.sink.notify(&users, &notice),
             None => tracing::warn!(channel, "malformed notice; dropped"),
         }
@@ -166,17 +166,13 @@ fn on_message(shared: &Shared, channel: &str, payload: &[u8]) {
         return;
     };
     let transient = match wire {
+        Wire::Transient(transient) => transient,
         Wire::Stored { seq, ts, epoch, from, body, id } => {
             let Some((room_name, epoch)) = accept(shared, room, epoch, seq, Some(id)) else { return };
             let message = Message { seq, from: from.into(), ts, body: Some(bytes::Bytes::copy_from_slice(body)) };
             shared.sink.deliver(&room_name, Delivery::Stored { epoch, message: Arc::new(message) });
             return;
         }
-        Wire::Message { ts, from, body } => {
-            Transient::Message(Publication { from: from.into(), ts, body: bytes::Bytes::copy_from_slice(body) })
-        }
-        Wire::Joined(user) => Transient::MemberJoined(user.into()),
-        Wire::Left(user) => Transient::MemberLeft(user.into()),
     };
     let Some(room_name) = lock(&shared.subs).get(room).map(|t| t.room.clone()) else { return };
     shared.sink.deliver(&room_name, Delivery::Transient(transient));

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::protocol::RoomName;
 
 pub mod memory;
+pub mod wire;
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, Clone, thiserror::Error)]
