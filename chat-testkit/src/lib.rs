@@ -5,9 +5,11 @@
 //! test skips.
 
 pub mod conformance;
+pub mod nats;
 pub mod postgres;
 pub mod store_conformance;
 
+pub use nats::{NatsCluster, NatsServer};
 pub use postgres::{PgDatabase, PgServer};
 
 use std::io::{Read, Write};
