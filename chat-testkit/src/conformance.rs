@@ -114,7 +114,10 @@ impl Recorder {
             }
         })
         .await;
-        found.unwrap_or_else(|_| panic!("fewer than {n} notices within {WAIT:?}"))
+        found.unwrap_or_else(|_| {
+            let got = self.notices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            panic!("fewer than {n} notices within {WAIT:?}: {got:?}")
+        })
     }
 
     /// Everything delivered so far for `room`.

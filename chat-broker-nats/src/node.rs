@@ -1,0 +1,658 @@
+//! [`NatsNode`]: one engine's attachment to NATS, implementing `BrokerNode`.
+//!
+//! One client connection carries everything: JetStream requests (publishes with their
+//! acknowledgements, reads of the stream), the node's core subscriptions (a room's
+//! deliveries, the notices) and presence writes. async-nats reconnects by itself and
+//! resubscribes; the rooms catch up from the stream when it does (`rooms.rs`). Every call is
+//! bounded by the op timeout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream, Context};
+use async_trait::async_trait;
+use bytes::Bytes;
+use chat_core::broker::{
+    wire, DeliverySink, Epoch, HistoryPage, HistoryQuery, Message, Notice, Origin, Position, PresenceEntry,
+    Publication, PublishOpts, Published, Transient,
+};
+use chat_core::{BrokerError, BrokerNode, RoomName};
+use futures::StreamExt;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Settings;
+use crate::names::{self, Names};
+use crate::presence::Presence;
+use crate::record::{Kind, Record};
+use crate::rooms::{self, Track};
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An error of NATS as the engine sees it: unreachable, or too slow.
+pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("nats {what}: {e}"))
+}
+
+/// How many records one read of the stream asks for at a time.
+const PAGE: usize = 512;
+
+/// Reading from the first record on.
+pub(crate) fn from_start() -> consumer::DeliverPolicy {
+    consumer::DeliverPolicy::All
+}
+
+/// The retention the stream was last configured with (the engine's `Config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retention {
+    history_size: usize,
+    history_ttl: Duration,
+    idempotency_window: Duration,
+}
+
+impl Retention {
+    fn of(opts: &PublishOpts) -> Retention {
+        Retention {
+            history_size: opts.history_size.max(1),
+            history_ttl: opts.history_ttl.max(Duration::from_millis(1)),
+            idempotency_window: opts.idempotency_window,
+        }
+    }
+}
+
+/// The last record of a room's subject: the stream's sequence of it, and the record.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub(crate) sseq: u64,
+    pub(crate) record: Record,
+}
+
+/// State shared by the node handle and its background tasks.
+pub(crate) struct Shared {
+    pub(crate) names: Names,
+    pub(crate) settings: Arc<Settings>,
+    /// This incarnation of the node: the engine's node id and a random suffix, as a token.
+    pub(crate) instance: String,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: Context,
+    pub(crate) sink: Arc<dyn DeliverySink>,
+    origin: Option<Arc<dyn Origin>>,
+    /// Rooms this node subscribes to, by token.
+    pub(crate) rooms: Mutex<HashMap<String, Track>>,
+    /// The newest message this node stored per room (epoch, seq), subscribed or not: NATS
+    /// acknowledged it, so a head older than that in the same epoch means NATS lost it.
+    stored: Mutex<HashMap<String, (Epoch, u64)>>,
+    /// What the stream is configured with, as far as this node knows.
+    retention: Mutex<Retention>,
+    /// Bumped each time the connection comes back: rooms catch up.
+    pub(crate) reconnected: tokio::sync::watch::Sender<u64>,
+    pub(crate) presence: Presence,
+}
+
+/// A random number from std's randomly keyed hasher (no extra dependency for ids).
+pub(crate) fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+/// A new epoch's name: when it began (ms, hex) and a random part, so it is never reused.
+fn new_epoch() -> String {
+    let ms = std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis();
+    format!("{ms:x}-{:08x}", random() & 0xffff_ffff)
+}
+
+impl Shared {
+    /// The stream's configuration for `r`.
+    fn stream_config(&self, r: &Retention) -> stream::Config {
+        let (source, destination) = self.names.republish();
+        stream::Config {
+            name: self.names.stream(),
+            subjects: vec![self.names.stream_subjects()],
+            // Twice the engine's count: tombstones and epoch records take places too; reads
+            // keep to the newest `history_size` seqs.
+            max_messages_per_subject: i64::try_from(r.history_size.saturating_mul(2)).unwrap_or(i64::MAX),
+            max_age: r.history_ttl,
+            // JetStream refuses a window longer than the age limit.
+            duplicate_window: r.idempotency_window.min(r.history_ttl),
+            republish: Some(stream::Republish { source, destination, headers_only: false }),
+            num_replicas: self.settings.replicas,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the stream when it is missing (first start, or deleted: every room's history
+    /// is then lost, and rooms start new epochs).
+    pub(crate) async fn ensure_stream(&self) -> Result<(), BrokerError> {
+        let config = self.stream_config(&lock(&self.retention));
+        let made = timeout(self.settings.op_timeout, self.js.get_or_create_stream(config)).await;
+        made.map_err(|_| unavailable("create stream", "timed out"))?.map_err(|e| unavailable("create stream", e))?;
+        Ok(())
+    }
+
+    /// Applies the engine's retention to the stream when it differs from what it has.
+    async fn retain(&self, opts: &PublishOpts) -> Result<(), BrokerError> {
+        let wanted = Retention::of(opts);
+        if *lock(&self.retention) == wanted {
+            return Ok(());
+        }
+        let config = self.stream_config(&wanted);
+        let updated = timeout(self.settings.op_timeout, self.js.update_stream(config)).await;
+        updated.map_err(|_| unavailable("update stream", "timed out"))?.map_err(|e| unavailable("update stream", e))?;
+        *lock(&self.retention) = wanted;
+        Ok(())
+    }
+
+    /// A handle on the rooms' stream (no request is made).
+    async fn stream(&self) -> Result<stream::Stream<()>, BrokerError> {
+        self.stream_named(self.names.stream()).await
+    }
+
+    /// A handle on the stream `name` (no request is made).
+    async fn stream_named(&self, name: String) -> Result<stream::Stream<()>, BrokerError> {
+        self.js.get_stream_no_info(name).await.map_err(|e| BrokerError::Internal(format!("nats stream: {e}")))
+    }
+
+    /// The last record of the room (`None` for a room the stream holds nothing of).
+    pub(crate) async fn head(&self, token: &str) -> Result<Option<Head>, BrokerError> {
+        let subject = self.names.records(token);
+        let get = self.stream().await?.raw_message_builder().last_by_subject(subject).send();
+        let got = timeout(self.settings.op_timeout, get).await.map_err(|_| unavailable("read", "timed out"))?;
+        match got {
+            Ok(m) => match Record::decode(&m.payload) {
+                Some(record) => Ok(Some(Head { sseq: m.sequence, record })),
+                None => Err(BrokerError::Internal(format!("a malformed record at {}", m.sequence))),
+            },
+            Err(e) => match e.kind() {
+                stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+                stream::RawMessageErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    self.ensure_stream().await?;
+                    Ok(None)
+                }
+                _ => Err(unavailable("read", e)),
+            },
+        }
+    }
+
+    /// Where a room the stream holds nothing of goes on from: the origin's position, or a new
+    /// epoch from 0.
+    async fn start_of(&self, room: &RoomName) -> Result<(String, u64), BrokerError> {
+        if let Some(origin) = &self.origin {
+            if let Some(at) = origin.origin(room).await? {
+                return Ok((at.epoch.to_string(), at.seq));
+            }
+        }
+        Ok((new_epoch(), 0))
+    }
+
+    /// What this node knows the room holds: the epoch and the newest seq it delivered or
+    /// stored there.
+    fn known(&self, token: &str) -> Option<(Epoch, u64)> {
+        let tracked = lock(&self.rooms).get(token).and_then(Track::known);
+        let stored = lock(&self.stored).get(token).cloned();
+        match (tracked, stored) {
+            (Some((e1, s1)), Some((e2, s2))) if e1 == e2 => Some((e1, s1.max(s2))),
+            (Some(t), _) => Some(t),
+            (None, s) => s,
+        }
+    }
+
+    /// Whether the head says the room's history is older than what this node knows it
+    /// acknowledged or delivered: NATS lost messages (a stream restored from a backup), so
+    /// the room must start a new epoch rather than hand out those seqs again.
+    fn behind(&self, token: &str, head: &Head) -> bool {
+        self.known(token).is_some_and(|(epoch, seq)| *epoch == *head.record.epoch && head.record.head < seq)
+    }
+
+    /// Publishes a record on the room's subject if its last record is still `expect` (0: none).
+    /// `Ok(None)` when another record got there first.
+    async fn append(
+        &self,
+        token: &str,
+        payload: Vec<u8>,
+        expect: u64,
+        id: Option<&str>,
+    ) -> Result<Option<jetstream::publish::PublishAck>, BrokerError> {
+        let mut publish =
+            jetstream::message::PublishMessage::build().payload(payload.into()).expected_last_subject_sequence(expect);
+        if let Some(id) = id {
+            publish = publish.message_id(id);
+        }
+        let subject = self.names.records(token);
+        let acked = timeout(self.settings.op_timeout, async { self.js.send_publish(subject, publish).await?.await })
+            .await
+            .map_err(|_| unavailable("publish", "timed out"))?;
+        match acked {
+            Ok(ack) => Ok(Some(ack)),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                self.ensure_stream().await?;
+                Ok(None)
+            }
+            Err(e) => Err(unavailable("publish", e)),
+        }
+    }
+
+    /// The room's position, starting its epoch (a start record) when the stream holds nothing
+    /// of it, or when what it holds is older than what this node knows.
+    pub(crate) async fn position(&self, room: &RoomName) -> Result<(Position, u64), BrokerError> {
+        let token = names::token(room);
+        let deadline = Instant::now() + self.settings.op_timeout;
+        loop {
+            let head = self.head(&token).await?;
+            let expect = match &head {
+                Some(h) if !self.behind(&token, h) => {
+                    let position = Position { epoch: Epoch::from(h.record.epoch.as_str()), seq: h.record.head };
+                    return Ok((position, h.sseq));
+                }
+                Some(h) => h.sseq,
+                None => 0,
+            };
+            let (epoch, seq) = self.start_of(room).await?;
+            if let Some(ack) = self.append(&token, Record::start(&epoch, seq), expect, None).await? {
+                return Ok((Position { epoch: Epoch::from(epoch), seq }, ack.sequence));
+            }
+            if Instant::now() > deadline {
+                return Err(unavailable("start epoch", "too many concurrent writers"));
+            }
+        }
+    }
+
+    /// Reads the records of `subject` in `stream_name` that `policy` selects, in order, and
+    /// hands each (with its stream sequence) to `each` until it returns false or they end.
+    /// Reads in pages through an ephemeral consumer, deleted afterwards.
+    pub(crate) async fn scan(
+        &self,
+        stream_name: String,
+        subject: String,
+        deliver_policy: consumer::DeliverPolicy,
+        mut each: impl FnMut(u64, &async_nats::Message) -> bool,
+    ) -> Result<(), BrokerError> {
+        let op = self.settings.op_timeout;
+        let config = consumer::pull::Config {
+            filter_subject: subject,
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let stream = self.stream_named(stream_name).await?;
+        let made = timeout(op, stream.create_consumer(config)).await.map_err(|_| unavailable("read", "timed out"))?;
+        let consumer = match made {
+            Ok(consumer) => consumer,
+            Err(e) if e.to_string().contains("stream not found") => return Ok(()),
+            Err(e) => return Err(unavailable("read", e)),
+        };
+        let name = consumer.cached_info().name.clone();
+        let mut pending = consumer.cached_info().num_pending;
+        let read = async {
+            while pending > 0 {
+                // Bounded by `expires` too: a record that ages out between the consumer's
+                // count and the fetch would otherwise leave the fetch waiting for it.
+                let batch = consumer.fetch().max_messages(PAGE).expires(op / 4).messages().await;
+                let batch = batch.map_err(|e| unavailable("read", e))?;
+                futures::pin_mut!(batch);
+                let mut got = 0;
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(|e| unavailable("read", e))?;
+                    let info = m.info().map_err(|e| unavailable("read", e))?;
+                    got += 1;
+                    pending = info.pending;
+                    if !each(info.stream_sequence, &m.message) {
+                        return Ok(());
+                    }
+                }
+                if got == 0 {
+                    break;
+                }
+            }
+            Ok::<_, BrokerError>(())
+        };
+        let result = timeout(op.saturating_mul(4), read).await.map_err(|_| unavailable("read", "timed out"));
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
+        result?
+    }
+
+    /// The room's messages as one read of its records shows them: the last record's epoch and
+    /// head, and that epoch's messages by seq within the newest `history_size`, erased ones as
+    /// tombstones. `None` when the read found no record (the room is gone).
+    async fn records(&self, token: &str) -> Result<Option<(Position, Vec<Message>)>, BrokerError> {
+        let mut by_epoch: HashMap<String, std::collections::BTreeMap<u64, Message>> = HashMap::new();
+        let mut last: Option<(String, u64)> = None;
+        self.scan(self.names.stream(), self.names.records(token), from_start(), |_, m| {
+            if let Some(record) = Record::decode(&m.payload) {
+                let messages = by_epoch.entry(record.epoch.clone()).or_default();
+                match record.kind {
+                    Kind::Message { ts, from, body } => {
+                        let seq = record.head;
+                        messages.entry(seq).or_insert(Message { seq, from: from.into(), ts, body: Some(body) });
+                    }
+                    Kind::Tombstone { seq, ts, from } => {
+                        messages.insert(seq, Message { seq, from: from.into(), ts, body: None });
+                    }
+                    Kind::Start => {}
+                }
+                last = Some((record.epoch, record.head));
+            }
+            true
+        })
+        .await?;
+        let Some((epoch, head)) = last else { return Ok(None) };
+        let floor = head.saturating_sub(lock(&self.retention).history_size as u64);
+        let messages = by_epoch.remove(&epoch).unwrap_or_default();
+        let messages = messages.into_values().filter(|m| m.seq > floor && m.seq <= head).collect();
+        Ok(Some((Position { epoch: Epoch::from(epoch), seq: head }, messages)))
+    }
+
+    /// A page of the room's history (PROTOCOL.md §4: exclusive bounds, oldest first). The
+    /// epoch, the latest seq and the messages come from one read, so they agree even while the
+    /// room's last records age out.
+    pub(crate) async fn history(&self, room: &RoomName, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        let token = names::token(room);
+        let deadline = Instant::now() + self.settings.op_timeout;
+        loop {
+            let (position, _) = self.position(room).await?;
+            if q.limit == 0 {
+                return Ok(HistoryPage { epoch: position.epoch, latest: position.seq, messages: Vec::new() });
+            }
+            let Some((position, all)) = self.records(&token).await? else {
+                if Instant::now() > deadline {
+                    return Err(unavailable("history", "the room's records keep vanishing"));
+                }
+                continue; // aged out since: `position` starts the room again
+            };
+            let (lo, hi) = (q.after.unwrap_or(0), q.before.unwrap_or(u64::MAX));
+            let mut messages: Vec<Message> = all.into_iter().filter(|m| m.seq > lo && m.seq < hi).collect();
+            if q.after.is_some() {
+                messages.truncate(q.limit);
+            } else if messages.len() > q.limit {
+                messages.drain(..messages.len() - q.limit);
+            }
+            return Ok(HistoryPage { epoch: position.epoch, latest: position.seq, messages });
+        }
+    }
+}
+
+/// One engine's attachment to a [`NatsBroker`](crate::NatsBroker).
+pub(crate) struct NatsNode {
+    shared: Arc<Shared>,
+    /// Stops the background tasks (on detach, or when the node is dropped).
+    stop: CancellationToken,
+}
+
+impl NatsNode {
+    /// Connects, makes sure the stream and the bucket exist, and starts the node's tasks.
+    pub(crate) async fn attach(
+        settings: Arc<Settings>,
+        node: &str,
+        sink: Arc<dyn DeliverySink>,
+        origin: Option<Arc<dyn Origin>>,
+    ) -> Result<NatsNode, BrokerError> {
+        let op = settings.op_timeout;
+        let (reconnected, _) = tokio::sync::watch::channel(0u64);
+        let events = reconnected.clone();
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("chat-engine {node}"))
+            .connection_timeout(op)
+            .request_timeout(Some(op))
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        events.send_modify(|n| *n += 1);
+                    }
+                }
+            });
+        let connect = async_nats::connect_with_options(settings.urls.clone(), options);
+        let client = timeout(op, connect).await.map_err(|_| unavailable("connect", "timed out"))?;
+        let client = client.map_err(|e| unavailable("connect", e))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(op);
+        let names = Names::new(&settings.prefix);
+        let instance = names::token(&format!("{node}-{:x}", random()));
+        let presence = Presence::open(&js, &names, &settings, &instance).await?;
+        let defaults = chat_core::Config::default();
+        let shared = Arc::new(Shared {
+            names,
+            instance,
+            client,
+            js,
+            sink,
+            origin,
+            rooms: Mutex::new(HashMap::new()),
+            stored: Mutex::new(HashMap::new()),
+            retention: Mutex::new(Retention {
+                history_size: defaults.history_size,
+                history_ttl: defaults.history_ttl,
+                idempotency_window: defaults.idempotency_window,
+            }),
+            reconnected,
+            presence,
+            settings,
+        });
+        shared.ensure_stream().await?;
+        let stop = CancellationToken::new();
+        rooms::listen_for_notices(&shared, stop.clone()).await?;
+        tokio::spawn(crate::presence::run(shared.clone(), stop.clone()));
+        tracing::debug!(node = %shared.instance, "attached to nats");
+        Ok(NatsNode { shared, stop })
+    }
+}
+
+impl Drop for NatsNode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl BrokerNode for NatsNode {
+    async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
+        let s = &self.shared;
+        s.retain(opts).await?;
+        let token = names::token(room);
+        let id = opts.key.as_deref().map(|key| names::message_id(&token, &msg.from, key));
+        let deadline = Instant::now() + s.settings.op_timeout;
+        loop {
+            let head = s.head(&token).await?;
+            let (epoch, seq, expect) = match &head {
+                Some(h) if !s.behind(&token, h) => (h.record.epoch.clone(), h.record.head + 1, h.sseq),
+                _ => {
+                    let (epoch, base) = s.start_of(room).await?;
+                    (epoch, base + 1, head.as_ref().map_or(0, |h| h.sseq))
+                }
+            };
+            let record = Record::message(&epoch, seq, msg.ts, &msg.from, &msg.body);
+            let Some(ack) = s.append(&token, record, expect, id.as_deref()).await? else {
+                if Instant::now() > deadline {
+                    return Err(unavailable("publish", "too many concurrent publishers in the room"));
+                }
+                continue;
+            };
+            if ack.duplicate {
+                return s.original(&token, ack.sequence).await;
+            }
+            let epoch = Epoch::from(epoch);
+            let mut stored = lock(&s.stored);
+            let newer = stored.get(&token).is_none_or(|(e, at)| *e != epoch || *at < seq);
+            if newer {
+                stored.insert(token, (epoch.clone(), seq));
+            }
+            return Ok(Published { epoch, seq, duplicate: false });
+        }
+    }
+
+    async fn notify(&self, users: &[Arc<str>], notice: &Notice) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let payload = wire::encode_notice(users, notice)
+            .ok_or_else(|| BrokerError::Internal(format!("the nats broker cannot carry {notice:?}")))?;
+        s.fan_out("notify", s.names.notices(), payload).await
+    }
+
+    async fn broadcast(&self, room: &RoomName, what: Transient) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let subject = s.names.deliveries(&names::token(room));
+        s.fan_out("broadcast", subject, wire::encode_transient(&what)).await
+    }
+
+    async fn subscribe(&self, room: &RoomName) -> Result<Position, BrokerError> {
+        rooms::subscribe(&self.shared, room, self.stop.clone()).await
+    }
+
+    async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
+        lock(&self.shared.rooms).remove(&names::token(room));
+        Ok(())
+    }
+
+    async fn history(&self, room: &RoomName, query: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        self.shared.history(room, query).await
+    }
+
+    async fn presence_add(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
+        self.shared.presence.add(&self.shared, room, session, user).await
+    }
+
+    async fn presence_remove(&self, room: &RoomName, session: &str, user: &str) -> Result<bool, BrokerError> {
+        self.shared.presence.remove(&self.shared, room, session, user).await
+    }
+
+    async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
+        self.shared.presence.members(&self.shared, room).await
+    }
+
+    async fn erase(&self, room: &RoomName, seq: u64) -> Result<bool, BrokerError> {
+        self.shared.erase(&names::token(room), seq).await
+    }
+
+    async fn erase_user(&self, user: &str) -> Result<u64, BrokerError> {
+        let s = &self.shared;
+        // Every room's messages from `user`, by room token (the subject's last part).
+        let mut found: HashMap<String, Vec<u64>> = HashMap::new();
+        let prefix = s.names.records("");
+        s.scan(s.names.stream(), s.names.stream_subjects(), from_start(), |_, m| {
+            if let Some(Record { kind: Kind::Message { from, .. }, head, .. }) = Record::decode(&m.payload) {
+                if from == user {
+                    if let Some(token) = m.subject.as_str().strip_prefix(&prefix) {
+                        found.entry(token.to_owned()).or_default().push(head);
+                    }
+                }
+            }
+            true
+        })
+        .await?;
+        let mut erased = 0;
+        for (token, seqs) in found {
+            for seq in seqs {
+                erased += u64::from(s.erase(&token, seq).await?);
+            }
+        }
+        Ok(erased)
+    }
+
+    async fn detach(&self) {
+        let s = &self.shared;
+        self.stop.cancel();
+        lock(&s.rooms).clear();
+        s.presence.clear(s).await;
+    }
+}
+
+impl Shared {
+    /// Publishes on core NATS and waits until the server has it (a flush: its answer to a ping
+    /// sent after), so that what one caller sends after another's call returned arrives after
+    /// it everywhere, as with the other brokers.
+    async fn fan_out(&self, what: &str, subject: String, payload: Vec<u8>) -> Result<(), BrokerError> {
+        let sent = timeout(self.settings.op_timeout, self.client.publish(subject, payload.into())).await;
+        sent.map_err(|_| unavailable(what, "timed out"))?.map_err(|e| unavailable(what, e))?;
+        self.sync(what).await
+    }
+
+    /// Returns once the server has processed everything this node sent before (its
+    /// publications delivered, its subscriptions in place): a request nobody answers, which
+    /// the server refuses (no responders) after the commands before it. async-nats's `flush`
+    /// only writes to the socket.
+    pub(crate) async fn sync(&self, what: &str) -> Result<(), BrokerError> {
+        let subject = format!("{}.sync.{}", self.settings.prefix, self.instance);
+        let asked = timeout(self.settings.op_timeout, self.client.request(subject, Bytes::new())).await;
+        match asked.map_err(|_| unavailable(what, "timed out"))? {
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => Err(unavailable(what, e)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The original of a duplicate publish: the record at `sseq`.
+    async fn original(&self, token: &str, sseq: u64) -> Result<Published, BrokerError> {
+        let get = self.stream().await?.raw_message_builder().sequence(sseq).send();
+        let got = timeout(self.settings.op_timeout, get).await.map_err(|_| unavailable("read", "timed out"))?;
+        let m =
+            got.map_err(|e| BrokerError::Internal(format!("the original of a duplicate in {token} is gone: {e}")))?;
+        match Record::decode(&m.payload) {
+            Some(Record { epoch, head, kind: Kind::Message { .. } }) => {
+                Ok(Published { epoch: Epoch::from(epoch), seq: head, duplicate: true })
+            }
+            _ => Err(BrokerError::Internal(format!("the original of a duplicate in {token} was erased"))),
+        }
+    }
+
+    /// Erases the message at `seq` of the room's current epoch: a tombstone record keeps its
+    /// place (and the room's head), then the message itself is deleted from the stream.
+    async fn erase(&self, token: &str, seq: u64) -> Result<bool, BrokerError> {
+        let deadline = Instant::now() + self.settings.op_timeout;
+        loop {
+            let Some(head) = self.head(token).await? else { return Ok(false) };
+            if seq == 0 || seq > head.record.head {
+                return Ok(false);
+            }
+            // Where the message is, and whether a tombstone already replaced it.
+            let (mut at, mut erased) = (None, false);
+            let epoch = head.record.epoch.clone();
+            self.scan(self.names.stream(), self.names.records(token), from_start(), |sseq, m| {
+                match Record::decode(&m.payload) {
+                    Some(Record { epoch: e, head: s, kind: Kind::Message { ts, from, .. } })
+                        if e == epoch && s == seq =>
+                    {
+                        at = Some((sseq, ts, from));
+                    }
+                    Some(Record { epoch: e, kind: Kind::Tombstone { seq: s, .. }, .. }) if e == epoch && s == seq => {
+                        erased = true;
+                    }
+                    _ => {}
+                }
+                sseq < head.sseq
+            })
+            .await?;
+            let Some((sseq, ts, from)) = at else { return Ok(false) };
+            if !erased {
+                let tombstone = Record::tombstone(&epoch, seq, head.record.head, ts, &from);
+                if self.append(token, tombstone, head.sseq, None).await?.is_none() {
+                    if Instant::now() > deadline {
+                        return Err(unavailable("erase", "too many concurrent publishers in the room"));
+                    }
+                    continue;
+                }
+            }
+            let stream = self.stream().await?;
+            let deleted = timeout(self.settings.op_timeout, stream.delete_message(sseq))
+                .await
+                .map_err(|_| unavailable("erase", "timed out"))?;
+            deleted.map_err(|e| unavailable("erase", e))?;
+            return Ok(!erased);
+        }
+    }
+}

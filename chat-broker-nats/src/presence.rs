@@ -1,0 +1,273 @@
+//! Presence in a JetStream key-value bucket (`<prefix>-presence`): one entry per room and node,
+//! `<room token>.<node instance>`, listing that node's users in the room with their session
+//! counts (`<count> <user>` lines). The bucket's entries expire after the presence expiry;
+//! each node writes its entries again every quarter of it, so a dead node's sessions leave
+//! presence within the expiry, and each node that has members in the room announces, to its
+//! own sessions, `member_left` for the users who are gone with them.
+//!
+//! A room's members are the sum of its entries. Whether a session is its user's first (or
+//! last) in the room is decided from the other nodes' entries read before (after) this node
+//! writes its own: two nodes adding the same user at the same moment may both say first, so
+//! a `member_joined` can come twice; a `member_left` is never missed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::{consumer, stream, Context};
+use bytes::Bytes;
+use chat_core::broker::{Delivery, PresenceEntry, Transient};
+use chat_core::{BrokerError, RoomName};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Settings;
+use crate::names::{self, Names};
+use crate::node::{lock, unavailable, Shared};
+
+/// This node's share of presence, and the bucket.
+pub(crate) struct Presence {
+    js: Context,
+    /// Where entries are written: `$KV.<bucket>.` and the key.
+    subject: String,
+    /// The bucket's stream (`KV_<bucket>`).
+    stream: String,
+    instance: String,
+    /// This node's sessions by room token: the room, and each user's sessions.
+    local: Mutex<HashMap<String, Local>>,
+}
+
+struct Local {
+    users: HashMap<String, HashSet<String>>,
+}
+
+impl Local {
+    /// The entry's value: `<count> <user>` lines.
+    fn value(&self) -> Bytes {
+        let mut out = String::new();
+        for (user, sessions) in &self.users {
+            if !sessions.is_empty() {
+                out.push_str(&format!("{} {user}\n", sessions.len()));
+            }
+        }
+        Bytes::from(out)
+    }
+}
+
+/// Parses an entry's value; lines that do not parse are skipped.
+fn parse(value: &[u8]) -> impl Iterator<Item = (&str, u64)> {
+    std::str::from_utf8(value).unwrap_or("").lines().filter_map(|line| {
+        let (count, user) = line.split_once(' ')?;
+        Some((user, count.parse().ok()?))
+    })
+}
+
+impl Presence {
+    /// Opens the bucket, creating it when missing.
+    pub(crate) async fn open(
+        js: &Context,
+        names: &Names,
+        settings: &Settings,
+        instance: &str,
+    ) -> Result<Presence, BrokerError> {
+        let op = settings.op_timeout;
+        let bucket = names.bucket();
+        // A key-value bucket as JetStream lays it out (`KV_<bucket>`, keys under
+        // `$KV.<bucket>.`), made with the stream API: async-nats's own bucket creation asks
+        // for account details that NATS 2.9 answers in a shape it does not parse.
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: settings.presence_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        let made =
+            timeout(op, js.get_or_create_stream(config)).await.map_err(|_| unavailable("bucket", "timed out"))?;
+        made.map_err(|e| unavailable("bucket", e))?;
+        Ok(Presence {
+            js: js.clone(),
+            subject: format!("$KV.{bucket}."),
+            stream: format!("KV_{bucket}"),
+            instance: instance.to_owned(),
+            local: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Every node's entry for the room but this one's: users and their session counts.
+    async fn others(&self, shared: &Shared, token: &str) -> Result<BTreeMap<String, u64>, BrokerError> {
+        self.read(shared, token, false).await
+    }
+
+    /// The room's entries summed (this node's with `own`).
+    async fn read(&self, shared: &Shared, token: &str, own: bool) -> Result<BTreeMap<String, u64>, BrokerError> {
+        let mine = format!("$KV.{}.{}", shared.names.bucket(), shared.names.entry(token, &self.instance));
+        let mut users = BTreeMap::new();
+        let subject = shared.names.entries(token);
+        shared
+            .scan(self.stream.clone(), subject, consumer::DeliverPolicy::LastPerSubject, |_, m| {
+                if own || m.subject.as_str() != mine {
+                    for (user, count) in parse(&m.payload) {
+                        *users.entry(user.to_owned()).or_insert(0) += count;
+                    }
+                }
+                true
+            })
+            .await?;
+        Ok(users)
+    }
+
+    /// Writes this node's entry for the room as it now stands.
+    async fn write(&self, shared: &Shared, token: &str) -> Result<(), BrokerError> {
+        let value = lock(&self.local).get(token).map(Local::value).unwrap_or_default();
+        let key = shared.names.entry(token, &self.instance);
+        self.put(shared, &key, value).await
+    }
+
+    /// Writes an entry and waits for JetStream's acknowledgement.
+    async fn put(&self, shared: &Shared, key: &str, value: Bytes) -> Result<(), BrokerError> {
+        let subject = format!("{}{key}", self.subject);
+        let put = timeout(shared.settings.op_timeout, async { self.js.publish(subject, value).await?.await }).await;
+        put.map_err(|_| unavailable("presence", "timed out"))?.map_err(|e| unavailable("presence", e))?;
+        Ok(())
+    }
+
+    /// Adds a session; true when it is the user's first in the room across the cluster.
+    pub(crate) async fn add(
+        &self,
+        shared: &Shared,
+        room: &RoomName,
+        session: &str,
+        user: &str,
+    ) -> Result<bool, BrokerError> {
+        let token = names::token(room);
+        let others = self.others(shared, &token).await?;
+        let was_here = {
+            let mut local = lock(&self.local);
+            let entry = local.entry(token.clone()).or_insert_with(|| Local { users: HashMap::new() });
+            let sessions = entry.users.entry(user.to_owned()).or_default();
+            let was_here = !sessions.is_empty();
+            sessions.insert(session.to_owned());
+            was_here
+        };
+        if let Err(e) = self.write(shared, &token).await {
+            // Not joined: forget the session (the next refresh writes the entry without it).
+            if let Some(entry) = lock(&self.local).get_mut(&token) {
+                if let Some(sessions) = entry.users.get_mut(user) {
+                    sessions.remove(session);
+                }
+            }
+            return Err(e);
+        }
+        Ok(!was_here && others.get(user).is_none_or(|&n| n == 0))
+    }
+
+    /// Removes a session; true when it was the user's last in the room across the cluster.
+    pub(crate) async fn remove(
+        &self,
+        shared: &Shared,
+        room: &RoomName,
+        session: &str,
+        user: &str,
+    ) -> Result<bool, BrokerError> {
+        let token = names::token(room);
+        let gone = {
+            let mut local = lock(&self.local);
+            let Some(entry) = local.get_mut(&token) else { return Ok(false) };
+            let Some(sessions) = entry.users.get_mut(user) else { return Ok(false) };
+            if !sessions.remove(session) {
+                return Ok(false);
+            }
+            let gone = sessions.is_empty();
+            if gone {
+                entry.users.remove(user);
+            }
+            gone
+        };
+        // If this fails the refresh writes the entry without the session within a quarter of
+        // the expiry.
+        self.write(shared, &token).await?;
+        if !gone {
+            return Ok(false);
+        }
+        let others = self.others(shared, &token).await?;
+        Ok(others.get(user).is_none_or(|&n| n == 0))
+    }
+
+    /// The room's members across the cluster.
+    pub(crate) async fn members(&self, shared: &Shared, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let users = self.read(shared, &names::token(room), true).await?;
+        Ok(users.into_iter().filter(|(_, n)| *n > 0).map(|(user, sessions)| PresenceEntry { user, sessions }).collect())
+    }
+
+    /// Removes this node's entries (the node detaches).
+    pub(crate) async fn clear(&self, shared: &Shared) {
+        let tokens: Vec<String> = lock(&self.local).drain().map(|(token, _)| token).collect();
+        for token in tokens {
+            let key = shared.names.entry(&token, &self.instance);
+            if self.put(shared, &key, Bytes::new()).await.is_err() {
+                tracing::warn!(node = %self.instance, "detach: could not clear presence; it will expire");
+            }
+        }
+    }
+
+    /// Writes every entry of this node again (so they do not expire), dropping rooms left
+    /// empty once their empty entry is written.
+    async fn refresh(&self, shared: &Shared) {
+        let tokens: Vec<String> = lock(&self.local).keys().cloned().collect();
+        for token in tokens {
+            match self.write(shared, &token).await {
+                Ok(()) => {
+                    let mut local = lock(&self.local);
+                    if local.get(&token).is_some_and(|l| l.users.is_empty()) {
+                        local.remove(&token);
+                    }
+                }
+                Err(e) => tracing::debug!(node = %self.instance, error = %e, "presence refresh failed"),
+            }
+        }
+    }
+}
+
+/// Announces, to this node's sessions, the members of each subscribed room who left without
+/// a `member_left`: their node died and its entries expired.
+async fn sweep(shared: &Shared) {
+    let tokens: Vec<String> = lock(&shared.rooms).keys().cloned().collect();
+    for token in tokens {
+        let Ok(now) = shared.presence.read(shared, &token, true).await else { continue };
+        let now: BTreeSet<String> = now.into_iter().filter(|(_, n)| *n > 0).map(|(u, _)| u).collect();
+        let (room, gone) = {
+            let mut rooms = lock(&shared.rooms);
+            let Some(track) = rooms.get_mut(&token) else { continue };
+            let gone: Vec<String> = match &track.members {
+                Some(before) => before.difference(&now).cloned().collect(),
+                None => Vec::new(),
+            };
+            track.members = Some(now);
+            (track.room.clone(), gone)
+        };
+        for user in gone {
+            shared.sink.deliver(&room, Delivery::Transient(Transient::MemberLeft(Arc::from(user))));
+        }
+    }
+}
+
+/// The presence task: refreshes this node's entries and sweeps, every quarter of the expiry.
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.settings.heartbeat_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                shared.presence.refresh(&shared).await;
+                sweep(&shared).await;
+            }
+        }
+    }
+}

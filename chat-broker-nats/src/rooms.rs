@@ -1,0 +1,278 @@
+//! A node's live side: one core subscription and one task per room with local members, and
+//! one subscription for the notices.
+//!
+//! The stream republishes each record it stored to the room's delivery subject, after storing
+//! it (on a quorum), with its stream sequence in the `Nats-Sequence` header; transient
+//! deliveries go to the same subject without one. Core NATS is at-most-once: a connection
+//! that drops, or a subscriber that falls behind, loses messages. So the room's task delivers
+//! a message only when it is the next seq; a later one means a gap, and the task first reads
+//! the missed records from the stream (`catch_up`), in order. A record of another epoch means
+//! the room's history was lost (the stream deleted or purged): `Delivery::Reset`, then the new
+//! epoch's messages. When the connection comes back every room catches up, since a lost
+//! message may have been the room's last. Only the room's task delivers, so deliveries keep
+//! seq order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::header::NATS_SEQUENCE;
+use chat_core::broker::{wire, Delivery, Epoch, Message, Position, Transient};
+use chat_core::{BrokerError, RoomName};
+use futures::StreamExt;
+use tokio::time::timeout;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::names;
+use crate::node::{from_start, lock, unavailable, Shared};
+use crate::record::{Kind, Record};
+
+/// Where this node stands in a room it subscribes to.
+pub(crate) struct Track {
+    pub(crate) room: RoomName,
+    epoch: Epoch,
+    /// The last seq delivered (or the position read at subscribe).
+    last: u64,
+    /// The stream sequence of the last record seen.
+    sseq: u64,
+    /// The epoch this room moved on from here: a late record of it is not news.
+    retired: Option<Epoch>,
+    /// The room's members as this node last saw them (presence), for announcing those a
+    /// dead node held once their entries expire; `None` until first read.
+    pub(crate) members: Option<std::collections::BTreeSet<String>>,
+    /// Stops the room's task when the track is dropped (unsubscribed).
+    _task: DropGuard,
+}
+
+impl Track {
+    /// The epoch and the last seq delivered.
+    pub(crate) fn known(&self) -> Option<(Epoch, u64)> {
+        Some((self.epoch.clone(), self.last))
+    }
+}
+
+/// Subscribes the node to `room`: the delivery subject first, then the position, so every
+/// later record comes.
+pub(crate) async fn subscribe(
+    shared: &Arc<Shared>,
+    room: &RoomName,
+    stop: CancellationToken,
+) -> Result<Position, BrokerError> {
+    let token = names::token(room);
+    if lock(&shared.rooms).contains_key(&token) {
+        return Ok(shared.position(room).await?.0);
+    }
+    let op = shared.settings.op_timeout;
+    let subscribe = shared.client.subscribe(shared.names.deliveries(&token));
+    let subscriber = timeout(op, subscribe).await.map_err(|_| unavailable("subscribe", "timed out"))?;
+    let subscriber = subscriber.map_err(|e| unavailable("subscribe", e))?;
+    shared.sync("subscribe").await?;
+    let (position, sseq) = shared.position(room).await?;
+    let mut rooms = lock(&shared.rooms);
+    if rooms.contains_key(&token) {
+        return Ok(position); // subscribed meanwhile by a concurrent call
+    }
+    let task = stop.child_token();
+    rooms.insert(
+        token.clone(),
+        Track {
+            room: room.clone(),
+            epoch: position.epoch.clone(),
+            last: position.seq,
+            sseq,
+            retired: None,
+            members: None,
+            _task: task.clone().drop_guard(),
+        },
+    );
+    tokio::spawn(run(shared.clone(), token, subscriber, task));
+    Ok(position)
+}
+
+/// The room's task: delivers until unsubscribed or the node stops.
+async fn run(shared: Arc<Shared>, token: String, mut subscriber: async_nats::Subscriber, stop: CancellationToken) {
+    let mut reconnected = shared.reconnected.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            m = subscriber.next() => match m {
+                Some(m) => on_message(&shared, &token, &m, &stop).await,
+                None => return,
+            },
+            changed = reconnected.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                catch_up_until_done(&shared, &token, &stop).await;
+            }
+        }
+    }
+}
+
+/// One message of the room's delivery subject.
+async fn on_message(shared: &Shared, token: &str, m: &async_nats::Message, stop: &CancellationToken) {
+    let sseq = m.headers.as_ref().and_then(|h| h.get(NATS_SEQUENCE)).and_then(|v| v.as_str().parse::<u64>().ok());
+    let Some(sseq) = sseq else {
+        let Some(transient) = wire::decode_transient(&m.payload) else {
+            tracing::warn!(token, "malformed delivery; dropped");
+            return;
+        };
+        let room = {
+            let mut rooms = lock(&shared.rooms);
+            let Some(track) = rooms.get_mut(token) else { return };
+            if let Some(members) = &mut track.members {
+                match &transient {
+                    Transient::MemberJoined(user) => members.insert(user.to_string()),
+                    Transient::MemberLeft(user) => members.remove(&**user),
+                    Transient::Message(_) => false,
+                };
+            }
+            track.room.clone()
+        };
+        shared.sink.deliver(&room, Delivery::Transient(transient));
+        return;
+    };
+    let Some(record) = Record::decode(&m.payload) else {
+        tracing::warn!(token, sseq, "malformed record; dropped");
+        return;
+    };
+    let next = {
+        let mut rooms = lock(&shared.rooms);
+        let Some(track) = rooms.get_mut(token) else { return };
+        if *track.epoch == *record.epoch {
+            if record.head <= track.last {
+                return; // already delivered, or a tombstone or start record of what was
+            }
+            match record.kind {
+                Kind::Message { ts, from, body } if record.head == track.last + 1 => {
+                    (track.last, track.sseq) = (record.head, sseq);
+                    let message = Message { seq: record.head, from: from.into(), ts, body: Some(body) };
+                    Some((track.room.clone(), track.epoch.clone(), message))
+                }
+                _ => None, // a gap
+            }
+        } else if track.retired.as_deref() == Some(record.epoch.as_str()) {
+            return; // sent before the room reset here
+        } else {
+            None // another epoch
+        }
+    };
+    match next {
+        Some((room, epoch, message)) => {
+            shared.sink.deliver(&room, Delivery::Stored { epoch, message: Arc::new(message) })
+        }
+        None => catch_up_until_done(shared, token, stop).await,
+    }
+}
+
+/// [`catch_up`], again until it succeeds (NATS may be coming back), or the room is dropped.
+async fn catch_up_until_done(shared: &Shared, token: &str, stop: &CancellationToken) {
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match catch_up(shared, token).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(token, error = %e, "catching up the room failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Delivers what the stream holds of the room past the last seq delivered, in order; a room
+/// whose epoch changed gets `Reset` first, then its new epoch's messages.
+pub(crate) async fn catch_up(shared: &Shared, token: &str) -> Result<(), BrokerError> {
+    let Some((mut epoch, mut last, sseq)) = lock(&shared.rooms).get(token).map(|t| (t.epoch.clone(), t.last, t.sseq))
+    else {
+        return Ok(());
+    };
+    let Some(head) = shared.head(token).await? else { return Ok(()) };
+    if *head.record.epoch == *epoch && head.record.head <= last {
+        return Ok(());
+    }
+    let renewed = *head.record.epoch != *epoch;
+    // A stream that was made again numbers from 1: read it whole.
+    let from = if renewed || head.sseq < sseq { 1 } else { sseq + 1 };
+    let wanted = head.record.epoch.clone();
+    let (mut messages, mut base) = (BTreeMap::new(), None::<u64>);
+    let policy = async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from };
+    let policy = if from == 1 { from_start() } else { policy };
+    shared
+        .scan(shared.names.stream(), shared.names.records(token), policy, |at, m| {
+            if let Some(record) = Record::decode(&m.payload).filter(|r| r.epoch == wanted) {
+                let first = match &record.kind {
+                    Kind::Message { .. } => record.head - 1,
+                    Kind::Tombstone { seq, .. } => seq - 1,
+                    Kind::Start => record.head,
+                };
+                base = Some(base.map_or(first, |b| b.min(first)));
+                match record.kind {
+                    Kind::Message { ts, from, body } => {
+                        let seq = record.head;
+                        messages.entry(seq).or_insert(Message { seq, from: from.into(), ts, body: Some(body) });
+                    }
+                    Kind::Tombstone { seq, ts, from } => {
+                        messages.insert(seq, Message { seq, from: from.into(), ts, body: None });
+                    }
+                    Kind::Start => {}
+                }
+            }
+            at < head.sseq
+        })
+        .await?;
+    let room = {
+        let mut rooms = lock(&shared.rooms);
+        let Some(track) = rooms.get_mut(token) else { return Ok(()) };
+        if *track.epoch != *epoch || track.last != last {
+            return Ok(()); // moved on meanwhile (cannot happen: only this task delivers)
+        }
+        if renewed {
+            tracing::warn!(token, old = %epoch, new = %wanted, "room history lost; resetting");
+            track.retired = Some(track.epoch.clone());
+            epoch = Epoch::from(wanted.as_str());
+            last = base.unwrap_or(head.record.head);
+            track.epoch = epoch.clone();
+        }
+        track.last = messages.keys().next_back().copied().filter(|&s| s > last).unwrap_or(last);
+        track.sseq = head.sseq;
+        track.room.clone()
+    };
+    if renewed {
+        shared.sink.deliver(&room, Delivery::Reset { epoch: epoch.clone() });
+    }
+    for (seq, message) in messages {
+        if seq > last {
+            shared.sink.deliver(&room, Delivery::Stored { epoch: epoch.clone(), message: Arc::new(message) });
+        }
+    }
+    Ok(())
+}
+
+/// Subscribes the node to the notices and starts the task that hands them to the sink.
+pub(crate) async fn listen_for_notices(shared: &Arc<Shared>, stop: CancellationToken) -> Result<(), BrokerError> {
+    let op = shared.settings.op_timeout;
+    let subscribe = shared.client.subscribe(shared.names.notices());
+    let mut subscriber = timeout(op, subscribe)
+        .await
+        .map_err(|_| unavailable("subscribe", "timed out"))?
+        .map_err(|e| unavailable("subscribe", e))?;
+    shared.sync("subscribe").await?;
+    let sink = shared.sink.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                m = subscriber.next() => match m {
+                    Some(m) => match wire::decode_notice(&m.payload) {
+                        Some((users, notice)) => sink.notify(&users, &notice),
+                        None => tracing::warn!("malformed notice; dropped"),
+                    },
+                    None => return,
+                },
+            }
+        }
+    });
+    Ok(())
+}
