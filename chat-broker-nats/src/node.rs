@@ -83,9 +83,6 @@ pub(crate) struct Shared {
     origin: Option<Arc<dyn Origin>>,
     /// Rooms this node subscribes to, by token.
     pub(crate) rooms: Mutex<HashMap<String, Track>>,
-    /// The newest message this node stored per room (epoch, seq), subscribed or not: NATS
-    /// acknowledged it, so a head older than that in the same epoch means NATS lost it.
-    stored: Mutex<HashMap<String, (Epoch, u64)>>,
     /// What the stream is configured with, as far as this node knows.
     retention: Mutex<Retention>,
     /// Bumped each time the connection comes back: rooms catch up.
@@ -196,23 +193,14 @@ impl Shared {
         Ok((new_epoch(), 0))
     }
 
-    /// What this node knows the room holds: the epoch and the newest seq it delivered or
-    /// stored there.
-    fn known(&self, token: &str) -> Option<(Epoch, u64)> {
-        let tracked = lock(&self.rooms).get(token).and_then(Track::known);
-        let stored = lock(&self.stored).get(token).cloned();
-        match (tracked, stored) {
-            (Some((e1, s1)), Some((e2, s2))) if e1 == e2 => Some((e1, s1.max(s2))),
-            (Some(t), _) => Some(t),
-            (None, s) => s,
-        }
-    }
-
     /// Whether the head says the room's history is older than what this node knows it
     /// acknowledged or delivered: NATS lost messages (a stream restored from a backup), so
     /// the room must start a new epoch rather than hand out those seqs again.
     fn behind(&self, token: &str, head: &Head) -> bool {
-        self.known(token).is_some_and(|(epoch, seq)| *epoch == *head.record.epoch && head.record.head < seq)
+        lock(&self.rooms)
+            .get(token)
+            .map(Track::known)
+            .is_some_and(|(epoch, seq)| *epoch == *head.record.epoch && head.record.head < seq)
     }
 
     /// Publishes a record on the room's subject if its last record is still `expect` (0: none).
@@ -435,7 +423,6 @@ impl NatsNode {
             sink,
             origin,
             rooms: Mutex::new(HashMap::new()),
-            stored: Mutex::new(HashMap::new()),
             retention: Mutex::new(Retention {
                 history_size: defaults.history_size,
                 history_ttl: defaults.history_ttl,
@@ -488,10 +475,8 @@ impl BrokerNode for NatsNode {
                 return s.original(&token, ack.sequence).await;
             }
             let epoch = Epoch::from(epoch);
-            let mut stored = lock(&s.stored);
-            let newer = stored.get(&token).is_none_or(|(e, at)| *e != epoch || *at < seq);
-            if newer {
-                stored.insert(token, (epoch.clone(), seq));
+            if let Some(track) = lock(&s.rooms).get_mut(&token) {
+                track.stored(&epoch, seq);
             }
             return Ok(Published { epoch, seq, duplicate: false });
         }

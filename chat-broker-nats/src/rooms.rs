@@ -35,6 +35,9 @@ pub(crate) struct Track {
     last: u64,
     /// The stream sequence of the last record seen.
     sseq: u64,
+    /// The newest seq this node stored in `epoch` and has not delivered yet: NATS
+    /// acknowledged it, so a head older than that means NATS lost it.
+    stored: u64,
     /// The epoch this room moved on from here: a late record of it is not news.
     retired: Option<Epoch>,
     /// The room's members as this node last saw them (presence), for announcing those a
@@ -45,9 +48,16 @@ pub(crate) struct Track {
 }
 
 impl Track {
-    /// The epoch and the last seq delivered.
-    pub(crate) fn known(&self) -> Option<(Epoch, u64)> {
-        Some((self.epoch.clone(), self.last))
+    /// The epoch and the newest seq this node delivered or stored there.
+    pub(crate) fn known(&self) -> (Epoch, u64) {
+        (self.epoch.clone(), self.last.max(self.stored))
+    }
+
+    /// This node stored `seq` in `epoch`.
+    pub(crate) fn stored(&mut self, epoch: &Epoch, seq: u64) {
+        if self.epoch == *epoch {
+            self.stored = self.stored.max(seq);
+        }
     }
 }
 
@@ -80,6 +90,7 @@ pub(crate) async fn subscribe(
             epoch: position.epoch.clone(),
             last: position.seq,
             sseq,
+            stored: 0,
             retired: None,
             members: None,
             _task: task.clone().drop_guard(),
@@ -234,6 +245,7 @@ pub(crate) async fn catch_up(shared: &Shared, token: &str) -> Result<(), BrokerE
             epoch = Epoch::from(wanted.as_str());
             last = base.unwrap_or(head.record.head);
             track.epoch = epoch.clone();
+            track.stored = 0;
         }
         track.last = messages.keys().next_back().copied().filter(|&s| s > last).unwrap_or(last);
         track.sseq = head.sseq;
