@@ -26,6 +26,7 @@ use axum::http::header;
 use axum::routing::get;
 use axum::Router;
 use chat_engine::core::{AllowAnonymous, ConnectionLimits, Engine, JwtAuthenticator, MemoryBroker, Retention};
+use chat_engine::nats::NatsBroker;
 use chat_engine::postgres::PostgresStore;
 use chat_engine::redis::RedisBroker;
 use chat_engine::sqlite::SqliteStore;
@@ -47,9 +48,10 @@ struct Args {
     /// go out compressed, each compressed once for all its recipients.
     #[arg(long)]
     ws_deflate: bool,
-    /// `memory` (this process only), or Redis, which many nodes share rooms through: one server,
-    /// `redis://HOST:PORT`, or a primary managed by Sentinel,
-    /// `redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE` (the hosts are the sentinels).
+    /// `memory` (this process only), or a broker that many nodes share rooms through: Redis,
+    /// one server, `redis://HOST:PORT`, or a primary managed by Sentinel,
+    /// `redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE` (the hosts are the sentinels); or NATS
+    /// JetStream, `nats://HOST:PORT[,nats://HOST:PORT…]` (the servers of one cluster).
     #[arg(long, default_value = "memory")]
     broker: String,
     /// Where conversations are kept durably: `sqlite:PATH` (a database file), `postgres://…`
@@ -92,7 +94,7 @@ struct Args {
     /// the least recently active rooms lose their oldest messages).
     #[arg(long)]
     max_history_bytes: Option<usize>,
-    /// With the Redis broker: how long the sessions of a dead node stay in presence.
+    /// With the Redis or NATS broker: how long the sessions of a dead node stay in presence.
     #[arg(long)]
     presence_ttl_ms: Option<u64>,
     /// With the Redis broker: the longest one Redis call may take before it fails with
@@ -103,6 +105,14 @@ struct Args {
     /// `WAIT`; default 0). 1 under Sentinel keeps a failover from losing acknowledged messages.
     #[arg(long, default_value_t = 0)]
     redis_replicas: u32,
+    /// With the NATS broker: on how many JetStream servers each message is stored (1, 3 or 5;
+    /// `sent` once a majority has it). Applies when the stream is created.
+    #[arg(long, default_value_t = 1)]
+    nats_replicas: usize,
+    /// With the NATS broker: the longest one NATS call may take before it fails with
+    /// `unavailable` (default 2000).
+    #[arg(long)]
+    nats_op_timeout_ms: Option<u64>,
     /// Require HS256 tokens signed with this secret (`hello.token`) instead of trusting
     /// `hello.user`.
     #[arg(long)]
@@ -269,6 +279,15 @@ async fn main() -> anyhow::Result<()> {
     };
     builder = if args.broker == "memory" {
         builder.broker(MemoryBroker::new())
+    } else if args.broker.starts_with("nats://") {
+        let mut nats = NatsBroker::builder(&args.broker).replicas(args.nats_replicas);
+        if let Some(ms) = args.presence_ttl_ms {
+            nats = nats.presence_ttl(Duration::from_millis(ms));
+        }
+        if let Some(ms) = args.nats_op_timeout_ms {
+            nats = nats.op_timeout(Duration::from_millis(ms));
+        }
+        builder.broker(nats.build().context("--broker nats://HOST:PORT[,nats://HOST:PORT…]")?)
     } else {
         let mut redis = RedisBroker::builder(&args.broker);
         if let Some(ms) = args.presence_ttl_ms {
@@ -280,7 +299,7 @@ async fn main() -> anyhow::Result<()> {
         redis = redis.replicas_to_acknowledge(args.redis_replicas);
         let redis = redis.build().with_context(|| {
             format!(
-                "--broker must be `memory`, `redis://HOST:PORT` or `redis+sentinel://HOST:PORT,…/SERVICE`, not {:?}",
+                "--broker must be `memory`, `redis://HOST:PORT`, `redis+sentinel://HOST:PORT,…/SERVICE` or `nats://HOST:PORT`, not {:?}",
                 args.broker
             )
         })?;

@@ -1,9 +1,12 @@
-//! Many nodes, end to end: two `chat-server` processes on one real `redis-server` (started here
-//! on a free loopback port), clients over both transports, a node killed with SIGKILL and
-//! restarted; and the `chat-client` example as a process surviving a server restart.
+//! Many nodes, end to end: `chat-server` processes sharing rooms through a real broker started
+//! here on free loopback ports, each scenario on Redis and on NATS JetStream (a single
+//! `nats-server -js`, and three nodes on a three-server JetStream cluster): clients over both
+//! transports, a node killed with SIGKILL and restarted; and the `chat-client` example as a
+//! process surviving a server restart.
 //!
-//! Needs `redis-server` on the PATH (`apt-get install redis-server`). The examples are built
-//! by this test's cargo when they are missing or older than their sources.
+//! Needs `redis-server` and `nats-server` on the PATH (`apt-get install redis-server
+//! nats-server`). The examples are built by this test's cargo when they are missing or older
+//! than their sources.
 
 mod common;
 
@@ -21,22 +24,12 @@ use serde_json::json;
 /// (plus one sweep interval, a quarter of it).
 const PRESENCE_TTL: Duration = Duration::from_millis(2000);
 
-/// A `chat-server` node on `redis`, listening on free ports.
-async fn node(redis: &Redis, id: &str) -> ChatServer {
+/// A `chat-server` node on the broker at `broker` (a Redis or NATS url), listening on free
+/// ports.
+async fn node(broker: &str, id: &str) -> ChatServer {
     let ttl = PRESENCE_TTL.as_millis().to_string();
-    let broker = redis.url();
-    let args = [
-        "--broker",
-        &broker,
-        "--tcp",
-        "127.0.0.1:0",
-        "--ws",
-        "127.0.0.1:0",
-        "--node-id",
-        id,
-        "--presence-ttl-ms",
-        &ttl,
-    ];
+    let args =
+        ["--broker", broker, "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--node-id", id, "--presence-ttl-ms", &ttl];
     ChatServer::start(&format!("node-{id}"), &args).await
 }
 
@@ -58,16 +51,42 @@ fn text(m: &Message) -> &str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
-    const PER_SENDER: usize = 30;
+async fn clients_on_two_nodes_chat_in_one_order_over_both_transports_on_redis() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    clients_on_many_nodes_chat_in_one_order(&[redis.url(), redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_nodes_chat_in_one_order_over_both_transports_on_nats() {
+    let nats = NatsServer::start();
+    clients_on_many_nodes_chat_in_one_order(&[nats.url(), nats.url()]).await;
+}
+
+/// Three nodes, each on its own server of a three-server JetStream cluster storing every
+/// message on all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_three_nodes_chat_in_one_order_on_a_nats_cluster() {
+    let cluster = NatsCluster::start();
+    let urls = cluster.urls();
+    clients_on_many_nodes_chat_in_one_order(&[urls[0].clone(), urls[1].clone(), urls[2].clone()]).await;
+}
+
+/// One node per broker url; clients on every node over both transports send at once, and all
+/// see one order, the senders' own order kept, under the acknowledged seqs.
+async fn clients_on_many_nodes_chat_in_one_order(brokers: &[String]) {
+    const PER_SENDER: usize = 30;
+    let mut nodes = Vec::new();
+    for (i, broker) in brokers.iter().enumerate() {
+        nodes.push(node(broker, &((b'a' + i as u8) as char).to_string()).await);
+    }
+    let (a, b) = (&nodes[0], &nodes[nodes.len() - 1]);
 
     let mut clients =
         vec![tcp(a.tcp, "alice").await, ws(&b.ws, "bob").await, ws(&a.ws, "carol").await, tcp(b.tcp, "dave").await];
+    let last = ((b'a' + (brokers.len() - 1) as u8) as char).to_string();
     assert_eq!(
         clients.iter().map(|c| c.welcome().node.as_str()).collect::<Vec<_>>(),
-        ["a", "b", "a", "b"],
+        ["a", &last, "a", &last],
         "each client is served by the node it connected to"
     );
     for c in &clients {
@@ -119,9 +138,19 @@ async fn clients_on_two_nodes_chat_in_one_order_over_both_transports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_loses_no_acknowledged_message() {
+async fn a_killed_node_loses_no_acknowledged_message_on_redis() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    a_killed_node_loses_no_acknowledged_message(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_acknowledged_message_on_nats() {
+    let nats = NatsServer::start();
+    a_killed_node_loses_no_acknowledged_message(&nats.url()).await;
+}
+
+async fn a_killed_node_loses_no_acknowledged_message(broker: &str) {
+    let (a, b) = (node(broker, "a").await, node(broker, "b").await);
     let room = "failover";
 
     let mut alice = tcp(a.tcp, "alice").await; // stays on a
@@ -224,9 +253,19 @@ async fn a_killed_node_loses_no_acknowledged_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_node_keeps_seq_and_epoch() {
+async fn a_restarted_node_keeps_seq_and_epoch_on_redis() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    a_restarted_node_keeps_seq_and_epoch(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_seq_and_epoch_on_nats() {
+    let nats = NatsServer::start();
+    a_restarted_node_keeps_seq_and_epoch(&nats.url()).await;
+}
+
+async fn a_restarted_node_keeps_seq_and_epoch(broker: &str) {
+    let (a, b) = (node(broker, "a").await, node(broker, "b").await);
     let room = "restart";
     let mut alice = tcp(a.tcp, "alice").await;
     let bob = tcp(b.tcp, "bob").await;
@@ -238,7 +277,7 @@ async fn a_restarted_node_keeps_seq_and_epoch() {
     messages(&mut alice, room, 5).await;
 
     b.kill().await;
-    let b = node(&redis, "b").await;
+    let b = node(broker, "b").await;
     let mut carol = ws(&b.ws, "carol").await;
     assert_eq!(carol.welcome().node, "b");
     let fresh = join(&carol, room).await;
