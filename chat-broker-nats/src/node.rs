@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Settings;
 use crate::names::{self, Names};
 use crate::presence::Presence;
-use crate::record::{Kind, Record};
+use crate::record::{Kind, Record, View};
 use crate::rooms::{self, Track};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,63 +193,94 @@ impl Shared {
         Ok((new_epoch(), 0))
     }
 
-    /// Whether the head says the room's history is older than what this node knows it
-    /// acknowledged or delivered: NATS lost messages (a stream restored from a backup), so
-    /// the room must start a new epoch rather than hand out those seqs again.
-    fn behind(&self, token: &str, head: &Head) -> bool {
+    /// Whether the room's tip is older than what this node knows it acknowledged or delivered
+    /// in the same epoch: NATS lost messages (a stream restored from a backup), so the room
+    /// must start a new epoch rather than hand those seqs out again.
+    fn behind(&self, token: &str, tip: &Tip) -> bool {
         lock(&self.rooms)
             .get(token)
             .map(Track::known)
-            .is_some_and(|(epoch, seq)| *epoch == *head.record.epoch && head.record.head < seq)
+            .is_some_and(|(epoch, seq)| *epoch == *tip.epoch && tip.head < seq)
     }
 
-    /// Publishes a record on the room's subject if its last record is still `expect` (0: none).
-    /// `Ok(None)` when another record got there first.
-    async fn append(
-        &self,
-        token: &str,
-        payload: Vec<u8>,
-        expect: u64,
-        id: Option<&str>,
-    ) -> Result<Option<jetstream::publish::PublishAck>, BrokerError> {
+    /// Whether the record at `sseq`, written naming `prev`, won its race: the first record
+    /// after `prev` is it (see the `record` module's notes). A single server enforces the
+    /// expected last sequence exactly, so only a cluster's records are checked.
+    async fn won(&self, token: &str, prev: u64, sseq: u64) -> Result<bool, BrokerError> {
+        if self.settings.replicas == 1 {
+            return Ok(true);
+        }
+        let subject = self.names.records(token);
+        let get = self.stream().await?.raw_message_builder().sequence(prev + 1).next_by_subject(subject).send();
+        let got = timeout(self.settings.op_timeout, get).await.map_err(|_| unavailable("read", "timed out"))?;
+        Ok(got.map_err(|e| unavailable("read", e))?.sequence == sseq)
+    }
+
+    /// Where the room stands for a writer: its last valid record, and the stream sequence of
+    /// its very last record (valid or not), which the next record names as `prev`.
+    pub(crate) async fn tip(&self, token: &str) -> Result<Option<Tip>, BrokerError> {
+        let Some(head) = self.head(token).await? else { return Ok(None) };
+        let tip = Tip { last: head.sseq, epoch: head.record.epoch.clone(), head: head.record.head };
+        if let Some(track) = lock(&self.rooms).get(token) {
+            if track.seen() == head.sseq {
+                // This node's live deliveries judged every record up to this one.
+                return Ok(Some(Tip { epoch: track.known().0.to_string(), head: track.known().1, ..tip }));
+            }
+        }
+        if self.won(token, head.record.prev, head.sseq).await? {
+            return Ok(Some(tip));
+        }
+        // The last record lost a race, which happens only on a cluster, rarely: read the room.
+        let view = self.view(token).await?;
+        let last = view.read_to().max(tip.last);
+        Ok(view.last.map(|(epoch, head, _)| Tip { last, epoch, head }))
+    }
+
+    /// Appends a record naming `prev` (0: the room has none) if the room's last record is still
+    /// that one, with `id` as its `Nats-Msg-Id`.
+    async fn append(&self, token: &str, payload: Vec<u8>, prev: u64, id: Option<&str>) -> Result<Appended, BrokerError> {
         let mut publish =
-            jetstream::message::PublishMessage::build().payload(payload.into()).expected_last_subject_sequence(expect);
+            jetstream::message::PublishMessage::build().payload(payload.into()).expected_last_subject_sequence(prev);
         if let Some(id) = id {
             publish = publish.message_id(id);
         }
         let subject = self.names.records(token);
-        let acked = timeout(self.settings.op_timeout, async { self.js.send_publish(subject, publish).await?.await })
-            .await
-            .map_err(|_| unavailable("publish", "timed out"))?;
+        let acked = timeout(self.settings.op_timeout, async {
+            self.js.send_publish(subject, publish).await?.await
+        })
+        .await
+        .map_err(|_| unavailable("publish", "timed out"))?;
         match acked {
-            Ok(ack) => Ok(Some(ack)),
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(None),
+            Ok(ack) if ack.duplicate => Ok(Appended::Duplicate(ack.sequence)),
+            Ok(ack) if self.won(token, prev, ack.sequence).await? => Ok(Appended::Stored(ack.sequence)),
+            Ok(_) => Ok(Appended::Beaten),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(Appended::Refused),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
                 self.ensure_stream().await?;
-                Ok(None)
+                Ok(Appended::Refused)
             }
             Err(e) => Err(unavailable("publish", e)),
         }
     }
 
     /// The room's position, starting its epoch (a start record) when the stream holds nothing
-    /// of it, or when what it holds is older than what this node knows.
+    /// of it, or when what it holds is older than what this node knows. Also returns the stream
+    /// sequence of the room's last record.
     pub(crate) async fn position(&self, room: &RoomName) -> Result<(Position, u64), BrokerError> {
         let token = names::token(room);
         let deadline = Instant::now() + self.settings.op_timeout;
         loop {
-            let head = self.head(&token).await?;
-            let expect = match &head {
-                Some(h) if !self.behind(&token, h) => {
-                    let position = Position { epoch: Epoch::from(h.record.epoch.as_str()), seq: h.record.head };
-                    return Ok((position, h.sseq));
+            let tip = self.tip(&token).await?;
+            let prev = match &tip {
+                Some(t) if !self.behind(&token, t) => {
+                    return Ok((Position { epoch: Epoch::from(t.epoch.as_str()), seq: t.head }, t.last));
                 }
-                Some(h) => h.sseq,
+                Some(t) => t.last,
                 None => 0,
             };
             let (epoch, seq) = self.start_of(room).await?;
-            if let Some(ack) = self.append(&token, Record::start(&epoch, seq), expect, None).await? {
-                return Ok((Position { epoch: Epoch::from(epoch), seq }, ack.sequence));
+            if let Appended::Stored(sseq) = self.append(&token, Record::start(&epoch, seq, prev), prev, None).await? {
+                return Ok((Position { epoch: Epoch::from(epoch), seq }, sseq));
             }
             if Instant::now() > deadline {
                 return Err(unavailable("start epoch", "too many concurrent writers"));
@@ -316,35 +347,29 @@ impl Shared {
         result?
     }
 
-    /// The room's messages as one read of its records shows them: the last record's epoch and
-    /// head, and that epoch's messages by seq within the newest `history_size`, erased ones as
-    /// tombstones. `None` when the read found no record (the room is gone).
-    async fn records(&self, token: &str) -> Result<Option<(Position, Vec<Message>)>, BrokerError> {
-        let mut by_epoch: HashMap<String, std::collections::BTreeMap<u64, Message>> = HashMap::new();
-        let mut last: Option<(String, u64)> = None;
-        self.scan(self.names.stream(), self.names.records(token), from_start(), |_, m| {
-            if let Some(record) = Record::decode(&m.payload) {
-                let messages = by_epoch.entry(record.epoch.clone()).or_default();
-                match record.kind {
-                    Kind::Message { ts, from, body } => {
-                        let seq = record.head;
-                        messages.entry(seq).or_insert(Message { seq, from: from.into(), ts, body: Some(body) });
-                    }
-                    Kind::Tombstone { seq, ts, from } => {
-                        messages.insert(seq, Message { seq, from: from.into(), ts, body: None });
-                    }
-                    Kind::Start => {}
+    /// Every record the stream holds of the room, read in order into a [`View`].
+    pub(crate) async fn view(&self, token: &str) -> Result<View, BrokerError> {
+        self.view_after(token, None).await
+    }
+
+    /// The room's records after the one at stream sequence `after` (`None`: all of them).
+    pub(crate) async fn view_after(&self, token: &str, after: Option<u64>) -> Result<View, BrokerError> {
+        let mut view = View::after(after);
+        let policy = match after {
+            Some(sseq) => consumer::DeliverPolicy::ByStartSequence { start_sequence: sseq + 1 },
+            None => from_start(),
+        };
+        self.scan(self.names.stream(), self.names.records(token), policy, |sseq, m| {
+            match Record::decode(&m.payload) {
+                Some(record) => {
+                    view.add(sseq, record);
                 }
-                last = Some((record.epoch, record.head));
+                None => tracing::warn!(token, sseq, "malformed record; skipped"),
             }
             true
         })
         .await?;
-        let Some((epoch, head)) = last else { return Ok(None) };
-        let floor = head.saturating_sub(lock(&self.retention).history_size as u64);
-        let messages = by_epoch.remove(&epoch).unwrap_or_default();
-        let messages = messages.into_values().filter(|m| m.seq > floor && m.seq <= head).collect();
-        Ok(Some((Position { epoch: Epoch::from(epoch), seq: head }, messages)))
+        Ok(view)
     }
 
     /// A page of the room's history (PROTOCOL.md §4: exclusive bounds, oldest first). The
@@ -358,22 +383,48 @@ impl Shared {
             if q.limit == 0 {
                 return Ok(HistoryPage { epoch: position.epoch, latest: position.seq, messages: Vec::new() });
             }
-            let Some((position, all)) = self.records(&token).await? else {
+            let mut view = self.view(&token).await?;
+            let Some((epoch, head, _)) = view.last.take() else {
                 if Instant::now() > deadline {
                     return Err(unavailable("history", "the room's records keep vanishing"));
                 }
                 continue; // aged out since: `position` starts the room again
             };
-            let (lo, hi) = (q.after.unwrap_or(0), q.before.unwrap_or(u64::MAX));
-            let mut messages: Vec<Message> = all.into_iter().filter(|m| m.seq > lo && m.seq < hi).collect();
+            let floor = head.saturating_sub(lock(&self.retention).history_size as u64).max(q.after.unwrap_or(0));
+            let hi = q.before.unwrap_or(u64::MAX).min(head.saturating_add(1));
+            let all = view.epochs.remove(&epoch).map(|e| e.messages).unwrap_or_default();
+            let mut messages: Vec<Message> = all.into_values().map(|(_, m)| m).filter(|m| m.seq > floor && m.seq < hi).collect();
             if q.after.is_some() {
                 messages.truncate(q.limit);
             } else if messages.len() > q.limit {
                 messages.drain(..messages.len() - q.limit);
             }
-            return Ok(HistoryPage { epoch: position.epoch, latest: position.seq, messages });
+            return Ok(HistoryPage { epoch: Epoch::from(epoch), latest: head, messages });
         }
     }
+}
+
+/// Where a room stands for a writer (see [`Shared::tip`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Tip {
+    /// The stream sequence of the room's last record.
+    pub(crate) last: u64,
+    /// The epoch and seq of its last valid record.
+    pub(crate) epoch: String,
+    pub(crate) head: u64,
+}
+
+/// What became of an [`append`](Shared::append).
+enum Appended {
+    /// Stored, and first after the record it named.
+    Stored(u64),
+    /// Its `Nats-Msg-Id` was seen within the window: the record stored then.
+    Duplicate(u64),
+    /// Refused: the room's last record is another one now.
+    Refused,
+    /// Stored, but second after the record it named (a cluster's race): it does not count,
+    /// and its id is spent.
+    Beaten,
 }
 
 /// One engine's attachment to a [`NatsBroker`](crate::NatsBroker).
@@ -453,32 +504,40 @@ impl BrokerNode for NatsNode {
         let s = &self.shared;
         s.retain(opts).await?;
         let token = names::token(room);
-        let id = opts.key.as_deref().map(|key| names::message_id(&token, &msg.from, key));
+        let key = opts.key.as_deref().map(|key| names::message_id(&token, &msg.from, key));
+        // A record that lost a race spent its id: the next attempt takes the next one, and a
+        // resend walks them (`k`, `k#1`, ...) to the record that won.
+        let mut spent = 0;
         let deadline = Instant::now() + s.settings.op_timeout;
         loop {
-            let head = s.head(&token).await?;
-            let (epoch, seq, expect) = match &head {
-                Some(h) if !s.behind(&token, h) => (h.record.epoch.clone(), h.record.head + 1, h.sseq),
+            let id = key.as_ref().map(|k| if spent == 0 { k.clone() } else { format!("{k}#{spent}") });
+            let tip = s.tip(&token).await?;
+            let (epoch, seq, prev) = match &tip {
+                Some(t) if !s.behind(&token, t) => (t.epoch.clone(), t.head + 1, t.last),
                 _ => {
                     let (epoch, base) = s.start_of(room).await?;
-                    (epoch, base + 1, head.as_ref().map_or(0, |h| h.sseq))
+                    (epoch, base + 1, tip.as_ref().map_or(0, |t| t.last))
                 }
             };
-            let record = Record::message(&epoch, seq, msg.ts, &msg.from, &msg.body);
-            let Some(ack) = s.append(&token, record, expect, id.as_deref()).await? else {
-                if Instant::now() > deadline {
-                    return Err(unavailable("publish", "too many concurrent publishers in the room"));
+            let record = Record::message(&epoch, seq, prev, msg.ts, &msg.from, &msg.body);
+            match s.append(&token, record, prev, id.as_deref()).await? {
+                Appended::Stored(_) => {
+                    let epoch = Epoch::from(epoch);
+                    if let Some(track) = lock(&s.rooms).get_mut(&token) {
+                        track.stored(&epoch, seq);
+                    }
+                    return Ok(Published { epoch, seq, duplicate: false });
                 }
-                continue;
-            };
-            if ack.duplicate {
-                return s.original(&token, ack.sequence).await;
+                Appended::Duplicate(sseq) => match s.original(&token, sseq).await? {
+                    Some(published) => return Ok(published),
+                    None => spent += 1,
+                },
+                Appended::Beaten => spent += 1,
+                Appended::Refused => {}
             }
-            let epoch = Epoch::from(epoch);
-            if let Some(track) = lock(&s.rooms).get_mut(&token) {
-                track.stored(&epoch, seq);
+            if Instant::now() > deadline {
+                return Err(unavailable("publish", "too many concurrent publishers in the room"));
             }
-            return Ok(Published { epoch, seq, duplicate: false });
         }
     }
 
@@ -581,17 +640,17 @@ impl Shared {
         }
     }
 
-    /// The original of a duplicate publish: the record at `sseq`.
-    async fn original(&self, token: &str, sseq: u64) -> Result<Published, BrokerError> {
+    /// The original of a duplicate publish: the record at `sseq`, `None` if it lost its race.
+    async fn original(&self, token: &str, sseq: u64) -> Result<Option<Published>, BrokerError> {
         let get = self.stream().await?.raw_message_builder().sequence(sseq).send();
         let got = timeout(self.settings.op_timeout, get).await.map_err(|_| unavailable("read", "timed out"))?;
-        let m =
-            got.map_err(|e| BrokerError::Internal(format!("the original of a duplicate in {token} is gone: {e}")))?;
+        let m = got.map_err(|e| BrokerError::Internal(format!("the original of a duplicate in {token} is gone: {e}")))?;
         match Record::decode(&m.payload) {
-            Some(Record { epoch, head, kind: Kind::Message { .. } }) => {
-                Ok(Published { epoch: Epoch::from(epoch), seq: head, duplicate: true })
+            Some(Record { epoch, head, prev, kind: Kind::Message { .. } }) => {
+                let won = self.won(token, prev, sseq).await?;
+                Ok(won.then(|| Published { epoch: Epoch::from(epoch), seq: head, duplicate: true }))
             }
-            _ => Err(BrokerError::Internal(format!("the original of a duplicate in {token} was erased"))),
+            _ => Err(BrokerError::Internal(format!("the original of a duplicate in {token} is not a message"))),
         }
     }
 
@@ -600,44 +659,23 @@ impl Shared {
     async fn erase(&self, token: &str, seq: u64) -> Result<bool, BrokerError> {
         let deadline = Instant::now() + self.settings.op_timeout;
         loop {
-            let Some(head) = self.head(token).await? else { return Ok(false) };
-            if seq == 0 || seq > head.record.head {
-                return Ok(false);
+            let mut view = self.view(token).await?;
+            let prev = view.read_to();
+            let Some((epoch, head, _)) = view.last.take() else { return Ok(false) };
+            let found = view.epochs.remove(&epoch).and_then(|mut e| e.messages.remove(&seq));
+            let Some((sseq, Message { ts, from, body: Some(_), .. })) = found else {
+                return Ok(false); // not held, or already erased
+            };
+            let tombstone = Record::tombstone(&epoch, seq, head, prev, ts, &from);
+            if let Appended::Stored(_) = self.append(token, tombstone, prev, None).await? {
+                let stream = self.stream().await?;
+                let deleted = timeout(self.settings.op_timeout, stream.delete_message(sseq)).await;
+                deleted.map_err(|_| unavailable("erase", "timed out"))?.map_err(|e| unavailable("erase", e))?;
+                return Ok(true);
             }
-            // Where the message is, and whether a tombstone already replaced it.
-            let (mut at, mut erased) = (None, false);
-            let epoch = head.record.epoch.clone();
-            self.scan(self.names.stream(), self.names.records(token), from_start(), |sseq, m| {
-                match Record::decode(&m.payload) {
-                    Some(Record { epoch: e, head: s, kind: Kind::Message { ts, from, .. } })
-                        if e == epoch && s == seq =>
-                    {
-                        at = Some((sseq, ts, from));
-                    }
-                    Some(Record { epoch: e, kind: Kind::Tombstone { seq: s, .. }, .. }) if e == epoch && s == seq => {
-                        erased = true;
-                    }
-                    _ => {}
-                }
-                sseq < head.sseq
-            })
-            .await?;
-            let Some((sseq, ts, from)) = at else { return Ok(false) };
-            if !erased {
-                let tombstone = Record::tombstone(&epoch, seq, head.record.head, ts, &from);
-                if self.append(token, tombstone, head.sseq, None).await?.is_none() {
-                    if Instant::now() > deadline {
-                        return Err(unavailable("erase", "too many concurrent publishers in the room"));
-                    }
-                    continue;
-                }
+            if Instant::now() > deadline {
+                return Err(unavailable("erase", "too many concurrent publishers in the room"));
             }
-            let stream = self.stream().await?;
-            let deleted = timeout(self.settings.op_timeout, stream.delete_message(sseq))
-                .await
-                .map_err(|_| unavailable("erase", "timed out"))?;
-            deleted.map_err(|e| unavailable("erase", e))?;
-            return Ok(!erased);
         }
     }
 }

@@ -12,11 +12,10 @@
 //! message may have been the room's last. Only the room's task delivers, so deliveries keep
 //! seq order.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::NATS_SEQUENCE;
+use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
 use chat_core::broker::{wire, Delivery, Epoch, Message, Position, Transient};
 use chat_core::{BrokerError, RoomName};
 use futures::StreamExt;
@@ -24,7 +23,7 @@ use tokio::time::timeout;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::names;
-use crate::node::{from_start, lock, unavailable, Shared};
+use crate::node::{lock, unavailable, Shared};
 use crate::record::{Kind, Record};
 
 /// Where this node stands in a room it subscribes to.
@@ -33,7 +32,8 @@ pub(crate) struct Track {
     epoch: Epoch,
     /// The last seq delivered (or the position read at subscribe).
     last: u64,
-    /// The stream sequence of the last record seen.
+    /// The stream sequence of the last record seen (valid or not): every record up to it has
+    /// been judged.
     sseq: u64,
     /// The newest seq this node stored in `epoch` and has not delivered yet: NATS
     /// acknowledged it, so a head older than that means NATS lost it.
@@ -51,6 +51,11 @@ impl Track {
     /// The epoch and the newest seq this node delivered or stored there.
     pub(crate) fn known(&self) -> (Epoch, u64) {
         (self.epoch.clone(), self.last.max(self.stored))
+    }
+
+    /// The stream sequence of the last record seen.
+    pub(crate) fn seen(&self) -> u64 {
+        self.sseq
     }
 
     /// This node stored `seq` in `epoch`.
@@ -147,31 +152,45 @@ async fn on_message(shared: &Shared, token: &str, m: &async_nats::Message, stop:
         tracing::warn!(token, sseq, "malformed record; dropped");
         return;
     };
+    // The room's record stored just before this one, as the stream saw it when storing it.
+    let before = m.headers.as_ref().and_then(|h| h.get(NATS_LAST_SEQUENCE)).and_then(|v| v.as_str().parse::<u64>().ok());
     let next = {
         let mut rooms = lock(&shared.rooms);
         let Some(track) = rooms.get_mut(token) else { return };
-        if *track.epoch == *record.epoch {
-            if record.head <= track.last {
-                return; // already delivered, or a tombstone or start record of what was
-            }
-            match record.kind {
-                Kind::Message { ts, from, body } if record.head == track.last + 1 => {
-                    (track.last, track.sseq) = (record.head, sseq);
-                    let message = Message { seq: record.head, from: from.into(), ts, body: Some(body) };
-                    Some((track.room.clone(), track.epoch.clone(), message))
-                }
-                _ => None, // a gap
-            }
-        } else if track.retired.as_deref() == Some(record.epoch.as_str()) {
-            return; // sent before the room reset here
+        let unknown_epoch = *track.epoch != *record.epoch && track.retired.as_deref() != Some(record.epoch.as_str());
+        if sseq <= track.sseq && !unknown_epoch {
+            return; // seen
+        }
+        if sseq <= track.sseq || before != Some(track.sseq) {
+            // A record in between was missed, or the stream was made again (its sequences
+            // start over) under a new epoch.
+            None
         } else {
-            None // another epoch
+            track.sseq = sseq;
+            if before != Some(record.prev) {
+                return; // lost its race: not a message of the room
+            }
+            if *track.epoch == *record.epoch {
+                if record.head <= track.last {
+                    return; // a tombstone or a start record of what was delivered
+                }
+                match record.kind {
+                    Kind::Message { ts, from, body } if record.head == track.last + 1 => {
+                        track.last = record.head;
+                        let message = Message { seq: record.head, from: from.into(), ts, body: Some(body) };
+                        Some((track.room.clone(), track.epoch.clone(), message))
+                    }
+                    _ => None, // a gap
+                }
+            } else if track.retired.as_deref() == Some(record.epoch.as_str()) {
+                return; // sent before the room reset here
+            } else {
+                None // another epoch
+            }
         }
     };
     match next {
-        Some((room, epoch, message)) => {
-            shared.sink.deliver(&room, Delivery::Stored { epoch, message: Arc::new(message) })
-        }
+        Some((room, epoch, message)) => shared.sink.deliver(&room, Delivery::Stored { epoch, message: Arc::new(message) }),
         None => catch_up_until_done(shared, token, stop).await,
     }
 }
@@ -195,67 +214,53 @@ async fn catch_up_until_done(shared: &Shared, token: &str, stop: &CancellationTo
 /// Delivers what the stream holds of the room past the last seq delivered, in order; a room
 /// whose epoch changed gets `Reset` first, then its new epoch's messages.
 pub(crate) async fn catch_up(shared: &Shared, token: &str) -> Result<(), BrokerError> {
-    let Some((mut epoch, mut last, sseq)) = lock(&shared.rooms).get(token).map(|t| (t.epoch.clone(), t.last, t.sseq))
-    else {
+    let Some((epoch, last, sseq)) = lock(&shared.rooms).get(token).map(|t| (t.epoch.clone(), t.last, t.sseq)) else {
         return Ok(());
     };
     let Some(head) = shared.head(token).await? else { return Ok(()) };
-    if *head.record.epoch == *epoch && head.record.head <= last {
-        return Ok(());
+    if head.sseq == sseq {
+        return Ok(()); // every record seen
     }
-    let renewed = *head.record.epoch != *epoch;
     // A stream that was made again numbers from 1: read it whole.
-    let from = if renewed || head.sseq < sseq { 1 } else { sseq + 1 };
-    let wanted = head.record.epoch.clone();
-    let (mut messages, mut base) = (BTreeMap::new(), None::<u64>);
-    let policy = async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from };
-    let policy = if from == 1 { from_start() } else { policy };
-    shared
-        .scan(shared.names.stream(), shared.names.records(token), policy, |at, m| {
-            if let Some(record) = Record::decode(&m.payload).filter(|r| r.epoch == wanted) {
-                let first = match &record.kind {
-                    Kind::Message { .. } => record.head - 1,
-                    Kind::Tombstone { seq, .. } => seq - 1,
-                    Kind::Start => record.head,
-                };
-                base = Some(base.map_or(first, |b| b.min(first)));
-                match record.kind {
-                    Kind::Message { ts, from, body } => {
-                        let seq = record.head;
-                        messages.entry(seq).or_insert(Message { seq, from: from.into(), ts, body: Some(body) });
-                    }
-                    Kind::Tombstone { seq, ts, from } => {
-                        messages.insert(seq, Message { seq, from: from.into(), ts, body: None });
-                    }
-                    Kind::Start => {}
-                }
-            }
-            at < head.sseq
-        })
-        .await?;
-    let room = {
+    let after = (head.sseq > sseq).then_some(sseq);
+    let mut view = shared.view_after(token, after).await?;
+    let read_to = view.read_to();
+    let Some((current, _, _)) = view.last.take() else {
+        // Only records that lost their races.
+        if let Some(track) = lock(&shared.rooms).get_mut(token) {
+            track.sseq = track.sseq.max(read_to);
+        }
+        return Ok(());
+    };
+    let renewed = *current != *epoch;
+    let mut news = view.epochs.remove(&current).unwrap_or_default();
+    let (room, epoch, from) = {
         let mut rooms = lock(&shared.rooms);
         let Some(track) = rooms.get_mut(token) else { return Ok(()) };
         if *track.epoch != *epoch || track.last != last {
             return Ok(()); // moved on meanwhile (cannot happen: only this task delivers)
         }
-        if renewed {
-            tracing::warn!(token, old = %epoch, new = %wanted, "room history lost; resetting");
-            track.retired = Some(track.epoch.clone());
-            epoch = Epoch::from(wanted.as_str());
-            last = base.unwrap_or(head.record.head);
-            track.epoch = epoch.clone();
-            track.stored = 0;
+        if renewed && track.retired.as_deref() == Some(current.as_str()) {
+            return Ok(()); // an epoch this room moved on from
         }
-        track.last = messages.keys().next_back().copied().filter(|&s| s > last).unwrap_or(last);
-        track.sseq = head.sseq;
-        track.room.clone()
+        let from = if renewed {
+            tracing::warn!(token, old = %epoch, new = %current, "room history lost; resetting");
+            track.retired = Some(track.epoch.clone());
+            track.epoch = Epoch::from(current.as_str());
+            track.stored = 0;
+            news.base.unwrap_or(0)
+        } else {
+            last
+        };
+        track.last = news.messages.keys().next_back().copied().filter(|&s| s > from).unwrap_or(from);
+        track.sseq = read_to;
+        (track.room.clone(), track.epoch.clone(), from)
     };
     if renewed {
         shared.sink.deliver(&room, Delivery::Reset { epoch: epoch.clone() });
     }
-    for (seq, message) in messages {
-        if seq > last {
+    for (seq, (_, message)) in std::mem::take(&mut news.messages) {
+        if seq > from {
             shared.sink.deliver(&room, Delivery::Stored { epoch: epoch.clone(), message: Arc::new(message) });
         }
     }
