@@ -420,6 +420,11 @@ enum Backend {
     Redis(RedisSide),
     Sentinel(SentinelSide),
     Memory,
+    /// One `nats-server -js` with file storage.
+    Nats(NatsServer),
+    /// Three `nats-server -js` as one JetStream cluster; the nodes store each message on all
+    /// three (`--nats-replicas 3`) and know every server.
+    NatsCluster(NatsCluster),
 }
 
 /// The nodes (some may be down) and their broker. Clients find the live nodes' addresses in
@@ -449,6 +454,8 @@ impl Cluster {
             Backend::Redis(redis) => redis.url(),
             Backend::Sentinel(sentinel) => sentinel.url(),
             Backend::Memory => "memory".to_owned(),
+            Backend::Nats(nats) => nats.url(),
+            Backend::NatsCluster(cluster) => cluster.url(),
         };
         let id = format!("n{i}");
         let args =
@@ -458,6 +465,10 @@ impl Cluster {
         if let Backend::Sentinel(_) = self.backend {
             // `sent` once the replica has it too: a failover then loses no acknowledged message.
             args.extend(["--redis-replicas", "1"]);
+        }
+        if let Backend::NatsCluster(_) = self.backend {
+            // `sent` once two of the three servers have a message.
+            args.extend(["--nats-replicas", "3"]);
         }
         let store = self.store.as_ref().map(StoreSide::url);
         if let Some(store) = &store {
@@ -473,7 +484,7 @@ impl Cluster {
     fn redis(&mut self) -> Option<&mut RedisSide> {
         match &mut self.backend {
             Backend::Redis(redis) => Some(redis),
-            Backend::Sentinel(_) | Backend::Memory => None,
+            _ => None,
         }
     }
 }
@@ -499,6 +510,12 @@ enum Fault {
     PauseStore { hold: Duration },
     /// SIGKILL of the store's PostgreSQL and a start on the same data (crash recovery).
     RestartStore,
+    /// SIGSTOP of the NATS server for `hold` (longer than the nodes' 2 s call timeout).
+    PauseNats { hold: Duration },
+    /// SIGKILL of the NATS server and a start on the same storage.
+    RestartNats,
+    /// SIGKILL of one server of the JetStream cluster; it starts again after `down`.
+    KillNatsServer { server: usize, down: Duration },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,6 +528,9 @@ enum FaultKind {
     CutClients,
     PauseStore,
     RestartStore,
+    PauseNats,
+    RestartNats,
+    KillNatsServer,
 }
 
 impl Fault {
@@ -523,6 +543,11 @@ impl Fault {
             FaultKind::FailoverRedis => Fault::FailoverRedis,
             FaultKind::PauseStore => Fault::PauseStore { hold: rng.ms(1000, 3000) },
             FaultKind::RestartStore => Fault::RestartStore,
+            FaultKind::PauseNats => Fault::PauseNats { hold: rng.ms(2500, 3500) },
+            FaultKind::RestartNats => Fault::RestartNats,
+            FaultKind::KillNatsServer => {
+                Fault::KillNatsServer { server: rng.below(3) as usize, down: rng.ms(500, 3000) }
+            }
             FaultKind::CutClients => {
                 let n = 1 + rng.below(3);
                 let clients: BTreeSet<usize> = (0..n).map(|_| rng.below(CLIENTS as u64) as usize).collect();
@@ -548,7 +573,16 @@ impl Fault {
             Fault::RestartRedis | Fault::FailoverRedis => true,
             Fault::PauseRedis { .. } => matches!(cluster.backend, Backend::Sentinel(_)),
             Fault::KillNode { .. } => matches!(cluster.backend, Backend::Memory),
-            Fault::SaveRedis | Fault::CutClients { .. } | Fault::PauseStore { .. } | Fault::RestartStore => false,
+            // JetStream acknowledges a message once its file store has it; a killed server
+            // comes back with what it wrote (a killed process loses no written page), and a
+            // cluster keeps a quorum's copy while one server is down.
+            Fault::SaveRedis
+            | Fault::CutClients { .. }
+            | Fault::PauseStore { .. }
+            | Fault::RestartStore
+            | Fault::PauseNats { .. }
+            | Fault::RestartNats
+            | Fault::KillNatsServer { .. } => false,
         }
     }
 
@@ -563,8 +597,40 @@ impl Fault {
             Fault::CutClients { clients } => cut_clients(shared, clients),
             Fault::PauseStore { hold } => pause_store(cluster, *hold).await,
             Fault::RestartStore => restart_store(cluster),
+            Fault::PauseNats { hold } => pause_nats(cluster, *hold).await,
+            Fault::RestartNats => restart_nats(cluster),
+            Fault::KillNatsServer { server, down } => kill_nats_server(cluster, *server, *down).await,
         }
     }
+}
+
+async fn pause_nats(cluster: &mut Cluster, hold: Duration) -> String {
+    let Backend::Nats(nats) = &cluster.backend else { return "no NATS server to pause".to_owned() };
+    tokio::task::block_in_place(|| nats.pause());
+    tokio::time::sleep(hold).await; // holding the fault for its duration
+    nats.resume();
+    format!("NATS paused (SIGSTOP) for {hold:?}, then SIGCONT")
+}
+
+fn restart_nats(cluster: &mut Cluster) -> String {
+    let Backend::Nats(nats) = &mut cluster.backend else { return "no NATS server to restart".to_owned() };
+    // Waits (a blocking wait, off the runtime's other threads) until it serves again.
+    tokio::task::block_in_place(|| {
+        nats.kill();
+        nats.restart();
+    });
+    "NATS killed (SIGKILL) and restarted on its storage".to_owned()
+}
+
+async fn kill_nats_server(cluster: &mut Cluster, server: usize, down: Duration) -> String {
+    let Backend::NatsCluster(nats) = &mut cluster.backend else { return "no NATS cluster".to_owned() };
+    tokio::task::block_in_place(|| nats.server_mut(server).kill());
+    tokio::time::sleep(down).await; // holding the fault for its duration
+    tokio::task::block_in_place(|| {
+        nats.server_mut(server).restart();
+        nats.wait_ready();
+    });
+    format!("NATS server n{server} killed (SIGKILL), restarted after {down:?}")
 }
 
 async fn pause_store(cluster: &mut Cluster, hold: Duration) -> String {
@@ -1684,6 +1750,29 @@ async fn nodes_on_redis_under_sentinel_lose_nothing_silently_under_failovers() {
     let kinds = [FaultKind::KillNode, FaultKind::FailoverRedis, FaultKind::CutClients];
     let sentinel = SentinelSide::start().await;
     run("redis under sentinel, 3 nodes", Backend::Sentinel(sentinel), None, 3, &kinds, secs.div_ceil(2), seed).await;
+}
+
+/// The checker on NATS JetStream, one server with file storage: nodes killed, NATS frozen for
+/// longer than the nodes' call timeout, NATS killed and restarted on its storage, cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_nodes_lose_nothing_under_faults() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (seed, secs) = settings(60);
+    let kinds = [FaultKind::KillNode, FaultKind::PauseNats, FaultKind::RestartNats, FaultKind::CutClients];
+    let nats = tokio::task::block_in_place(NatsServer::start);
+    run("nats, 3 nodes", Backend::Nats(nats), None, 3, &kinds, secs.div_ceil(2), seed).await;
+}
+
+/// The checker on a three-server JetStream cluster storing each message on all three: one
+/// server at a time is killed while clients publish (and restarted), nodes are killed,
+/// connections cut. Nothing acknowledged may be lost, and no epoch may end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cluster_nodes_lose_nothing_when_a_server_dies() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (seed, secs) = settings(60);
+    let kinds = [FaultKind::KillNode, FaultKind::KillNatsServer, FaultKind::CutClients];
+    let nats = tokio::task::block_in_place(NatsCluster::start);
+    run("nats cluster, 3 nodes", Backend::NatsCluster(nats), None, 3, &kinds, secs.div_ceil(2), seed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,14 +206,19 @@ impl Shared {
     /// Whether the record at `sseq`, written naming `prev`, won its race: the first record
     /// after `prev` is it (see the `record` module's notes). A single server enforces the
     /// expected last sequence exactly, so only a cluster's records are checked.
-    async fn won(&self, token: &str, prev: u64, sseq: u64) -> Result<bool, BrokerError> {
+    pub(crate) async fn won(&self, token: &str, prev: u64, sseq: u64) -> Result<bool, BrokerError> {
         if self.settings.replicas == 1 {
             return Ok(true);
         }
         let subject = self.names.records(token);
         let get = self.stream().await?.raw_message_builder().sequence(prev + 1).next_by_subject(subject).send();
         let got = timeout(self.settings.op_timeout, get).await.map_err(|_| unavailable("read", "timed out"))?;
-        Ok(got.map_err(|e| unavailable("read", e))?.sequence == sseq)
+        match got {
+            Ok(m) => Ok(m.sequence == sseq),
+            // Aged out (or purged) since: it no longer counts either way.
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(unavailable("read", e)),
+        }
     }
 
     /// Where the room stands for a writer: its last valid record, and the stream sequence of
@@ -221,12 +226,6 @@ impl Shared {
     pub(crate) async fn tip(&self, token: &str) -> Result<Option<Tip>, BrokerError> {
         let Some(head) = self.head(token).await? else { return Ok(None) };
         let tip = Tip { last: head.sseq, epoch: head.record.epoch.clone(), head: head.record.head };
-        if let Some(track) = lock(&self.rooms).get(token) {
-            if track.seen() == head.sseq {
-                // This node's live deliveries judged every record up to this one.
-                return Ok(Some(Tip { epoch: track.known().0.to_string(), head: track.known().1, ..tip }));
-            }
-        }
         if self.won(token, head.record.prev, head.sseq).await? {
             return Ok(Some(tip));
         }
@@ -238,18 +237,22 @@ impl Shared {
 
     /// Appends a record naming `prev` (0: the room has none) if the room's last record is still
     /// that one, with `id` as its `Nats-Msg-Id`.
-    async fn append(&self, token: &str, payload: Vec<u8>, prev: u64, id: Option<&str>) -> Result<Appended, BrokerError> {
+    async fn append(
+        &self,
+        token: &str,
+        payload: Vec<u8>,
+        prev: u64,
+        id: Option<&str>,
+    ) -> Result<Appended, BrokerError> {
         let mut publish =
             jetstream::message::PublishMessage::build().payload(payload.into()).expected_last_subject_sequence(prev);
         if let Some(id) = id {
             publish = publish.message_id(id);
         }
         let subject = self.names.records(token);
-        let acked = timeout(self.settings.op_timeout, async {
-            self.js.send_publish(subject, publish).await?.await
-        })
-        .await
-        .map_err(|_| unavailable("publish", "timed out"))?;
+        let acked = timeout(self.settings.op_timeout, async { self.js.send_publish(subject, publish).await?.await })
+            .await
+            .map_err(|_| unavailable("publish", "timed out"))?;
         match acked {
             Ok(ack) if ack.duplicate => Ok(Appended::Duplicate(ack.sequence)),
             Ok(ack) if self.won(token, prev, ack.sequence).await? => Ok(Appended::Stored(ack.sequence)),
@@ -354,7 +357,10 @@ impl Shared {
 
     /// The room's records after the one at stream sequence `after` (`None`: all of them).
     pub(crate) async fn view_after(&self, token: &str, after: Option<u64>) -> Result<View, BrokerError> {
-        let mut view = View::after(after);
+        // The first record read is judged valid whatever it names: the record before it may
+        // be gone (purged, erased, aged out), and one that lost a race to a record at or before
+        // `after` carries a seq delivered already.
+        let mut view = View::default();
         let policy = match after {
             Some(sseq) => consumer::DeliverPolicy::ByStartSequence { start_sequence: sseq + 1 },
             None => from_start(),
@@ -393,7 +399,8 @@ impl Shared {
             let floor = head.saturating_sub(lock(&self.retention).history_size as u64).max(q.after.unwrap_or(0));
             let hi = q.before.unwrap_or(u64::MAX).min(head.saturating_add(1));
             let all = view.epochs.remove(&epoch).map(|e| e.messages).unwrap_or_default();
-            let mut messages: Vec<Message> = all.into_values().map(|(_, m)| m).filter(|m| m.seq > floor && m.seq < hi).collect();
+            let mut messages: Vec<Message> =
+                all.into_values().map(|(_, m)| m).filter(|m| m.seq > floor && m.seq < hi).collect();
             if q.after.is_some() {
                 messages.truncate(q.limit);
             } else if messages.len() > q.limit {
@@ -644,7 +651,8 @@ impl Shared {
     async fn original(&self, token: &str, sseq: u64) -> Result<Option<Published>, BrokerError> {
         let get = self.stream().await?.raw_message_builder().sequence(sseq).send();
         let got = timeout(self.settings.op_timeout, get).await.map_err(|_| unavailable("read", "timed out"))?;
-        let m = got.map_err(|e| BrokerError::Internal(format!("the original of a duplicate in {token} is gone: {e}")))?;
+        let m =
+            got.map_err(|e| BrokerError::Internal(format!("the original of a duplicate in {token} is gone: {e}")))?;
         match Record::decode(&m.payload) {
             Some(Record { epoch, head, prev, kind: Kind::Message { .. } }) => {
                 let won = self.won(token, prev, sseq).await?;

@@ -257,7 +257,8 @@ async fn sweep(shared: &Shared) {
     }
 }
 
-/// The presence task: refreshes this node's entries and sweeps, every quarter of the expiry.
+/// The presence task, every quarter of the expiry: has the rooms check for lost deliveries,
+/// refreshes this node's entries, and sweeps.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.settings.heartbeat_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,6 +266,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
+                crate::rooms::check_all(&shared);
                 shared.presence.refresh(&shared).await;
                 sweep(&shared).await;
             }

@@ -127,14 +127,7 @@ pub(crate) struct EpochView {
 }
 
 impl View {
-    /// A view of records read from just after the record at `predecessor` (`None`: from the
-    /// first record the stream holds).
-    pub(crate) fn after(predecessor: Option<u64>) -> View {
-        View { predecessor, ..View::default() }
-    }
-
-    /// The stream sequence of the last record read (valid or not), or of the one the read
-    /// started after; 0 if neither.
+    /// The stream sequence of the last record read (valid or not); 0 if none.
     pub(crate) fn read_to(&self) -> u64 {
         self.predecessor.unwrap_or(0)
     }
@@ -195,9 +188,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in
-            [&b""[..], b"S1 2 3\nabc", b"S1 2 0 9 9\nab", b"S0 2 0 1 1\nab", b"T5 4 1 0 1 1\nab", b"E1 0 1\nab", b"J\nbob"]
-        {
+        for bad in [
+            &b""[..],
+            b"S1 2 3\nabc",
+            b"S1 2 0 9 9\nab",
+            b"S0 2 0 1 1\nab",
+            b"T5 4 1 0 1 1\nab",
+            b"E1 0 1\nab",
+            b"J\nbob",
+        ] {
             assert_eq!(Record::decode(&Bytes::copy_from_slice(bad)), None, "{bad:?}");
         }
     }
@@ -209,7 +208,7 @@ mod tests {
     #[test]
     fn the_first_of_two_racing_records_wins() {
         // 1: seq 1; 2 and 3 both wrote seq 2 after 1 (3 lost); 4 wrote seq 3 after 3.
-        let mut view = View::after(None);
+        let mut view = View::default();
         assert!(view.add(1, message(1, 0)));
         assert!(view.add(2, message(2, 1)));
         assert!(!view.add(3, message(2, 1)), "came second");
@@ -222,11 +221,8 @@ mod tests {
     #[test]
     fn a_record_after_an_erased_one_stays_valid() {
         // 2 was deleted (erased): 3 names it, and is read right after 1.
-        let mut view = View::after(None);
+        let mut view = View::default();
         assert!(view.add(1, message(1, 0)));
         assert!(view.add(3, message(3, 2)));
-        // A read that starts after the record at 5 judges the first record it reads too.
-        let mut later = View::after(Some(5));
-        assert!(!later.add(7, message(4, 4)), "names a record older than the one before it");
     }
 }

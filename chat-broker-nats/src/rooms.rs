@@ -12,6 +12,7 @@
 //! message may have been the room's last. Only the room's task delivers, so deliveries keep
 //! seq order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,19 +44,35 @@ pub(crate) struct Track {
     /// The room's members as this node last saw them (presence), for announcing those a
     /// dead node held once their entries expire; `None` until first read.
     pub(crate) members: Option<std::collections::BTreeSet<String>>,
+    /// Wakes the room's task to read the stream past the last record seen: core NATS may have
+    /// lost a record while no later one came to show the gap (see [`check_all`]).
+    check: Arc<tokio::sync::Notify>,
+    /// Which subscription this is: a room unsubscribed and subscribed again gets a new task,
+    /// and the old one (still finishing a read, say) must not touch the new track.
+    id: u64,
     /// Stops the room's task when the track is dropped (unsubscribed).
     _task: DropGuard,
+}
+
+/// How a record delivered live was judged.
+enum Judged {
+    /// By the stream's own header: the record stored before it, if it said.
+    Told(Option<u64>),
+    /// By asking the stream whether it won its race.
+    Asked(bool),
+    /// Not at all (the stream did not answer): read the stream.
+    Unknown,
+}
+
+/// The track of `token` if it is still subscription `id`'s.
+fn track_of<'a>(rooms: &'a mut HashMap<String, Track>, token: &str, id: u64) -> Option<&'a mut Track> {
+    rooms.get_mut(token).filter(|t| t.id == id)
 }
 
 impl Track {
     /// The epoch and the newest seq this node delivered or stored there.
     pub(crate) fn known(&self) -> (Epoch, u64) {
         (self.epoch.clone(), self.last.max(self.stored))
-    }
-
-    /// The stream sequence of the last record seen.
-    pub(crate) fn seen(&self) -> u64 {
-        self.sseq
     }
 
     /// This node stored `seq` in `epoch`.
@@ -88,6 +105,8 @@ pub(crate) async fn subscribe(
         return Ok(position); // subscribed meanwhile by a concurrent call
     }
     let task = stop.child_token();
+    let id = crate::node::random();
+    let check = Arc::new(tokio::sync::Notify::new());
     rooms.insert(
         token.clone(),
         Track {
@@ -98,35 +117,45 @@ pub(crate) async fn subscribe(
             stored: 0,
             retired: None,
             members: None,
+            check: check.clone(),
+            id,
             _task: task.clone().drop_guard(),
         },
     );
-    tokio::spawn(run(shared.clone(), token, subscriber, task));
+    tokio::spawn(run(shared.clone(), token, id, subscriber, check, task));
     Ok(position)
 }
 
 /// The room's task: delivers until unsubscribed or the node stops.
-async fn run(shared: Arc<Shared>, token: String, mut subscriber: async_nats::Subscriber, stop: CancellationToken) {
+async fn run(
+    shared: Arc<Shared>,
+    token: String,
+    id: u64,
+    mut subscriber: async_nats::Subscriber,
+    check: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
     let mut reconnected = shared.reconnected.subscribe();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = check.notified() => catch_up_until_done(&shared, &token, id, &stop).await,
             m = subscriber.next() => match m {
-                Some(m) => on_message(&shared, &token, &m, &stop).await,
+                Some(m) => on_message(&shared, &token, id, &m, &stop).await,
                 None => return,
             },
             changed = reconnected.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                catch_up_until_done(&shared, &token, &stop).await;
+                catch_up_until_done(&shared, &token, id, &stop).await;
             }
         }
     }
 }
 
 /// One message of the room's delivery subject.
-async fn on_message(shared: &Shared, token: &str, m: &async_nats::Message, stop: &CancellationToken) {
+async fn on_message(shared: &Shared, token: &str, id: u64, m: &async_nats::Message, stop: &CancellationToken) {
     let sseq = m.headers.as_ref().and_then(|h| h.get(NATS_SEQUENCE)).and_then(|v| v.as_str().parse::<u64>().ok());
     let Some(sseq) = sseq else {
         let Some(transient) = wire::decode_transient(&m.payload) else {
@@ -135,7 +164,7 @@ async fn on_message(shared: &Shared, token: &str, m: &async_nats::Message, stop:
         };
         let room = {
             let mut rooms = lock(&shared.rooms);
-            let Some(track) = rooms.get_mut(token) else { return };
+            let Some(track) = track_of(&mut rooms, token, id) else { return };
             if let Some(members) = &mut track.members {
                 match &transient {
                     Transient::MemberJoined(user) => members.insert(user.to_string()),
@@ -152,54 +181,83 @@ async fn on_message(shared: &Shared, token: &str, m: &async_nats::Message, stop:
         tracing::warn!(token, sseq, "malformed record; dropped");
         return;
     };
-    // The room's record stored just before this one, as the stream saw it when storing it.
-    let before = m.headers.as_ref().and_then(|h| h.get(NATS_LAST_SEQUENCE)).and_then(|v| v.as_str().parse::<u64>().ok());
+    // Whether the record won its race (see the `record` module), and whether a record before
+    // it may have been missed. A single server stores records in order and says exactly which
+    // one it stored before each (`Nats-Last-Sequence`). A cluster fills that header in before
+    // replicating, against what it has stored so far, so two racing records can both seem to
+    // follow their `prev`: there the stream is asked (one message get per record).
+    let judged = if shared.settings.replicas == 1 {
+        let before = m.headers.as_ref().and_then(|h| h.get(NATS_LAST_SEQUENCE));
+        Judged::Told(before.and_then(|v| v.as_str().parse::<u64>().ok()))
+    } else {
+        match shared.won(token, record.prev, sseq).await {
+            Ok(won) => Judged::Asked(won),
+            Err(_) => Judged::Unknown,
+        }
+    };
     let next = {
         let mut rooms = lock(&shared.rooms);
-        let Some(track) = rooms.get_mut(token) else { return };
+        let Some(track) = track_of(&mut rooms, token, id) else { return };
         let unknown_epoch = *track.epoch != *record.epoch && track.retired.as_deref() != Some(record.epoch.as_str());
         if sseq <= track.sseq && !unknown_epoch {
             return; // seen
         }
-        if sseq <= track.sseq || before != Some(track.sseq) {
+        // Whether every record up to this one has been judged; whether this one counts.
+        let (contiguous, valid, told) = match judged {
+            Judged::Told(before) => (before == Some(track.sseq), before == Some(record.prev), true),
+            // A record that won follows whatever was missed before it; one that lost does not
+            // count, and the track stays where it is (a later read of the stream judges what
+            // came before it).
+            Judged::Asked(won) => (true, won, false),
+            Judged::Unknown => (false, false, false),
+        };
+        if sseq <= track.sseq || !contiguous {
             // A record in between was missed, or the stream was made again (its sequences
             // start over) under a new epoch.
             None
-        } else {
-            track.sseq = sseq;
-            if before != Some(record.prev) {
-                return; // lost its race: not a message of the room
+        } else if !valid {
+            if told {
+                track.sseq = sseq;
             }
-            if *track.epoch == *record.epoch {
-                if record.head <= track.last {
+            return; // lost its race: not a message of the room
+        } else if *track.epoch == *record.epoch {
+            match record.kind {
+                _ if record.head <= track.last => {
+                    if told {
+                        track.sseq = sseq;
+                    }
                     return; // a tombstone or a start record of what was delivered
                 }
-                match record.kind {
-                    Kind::Message { ts, from, body } if record.head == track.last + 1 => {
-                        track.last = record.head;
-                        let message = Message { seq: record.head, from: from.into(), ts, body: Some(body) };
-                        Some((track.room.clone(), track.epoch.clone(), message))
-                    }
-                    _ => None, // a gap
+                Kind::Message { ts, from, body } if record.head == track.last + 1 => {
+                    (track.sseq, track.last) = (sseq, record.head);
+                    let message = Message { seq: record.head, from: from.into(), ts, body: Some(body) };
+                    Some((track.room.clone(), track.epoch.clone(), message))
                 }
-            } else if track.retired.as_deref() == Some(record.epoch.as_str()) {
-                return; // sent before the room reset here
-            } else {
-                None // another epoch
+                // A seq missed: read from the last record judged (this one included).
+                _ => None,
             }
+        } else if track.retired.as_deref() == Some(record.epoch.as_str()) {
+            if told {
+                track.sseq = sseq;
+            }
+            return; // sent before the room reset here
+        } else {
+            None // another epoch: read from the last record judged
         }
     };
     match next {
-        Some((room, epoch, message)) => shared.sink.deliver(&room, Delivery::Stored { epoch, message: Arc::new(message) }),
-        None => catch_up_until_done(shared, token, stop).await,
+        Some((room, epoch, message)) => {
+            shared.sink.deliver(&room, Delivery::Stored { epoch, message: Arc::new(message) })
+        }
+        None => catch_up_until_done(shared, token, id, stop).await,
     }
 }
 
 /// [`catch_up`], again until it succeeds (NATS may be coming back), or the room is dropped.
-async fn catch_up_until_done(shared: &Shared, token: &str, stop: &CancellationToken) {
+async fn catch_up_until_done(shared: &Shared, token: &str, id: u64, stop: &CancellationToken) {
     let mut delay = Duration::from_millis(20);
     loop {
-        match catch_up(shared, token).await {
+        match catch_up(shared, token, id).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(token, error = %e, "catching up the room failed; retrying"),
         }
@@ -213,8 +271,9 @@ async fn catch_up_until_done(shared: &Shared, token: &str, stop: &CancellationTo
 
 /// Delivers what the stream holds of the room past the last seq delivered, in order; a room
 /// whose epoch changed gets `Reset` first, then its new epoch's messages.
-pub(crate) async fn catch_up(shared: &Shared, token: &str) -> Result<(), BrokerError> {
-    let Some((epoch, last, sseq)) = lock(&shared.rooms).get(token).map(|t| (t.epoch.clone(), t.last, t.sseq)) else {
+async fn catch_up(shared: &Shared, token: &str, id: u64) -> Result<(), BrokerError> {
+    let known = track_of(&mut lock(&shared.rooms), token, id).map(|t| (t.epoch.clone(), t.last, t.sseq));
+    let Some((epoch, last, sseq)) = known else {
         return Ok(());
     };
     let Some(head) = shared.head(token).await? else { return Ok(()) };
@@ -227,7 +286,7 @@ pub(crate) async fn catch_up(shared: &Shared, token: &str) -> Result<(), BrokerE
     let read_to = view.read_to();
     let Some((current, _, _)) = view.last.take() else {
         // Only records that lost their races.
-        if let Some(track) = lock(&shared.rooms).get_mut(token) {
+        if let Some(track) = track_of(&mut lock(&shared.rooms), token, id) {
             track.sseq = track.sseq.max(read_to);
         }
         return Ok(());
@@ -236,7 +295,7 @@ pub(crate) async fn catch_up(shared: &Shared, token: &str) -> Result<(), BrokerE
     let mut news = view.epochs.remove(&current).unwrap_or_default();
     let (room, epoch, from) = {
         let mut rooms = lock(&shared.rooms);
-        let Some(track) = rooms.get_mut(token) else { return Ok(()) };
+        let Some(track) = track_of(&mut rooms, token, id) else { return Ok(()) };
         if *track.epoch != *epoch || track.last != last {
             return Ok(()); // moved on meanwhile (cannot happen: only this task delivers)
         }
@@ -265,6 +324,16 @@ pub(crate) async fn catch_up(shared: &Shared, token: &str) -> Result<(), BrokerE
         }
     }
     Ok(())
+}
+
+/// Wakes every room's task to check the stream for records past the last one it saw (one
+/// message get per room; see [`Track::check`]). The presence task calls this every quarter
+/// of the presence expiry, so a live delivery lost with nothing after it is delivered within
+/// that.
+pub(crate) fn check_all(shared: &Shared) {
+    for track in lock(&shared.rooms).values() {
+        track.check.notify_one();
+    }
 }
 
 /// Subscribes the node to the notices and starts the task that hands them to the sink.
