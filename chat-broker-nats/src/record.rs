@@ -19,10 +19,11 @@
 //! last record at the same moment can both be stored (measured: 152 of 200 races on a
 //! three-server cluster). So the records themselves decide: a record is **valid** only if the
 //! record stored just before it is the one it names as `prev`; the second of two racing writers
-//! names a record that is no longer the last, and is ignored by every reader. A record stored
-//! live says what came before it (`Nats-Last-Sequence` when republished), and a reader of the
-//! stream compares `prev` with the record it read before ([`View`]). The writer checks its own
-//! record (the first record after `prev` must be its own) and writes again if it lost.
+//! names a record that is no longer the last, and is ignored by every reader. A reader of the
+//! stream compares `prev` with the record it read before ([`View`]); a record delivered live is
+//! judged by what one server says it stored before it (`Nats-Last-Sequence`), or, on a cluster,
+//! which fills that header in before replicating too, by asking the stream. The writer checks
+//! its own record (the first record after `prev` must be its own) and writes again if it lost.
 
 use std::collections::{BTreeMap, HashMap};
 
