@@ -7,7 +7,6 @@
 //! bounded by the op timeout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use async_nats::jetstream::{self, consumer, stream, Context};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::broker::{
-    wire, DeliverySink, Epoch, HistoryPage, HistoryQuery, Message, Notice, Origin, Position, PresenceEntry,
+    random_u64, wire, DeliverySink, Epoch, HistoryPage, HistoryQuery, Message, Notice, Origin, Position, PresenceEntry,
     Publication, PublishOpts, Published, Transient,
 };
 use chat_core::{BrokerError, BrokerNode, RoomName};
@@ -90,20 +89,10 @@ pub(crate) struct Shared {
     pub(crate) presence: Presence,
 }
 
-/// A random number from std's randomly keyed hasher (no extra dependency for ids).
-pub(crate) fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos());
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
-}
-
 /// A new epoch's name: when it began (ms, hex) and a random part, so it is never reused.
 fn new_epoch() -> String {
     let ms = std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis();
-    format!("{ms:x}-{:08x}", random() & 0xffff_ffff)
+    format!("{ms:x}-{:08x}", random_u64() & 0xffff_ffff)
 }
 
 impl Shared {
@@ -470,7 +459,7 @@ impl NatsNode {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(op);
         let names = Names::new(&settings.prefix);
-        let instance = names::token(&format!("{node}-{:x}", random()));
+        let instance = names::token(&format!("{node}-{:x}", random_u64()));
         let presence = Presence::open(&js, &names, &settings, &instance).await?;
         let defaults = chat_core::Config::default();
         let shared = Arc::new(Shared {

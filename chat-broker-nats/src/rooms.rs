@@ -105,7 +105,7 @@ pub(crate) async fn subscribe(
         return Ok(position); // subscribed meanwhile by a concurrent call
     }
     let task = stop.child_token();
-    let id = crate::node::random();
+    let id = chat_core::broker::random_u64();
     let check = Arc::new(tokio::sync::Notify::new());
     rooms.insert(
         token.clone(),

@@ -31,7 +31,7 @@ use crate::primary::{same_server, Locator};
 use crate::reply;
 use crate::scripts::SCRIPTS;
 use crate::{presence, subscriber};
-use chat_core::broker::wire;
+use chat_core::broker::{random_u64, wire};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -150,17 +150,7 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 /// The random part of a new epoch's name (lua/epoch.lua puts Redis's clock in front of it).
 fn new_epoch() -> String {
-    format!("{:08x}", random() & 0xffff_ffff)
-}
-
-/// A random number from std's randomly keyed hasher (no extra dependency for ids).
-pub(crate) fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos());
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
+    format!("{:08x}", random_u64() & 0xffff_ffff)
 }
 
 impl Shared {
@@ -441,7 +431,7 @@ impl RedisNode {
         let shared = Arc::new(Shared {
             keys,
             epoch_ttl_ms: AtomicU64::new(millis(settings.default_history_ttl)),
-            instance: format!("{node}-{:x}", random()),
+            instance: format!("{node}-{:x}", random_u64()),
             settings,
             locator,
             primary: Mutex::new(primary),

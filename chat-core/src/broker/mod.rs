@@ -17,6 +17,23 @@ use crate::protocol::RoomName;
 pub mod memory;
 pub mod wire;
 
+/// A random 64-bit number, for naming what must not collide: an epoch, a node's incarnation.
+/// From the standard library's randomly keyed hasher over the clock and a counter, so no
+/// `rand` crate is needed; not for secrets.
+///
+/// ```
+/// assert_ne!(chat_core::broker::random_u64(), chat_core::broker::random_u64());
+/// ```
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
 /// What can go wrong talking to a broker.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -75,7 +92,8 @@ pub struct PublishOpts {
     /// The most bytes of history the broker may retain across all its rooms (the engine's
     /// `Config::max_history_bytes`). The [`MemoryBroker`](memory::MemoryBroker) evicts the
     /// oldest messages of the least recently active rooms beyond it, after every publish; the
-    /// Redis broker ignores it (Redis has its own `maxmemory`).
+    /// Redis and NATS brokers ignore it (Redis has its own `maxmemory`, a JetStream stream its
+    /// own limits).
     pub max_history_bytes: usize,
 }
 

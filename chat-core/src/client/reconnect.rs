@@ -8,13 +8,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Client, ClientError, Event, HistoryPage, HistoryQuery, Joined, Presence, Welcome};
+use crate::broker::random_u64;
 use crate::protocol::Since;
 
 /// Opens one connection (see [`Reconnecting::new`]).
@@ -51,13 +51,6 @@ impl Backoff {
         let random = random_u64() % 1_000_001;
         half + half.mul_f64(random as f64 / 1_000_000.0)
     }
-}
-
-/// A random number, from the standard library's per-process hash keys (no `rand` needed).
-fn random_u64() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos());
-    hasher.finish()
 }
 
 /// How a [`Reconnecting`] client behaves.
