@@ -48,10 +48,15 @@ const FAILOVER: Duration = Duration::from_secs(2 * (2 * ELECTION.as_secs() + REC
 /// How long presence keeps a dead node's sessions here.
 const PRESENCE_TTL: Duration = Duration::from_millis(600);
 
+/// How late JetStream may remove an entry past its age: nats-server checks ages on a timer,
+/// which 2.10 sets to 1 s when the next entry is due within 250 ms (2.9 fires on time).
+const EXPIRY_TIMER: Duration = Duration::from_secs(1);
+
 /// How long a dead node's sessions may stay: its entries expire within the presence expiry of
-/// its last refresh, and a live node's sweep (every quarter of the expiry) notices the next
-/// time it runs; doubled for a loaded machine.
-const PRESENCE_GONE: Duration = Duration::from_millis(2 * (PRESENCE_TTL.as_millis() as u64 * 5 / 4));
+/// its last refresh (and the server's expiry timer), and a live node's sweep (every quarter of
+/// the expiry) notices the next time it runs; doubled for a loaded machine.
+const PRESENCE_GONE: Duration =
+    Duration::from_millis(2 * (PRESENCE_TTL.as_millis() as u64 * 5 / 4) + EXPIRY_TIMER.as_millis() as u64);
 
 fn room(name: &str) -> RoomName {
     RoomName::new(name).expect("a valid room name")
