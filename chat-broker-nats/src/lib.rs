@@ -83,8 +83,13 @@
 //! engine's store remembers are not restored into JetStream's duplicate window (the Redis
 //! broker restores them). History reads scan the room's records (at most twice `history_size`)
 //! through an ephemeral consumer. Each subscribed room costs one message get per quarter of the
-//! presence expiry (the check for lost deliveries). NATS Server 2.9 or later (republish,
-//! per-subject expected sequence).
+//! presence expiry (the check for lost deliveries).
+//!
+//! NATS Server 2.9 (tested: Debian 12's 2.9.10, with its cluster race above) or 2.12 and later
+//! (the fault tests pass on 2.12.8). From 2.10.14 through 2.11 the server keeps the message id
+//! of a publish it refused for its expected sequence, so a keyed resend after a lost race is
+//! answered as a duplicate of nothing until the duplicate window passes: the node logs a
+//! warning when it attaches to one of those.
 
 #![warn(missing_docs)]
 

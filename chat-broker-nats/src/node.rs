@@ -132,8 +132,19 @@ impl Shared {
             return Ok(());
         }
         let config = self.stream_config(&wanted);
-        let updated = timeout(self.settings.op_timeout, self.js.update_stream(config)).await;
-        updated.map_err(|_| unavailable("update stream", "timed out"))?.map_err(|e| unavailable("update stream", e))?;
+        let limits = |c: &stream::Config| (c.max_messages_per_subject, c.max_age, c.duplicate_window);
+        let op = self.settings.op_timeout;
+        let updated = timeout(op, self.js.update_stream(config.clone())).await;
+        if let Err(e) = updated.map_err(|_| unavailable("update stream", "timed out"))? {
+            // Nodes that start together update at once, and a cluster refuses all but one
+            // (NATS 2.9 says the subjects overlap): what counts is what the stream has now.
+            let info = timeout(op, self.js.get_stream(self.names.stream())).await;
+            let info = info.map_err(|_| unavailable("update stream", "timed out"))?;
+            let current = info.map_err(|_| unavailable("update stream", &e))?.cached_info().config.clone();
+            if limits(&current) != limits(&config) {
+                return Err(unavailable("update stream", e));
+            }
+        }
         *lock(&self.retention) = wanted;
         Ok(())
     }
@@ -423,6 +434,18 @@ enum Appended {
     Beaten,
 }
 
+/// Warns of NATS servers whose handling of a refused publish breaks keyed resends: from 2.10.14
+/// through 2.11, the server keeps the `Nats-Msg-Id` of a publish it refused for its expected
+/// sequence, so a resend with that key is answered as a duplicate of nothing until the
+/// duplicate window passes (found by this crate's fault tests; 2.9 and 2.12 are fine).
+fn warn_of_version(version: &str) {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor, patch) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if major == 2 && ((minor == 10 && patch >= 14) || minor == 11) {
+        tracing::warn!(version, "this NATS server version answers keyed resends after a refused publish as duplicates of nothing; use 2.9 or 2.12 and later");
+    }
+}
+
 /// One engine's attachment to a [`NatsBroker`](crate::NatsBroker).
 pub(crate) struct NatsNode {
     shared: Arc<Shared>,
@@ -445,6 +468,16 @@ impl NatsNode {
             .name(format!("chat-engine {node}"))
             .connection_timeout(op)
             .request_timeout(Some(op))
+            // Back within a quarter second of the server (async-nats waits up to 4 s by
+            // default, longer than a call may take): 0, 10, 20, 40 ... 250 ms.
+            .reconnect_delay_callback(|attempts| {
+                let exp = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX).min(16);
+                if attempts <= 1 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(5 << exp).min(Duration::from_millis(250))
+                }
+            })
             .event_callback(move |event| {
                 let events = events.clone();
                 async move {
@@ -456,6 +489,7 @@ impl NatsNode {
         let connect = async_nats::connect_with_options(settings.urls.clone(), options);
         let client = timeout(op, connect).await.map_err(|_| unavailable("connect", "timed out"))?;
         let client = client.map_err(|e| unavailable("connect", e))?;
+        warn_of_version(&client.server_info().version);
         let mut js = jetstream::new(client.clone());
         js.set_timeout(op);
         let names = Names::new(&settings.prefix);

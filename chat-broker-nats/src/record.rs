@@ -137,7 +137,9 @@ impl View {
     /// record that names one older than the record stored before it came second. (A `prev`
     /// newer than that is a record since erased: still valid.)
     pub(crate) fn valid(prev: u64, predecessor: Option<u64>) -> bool {
-        predecessor.is_none_or(|p| prev >= p)
+        // A record written to an empty room (`prev` 0) is checked exactly even by a 2.9
+        // cluster; the records before it were purged or aged out.
+        prev == 0 || predecessor.is_none_or(|p| prev >= p)
     }
 
     /// Adds the record at stream sequence `sseq`, the next one read; false if it is not valid.
@@ -217,6 +219,13 @@ mod tests {
         let seqs: Vec<(u64, u64)> = view.epochs["e"].messages.iter().map(|(seq, (sseq, _))| (*seq, *sseq)).collect();
         assert_eq!(seqs, [(1, 1), (2, 2), (3, 4)]);
         assert_eq!(view.last, Some(("e".into(), 3, 4)));
+    }
+
+    #[test]
+    fn a_record_written_to_an_empty_room_is_valid_after_anything() {
+        let mut view = View::default();
+        assert!(view.add(4, message(4, 3)));
+        assert!(view.add(9, message(1, 0)), "the room was purged between");
     }
 
     #[test]

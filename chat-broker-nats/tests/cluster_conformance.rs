@@ -46,6 +46,13 @@ impl Subject for Cluster {
             }
             servers.wait_ready();
         });
+        // Back once JetStream serves the stream again (the nodes reconnect within a quarter
+        // second of that).
+        chat_testkit::eventually("the stream to be served again", chat_testkit::conformance::WAIT, || async {
+            let client = async_nats::connect(self.urls.clone()).await.ok()?;
+            async_nats::jetstream::new(client).get_stream("conf-rooms").await.ok()
+        })
+        .await;
     }
 }
 

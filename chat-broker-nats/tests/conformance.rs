@@ -1,7 +1,8 @@
 //! The broker conformance suite (chat-testkit's `conformance`) run against the NATS broker, on
 //! a real `nats-server -js` each case starts. Losing history is deleting the stream (every
 //! room's records); interrupting deliveries is killing the server and starting it again on
-//! the same port and storage, which cuts every node's connection.
+//! the same port and storage, which cuts every node's connection (the case goes on once
+//! JetStream serves the stream again).
 
 use std::sync::Mutex;
 
@@ -30,9 +31,18 @@ impl Subject for Nats {
     }
 
     async fn interrupt_deliveries(&self) {
-        let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
-        server.kill();
-        server.restart();
+        tokio::task::block_in_place(|| {
+            let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+            server.kill();
+            server.restart();
+        });
+        // Back once JetStream serves the stream again (the nodes reconnect within a quarter
+        // second of that).
+        chat_testkit::eventually("the stream to be served again", chat_testkit::conformance::WAIT, || async {
+            let client = async_nats::connect(&self.url).await.ok()?;
+            async_nats::jetstream::new(client).get_stream("conf-rooms").await.ok()
+        })
+        .await;
     }
 }
 
