@@ -11,13 +11,15 @@
 //! `since` replays are exact (or `recovered: false`), no message was invented or stored twice,
 //! and an acknowledged message is lost only to a fault that can lose it. The same checker runs
 //! on Redis under Sentinel (a primary, a replica, three sentinels: the primary is killed or
-//! frozen and the replica takes over) and on one node with the in-memory broker; two more tests
-//! replay bugs it found, deterministically (docs/faults.md).
+//! frozen and the replica takes over), on NATS JetStream (one server frozen, killed and
+//! restarted; a three-server cluster storing each message on all three, one server killed at a
+//! time) and on one node with the in-memory broker; two more tests replay bugs it found,
+//! deterministically (docs/faults.md).
 //!
 //! `CHAT_FAULTS_SEED` replays a run (the seed is printed first, with the fault schedule);
 //! `CHAT_FAULTS_SECS` sets the length of the fault phase (default 60 s on Redis, half of it
 //! under Sentinel and on the memory broker). A failure prints the seed, the faults with their
-//! times and the offending client's log. Needs `redis-server` on the PATH.
+//! times and the offending client's log. Needs `redis-server` and `nats-server` on the PATH.
 
 mod common;
 
