@@ -61,7 +61,9 @@
 //! purged, or every record of the room aged out. A node that knows of a seq the stream no
 //! longer holds in the same epoch (NATS came back older) starts a new epoch rather than hand the
 //! seq out again. With the engine's store as the [`Origin`](chat_core::broker::Origin), a room
-//! the stream lost goes on from the store's epoch and seq instead.
+//! the stream lost goes on from the store's epoch and seq instead, and a client resending a
+//! message it sent before the loss gets its original seq (the store's recent keys are
+//! restored before the room's first new record).
 //!
 //! **Presence** is a key-value bucket (`<prefix>-presence`) of per-node entries that expire
 //! when the node stops refreshing them (see the `presence` module's notes).
@@ -79,9 +81,11 @@
 //! # Limits
 //!
 //! A publish that times out is reported `Unavailable` although JetStream may have stored it:
-//! clients that must not duplicate send with a `key`. After the stream lost a room, the keys the
-//! engine's store remembers are not restored into JetStream's duplicate window (the Redis
-//! broker restores them). History reads scan the room's records (at most twice `history_size`)
+//! clients that must not duplicate send with a `key`. A room the stream lost goes on from the
+//! store, with the store's recent keys restored (as records with their message ids on the
+//! room's key subject, `<prefix>.k.<room>`); but a stream that came back *older* than the store
+//! (restored from a backup) while every node restarted goes on from the stream, where the Redis
+//! broker asks the store first. History reads scan the room's records (at most twice `history_size`)
 //! through an ephemeral consumer. Each subscribed room costs one message get per quarter of the
 //! presence expiry (the check for lost deliveries).
 //!

@@ -24,9 +24,19 @@ impl Names {
         format!("{}-rooms", self.prefix)
     }
 
-    /// The subjects the stream captures.
-    pub(crate) fn stream_subjects(&self) -> String {
+    /// Every room's records (a subject filter).
+    pub(crate) fn all_records(&self) -> String {
         format!("{}.r.*", self.prefix)
+    }
+
+    /// The subjects the stream captures: rooms' records and their restored keys.
+    pub(crate) fn stream_subjects(&self) -> Vec<String> {
+        vec![self.all_records(), format!("{}.k.*", self.prefix)]
+    }
+
+    /// A room's idempotency keys restored from the engine's store (see `Shared::start_of`).
+    pub(crate) fn keys(&self, token: &str) -> String {
+        format!("{}.k.{token}", self.prefix)
     }
 
     /// Where the stream republishes what it stored (`{prefix}.r.X` to `{prefix}.d.X`).

@@ -101,7 +101,7 @@ impl Shared {
         let (source, destination) = self.names.republish();
         stream::Config {
             name: self.names.stream(),
-            subjects: vec![self.names.stream_subjects()],
+            subjects: self.names.stream_subjects(),
             // Twice the engine's count: tombstones and epoch records take places too; reads
             // keep to the newest `history_size` seqs.
             max_messages_per_subject: i64::try_from(r.history_size.saturating_mul(2)).unwrap_or(i64::MAX),
@@ -183,14 +183,31 @@ impl Shared {
     }
 
     /// Where a room the stream holds nothing of goes on from: the origin's position, or a new
-    /// epoch from 0.
+    /// epoch from 0. Going on from the origin, the origin's recent idempotency keys are
+    /// restored first (before the room's first record, so that a resend can find them
+    /// whichever node it reaches): each is a record on the room's key subject with the key's
+    /// `Nats-Msg-Id`, so a resend is answered as its duplicate, with the original seq. (The
+    /// window then counts from the restoring, not from the original send: a key may be
+    /// remembered up to one window longer.)
     async fn start_of(&self, room: &RoomName) -> Result<(String, u64), BrokerError> {
-        if let Some(origin) = &self.origin {
-            if let Some(at) = origin.origin(room).await? {
-                return Ok((at.epoch.to_string(), at.seq));
-            }
+        let Some(origin) = &self.origin else { return Ok((new_epoch(), 0)) };
+        let Some(at) = origin.origin(room).await? else { return Ok((new_epoch(), 0)) };
+        let keys = origin.keys(room, &at).await?;
+        let token = names::token(room);
+        let op = self.settings.op_timeout;
+        let mut acks = Vec::with_capacity(keys.len());
+        for k in keys {
+            let id = names::message_id(&token, &k.from, &k.key);
+            let publish = jetstream::message::PublishMessage::build().payload(Record::key(&at.epoch, k.seq).into());
+            let sent = timeout(op, self.js.send_publish(self.names.keys(&token), publish.message_id(id))).await;
+            let sent = sent.map_err(|_| unavailable("restore keys", "timed out"))?;
+            acks.push(sent.map_err(|e| unavailable("restore keys", e))?);
         }
-        Ok((new_epoch(), 0))
+        for ack in acks {
+            let acked = timeout(op, ack).await.map_err(|_| unavailable("restore keys", "timed out"))?;
+            acked.map_err(|e| unavailable("restore keys", e))?;
+        }
+        Ok((at.epoch.to_string(), at.seq))
     }
 
     /// Whether the room's tip is older than what this node knows it acknowledged or delivered
@@ -618,7 +635,7 @@ impl BrokerNode for NatsNode {
         // Every room's messages from `user`, by room token (the subject's last part).
         let mut found: HashMap<String, Vec<u64>> = HashMap::new();
         let prefix = s.names.records("");
-        s.scan(s.names.stream(), s.names.stream_subjects(), from_start(), |_, m| {
+        s.scan(s.names.stream(), s.names.all_records(), from_start(), |_, m| {
             if let Some(Record { kind: Kind::Message { from, .. }, head, .. }) = Record::decode(&m.payload) {
                 if from == user {
                     if let Some(token) = m.subject.as_str().strip_prefix(&prefix) {
@@ -676,6 +693,10 @@ impl Shared {
         let got = timeout(self.settings.op_timeout, get).await.map_err(|_| unavailable("read", "timed out"))?;
         let m =
             got.map_err(|e| BrokerError::Internal(format!("the original of a duplicate in {token} is gone: {e}")))?;
+        if let Some((epoch, seq)) = Record::decode_key(&m.payload) {
+            return Ok(Some(Published { epoch: Epoch::from(epoch), seq, duplicate: true }));
+            // restored
+        }
         match Record::decode(&m.payload) {
             Some(Record { epoch, head, prev, kind: Kind::Message { .. } }) => {
                 let won = self.won(token, prev, sseq).await?;

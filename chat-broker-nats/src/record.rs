@@ -7,6 +7,12 @@
 //! E<head> <prev> <epoch len>\n<epoch>                               the epoch starts after head
 //! ```
 //!
+//! and, on the room's key subject, an idempotency key restored from the engine's store:
+//!
+//! ```text
+//! K<seq> <epoch len>\n<epoch>                                       the key's message is at seq
+//! ```
+//!
 //! Every record says the room's *head* (its latest seq) once it is stored, so the last record
 //! of a room's subject is all a publisher needs to number the next message, and *prev*, the
 //! stream sequence of the room's last record its writer saw.
@@ -70,6 +76,20 @@ impl Record {
     /// Encodes an epoch's start record.
     pub(crate) fn start(epoch: &str, head: u64, prev: u64) -> Vec<u8> {
         format!("E{head} {prev} {}\n{epoch}", epoch.len()).into_bytes()
+    }
+
+    /// Encodes an idempotency key restored from the engine's store: the message it was sent
+    /// with is at `seq` of `epoch` (`K<seq> <epoch len>\n<epoch>`, on the room's key subject).
+    pub(crate) fn key(epoch: &str, seq: u64) -> Vec<u8> {
+        format!("K{seq} {}\n{epoch}", epoch.len()).into_bytes()
+    }
+
+    /// Decodes what [`key`](Self::key) made.
+    pub(crate) fn decode_key(payload: &[u8]) -> Option<(String, u64)> {
+        let (kind, header, data) = split(payload)?;
+        let [seq, epoch_len] = numbers::<2>(header)?;
+        let (epoch, rest) = split_str(data, epoch_len)?;
+        (kind == b'K' && rest.is_empty() && seq > 0).then(|| (epoch.to_owned(), seq))
     }
 
     /// Decodes a record; `None` for anything else (a transient delivery, garbage).
@@ -185,6 +205,8 @@ mod tests {
         let t = Bytes::from(Record::tombstone("e1", 3, 7, 13, 98, "al"));
         let tombstone = Kind::Tombstone { seq: 3, ts: 98, from: "al".into() };
         assert_eq!(Record::decode(&t), Some(Record { epoch: "e1".into(), head: 7, prev: 13, kind: tombstone }));
+        assert_eq!(Record::decode_key(&Record::key("e1", 9)), Some(("e1".to_owned(), 9)));
+        assert_eq!(Record::decode_key(b"K9 5\ne1"), None);
         let e = Bytes::from(Record::start("e2", 40, 0));
         assert_eq!(Record::decode(&e), Some(Record { epoch: "e2".into(), head: 40, prev: 0, kind: Kind::Start }));
     }
