@@ -83,9 +83,9 @@
 //! A publish that times out is reported `Unavailable` although JetStream may have stored it:
 //! clients that must not duplicate send with a `key`. A room the stream lost goes on from the
 //! store, with the store's recent keys restored (as records with their message ids on the
-//! room's key subject, `<prefix>.k.<room>`); but a stream that came back *older* than the store
-//! (restored from a backup) while every node restarted goes on from the stream, where the Redis
-//! broker asks the store first. History reads scan the room's records (at most twice `history_size`)
+//! room's key subject, `<prefix>.k.<room>`); a node subscribing to a room asks the store first,
+//! so a stream that came back older than the store (a backup restored while every node
+//! restarted) goes on from the store too. History reads scan the room's records (at most twice `history_size`)
 //! through an ephemeral consumer. Each subscribed room costs one message get per quarter of the
 //! presence expiry (the check for lost deliveries).
 //!

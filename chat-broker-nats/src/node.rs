@@ -37,6 +37,9 @@ pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError 
     BrokerError::Unavailable(format!("nats {what}: {e}"))
 }
 
+/// How many locks a node's publishes are spread over (see `Shared::publishing`).
+const PUBLISH_STRIPES: usize = 256;
+
 /// How many records one read of the stream asks for at a time.
 const PAGE: usize = 512;
 
@@ -84,6 +87,10 @@ pub(crate) struct Shared {
     pub(crate) rooms: Mutex<HashMap<String, Track>>,
     /// What the stream is configured with, as far as this node knows.
     retention: Mutex<Retention>,
+    /// Publishes into one room from this node go one at a time (a room hashes to one of these):
+    /// racing each other, they would only lose to each other and retry; across nodes they
+    /// still race.
+    publishing: Vec<tokio::sync::Mutex<()>>,
     /// Bumped each time the connection comes back: rooms catch up.
     pub(crate) reconnected: tokio::sync::watch::Sender<u64>,
     pub(crate) presence: Presence,
@@ -285,14 +292,21 @@ impl Shared {
 
     /// The room's position, starting its epoch (a start record) when the stream holds nothing
     /// of it, or when what it holds is older than what this node knows. Also returns the stream
-    /// sequence of the room's last record.
-    pub(crate) async fn position(&self, room: &RoomName) -> Result<(Position, u64), BrokerError> {
+    /// sequence of the room's last record. With `ask_origin` (a node subscribing), the origin
+    /// is asked first too, so that a stream that came back older than the engine's store (a
+    /// backup restored while every node restarted) goes on from the store.
+    pub(crate) async fn position(&self, room: &RoomName, ask_origin: bool) -> Result<(Position, u64), BrokerError> {
         let token = names::token(room);
         let deadline = Instant::now() + self.settings.op_timeout;
+        let kept = match &self.origin {
+            Some(origin) if ask_origin => origin.origin(room).await?,
+            _ => None,
+        };
+        let older_than_kept = |t: &Tip| kept.as_ref().is_some_and(|at| *at.epoch == *t.epoch && at.seq > t.head);
         loop {
             let tip = self.tip(&token).await?;
             let prev = match &tip {
-                Some(t) if !self.behind(&token, t) => {
+                Some(t) if !self.behind(&token, t) && !older_than_kept(t) => {
                     return Ok((Position { epoch: Epoch::from(t.epoch.as_str()), seq: t.head }, t.last));
                 }
                 Some(t) => t.last,
@@ -402,7 +416,7 @@ impl Shared {
         let token = names::token(room);
         let deadline = Instant::now() + self.settings.op_timeout;
         loop {
-            let (position, _) = self.position(room).await?;
+            let (position, _) = self.position(room, false).await?;
             if q.limit == 0 {
                 return Ok(HistoryPage { epoch: position.epoch, latest: position.seq, messages: Vec::new() });
             }
@@ -527,6 +541,7 @@ impl NatsNode {
                 idempotency_window: defaults.idempotency_window,
             }),
             reconnected,
+            publishing: (0..PUBLISH_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             presence,
             settings,
         });
@@ -552,6 +567,12 @@ impl BrokerNode for NatsNode {
         s.retain(opts).await?;
         let token = names::token(room);
         let key = opts.key.as_deref().map(|key| names::message_id(&token, &msg.from, key));
+        let stripe = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(&token) as usize % PUBLISH_STRIPES
+        };
+        let turn = timeout(s.settings.op_timeout, s.publishing[stripe].lock()).await;
+        let _turn = turn.map_err(|_| unavailable("publish", "too many publishes waiting in the room"))?;
         // A record that lost a race spent its id: the next attempt takes the next one, and a
         // resend walks them (`k`, `k#1`, ...) to the record that won.
         let mut spent = 0;

@@ -185,7 +185,13 @@ impl View {
             Kind::Tombstone { seq, ts, from } => {
                 epoch.messages.insert(seq, (sseq, Message { seq, from: from.into(), ts, body: None }));
             }
-            Kind::Start => {}
+            // An epoch that starts again further on (from the engine's store, when the stream
+            // came back older): what the stream held of it before is superseded, and the
+            // store has it.
+            Kind::Start => {
+                epoch.messages.clear();
+                epoch.base = Some(record.head);
+            }
         }
         self.last = Some((record.epoch, record.head, sseq));
         true
@@ -241,6 +247,18 @@ mod tests {
         let seqs: Vec<(u64, u64)> = view.epochs["e"].messages.iter().map(|(seq, (sseq, _))| (*seq, *sseq)).collect();
         assert_eq!(seqs, [(1, 1), (2, 2), (3, 4)]);
         assert_eq!(view.last, Some(("e".into(), 3, 4)));
+    }
+
+    #[test]
+    fn an_epoch_that_starts_again_further_on_drops_what_came_before() {
+        let mut view = View::default();
+        assert!(view.add(1, message(1, 0)));
+        assert!(view.add(2, message(2, 1)));
+        let start = Record::decode(&Bytes::from(Record::start("e", 6, 2))).unwrap();
+        assert!(view.add(3, start));
+        assert!(view.add(4, message(7, 3)));
+        assert_eq!(view.epochs["e"].messages.keys().copied().collect::<Vec<_>>(), [7]);
+        assert_eq!(view.epochs["e"].base, Some(6));
     }
 
     #[test]

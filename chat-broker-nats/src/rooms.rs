@@ -92,14 +92,14 @@ pub(crate) async fn subscribe(
 ) -> Result<Position, BrokerError> {
     let token = names::token(room);
     if lock(&shared.rooms).contains_key(&token) {
-        return Ok(shared.position(room).await?.0);
+        return Ok(shared.position(room, false).await?.0);
     }
     let op = shared.settings.op_timeout;
     let subscribe = shared.client.subscribe(shared.names.deliveries(&token));
     let subscriber = timeout(op, subscribe).await.map_err(|_| unavailable("subscribe", "timed out"))?;
     let subscriber = subscriber.map_err(|e| unavailable("subscribe", e))?;
     shared.sync("subscribe").await?;
-    let (position, sseq) = shared.position(room).await?;
+    let (position, sseq) = shared.position(room, true).await?;
     let mut rooms = lock(&shared.rooms);
     if rooms.contains_key(&token) {
         return Ok(position); // subscribed meanwhile by a concurrent call

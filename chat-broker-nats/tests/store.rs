@@ -134,3 +134,38 @@ async fn a_resend_after_the_stream_was_lost_gets_its_original_seq() {
         e.shutdown().await;
     }
 }
+
+/// The stream comes back older than the store (its last three records gone, as from a backup)
+/// and the node restarts with it, so no node remembers the newer messages: the store does,
+/// and the room goes on from it in the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_older_than_the_store_goes_on_from_the_store() {
+    let nats = NatsServer::start();
+    let store = MemoryStore::new();
+    let a = engine(&nats, &store, "a").await;
+    let (alice, _ta) = connect(&a, "alice").await;
+    let epoch = alice.join("r", None).await.expect("join").epoch;
+    for n in 1..=6 {
+        assert_eq!(alice.send("r", json!(n)).await.expect("sent"), Some(n));
+    }
+    a.shutdown().await;
+    drop(alice);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut stream = async_nats::jetstream::new(client).get_stream("kept-rooms").await.expect("the stream");
+    let last = stream.info().await.expect("the stream's state").state.last_sequence;
+    for sseq in last - 2..=last {
+        let record = stream.get_raw_message(sseq).await.expect("a record");
+        assert_eq!(record.subject.as_str(), "kept.r.r", "only the room's messages are in the stream");
+        assert!(stream.delete_message(sseq).await.expect("deleted"));
+    }
+
+    let b = engine(&nats, &store, "b").await;
+    let (bob, _tb) = connect(&b, "bob").await;
+    let joined = bob.join("r", None).await.expect("join");
+    assert_eq!((joined.epoch.as_str(), joined.seq), (epoch.as_str(), 6), "where the store stands");
+    assert_eq!(bob.send("r", json!(7)).await.expect("sent"), Some(7));
+    let page = bob.history("r", HistoryQuery::latest(50)).await.expect("history");
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq.expect("seq")).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    b.shutdown().await;
+}
