@@ -13,14 +13,24 @@
 #                                    #   fanout-nats-raw fanout-nats (async-nats subscribers) rooms
 #                                    #   rooms-nats idle-tcp idle-ws idle-ws-deflate idle-nats micro
 #                                    #   redis-cross-node redis-publish redis-raw (not in "everything")
+#                                    #   nats-cross-node nats-publish nats3-cross-node (JetStream broker;
+#                                    #   nats3: a three-server cluster, --nats-replicas 3), and for both
+#                                    #   brokers {redis,nats}-publish-2nodes, {memory,redis,nats}-rooms-mem
+#                                    #   (not in "everything")
 #                                    #   store-append-{none,sqlite,postgres} store-latency-{none,sqlite,postgres}
 #                                    #   (not in "everything"; `stores` runs all six)
 #   DUR=20 REPEAT=5 scripts/bench.sh fanout-tcp fanout-nats
+#   # Two brokers side by side, runs alternating (a scenario named again appends to its .jsonl):
+#   REPEAT=1 scripts/bench.sh redis-cross-node nats-cross-node redis-cross-node nats-cross-node redis-cross-node nats-cross-node
 #
 # The Redis scenarios start their own redis-server (never the system one on 6379) on a free
 # loopback port, pinned to $REDIS_CORE (default: the generator's core), and chat-server nodes
 # on it (`--broker redis://...`, pinned to $SERVER_CORE); redis-raw runs redis-benchmark on
 # $SERVER_CORE, where the nodes (Redis's clients) run otherwise.
+# The NATS scenarios start their own `nats-server -js` (never the system one on 4222) on a free
+# loopback port with a JetStream store in a fresh temporary directory (removed at the end),
+# pinned to $JS_CORE (default: $REDIS_CORE, as Redis), and nodes with `--broker nats://...`.
+# Every run's JSON gets the load average at its start and end (`loadavg`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +48,8 @@ SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 REDIS_CORE=${REDIS_CORE:-$LOAD_CORE}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
+JS_CORE=${JS_CORE:-$REDIS_CORE}
+ROOMS_MEM=${ROOMS_MEM:-"1000 10000"}  # *-rooms-mem: rooms (= connections) on one node
 PUB_CONNS=${PUB_CONNS:-"1 4 16 64"}  # redis-publish: publisher connections (one room each)
 SCENARIOS=()
 for s in "$@"; do
@@ -64,7 +76,10 @@ cleanup() {
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do p=${PIDS[i]}; kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ -n "$SP" ]; then kill "$SP" 2>/dev/null || true; wait "$SP" 2>/dev/null || true; fi
   SP=""; PIDS=()
+  for d in "${JS_DIRS[@]}"; do rm -rf "$d"; done
+  JS_DIRS=()
 }
+JS_DIRS=()       # JetStream store directories of the nats-servers started (removed by cleanup)
 
 # Waits (up to QUIET_WAIT seconds) until the machine's other processes use under 10 % of a
 # core, so that a compiler running next door does not spoil a run.
@@ -109,14 +124,73 @@ start_redis() {
     >"$OUT/redis-server.log" 2>&1 &
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
+  BROKER_URL=redis://127.0.0.1:$REDIS_PORT; BROKER_PIDS=(--server-pid "redis=$REDIS_PID"); BROKER_PID=$REDIS_PID
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
   echo "redis-server did not start" >&2; cat "$OUT/redis-server.log" >&2; exit 1
 }
 
-# Starts chat-server node $1 on our redis-server, on core $SERVER_CORE; sets NODE_PID, NODE_TCP, NODE_WS.
+# Starts a nats-server of our own with JetStream (a fresh store directory) on core $JS_CORE;
+# sets BROKER_URL, BROKER_PID, BROKER_PIDS.
+start_js() {
+  local port mon dir; port=$(free_port 17400); mon=$(free_port $((port + 1)))
+  dir=$(mktemp -d /tmp/chat-bench-js.XXXXXX); JS_DIRS+=("$dir")
+  taskset -c "$JS_CORE" "$NATS_SERVER" -js -sd "$dir" -a 127.0.0.1 -p "$port" -m "$mon" >"$OUT/nats-js.log" 2>&1 &
+  BROKER_PID=$!
+  PIDS+=("$BROKER_PID")
+  BROKER_URL=nats://127.0.0.1:$port; BROKER_PIDS=(--server-pid "nats=$BROKER_PID")
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$mon/healthz" 2>/dev/null | grep -q ok && return; sleep 0.1; done
+  echo "nats-server -js did not start" >&2; cat "$OUT/nats-js.log" >&2; exit 1
+}
+
+# Three nats-servers with JetStream in one cluster (routes to each other), all on core $JS_CORE;
+# nodes get all three URLs. Sets BROKER_URL, BROKER_PID (the first), BROKER_PIDS (all three).
+start_js_cluster() {
+  local i port=() mon=() route=() dir urls="" peers p=17500
+  for i in 0 1 2; do
+    port[i]=$(free_port "$p"); mon[i]=$(free_port $((port[i] + 1))); route[i]=$(free_port $((mon[i] + 1))); p=$((route[i] + 1))
+  done
+  BROKER_PIDS=()
+  for i in 0 1 2; do
+    dir=$(mktemp -d /tmp/chat-bench-js.XXXXXX); JS_DIRS+=("$dir")
+    peers=""; for j in 0 1 2; do [ "$j" = "$i" ] || peers+="\"nats://127.0.0.1:${route[j]}\", "; done
+    cat >"$dir/nats.conf" <<CONF
+server_name: "n$i"
+listen: "127.0.0.1:${port[i]}"
+http: "127.0.0.1:${mon[i]}"
+jetstream { store_dir: "$dir/store", max_memory_store: 256MB, max_file_store: 1GB }
+cluster { name: "chat-bench", listen: "127.0.0.1:${route[i]}", routes: [${peers%, }] }
+CONF
+    taskset -c "$JS_CORE" "$NATS_SERVER" -c "$dir/nats.conf" >"$OUT/nats-js-n$i.log" 2>&1 &
+    PIDS+=("$!"); BROKER_PIDS+=(--server-pid "n$i=$!")
+    [ "$i" = 0 ] && BROKER_PID=$!
+    urls+="nats://127.0.0.1:${port[i]},"
+  done
+  BROKER_URL=${urls%,}
+  # Ready when each has JetStream current with a meta leader.
+  for i in 0 1 2; do
+    for _ in $(seq 300); do curl -sf "http://127.0.0.1:${mon[i]}/healthz" 2>/dev/null | grep -q ok && break; sleep 0.1; done
+    curl -sf "http://127.0.0.1:${mon[i]}/healthz" | grep -q ok || { echo "JetStream cluster did not form" >&2; cat "$OUT"/nats-js-n*.log >&2; exit 1; }
+  done
+}
+
+# Starts the broker of kind $1 (memory: none; redis; nats; nats3: a three-server cluster).
+start_broker() {
+  case $1 in
+    memory) BROKER_URL=memory; BROKER_PID=""; BROKER_PIDS=() ;;
+    redis) start_redis ;;
+    nats) start_js ;;
+    nats3) start_js_cluster ;;
+    *) echo "unknown broker $1" >&2; exit 2 ;;
+  esac
+}
+# chat-server options for broker kind $1.
+node_opts() { if [ "$1" = nats3 ]; then echo --nats-replicas 3; fi; }
+
+# Starts chat-server node $1 on the broker last started ($BROKER_URL), on core $SERVER_CORE; sets
+# NODE_PID, NODE_TCP, NODE_WS.
 start_node() {
   local name=$1; shift
-  taskset -c "$SERVER_CORE" "$BIN/chat-server" --broker "redis://127.0.0.1:$REDIS_PORT" --store "${STORE:-none}" --node-id "$name" \
+  taskset -c "$SERVER_CORE" "$BIN/chat-server" --broker "$BROKER_URL" --store "${STORE:-none}" --node-id "$name" \
     --tcp 127.0.0.1:0 --ws 127.0.0.1:0 --rate-per-sec 0 "$@" >"$OUT/node-$name.out" 2>"$OUT/node-$name.err" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")
@@ -167,7 +241,25 @@ drop_store() {
   STORE=none
 }
 
-load() { wait_quiet; taskset -c "$LOAD_CORE" "$BIN/chat-load" --json --quiet "${SERVER_PIDS[@]}" "$@"; }
+# One chat-load run on core $LOAD_CORE after waiting for a quiet machine; its JSON line gets the
+# load average at the start and the end of the run (`loadavg`). load_now: without the wait.
+load() { wait_quiet; load_now "$@"; }
+load_now() {
+  local la0 out
+  la0=$(cut -d' ' -f1-3 /proc/loadavg)
+  out=$(taskset -c "$LOAD_CORE" "$BIN/chat-load" --json --quiet "${SERVER_PIDS[@]}" "$@") || return 1
+  sed "s/^{/{\"loadavg\":{\"start\":\"$la0\",\"end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"},/" <<<"$out"
+}
+# A run that failed: its logs are kept in $OUT/failed-<scenario>-<time>/, and the scenario goes on.
+keep_logs() {
+  local d; d=$OUT/failed-$1-$(date +%H%M%S)
+  mkdir -p "$d"; cp "$OUT"/node-*.{out,err} "$OUT"/*.log "$d"/ 2>/dev/null || true
+  local p; for p in "${PIDS[@]}"; do if kill -0 "$p" 2>/dev/null; then echo "$p running"; else echo "$p gone"; fi; done >"$d/pids"
+  ss -Htlnp >"$d/listening" 2>/dev/null || true
+  echo "warning: a $1 run failed; logs in $d" >&2
+}
+# VmRSS (KiB) of process $1.
+rss() { awk '/^VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # 1 room, 1 publisher, 100 subscribers, 128-byte bodies, max rate.
 FANOUT=(--rooms 1 --pubs 1 --subs 100 --body 128 --rate 0 --window "$WINDOW" --max-lag "$MAX_LAG"
@@ -176,9 +268,11 @@ FANOUT=(--rooms 1 --pubs 1 --subs 100 --body 128 --rate 0 --window "$WINDOW" --m
 CHAT_OPTS=(--rate-per-sec 0 --outbox-frames 1000000)
 IDLE_OPTS=(--max-connections "$((IDLE + 1000))" --max-connections-per-ip "$((IDLE + 1000))")
 
+declare -A STARTED=()   # scenarios run already in this invocation: named again, they append
 run() {
   local name=$1; shift
-  : >"$OUT/$name.jsonl"
+  [ -n "${STARTED[$name]:-}" ] || : >"$OUT/$name.jsonl"
+  STARTED[$name]=1
   case $name in
     fanout-tcp) for i in $(seq "$REPEAT"); do start_chat "${CHAT_OPTS[@]}"; load --tcp "$TCP" "${FANOUT[@]}" >>"$OUT/$name.jsonl"; cleanup; done ;;
     fanout-ws) for i in $(seq "$REPEAT"); do start_chat "${CHAT_OPTS[@]}"; load --ws "ws://$WS/ws" "${FANOUT[@]}" >>"$OUT/$name.jsonl"; cleanup; done ;;
@@ -209,29 +303,79 @@ run() {
     idle-ws) start_chat "${IDLE_OPTS[@]}"; load --ws "ws://$WS/ws" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-ws-deflate) start_chat "${IDLE_OPTS[@]}" --ws-deflate; load --ws "ws://$WS/ws" --ws-deflate --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-nats) start_nats; load --target nats --nats "$NATS" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
-    redis-cross-node)
-      # Two nodes on one Redis; 10 rooms x (1 publisher at 100 msg/s on node a + 10 subscribers on
-      # node b): every delivery crosses Redis. Fresh Redis and nodes per run.
+    redis-cross-node | nats-cross-node | nats3-cross-node)
+      # Two nodes on one broker; 10 rooms x (1 publisher at 100 msg/s on node a + 10 subscribers on
+      # node b): every delivery crosses the broker. Fresh broker and nodes per run.
+      local kind=${name%%-*}
       for i in $(seq "$REPEAT"); do
-        start_redis
-        start_node a; A_PID=$NODE_PID; A_TCP=$NODE_TCP
-        start_node b; B_PID=$NODE_PID; B_TCP=$NODE_TCP
-        SERVER_PIDS=(--server-pid "a=$A_PID" --server-pid "b=$B_PID" --server-pid "redis=$REDIS_PID")
+        start_broker "$kind"
+        start_node a $(node_opts "$kind"); A_PID=$NODE_PID; A_TCP=$NODE_TCP
+        start_node b $(node_opts "$kind"); B_PID=$NODE_PID; B_TCP=$NODE_TCP
+        SERVER_PIDS=(--server-pid "a=$A_PID" --server-pid "b=$B_PID" "${BROKER_PIDS[@]}")
         load --pub-tcp "$A_TCP" --sub-tcp "$B_TCP" --rooms 10 --pubs 1 --subs 10 --body 128 --rate 100 --window 256 \
-          --max-lag 0 --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
+          --max-lag 0 --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl" || keep_logs "$name"
         cleanup
       done ;;
-    redis-publish)
+    redis-publish | nats-publish)
       # Publish throughput through the broker: one node, N publisher connections (one room each,
-      # no subscriber: the publisher's own copy comes back through Redis), 128-byte bodies, max
-      # rate with --window pipelined sends per connection; acknowledged messages/s.
+      # no subscriber: the publisher's own copy comes back through the broker), 128-byte bodies,
+      # max rate with --window pipelined sends per connection; acknowledged messages/s.
       for i in $(seq "$REPEAT"); do
         for n in $PUB_CONNS; do
-          start_redis
+          start_broker "${name%%-*}"
           start_node a
-          SERVER_PIDS=(--server-pid "a=$NODE_PID" --server-pid "redis=$REDIS_PID")
+          SERVER_PIDS=(--server-pid "a=$NODE_PID" "${BROKER_PIDS[@]}")
           load --tcp "$NODE_TCP" --rooms "$n" --pubs 1 --subs 0 --body 128 --rate 0 --window "$WINDOW" --max-lag 0 \
             --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl"
+          cleanup
+        done
+      done ;;
+    redis-publish-2nodes | nats-publish-2nodes)
+      # The same with 100 publisher connections on two nodes: 50 on node a and 50 on node b, one
+      # room each (100 rooms, prefixes pa-/pb-), by two chat-load processes started together (one
+      # per node; chat-load takes one --tcp), both on $LOAD_CORE; each reports every process's
+      # CPU over its own window. Two JSON lines per run ("part": "a", "b"): add their acked/s.
+      for i in $(seq "$REPEAT"); do
+        start_broker "${name%%-*}"
+        start_node a; A_PID=$NODE_PID; A_TCP=$NODE_TCP
+        start_node b; B_PID=$NODE_PID; B_TCP=$NODE_TCP
+        SERVER_PIDS=(--server-pid "a=$A_PID" --server-pid "b=$B_PID" "${BROKER_PIDS[@]}")
+        wait_quiet
+        local shape=(--rooms 50 --pubs 1 --subs 0 --body 128 --rate 0 --window "$WINDOW" --max-lag 0 --duration "$DUR" --warmup "$WARM")
+        load_now --tcp "$A_TCP" --room-prefix pa "${shape[@]}" >"$OUT/$name.a" &
+        local la=$!
+        load_now --tcp "$B_TCP" --room-prefix pb "${shape[@]}" >"$OUT/$name.b"
+        wait "$la"
+        sed 's/^{/{"part":"a",/' "$OUT/$name.a" >>"$OUT/$name.jsonl"
+        sed 's/^{/{"part":"b",/' "$OUT/$name.b" >>"$OUT/$name.jsonl"
+        cleanup
+      done ;;
+    memory-rooms-mem | redis-rooms-mem | nats-rooms-mem)
+      # Memory per room subscription: a fresh node holds N idle connections (hello + join), all in
+      # one room, then (fresh broker and node) each in a room of its own: N rooms with one local
+      # member each, so N subscriptions to the broker. For N in $ROOMS_MEM. ROOMS_MEM_BASE=tenth:
+      # N/10 rooms of 10 members instead of one room of N (on NATS, one room of 10,000 members on
+      # one node is pathological: see docs/perf.md). The node's RSS
+      # before/after (chat-load), the broker's RSS before and its highest while held (sampled
+      # here every 0.2 s): "broker_rss_kib". (N rooms - 1 room) / N = bytes per room subscription.
+      local kind=${name%%-*} n rooms lp b0 bmax r
+      for n in $ROOMS_MEM; do
+        local base=${ROOMS_MEM_BASE:-1}; [ "$base" = tenth ] && base=$((n / 10))
+        for rooms in "$base" "$n"; do
+          start_broker "$kind"
+          start_node a --max-connections $((n + 1000)) --max-connections-per-ip $((n + 1000)) --max-rooms $((n + 1000))
+          SERVER_PIDS=(--server-pid "a=$NODE_PID")
+          wait_quiet
+          sleep 1
+          b0=0; [ -n "$BROKER_PID" ] && b0=$(rss "$BROKER_PID")
+          load_now --tcp "$NODE_TCP" --idle "$n" --rooms "$rooms" --hold 5 >"$OUT/$name.one" &
+          lp=$!; bmax=$b0
+          while kill -0 "$lp" 2>/dev/null; do
+            if [ -n "$BROKER_PID" ]; then r=$(rss "$BROKER_PID"); [ "$r" -gt "$bmax" ] && bmax=$r; fi
+            sleep 0.2
+          done
+          wait "$lp"
+          sed "s/^{/{\"broker\":\"$kind\",\"broker_rss_kib\":{\"before\":$b0,\"max\":$bmax},/" "$OUT/$name.one" >>"$OUT/$name.jsonl"
           cleanup
         done
       done ;;
@@ -295,7 +439,7 @@ done
 # The table: median and best run of each scenario.
 python3 - "$OUT" "${SCENARIOS[@]}" <<'EOF'
 import json, statistics, sys
-out, names = sys.argv[1], sys.argv[2:]
+out, names = sys.argv[1], list(dict.fromkeys(sys.argv[2:]))  # a scenario named twice: once
 for name in names:
     if name == "micro":
         continue
@@ -312,6 +456,34 @@ for name in names:
     except FileNotFoundError:
         continue
     if not runs:
+        continue
+    if name.endswith("-rooms-mem"):
+        # Pairs of runs with N connections: all in 1 room, then N rooms (one member each).
+        by_n = {}
+        for r in runs:
+            by_n.setdefault(r["connections"], {})[r["rooms"]] = r
+        for n, pair in sorted(by_n.items()):
+            for rooms, r in sorted(pair.items()):
+                s, b = r["server"], r["broker_rss_kib"]
+                print(f"{name:12} {n} connections, {rooms:>5} rooms: node RSS {s['rss_kib_before']} -> {s['rss_kib_after']} KiB, "
+                      f"broker RSS {b['before']} -> {b['max']} KiB  failures {sum(r['failures'].values())}  "
+                      f"loadavg {r['loadavg']['start']}")
+            lo = min(pair)
+            if n in pair and lo < n:
+                d = lambda r: r["server"]["rss_kib_after"] - r["server"]["rss_kib_before"]
+                db = lambda r: r["broker_rss_kib"]["max"] - r["broker_rss_kib"]["before"]
+                print(f"{'':12} per room subscription ({lo} -> {n} rooms): node {(d(pair[n]) - d(pair[lo])) * 1024 / (n - lo):,.0f} B, "
+                      f"broker {(db(pair[n]) - db(pair[lo])) * 1024 / (n - lo):,.0f} B")
+        continue
+    if name.endswith("-publish-2nodes"):
+        # Two chat-load processes per run (parts a and b): their acked/s added.
+        for a, b in zip(runs[0::2], runs[1::2]):
+            cpu = "  ".join(f"{x['name']} {x['cpu_share'] * 100:3.0f}%" for x in a["servers"] if x)
+            errs = sum(a["errors"].values()) + sum(b["errors"].values())
+            print(f"{name:12} acked/s {a['acked_per_sec'] + b['acked_per_sec']:>9,.0f} (a {a['acked_per_sec']:,.0f} + "
+                  f"b {b['acked_per_sec']:,.0f})  cpu (a's window) {cpu}  generators {a['generator_cpu_share'] * 100:3.0f}% "
+                  f"{b['generator_cpu_share'] * 100:3.0f}%  errors {errs}  other {a['other_processes_cpu_share'] * 100:3.0f}% (includes "
+                  f"the other generator)  loadavg {a['loadavg']['start']}")
         continue
     if runs[0]["mode"] == "idle":
         r = runs[0]; s = r["server"]
@@ -332,9 +504,10 @@ for name in names:
             cpu = "  ".join(f"{x['name']} {x['cpu_share'] * 100:3.0f}% {x['cpu_ns_per_message'] / 1e3:6.1f} us/msg"
                             for x in r["servers"] if x)
             return (f"acked/s {r['acked_per_sec']:>9,.0f}  deliveries/s {r['deliveries_per_sec']:>9,.0f}  {cpu}  "
-                    f"p50 {l['p50'] / 1e3:7.3f} ms  p99 {l['p99'] / 1e3:7.3f} ms  max {l['max'] / 1e3:7.3f} ms  "
-                    f"gaps {r['gaps']}  dups {r['duplicates']}  missing {r['missing_at_end']}  "
-                    f"errors {sum(r['errors'].values())}  other {r['other_processes_cpu_share'] * 100:3.0f}%")
+                    f"p50 {l['p50'] / 1e3:7.3f} ms  p99 {l['p99'] / 1e3:7.3f} ms  p99.9 {l['p999'] / 1e3:7.3f} ms  "
+                    f"max {l['max'] / 1e3:7.3f} ms  gaps {r['gaps']}  dups {r['duplicates']}  missing {r['missing_at_end']}  "
+                    f"errors {sum(r['errors'].values())}  other {r['other_processes_cpu_share'] * 100:3.0f}%"
+                    + (f"  loadavg {r['loadavg']['start']}" if "loadavg" in r else ""))
         return (f"deliveries/s {r['deliveries_per_sec']:>12,.0f}  server cpu {s.get('cpu_share', 0) * 100:4.0f}%  "
                 f"{s.get('cpu_ns_per_delivery', 0):6.0f} ns/delivery  p50 {l['p50'] / 1e3:8.3f} ms  p99 {l['p99'] / 1e3:8.3f} ms  "
                 f"max {l['max'] / 1e3:8.3f} ms  gaps {r['gaps']}  dups {r['duplicates']}  missing {r['missing_at_end']}  "
@@ -346,7 +519,7 @@ for name in names:
         label = f"{name}" if len(shapes) == 1 else f"{name} x{shape}"
         if name.startswith("store-append"):
             by_rate = sorted(group, key=lambda r: r["acked_per_sec"])
-        elif (name.startswith("redis-") or name.startswith("store-")) and group[0]["rate"] > 0:
+        elif name.startswith(("redis-", "nats", "store-")) and group[0]["rate"] > 0:
             # A fixed rate: runs differ in latency, best = lowest p99.
             by_rate = sorted(group, key=lambda r: -r["latency_us"]["p99"])
         else:
