@@ -64,20 +64,28 @@ impl Names {
         format!("{}-presence", self.prefix)
     }
 
-    /// A node's presence entry for a room in the bucket.
-    pub(crate) fn entry(&self, token: &str, instance: &str) -> String {
-        format!("{token}.{instance}")
+    /// A node's presence entry for a user in a room, as a key of the bucket.
+    pub(crate) fn entry(&self, token: &str, user: &str, instance: &str) -> String {
+        format!("{token}.{user}.{instance}")
     }
 
-    /// The subject filter of every node's presence entries for a room.
+    /// Every node's presence entries for a user in a room (a key filter).
+    pub(crate) fn user_entries(&self, token: &str, user: &str) -> String {
+        format!("{token}.{user}.*")
+    }
+
+    /// Every presence entry of a room (a key filter).
     pub(crate) fn entries(&self, token: &str) -> String {
-        format!("$KV.{}.{token}.*", self.bucket())
+        format!("{token}.*.*")
     }
 }
 
-/// A room's (or a node's) name as one subject token: `.`, `:`, `@`, `#`, `=` and anything
-/// outside `[A-Za-z0-9_-]` become `=XX`.
+/// A room's (or a user's, or a node's) name as one subject token: `.`, `:`, `@`, `#`, `=` and
+/// anything outside `[A-Za-z0-9_-]` become `=XX`; the empty name is `=`.
 pub(crate) fn token(name: &str) -> String {
+    if name.is_empty() {
+        return "=".to_owned(); // a subject token cannot be empty; no other name gives `=`
+    }
     let mut out = String::with_capacity(name.len() + 8);
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
@@ -113,6 +121,7 @@ mod tests {
         assert_eq!(token("dm:alice:bob"), "dm=3Aalice=3Abob");
         assert_eq!(token("a.b"), "a=2Eb");
         assert_ne!(token("a.b"), token("a=2Eb"), "the escape character is escaped too");
+        assert_eq!(token(""), "=", "never an empty token");
         for name in ["#x", "@y", "a.b.c", "x-y_z"] {
             assert!(token(name).bytes().all(|b| b.is_ascii_alphanumeric() || b"_-=".contains(&b)), "{name}");
         }

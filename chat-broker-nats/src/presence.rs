@@ -1,14 +1,15 @@
-//! Presence in a JetStream key-value bucket (`<prefix>-presence`): one entry per room and node,
-//! `<room token>.<node instance>`, listing that node's users in the room with their session
-//! counts (`<count> <user>` lines). The bucket's entries expire after the presence expiry;
-//! each node writes its entries again every quarter of it, so a dead node's sessions leave
-//! presence within the expiry, and each node that has members in the room announces, to its
-//! own sessions, `member_left` for the users who are gone with them.
+//! Presence in a JetStream key-value bucket (`<prefix>-presence`): one entry per room, user and
+//! node, `<room token>.<user token>.<node instance>`, holding that node's session count for the
+//! user in the room and the user's name (`<count> <user>`). A join or a leave writes one small
+//! entry, whatever the size of the room. The bucket's entries expire after the presence
+//! expiry; each node writes its live entries again every quarter of it, so a dead node's
+//! sessions leave presence within the expiry, and each node that has members in the room
+//! announces, to its own sessions, `member_left` for the users who are gone with them.
 //!
 //! A room's members are the sum of its entries. Whether a session is its user's first (or
-//! last) in the room is decided from the other nodes' entries read before (after) this node
-//! writes its own: two nodes adding the same user at the same moment may both say first, so
-//! a `member_joined` can come twice; a `member_left` is never missed.
+//! last) in the room is decided from the other nodes' entries for that user, read before
+//! (after) this node writes its own: two nodes adding the same user at the same moment may both
+//! say first, so a `member_joined` can come twice; a `member_left` is never missed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -40,25 +41,15 @@ struct Local {
     users: HashMap<String, HashSet<String>>,
 }
 
-impl Local {
-    /// The entry's value: `<count> <user>` lines.
-    fn value(&self) -> Bytes {
-        let mut out = String::new();
-        for (user, sessions) in &self.users {
-            if !sessions.is_empty() {
-                out.push_str(&format!("{} {user}\n", sessions.len()));
-            }
-        }
-        Bytes::from(out)
-    }
+/// An entry's value: the session count and the user.
+fn value(count: usize, user: &str) -> Bytes {
+    Bytes::from(format!("{count} {user}"))
 }
 
-/// Parses an entry's value; lines that do not parse are skipped.
-fn parse(value: &[u8]) -> impl Iterator<Item = (&str, u64)> {
-    std::str::from_utf8(value).unwrap_or("").lines().filter_map(|line| {
-        let (count, user) = line.split_once(' ')?;
-        Some((user, count.parse().ok()?))
-    })
+/// Parses an entry's value; `None` for anything else (a deleted entry is empty).
+fn parse(value: &[u8]) -> Option<(&str, u64)> {
+    let (count, user) = std::str::from_utf8(value).ok()?.split_once(' ')?;
+    Some((user, count.parse().ok()?))
 }
 
 impl Presence {
@@ -99,22 +90,31 @@ impl Presence {
         })
     }
 
-    /// Every node's entry for the room but this one's: users and their session counts.
-    async fn others(&self, shared: &Shared, token: &str) -> Result<BTreeMap<String, u64>, BrokerError> {
-        self.read(shared, token, false).await
-    }
-
-    /// The room's entries summed (this node's with `own`).
-    async fn read(&self, shared: &Shared, token: &str, own: bool) -> Result<BTreeMap<String, u64>, BrokerError> {
-        let mine = format!("$KV.{}.{}", shared.names.bucket(), shared.names.entry(token, &self.instance));
-        let mut users = BTreeMap::new();
-        let subject = shared.names.entries(token);
+    /// How many sessions `user` has in the room on other nodes.
+    async fn others(&self, shared: &Shared, token: &str, user: &str) -> Result<u64, BrokerError> {
+        let user_token = names::token(user);
+        let mine = format!("{}{}", self.subject, shared.names.entry(token, &user_token, &self.instance));
+        let mut sessions = 0;
+        let subject = format!("{}{}", self.subject, shared.names.user_entries(token, &user_token));
         shared
             .scan(self.stream.clone(), subject, consumer::DeliverPolicy::LastPerSubject, |_, m| {
-                if own || m.subject.as_str() != mine {
-                    for (user, count) in parse(&m.payload) {
-                        *users.entry(user.to_owned()).or_insert(0) += count;
-                    }
+                if m.subject.as_str() != mine {
+                    sessions += parse(&m.payload).map_or(0, |(_, n)| n);
+                }
+                true
+            })
+            .await?;
+        Ok(sessions)
+    }
+
+    /// The room's members: every node's entries summed per user.
+    async fn read(&self, shared: &Shared, token: &str) -> Result<BTreeMap<String, u64>, BrokerError> {
+        let mut users = BTreeMap::new();
+        let subject = format!("{}{}", self.subject, shared.names.entries(token));
+        shared
+            .scan(self.stream.clone(), subject, consumer::DeliverPolicy::LastPerSubject, |_, m| {
+                if let Some((user, count)) = parse(&m.payload) {
+                    *users.entry(user.to_owned()).or_insert(0) += count;
                 }
                 true
             })
@@ -122,11 +122,11 @@ impl Presence {
         Ok(users)
     }
 
-    /// Writes this node's entry for the room as it now stands.
-    async fn write(&self, shared: &Shared, token: &str) -> Result<(), BrokerError> {
-        let value = lock(&self.local).get(token).map(Local::value).unwrap_or_default();
-        let key = shared.names.entry(token, &self.instance);
-        self.put(shared, &key, value).await
+    /// Writes this node's entry for `user` in the room as it now stands.
+    async fn write(&self, shared: &Shared, token: &str, user: &str) -> Result<(), BrokerError> {
+        let count = lock(&self.local).get(token).and_then(|l| l.users.get(user)).map_or(0, HashSet::len);
+        let key = shared.names.entry(token, &names::token(user), &self.instance);
+        self.put(shared, &key, value(count, user)).await
     }
 
     /// Writes an entry and waits for JetStream's acknowledgement.
@@ -146,7 +146,7 @@ impl Presence {
         user: &str,
     ) -> Result<bool, BrokerError> {
         let token = names::token(room);
-        let others = self.others(shared, &token).await?;
+        let others = self.others(shared, &token, user).await?;
         let was_here = {
             let mut local = lock(&self.local);
             let entry = local.entry(token.clone()).or_insert_with(|| Local { users: HashMap::new() });
@@ -155,8 +155,8 @@ impl Presence {
             sessions.insert(session.to_owned());
             was_here
         };
-        if let Err(e) = self.write(shared, &token).await {
-            // Not joined: forget the session (the next refresh writes the entry without it).
+        if let Err(e) = self.write(shared, &token, user).await {
+            // Not joined: forget the session (a leave or the next refresh writes the entry).
             if let Some(entry) = lock(&self.local).get_mut(&token) {
                 if let Some(sessions) = entry.users.get_mut(user) {
                     sessions.remove(session);
@@ -164,7 +164,7 @@ impl Presence {
             }
             return Err(e);
         }
-        Ok(!was_here && others.get(user).is_none_or(|&n| n == 0))
+        Ok(!was_here && others == 0)
     }
 
     /// Removes a session; true when it was the user's last in the room across the cluster.
@@ -183,54 +183,68 @@ impl Presence {
             if !sessions.remove(session) {
                 return Ok(false);
             }
-            let gone = sessions.is_empty();
-            if gone {
-                entry.users.remove(user);
-            }
-            gone
+            sessions.is_empty()
         };
-        // If this fails the refresh writes the entry without the session within a quarter of
-        // the expiry.
-        self.write(shared, &token).await?;
+        // If this fails the refresh writes the entry again within a quarter of the expiry.
+        self.write(shared, &token, user).await?;
         if !gone {
             return Ok(false);
         }
-        let others = self.others(shared, &token).await?;
-        Ok(others.get(user).is_none_or(|&n| n == 0))
+        Ok(self.others(shared, &token, user).await? == 0)
     }
 
     /// The room's members across the cluster.
     pub(crate) async fn members(&self, shared: &Shared, room: &RoomName) -> Result<Vec<PresenceEntry>, BrokerError> {
-        let users = self.read(shared, &names::token(room), true).await?;
+        let users = self.read(shared, &names::token(room)).await?;
         Ok(users.into_iter().filter(|(_, n)| *n > 0).map(|(user, sessions)| PresenceEntry { user, sessions }).collect())
     }
 
     /// Removes this node's entries (the node detaches).
     pub(crate) async fn clear(&self, shared: &Shared) {
-        let tokens: Vec<String> = lock(&self.local).drain().map(|(token, _)| token).collect();
-        for token in tokens {
-            let key = shared.names.entry(&token, &self.instance);
-            if self.put(shared, &key, Bytes::new()).await.is_err() {
-                tracing::warn!(node = %self.instance, "detach: could not clear presence; it will expire");
-            }
+        let local: Vec<(String, Vec<String>)> =
+            lock(&self.local).drain().map(|(token, l)| (token, l.users.into_keys().collect())).collect();
+        let entries =
+            local.into_iter().flat_map(|(token, users)| users.into_iter().map(move |u| (token.clone(), u, 0)));
+        if self.put_all(shared, entries.collect()).await.is_err() {
+            tracing::warn!(node = %self.instance, "detach: could not clear presence; it will expire");
         }
     }
 
-    /// Writes every entry of this node again (so they do not expire), dropping rooms left
-    /// empty once their empty entry is written.
+    /// Writes every entry of this node again (so they do not expire), pipelined; entries of
+    /// users with no session left are written once more as 0 and then forgotten.
     async fn refresh(&self, shared: &Shared) {
-        let tokens: Vec<String> = lock(&self.local).keys().cloned().collect();
-        for token in tokens {
-            match self.write(shared, &token).await {
-                Ok(()) => {
-                    let mut local = lock(&self.local);
-                    if local.get(&token).is_some_and(|l| l.users.is_empty()) {
-                        local.remove(&token);
-                    }
-                }
-                Err(e) => tracing::debug!(node = %self.instance, error = %e, "presence refresh failed"),
+        let entries: Vec<(String, String, usize)> = lock(&self.local)
+            .iter()
+            .flat_map(|(token, l)| l.users.iter().map(move |(u, s)| (token.clone(), u.clone(), s.len())))
+            .collect();
+        match self.put_all(shared, entries).await {
+            Ok(()) => lock(&self.local).retain(|_, l| {
+                l.users.retain(|_, sessions| !sessions.is_empty());
+                !l.users.is_empty()
+            }),
+            Err(e) => tracing::debug!(node = %self.instance, error = %e, "presence refresh failed"),
+        }
+    }
+
+    /// Writes `(room token, user, count)` entries without waiting for each acknowledgement
+    /// before the next (each is still awaited, within the op timeout).
+    async fn put_all(&self, shared: &Shared, entries: Vec<(String, String, usize)>) -> Result<(), BrokerError> {
+        let op = shared.settings.op_timeout;
+        for chunk in entries.chunks(256) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for (token, user, count) in chunk {
+                let key = shared.names.entry(token, &names::token(user), &self.instance);
+                let sent = timeout(op, self.js.publish(format!("{}{key}", self.subject), value(*count, user))).await;
+                acks.push(
+                    sent.map_err(|_| unavailable("presence", "timed out"))?.map_err(|e| unavailable("presence", e))?,
+                );
+            }
+            for ack in acks {
+                let acked = timeout(op, ack).await.map_err(|_| unavailable("presence", "timed out"))?;
+                acked.map_err(|e| unavailable("presence", e))?;
             }
         }
+        Ok(())
     }
 }
 
@@ -239,7 +253,7 @@ impl Presence {
 async fn sweep(shared: &Shared) {
     let tokens: Vec<String> = lock(&shared.rooms).keys().cloned().collect();
     for token in tokens {
-        let Ok(now) = shared.presence.read(shared, &token, true).await else { continue };
+        let Ok(now) = shared.presence.read(shared, &token).await else { continue };
         let now: BTreeSet<String> = now.into_iter().filter(|(_, n)| *n > 0).map(|(u, _)| u).collect();
         let (room, gone) = {
             let mut rooms = lock(&shared.rooms);
