@@ -91,6 +91,9 @@ pub(crate) struct Shared {
     /// racing each other, they would only lose to each other and retry; across nodes they
     /// still race.
     publishing: Vec<tokio::sync::Mutex<()>>,
+    /// Which lock a room takes: keyed at random per node, so no one can pick room names that
+    /// share a busy room's lock on every node.
+    stripes: std::collections::hash_map::RandomState,
     /// Bumped each time the connection comes back: rooms catch up.
     pub(crate) reconnected: tokio::sync::watch::Sender<u64>,
     pub(crate) presence: Presence,
@@ -542,6 +545,7 @@ impl NatsNode {
             }),
             reconnected,
             publishing: (0..PUBLISH_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: std::collections::hash_map::RandomState::new(),
             presence,
             settings,
         });
@@ -568,8 +572,8 @@ impl BrokerNode for NatsNode {
         let token = names::token(room);
         let key = opts.key.as_deref().map(|key| names::message_id(&token, &msg.from, key));
         let stripe = {
-            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-            BuildHasherDefault::<DefaultHasher>::default().hash_one(&token) as usize % PUBLISH_STRIPES
+            use std::hash::BuildHasher;
+            s.stripes.hash_one(&token) as usize % PUBLISH_STRIPES
         };
         let turn = timeout(s.settings.op_timeout, s.publishing[stripe].lock()).await;
         let _turn = turn.map_err(|_| unavailable("publish", "too many publishes waiting in the room"))?;
