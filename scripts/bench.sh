@@ -65,7 +65,8 @@ mkdir -p "$OUT"
 # 10,000 connections need 10,000 descriptors on each side; children inherit this limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release --example chat-server --example chat-load
+# NO_BUILD=1: use the binaries already in $CARGO_TARGET_DIR (another tree's, for a side-by-side run).
+[ -n "${NO_BUILD:-}" ] || cargo build --release --example chat-server --example chat-load
 
 SP=""
 PIDS=()          # every process a scenario started (SP among them)
@@ -335,19 +336,30 @@ run() {
       # room each (100 rooms, prefixes pa-/pb-), by two chat-load processes started together (one
       # per node; chat-load takes one --tcp), both on $LOAD_CORE; each reports every process's
       # CPU over its own window. Two JSON lines per run ("part": "a", "b"): add their acked/s.
+      # PUB2_ROOMS x PUB2_PUBS publishers per node (default 50 x 1; 5 x 10 puts ten publishers
+      # in each room). On Redis, Redis's own count of script calls and their time over the whole
+      # run (warm-up included; INFO commandstats) goes into part a's line as "redis_scripts".
+      local rooms=${PUB2_ROOMS:-50} pubs=${PUB2_PUBS:-1}
       for i in $(seq "$REPEAT"); do
         start_broker "${name%%-*}"
         start_node a; A_PID=$NODE_PID; A_TCP=$NODE_TCP
         start_node b; B_PID=$NODE_PID; B_TCP=$NODE_TCP
         SERVER_PIDS=(--server-pid "a=$A_PID" --server-pid "b=$B_PID" "${BROKER_PIDS[@]}")
         wait_quiet
-        local shape=(--rooms 50 --pubs 1 --subs 0 --body 128 --rate 0 --window "$WINDOW" --max-lag 0 --duration "$DUR" --warmup "$WARM")
+        [ "${name%%-*}" = redis ] && redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+        local shape=(--rooms "$rooms" --pubs "$pubs" --subs 0 --body 128 --rate 0 --window "$WINDOW" --max-lag 0 --duration "$DUR" --warmup "$WARM")
         load_now --tcp "$A_TCP" --room-prefix pa "${shape[@]}" >"$OUT/$name.a" &
         local la=$!
         load_now --tcp "$B_TCP" --room-prefix pb "${shape[@]}" >"$OUT/$name.b"
         wait "$la"
-        sed 's/^{/{"part":"a",/' "$OUT/$name.a" >>"$OUT/$name.jsonl"
-        sed 's/^{/{"part":"b",/' "$OUT/$name.b" >>"$OUT/$name.jsonl"
+        local scripts='{}'
+        if [ "${name%%-*}" = redis ]; then
+          scripts=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:,=]' \
+            '/^cmdstat_evalsha:/ {printf "{\"calls\":%s,\"usec\":%s}", $3, $5}')
+          [ -n "$scripts" ] || scripts='{}'
+        fi
+        sed "s/^{/{\"part\":\"a\",\"shape\":\"${rooms}x${pubs}\",\"redis_scripts\":$scripts,/" "$OUT/$name.a" >>"$OUT/$name.jsonl"
+        sed "s/^{/{\"part\":\"b\",\"shape\":\"${rooms}x${pubs}\",/" "$OUT/$name.b" >>"$OUT/$name.jsonl"
         cleanup
       done ;;
     memory-rooms-mem | redis-rooms-mem | nats-rooms-mem)
@@ -437,8 +449,9 @@ for s in "${SCENARIOS[@]}"; do
 done
 
 # The table: median and best run of each scenario.
-python3 - "$OUT" "${SCENARIOS[@]}" <<'EOF'
-import json, statistics, sys
+WARM=$WARM python3 - "$OUT" "${SCENARIOS[@]}" <<'EOF'
+import json, os, statistics, sys
+WARM_SECS = float(os.environ["WARM"])
 out, names = sys.argv[1], list(dict.fromkeys(sys.argv[2:]))  # a scenario named twice: once
 for name in names:
     if name == "micro":
@@ -480,6 +493,13 @@ for name in names:
         for a, b in zip(runs[0::2], runs[1::2]):
             cpu = "  ".join(f"{x['name']} {x['cpu_share'] * 100:3.0f}%" for x in a["servers"] if x)
             errs = sum(a["errors"].values()) + sum(b["errors"].values())
+            rs = a.get("redis_scripts") or {}
+            if rs:
+                # Over the whole run, warm-up included: per script call, and per acknowledged send
+                # (the window's rate taken as the whole run's).
+                sent = (a["acked_per_sec"] + b["acked_per_sec"]) * (a["duration_secs"] + WARM_SECS)
+                print(f"{name:12} redis: {rs['calls']:,} script calls, {rs['usec'] / rs['calls']:.1f} us each, "
+                      f"~{rs['usec'] / sent:.1f} us per acked send (shape {a.get('shape')})")
             print(f"{name:12} acked/s {a['acked_per_sec'] + b['acked_per_sec']:>9,.0f} (a {a['acked_per_sec']:,.0f} + "
                   f"b {b['acked_per_sec']:,.0f})  cpu (a's window) {cpu}  generators {a['generator_cpu_share'] * 100:3.0f}% "
                   f"{b['generator_cpu_share'] * 100:3.0f}%  errors {errs}  other {a['other_processes_cpu_share'] * 100:3.0f}% (includes "

@@ -65,4 +65,4 @@ chat_testkit::broker_conformance!(@cases async {
     seq_and_delivery_order, history_bounds, history_age, idempotency,
     lost_history_starts_a_new_epoch, presence_counts_sessions_across_nodes,
     transient_fan_out_is_not_stored, unsubscribed_nodes_get_nothing, one_order_across_nodes,
-    interrupted_deliveries_are_repaired, erasure_leaves_tombstones);
+    interrupted_deliveries_are_repaired, erasure_leaves_tombstones, concurrent_publishes_from_one_node);

@@ -28,11 +28,17 @@
 //!   in the same script ([`Origin::keys`](chat_core::broker::Origin::keys)).
 //! * `:ps` sessions (session → user) and `:pu` users (user → number of sessions) of presence.
 //!
-//! **Publish** is one Lua script (`EVALSHA`): it makes sure the room has an epoch (creating one
-//! when the key is missing: Redis lost or expired the history, so seq restarts at 1 under a new
-//! epoch), checks the idempotency key, `INCR`s the seq, `XADD`s, refreshes expiries and
-//! `PUBLISH`es the encoded message to the room's channel, all atomically: every node receives
-//! one order. Ephemeral messages and membership events are only `PUBLISH`ed.
+//! **Publish** is one Lua script (`EVALSHA`) per *batch*: a node's publishes into one room that
+//! arrive while the room's previous batch is in flight are stored together (up to 64), in the
+//! order they arrived. The script makes sure the room has an epoch (creating one when the key
+//! is missing: Redis lost or expired the history, so seq restarts at 1 under a new epoch),
+//! checks each idempotency key, numbers the messages, `XADD`s them, refreshes expiries, trims
+//! and `PUBLISH`es them to the room's channel as one payload, all atomically: every node
+//! receives one order. The fixed part of that work is paid once per batch, so a room with many
+//! publishers, or a node with many, costs Redis far less per message than one call each would
+//! (docs/perf.md has the figures). Publishes go over a connection of their own, so presence
+//! heartbeats, positions and history reads never queue behind them. Ephemeral messages and
+//! membership events are only `PUBLISH`ed.
 //!
 //! **Subscriptions**: a node `SUBSCRIBE`s to the rooms that have local members, on one
 //! dedicated connection, and reads the room's position once Redis confirmed the subscription.
@@ -100,6 +106,7 @@ mod keys;
 mod node;
 mod presence;
 mod primary;
+mod publisher;
 mod reply;
 mod scripts;
 mod subscriber;

@@ -1,8 +1,10 @@
 //! [`RedisNode`]: one engine's attachment to Redis, implementing `BrokerNode`.
 //!
-//! Commands (the scripts) go over one multiplexed connection (redis-rs `ConnectionManager`:
-//! concurrent calls are pipelined on it, and it reconnects by itself); deliveries come over a
-//! dedicated pub/sub connection owned by the task in `subscriber.rs`. Every call is bounded by
+//! Commands (the scripts) go over two multiplexed connections (redis-rs `ConnectionManager`:
+//! concurrent calls are pipelined on each, and each reconnects by itself): one carries the
+//! publishes (batched per room, `publisher.rs`), the other everything else, so that heartbeats,
+//! presence, positions and history reads never queue behind a burst of publishes. Deliveries
+//! come over a dedicated pub/sub connection owned by the task in `subscriber.rs`. Every call is bounded by
 //! the op timeout, so a lost Redis makes calls fail fast with `Unavailable` instead of hanging.
 //! Dropping the node (an engine dropped without shutdown) stops its tasks, as a crash would: its
 //! presence then expires and another node sweeps it.
@@ -28,6 +30,7 @@ use crate::broker::Settings;
 use crate::error::{bad_reply, from_redis, timed_out};
 use crate::keys::{registry_field, Keys};
 use crate::primary::{same_server, Locator};
+use crate::publisher::{self, Pending, Queues};
 use crate::reply;
 use crate::scripts::SCRIPTS;
 use crate::{presence, subscriber};
@@ -117,17 +120,31 @@ pub(crate) struct Shared {
     pub(crate) epoch_ttl_ms: AtomicU64,
     /// Where a room Redis holds nothing of goes on from (the engine's store), if anywhere.
     pub(crate) origin: Option<Arc<dyn Origin>>,
+    /// The rooms with a batch of publishes in flight, and what waits behind it.
+    pub(crate) outgoing: Mutex<Queues>,
 }
 
 /// The primary a node talks to: its client (for new pub/sub connections) and the multiplexed
-/// command connection to it.
+/// command connections to it.
 pub(crate) struct Primary {
     pub(crate) client: redis::Client,
+    /// Everything but publishes.
     pub(crate) conn: ConnectionManager,
+    /// Publishes (and the `WAIT` after them, which covers this connection's writes).
+    pub(crate) publish: ConnectionManager,
+}
+
+/// Which of a node's two command connections a command takes.
+#[derive(Clone, Copy)]
+pub(crate) enum Lane {
+    /// Heartbeats, presence, positions, history, sweeps, erasures.
+    Control,
+    /// Publishes.
+    Publish,
 }
 
 impl Primary {
-    /// Connects the command connection (which reconnects by itself, to this same server).
+    /// Connects the command connections (each reconnects by itself, to this same server).
     async fn connect(client: redis::Client, settings: &Settings) -> Result<Primary, BrokerError> {
         let op = settings.op_timeout;
         let config = ConnectionManagerConfig::new()
@@ -136,8 +153,14 @@ impl Primary {
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(settings.reconnect_max_delay)
             .set_number_of_retries(4);
-        match timeout(op, client.get_connection_manager_with_config(config)).await {
-            Ok(conn) => Ok(Primary { conn: conn.map_err(from_redis)?, client }),
+        let connect = async {
+            let conn = client.get_connection_manager_with_config(config.clone()).await?;
+            let publish = client.get_connection_manager_with_config(config).await?;
+            Ok::<_, redis::RedisError>((conn, publish))
+        };
+        match timeout(op, connect).await {
+            Ok(Ok((conn, publish))) => Ok(Primary { conn, publish, client }),
+            Ok(Err(e)) => Err(from_redis(e)),
             Err(_) => Err(timed_out("connect")),
         }
     }
@@ -154,9 +177,13 @@ fn new_epoch() -> String {
 }
 
 impl Shared {
-    /// The command connection to the primary.
-    fn conn(&self) -> ConnectionManager {
-        lock(&self.primary).conn.clone()
+    /// A command connection to the primary.
+    fn conn(&self, lane: Lane) -> ConnectionManager {
+        let primary = lock(&self.primary);
+        match lane {
+            Lane::Control => primary.conn.clone(),
+            Lane::Publish => primary.publish.clone(),
+        }
     }
 
     /// The primary as of now: asks the locator, and when the primary moved (a failover),
@@ -179,16 +206,17 @@ impl Shared {
         what: &str,
         run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, BrokerError> {
-        self.query_raw(what, run).await?.map_err(from_redis)
+        self.query_raw(Lane::Control, what, run).await?.map_err(from_redis)
     }
 
     /// [`query`](Self::query), with Redis's error (an answer) apart from a timeout.
     async fn query_raw<T: FromRedisValue>(
         &self,
+        lane: Lane,
         what: &str,
         run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<redis::RedisResult<T>, BrokerError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn(lane);
         let answer = timeout(self.settings.op_timeout, run(&mut conn)).await.map_err(|_| timed_out(what))?;
         if let Err(e) = &answer {
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
@@ -196,6 +224,20 @@ impl Shared {
             }
         }
         Ok(answer)
+    }
+
+    /// Pings both command connections, twice where the first fails (a connection that broke
+    /// fails once, then reconnects): after this, each is connected again if Redis answers.
+    pub(crate) async fn refresh_lanes(&self) {
+        for lane in [Lane::Control, Lane::Publish] {
+            for _ in 0..2 {
+                let ping =
+                    self.query_raw(lane, "ping", async |conn| redis::cmd("PING").query_async::<Value>(conn).await);
+                if matches!(ping.await, Ok(Ok(_))) {
+                    break;
+                }
+            }
+        }
     }
 
     /// Runs a script within the op timeout.
@@ -218,6 +260,7 @@ impl Shared {
     /// goes on from the origin gets too, are read only once the prologue found the room lost.
     async fn room_eval<T: FromRedisValue>(
         &self,
+        lane: Lane,
         what: &str,
         script: &Script,
         room: &str,
@@ -250,7 +293,7 @@ impl Shared {
             args(&mut inv);
             // Asked once more at most: with the keys, the prologue does not refuse.
             let keyless = start == "?" || (start.starts_with('@') && !start.contains('\n'));
-            match self.query_raw(what, async |conn| inv.invoke_async(conn).await).await? {
+            match self.query_raw(lane, what, async |conn| inv.invoke_async(conn).await).await? {
                 Err(e) if e.code() == Some("ORIGIN") && keyless => start = ask(true).await?,
                 answer => return answer.map_err(from_redis),
             }
@@ -275,7 +318,7 @@ impl Shared {
 
     /// The room's position (creating its epoch if it has none).
     pub(crate) async fn position(&self, room: &str) -> Result<Position, BrokerError> {
-        let answer = self.room_eval("position", &SCRIPTS.position, room, true, |_| {}).await?;
+        let answer = self.room_eval(Lane::Control, "position", &SCRIPTS.position, room, true, |_| {}).await?;
         let items = reply::array(answer).ok_or_else(|| bad_reply("position"))?;
         let mut items = items.into_iter();
         let (Some(epoch), Some(seq)) = (items.next(), items.next()) else { return Err(bad_reply("position")) };
@@ -308,7 +351,7 @@ impl Shared {
             _ => "n",
         };
         let answer = self
-            .room_eval("history", &SCRIPTS.history, room, false, |inv| {
+            .room_eval(Lane::Control, "history", &SCRIPTS.history, room, false, |inv| {
                 inv.arg(direction).arg(format!("{lo}-0")).arg(format!("{}-0", hi.unwrap_or(0))).arg(q.limit.max(1));
             })
             .await?;
@@ -372,18 +415,65 @@ impl Shared {
         lock(&self.unremoved).len()
     }
 
-    /// Waits until `replicas` replicas have every write this node made so far (Redis's `WAIT`,
-    /// on the command connection that made them), within half the op timeout.
+    /// Waits until `replicas` replicas have every publish this node made so far (Redis's
+    /// `WAIT`, on the connection that made them), within half the op timeout.
     async fn replicated(&self, replicas: u32) -> Result<(), BrokerError> {
         let wait_ms = millis(self.settings.op_timeout / 2);
         let cmd = redis::cmd("WAIT").arg(replicas).arg(wait_ms).to_owned();
-        let acknowledged: u64 = self.query("wait", async |conn| cmd.query_async(conn).await).await?;
+        let acknowledged: u64 = self
+            .query_raw(Lane::Publish, "wait", async |conn| cmd.query_async(conn).await)
+            .await?
+            .map_err(from_redis)?;
         if acknowledged < u64::from(replicas) {
             return Err(BrokerError::Unavailable(format!(
                 "stored, but {acknowledged} of {replicas} replicas acknowledged it in time"
             )));
         }
         Ok(())
+    }
+
+    /// Stores one batch of a room's publishes (`lua/publish.lua`): the outcome of each, in
+    /// order. The newest message stored is recorded as known to this node (`Track::stored`).
+    pub(crate) async fn store_batch(&self, room: &RoomName, batch: &[Pending]) -> Result<Vec<Published>, BrokerError> {
+        let Some(first) = batch.first() else { return Ok(Vec::new()) };
+        // The room-wide settings are the engine's, the same for every message of a node.
+        let opts = &first.opts;
+        self.epoch_ttl_ms.store(millis(opts.history_ttl), Ordering::Relaxed);
+        let answer = self
+            .room_eval(Lane::Publish, "publish", &SCRIPTS.publish, room, false, |inv| {
+                inv.arg(self.keys.channel(room)).arg(opts.history_size).arg(millis(opts.idempotency_window));
+                let mut keys = 3;
+                for p in batch {
+                    inv.arg(&*p.msg.from).arg(p.msg.ts).arg(&p.msg.body[..]);
+                    match &p.opts.key {
+                        Some(key) => {
+                            inv.key(self.keys.idempotency(room, &p.msg.from, key));
+                            keys += 1;
+                            inv.arg(keys);
+                        }
+                        None => {
+                            inv.arg("");
+                        }
+                    }
+                }
+            })
+            .await?;
+        let stored = publisher::outcomes(answer, batch.len()).ok_or_else(|| bad_reply("publish"))?;
+        if self.settings.replicas_to_acknowledge > 0 {
+            // Duplicates too: the first send may have been stored and not replicated (it was
+            // answered `unavailable`); the script's write on the key makes this wait cover it.
+            self.replicated(self.settings.replicas_to_acknowledge).await?;
+        }
+        let newest = stored.iter().rev().find_map(|s| Some((s.published.seq, s.id?, &s.published.epoch)));
+        if let Some((seq, id, epoch)) = newest {
+            if let Some(track) = lock(&self.subs).get_mut(room.as_str()) {
+                let newer = track.stored.is_none_or(|(stored, _)| seq > stored);
+                if track.epoch.as_ref() == Some(epoch) && seq > track.last && newer {
+                    track.stored = Some((seq, id));
+                }
+            }
+        }
+        Ok(stored.into_iter().map(|s| s.published).collect())
     }
 
     /// Publishes a notice on the notices channel, which every node subscribes to.
@@ -442,6 +532,7 @@ impl RedisNode {
             held: Mutex::new(HashMap::new()),
             origin,
             unremoved: Mutex::new(HashMap::new()),
+            outgoing: Mutex::new(Queues::default()),
         });
         presence::beat(&shared).await?;
         let stop = CancellationToken::new();
@@ -461,40 +552,7 @@ impl Drop for RedisNode {
 #[async_trait]
 impl BrokerNode for RedisNode {
     async fn publish(&self, room: &RoomName, msg: Publication, opts: &PublishOpts) -> Result<Published, BrokerError> {
-        let s = &self.shared;
-        let ttl = millis(opts.history_ttl);
-        s.epoch_ttl_ms.store(ttl, Ordering::Relaxed);
-        let answer = s
-            .room_eval("publish", &SCRIPTS.publish, room, false, |inv| {
-                if let Some(key) = &opts.key {
-                    inv.key(s.keys.idempotency(room, &msg.from, key));
-                }
-                inv.arg(s.keys.channel(room)).arg(&*msg.from).arg(msg.ts).arg(&msg.body[..]);
-                inv.arg(opts.history_size).arg(millis(opts.idempotency_window));
-            })
-            .await?;
-        let items = reply::array(answer).ok_or_else(|| bad_reply("publish"))?;
-        let mut items = items.into_iter();
-        let (Some(epoch), Some(seq), Some(dup)) = (items.next(), items.next(), items.next()) else {
-            return Err(bad_reply("publish"));
-        };
-        let epoch = reply::string(epoch).ok_or_else(|| bad_reply("publish"))?;
-        let seq = reply::uint(&seq).ok_or_else(|| bad_reply("publish"))?;
-        let duplicate = reply::uint(&dup) == Some(1);
-        if s.settings.replicas_to_acknowledge > 0 {
-            // A duplicate too: the first send may have been stored and not replicated (it was
-            // answered `unavailable`); the script's write on the key makes this wait cover it.
-            s.replicated(s.settings.replicas_to_acknowledge).await?;
-        }
-        if let Some(id) = items.next().as_ref().and_then(reply::uint) {
-            if let Some(track) = lock(&s.subs).get_mut(room.as_str()) {
-                let newer = track.stored.is_none_or(|(stored, _)| seq > stored);
-                if track.epoch.as_deref() == Some(epoch.as_str()) && seq > track.last && newer {
-                    track.stored = Some((seq, id));
-                }
-            }
-        }
-        Ok(Published { epoch: Epoch::from(epoch), seq, duplicate })
+        publisher::publish(&self.shared, room, msg, opts).await
     }
 
     async fn notify(&self, users: &[Arc<str>], notice: &Notice) -> Result<(), BrokerError> {

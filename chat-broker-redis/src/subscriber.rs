@@ -115,6 +115,9 @@ async fn reconnect(shared: &Shared) -> Result<PubSubStream, BrokerError> {
         }
     }
     *lock(&shared.pubsub) = Some(sink);
+    // The command connections may not have noticed the outage yet (an idle one finds out on
+    // its next request, which fails): have them reconnect now, before a publish needs one.
+    shared.refresh_lanes().await;
     // Rooms are independent: read them concurrently (pipelined on the command connection);
     // each room's own messages still go out in order.
     let rooms: Vec<String> = lock(&shared.subs).keys().cloned().collect();
@@ -167,10 +170,12 @@ fn on_message(shared: &Shared, channel: &str, payload: &[u8]) {
     };
     let transient = match wire {
         Wire::Transient(transient) => transient,
-        Wire::Stored { seq, ts, epoch, from, body, id } => {
-            let Some((room_name, epoch)) = accept(shared, room, epoch, seq, Some(id)) else { return };
-            let message = Message { seq, from: from.into(), ts, body: Some(bytes::Bytes::copy_from_slice(body)) };
-            shared.sink.deliver(&room_name, Delivery::Stored { epoch, message: Arc::new(message) });
+        Wire::Stored(records) => {
+            for wire::Stored { seq, ts, epoch, from, body, id } in records {
+                let Some((room_name, epoch)) = accept(shared, room, epoch, seq, Some(id)) else { continue };
+                let message = Message { seq, from: from.into(), ts, body: Some(bytes::Bytes::copy_from_slice(body)) };
+                shared.sink.deliver(&room_name, Delivery::Stored { epoch, message: Arc::new(message) });
+            }
             return;
         }
     };

@@ -6,7 +6,8 @@
 //! drop its deliveries for a moment) and expands [`broker_conformance!`](crate::broker_conformance)
 //! with a constructor; that makes one test per case below: seq and delivery order, history
 //! bounds, history age, idempotency, epochs, presence, transient fan-out, unsubscribing, one
-//! order across nodes, gap repair, erasure, and notices to users on every node.
+//! order across nodes, concurrent publishes from one node, gap repair, erasure, and notices to
+//! users on every node.
 //!
 //! ```no_run
 //! use chat_core::{Broker, MemoryBroker};
@@ -24,7 +25,7 @@
 //!     async fn interrupt_deliveries(&self) {}
 //! }
 //!
-//! // In a test file: ten #[tokio::test]s, one per case.
+//! // In a test file: one #[tokio::test] per case.
 //! chat_testkit::broker_conformance!(async { Memory(MemoryBroker::new()) });
 //! # fn main() {}
 //! ```
@@ -67,7 +68,8 @@ macro_rules! broker_conformance {
             seq_and_delivery_order, history_bounds, history_age, idempotency,
             lost_history_starts_a_new_epoch, presence_counts_sessions_across_nodes,
             transient_fan_out_is_not_stored, unsubscribed_nodes_get_nothing, one_order_across_nodes,
-            interrupted_deliveries_are_repaired, erasure_leaves_tombstones, notices_reach_every_node);
+            interrupted_deliveries_are_repaired, erasure_leaves_tombstones, notices_reach_every_node,
+            concurrent_publishes_from_one_node);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -441,6 +443,62 @@ pub async fn one_order_across_nodes(subject: &dyn Subject) {
         let from = format!("n{i}");
         let ts: Vec<u64> = views[0].iter().filter(|(_, m)| *m.from == *from).map(|(_, m)| m.ts).collect();
         assert_eq!(ts, (0..EACH).collect::<Vec<_>>(), "{from}'s messages keep their order");
+    }
+}
+
+/// Many publishes into one room from one node at once (sessions sending together; a broker
+/// may store them in batches): each gets its own seq, 1..=N without gaps; each sender's
+/// messages keep the order it published them in; a key sent twice at once is stored once and
+/// both get its seq; every node sees exactly what history holds.
+pub async fn concurrent_publishes_from_one_node(subject: &dyn Subject) {
+    const SENDERS: u64 = 8;
+    const EACH: u64 = 25;
+    let r = room("together");
+    let (a, seen_a) = attach(subject, "a").await;
+    let (b, seen_b) = attach(subject, "b").await;
+    a.subscribe(&r).await.expect("subscribe");
+    b.subscribe(&r).await.expect("subscribe");
+    // Every sender's publishes in order, the senders interleaved, all in flight at once; the
+    // last sender sends each of its messages twice with one key.
+    let sends = (0..SENDERS).map(|i| {
+        let (a, r) = (a.clone(), r.clone());
+        async move {
+            let mut got = Vec::new();
+            for k in 0..EACH {
+                let p = publication(&format!("s{i}"), k);
+                if i == SENDERS - 1 {
+                    let key = format!("k{k}");
+                    let (x, y) = futures::future::join(
+                        a.publish(&r, p.clone(), &opts(Some(&key), 1000)),
+                        a.publish(&r, p, &opts(Some(&key), 1000)),
+                    )
+                    .await;
+                    let (x, y) = (x.expect("publish"), y.expect("publish"));
+                    assert_eq!(x.seq, y.seq, "one key sent twice at once is one message");
+                    assert!(x.duplicate != y.duplicate, "exactly one of the two is the duplicate: {x:?} {y:?}");
+                    got.push(x.seq);
+                } else {
+                    got.push(a.publish(&r, p, &opts(None, 1000)).await.expect("publish").seq);
+                }
+            }
+            got
+        }
+    });
+    let per_sender: Vec<Vec<u64>> = futures::future::join_all(sends).await;
+    let total = (SENDERS * EACH) as usize;
+    let mut all: Vec<u64> = per_sender.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=total as u64).collect::<Vec<_>>(), "one seq each, no gaps");
+    for seqs in &per_sender {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a sender's messages keep their order: {seqs:?}");
+    }
+    let page = a.history(&r, HistoryQuery { before: None, after: None, limit: total }).await.expect("history");
+    assert_eq!(seqs(&page), (1..=total as u64).collect::<Vec<_>>());
+    for seen in [&seen_a, &seen_b] {
+        let got = seen.stored(&r, total).await;
+        let got: Vec<_> = got.iter().map(|(_, m)| (m.seq, m.from.clone(), m.body.clone())).collect();
+        let kept: Vec<_> = page.messages.iter().map(|m| (m.seq, m.from.clone(), m.body.clone())).collect();
+        assert_eq!(got, kept, "deliveries are what history holds, in seq order");
     }
 }
 

@@ -106,7 +106,18 @@ elseif lost then
   -- announced by the new epoch, and nothing it kept is dropped (messages stored after it came
   -- back older, by a node that did not know better and answered `sent`, included).
   local kept = {}
-  if has_stream then kept = redis.call('XRANGE', KEYS[3], '-', '+') end
+  if has_stream then
+    -- Past their age ('x', ms) entries are history no longer, whichever key expired first.
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[3], '-', '+')) do
+      local f, young = entry[2], true
+      for i = 1, #f, 2 do
+        if f[i] == 'x' and tonumber(f[i + 1]) <= now then young = false end
+      end
+      if young then kept[#kept + 1] = entry end
+    end
+  end
   redis.call('DEL', KEYS[2], KEYS[3])
   for n, entry in ipairs(kept) do
     local seq = string.format('%d', n)
