@@ -2,7 +2,11 @@
 //!
 //! Requests are handled one at a time, in the order they arrived, and every reply goes through
 //! the session's outbox, so replies come back in request order and interleave correctly with
-//! the room events fanned out to the same outbox.
+//! the room events fanned out to the same outbox. One exception keeps that order: a `send`
+//! does not wait for the broker before the next request is read. Up to [`MAX_SENDING`] sends
+//! are in flight at once (a client with a send window gets its messages stored in batches,
+//! not one round trip each); they reach the broker in request order, their replies go out in
+//! request order, and any other request that answers waits until they are all answered.
 //!
 //! What one client can make its session hold is bounded: every request takes tokens from one
 //! bucket (`Config::costs`), replies count against the outbox's bounds and the session reads
@@ -10,11 +14,13 @@
 //! of the outbox is not sent (`recovered: false`), and a room's membership events are
 //! rate-limited per room.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::{Arc, PoisonError};
 use std::task::Poll;
 
 use bytes::Bytes;
+use futures::stream::FuturesOrdered;
 use futures::{Sink, Stream, StreamExt};
 
 use crate::auth::{Action, Credentials, Identity};
@@ -61,6 +67,41 @@ impl From<BrokerError> for Failure {
 /// The most requests handled in a row before the writer runs (see `Session::run`).
 const REQUESTS_PER_WRITE: u8 = 32;
 
+/// The most sends of one session waiting for the broker at once, and the most body bytes
+/// they may hold (one send of any size may always be in flight): at either bound the session
+/// reads no more requests until one is answered, so what a client makes its session hold
+/// stays bounded.
+pub(crate) const MAX_SENDING: usize = 32;
+pub(crate) const MAX_SENDING_BYTES: usize = 64 * 1024;
+
+/// A send on its way through the broker, or a reply queued behind one: the frame to send
+/// once it and everything before it is done (`None`: nothing to answer), and the body bytes
+/// it held.
+type Sending = Pin<Box<dyn Future<Output = (Option<Bytes>, usize)> + Send>>;
+
+/// The sends in flight and the body bytes they hold.
+#[derive(Default)]
+struct Queue {
+    sends: FuturesOrdered<Sending>,
+    bytes: usize,
+}
+
+impl Queue {
+    /// Whether another send may be read now.
+    fn has_room(&self) -> bool {
+        self.sends.len() < MAX_SENDING && self.bytes < MAX_SENDING_BYTES
+    }
+}
+
+/// The sends in flight. In a `Mutex` only so that the session stays `Sync` (its futures
+/// borrow it across awaits); only ever reached through `&mut` (`get_mut`), never locked.
+type InFlight = std::sync::Mutex<Queue>;
+
+/// The queue inside an [`InFlight`].
+fn queue(in_flight: &mut InFlight) -> &mut Queue {
+    in_flight.get_mut().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// What the session task woke up for.
 enum Wake {
     /// The outbox was closed (kick, shutdown, overflow, timeout) or the connection broke.
@@ -88,6 +129,9 @@ pub(crate) struct Session {
     rate: TokenBucket,
     /// `rate_limited` errors since the last accepted request.
     strikes: u32,
+    /// Sends in flight and the replies queued behind them, in request order; `None` when
+    /// there are none (boxed: an idle session keeps one pointer).
+    sending: Option<Box<InFlight>>,
 }
 
 impl Session {
@@ -103,6 +147,7 @@ impl Session {
             rooms: Vec::new(),
             rate: TokenBucket::new(),
             strikes: 0,
+            sending: None,
         }
     }
 
@@ -142,8 +187,10 @@ impl Session {
         // after `REQUESTS_PER_WRITE` of them (so replies cannot starve behind requests).
         // While the outbox is full nothing is read (read-side backpressure): the writer runs
         // on this task, so the task is woken when it can make progress and looks again.
+        // Sends in flight are answered here as they complete, in order.
         let mut burst = 0u8;
         loop {
+            let sending = &mut self.sending;
             let wake = poll_fn(|cx| {
                 if outbox.is_ending() {
                     return Poll::Ready(Wake::Ending);
@@ -151,7 +198,8 @@ impl Session {
                 if outbox.take_kicked() {
                     return Poll::Ready(Wake::Kicked);
                 }
-                let may_read = burst < REQUESTS_PER_WRITE && !outbox.is_full();
+                let may_send = answer_sends(sending, cx, &outbox);
+                let may_read = burst < REQUESTS_PER_WRITE && !outbox.is_full() && may_send;
                 let first = may_read.then(|| inbound.poll_next_unpin(cx));
                 if let Some(Poll::Ready(item)) = first {
                     burst += 1;
@@ -164,7 +212,7 @@ impl Session {
                 }
                 match first {
                     Some(pending) => pending.map(wake_for),
-                    None if outbox.is_full() => Poll::Pending,
+                    None if outbox.is_full() || !may_send => Poll::Pending,
                     None => inbound.poll_next_unpin(cx).map(wake_for),
                 }
             })
@@ -203,6 +251,11 @@ impl Session {
 
     /// Leaves every room, unregisters, tells the host, and lets the writer finish.
     async fn end(&mut self) {
+        // A send the session read is carried out, as if it had been awaited when it was read.
+        let close_timeout = self.inner.config.close_timeout;
+        if tokio::time::timeout(close_timeout, self.settle()).await.is_err() {
+            tracing::warn!(session = self.key, "sends in flight took too long at the end; abandoned");
+        }
         let reason = self.outbox.closed();
         // The peer is gone if nobody closed the session on purpose.
         self.outbox.abandon_unless_closed();
@@ -227,13 +280,32 @@ impl Session {
         }
     }
 
-    /// Queues a reply (counted against the outbox's bounds, never a `slow_consumer` close).
-    fn push(&self, frame: Bytes) {
-        self.outbox.push(frame, Class::Reply);
+    /// Queues a reply (counted against the outbox's bounds, never a `slow_consumer` close),
+    /// behind the sends in flight if there are any.
+    fn push(&mut self, frame: Bytes) {
+        match self.sending.as_deref_mut().map(queue) {
+            Some(q) if !q.sends.is_empty() => q.sends.push_back(Box::pin(std::future::ready((Some(frame), 0)))),
+            _ => {
+                self.outbox.push(frame, Class::Reply);
+            }
+        }
     }
 
-    fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+    fn error(&mut self, id: Option<u64>, code: ErrorCode, message: &str) {
         self.push(encode_error(id, code, message));
+    }
+
+    /// Waits for every send in flight and queues their replies: what a request that answers
+    /// does first, so that its answer comes after theirs.
+    async fn settle(&mut self) {
+        if let Some(q) = self.sending.as_deref_mut().map(queue) {
+            while let Some((reply, _)) = q.sends.next().await {
+                if let Some(frame) = reply {
+                    self.outbox.push(frame, Class::Reply);
+                }
+            }
+        }
+        self.sending = None;
     }
 
     fn fatal(&self, id: Option<u64>, code: ErrorCode, message: &str) {
@@ -330,6 +402,15 @@ impl Session {
     }
 
     async fn request(&mut self, ClientFrame { id, request }: ClientFrame) {
+        // Only a send, and what never answers, may overtake the sends in flight.
+        let overtakes = match request {
+            Request::Send { .. } | Request::Pong => true,
+            Request::Ping => id.is_none(),
+            _ => false,
+        };
+        if !overtakes {
+            self.settle().await;
+        }
         if self.info.is_ok() {
             // A bare `ping` (no id, no reply) is a free sign of life.
             let cost = if matches!(request, Request::Ping) && id.is_none() { 0 } else { self.cost(&request) };
@@ -617,15 +698,37 @@ impl Session {
             },
             Err(_) => body,
         };
+        let size = body.len();
         let publication = Publication { from: self.user.clone(), ts: crate::time::now_ms(), body };
-        let seq = if ephemeral {
-            self.inner.broker.broadcast(&room, Transient::Message(publication)).await?;
-            None
-        } else {
-            Some(self.inner.publish(&room, publication, key).await?.seq)
-        };
-        if let Some(id) = id {
-            self.push(encode_sent(Some(id), &room, seq));
+        let inner = self.inner.clone();
+        let mut sent: Sending = Box::pin(async move {
+            let result = if ephemeral {
+                inner.broker.broadcast(&room, Transient::Message(publication)).await.map(|()| None)
+            } else {
+                inner.publish(&room, publication, key).await.map(|p| Some(p.seq))
+            };
+            let reply = match result {
+                Ok(seq) => id.map(|id| encode_sent(Some(id), &room, seq)),
+                Err(e) => {
+                    let f = Failure::from(e);
+                    Some(encode_error(id, f.code, &f.message))
+                }
+            };
+            (reply, size)
+        });
+        // Polled once now, so that it reaches the broker before any later send of this
+        // session: the room's order is the order of the requests.
+        match futures::poll!(sent.as_mut()) {
+            Poll::Ready((reply, _)) => {
+                if let Some(frame) = reply {
+                    self.push(frame);
+                }
+            }
+            Poll::Pending => {
+                let q = queue(self.sending.get_or_insert_with(Default::default));
+                q.bytes += size;
+                q.sends.push_back(sent);
+            }
         }
         Ok(())
     }
@@ -666,4 +769,21 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Queues the replies of the sends that completed, in request order, stopping at the first
+/// still in flight; frees the queue once it is empty. Whether another send may be read.
+fn answer_sends(sending: &mut Option<Box<InFlight>>, cx: &mut std::task::Context<'_>, outbox: &Outbox) -> bool {
+    let Some(q) = sending.as_deref_mut().map(queue) else { return true };
+    while let Poll::Ready(Some((reply, size))) = q.sends.poll_next_unpin(cx) {
+        q.bytes -= size;
+        if let Some(frame) = reply {
+            outbox.push(frame, Class::Reply);
+        }
+    }
+    if q.sends.is_empty() {
+        *sending = None;
+        return true;
+    }
+    q.has_room()
 }
