@@ -7,10 +7,12 @@
 pub mod conformance;
 pub mod nats;
 pub mod postgres;
+pub mod redis_cluster;
 pub mod store_conformance;
 
 pub use nats::{NatsCluster, NatsServer};
 pub use postgres::{PgDatabase, PgServer};
+pub use redis_cluster::RedisCluster;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
