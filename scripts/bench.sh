@@ -393,19 +393,21 @@ run() {
       done ;;
     redis-raw)
       # Raw Redis on the same payload: PUBLISH of $RAW_PAYLOAD_BYTES bytes to a channel with one
-      # subscriber (as our node subscribes to its rooms), and EVALSHA of our publish script
-      # (lua/epoch.lua + lua/publish.lua, as the broker sends it, 128-byte body), with 1 and 50
-      # connections, pipelining 1 and 16. redis-benchmark runs on core $SERVER_CORE.
+      # subscriber (as our node subscribes to its rooms), with 1 and 50 connections, pipelining 1
+      # and 16; and EVALSHA of our publish script (lua/epoch.lua + lua/publish.lua, with the
+      # broker's arguments, 128-byte bodies) storing batches of 1 and of 16 messages, with 50
+      # connections pipelining 16: calls/s, and Redis's own time per call and per message from
+      # INFO commandstats. redis-benchmark runs on core $SERVER_CORE.
       start_redis
       # The subscriber (redis-cli, on the benchmark's core) is slower than Redis at full speed: no
       # output-buffer limit, or Redis would disconnect it and later PUBLISHes would reach no one.
       redis-cli -p "$REDIS_PORT" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
       taskset -c "$SERVER_CORE" redis-cli -p "$REDIS_PORT" subscribe chat:chan:bench >/dev/null &
       PIDS+=("$!")
-      local payload body sha r
+      local payload body sha r c pl n msg usec
       payload=$(head -c "$RAW_PAYLOAD_BYTES" /dev/zero | tr '\0' x)
       body=$(printf '{"t":1000000000000000,"p":"%s"}' "$(head -c 99 /dev/zero | tr '\0' x)")
-      sha=$(redis-cli -p "$REDIS_PORT" script load "$(cat chat-broker-redis/src/lua/epoch.lua chat-broker-redis/src/lua/publish.lua)")
+      sha=$(redis-cli -p "$REDIS_PORT" script load "$(printf '#!lua\n'; cat chat-broker-redis/src/lua/epoch.lua chat-broker-redis/src/lua/publish.lua)")
       : >"$OUT/$name.csv"
       for c in 1 50; do
         for pl in 1 16; do
@@ -413,12 +415,20 @@ run() {
           r=$(taskset -c "$SERVER_CORE" redis-benchmark -p "$REDIS_PORT" -c "$c" -P "$pl" -n $((c == 1 && pl == 1 ? 50000 : 400000)) --csv \
             PUBLISH chat:chan:bench "$payload" | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
           echo "PUBLISH,$RAW_PAYLOAD_BYTES,$c,$pl,$r" >>"$OUT/$name.csv"
-          wait_quiet
-          r=$(taskset -c "$SERVER_CORE" redis-benchmark -p "$REDIS_PORT" -c "$c" -P "$pl" -n $((c == 1 && pl == 1 ? 50000 : 200000)) --csv \
-            EVALSHA "$sha" 3 "chat:{bench}:e" "chat:{bench}:s" "chat:{bench}:h" r0bench 86400000 chat:chan:bench \
-            pub-0-0 1795826582184 "$body" 1000 300000 | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
-          echo "EVALSHA publish.lua,${#body},$c,$pl,$r" >>"$OUT/$name.csv"
         done
+      done
+      for n in 1 16; do
+        # ARGV: epoch prologue (new epoch name, ttl, known epoch, seq, id), channel, maxlen,
+        # idempotency window, then (from, ts, body, key index) per message.
+        msg=()
+        for _ in $(seq "$n"); do msg+=(pub-0-0 1795826582184 "$body" ""); done
+        wait_quiet
+        redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+        r=$(taskset -c "$SERVER_CORE" redis-benchmark -p "$REDIS_PORT" -c 50 -P 16 -n $((200000 / n)) --csv \
+          EVALSHA "$sha" 3 "chat:{bench}:e" "chat:{bench}:s" "chat:{bench}:h" r0bench 86400000 "" 0 "" \
+          chat:chan:bench 1000 300000 "${msg[@]}" | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
+        usec=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:,=]' '/^cmdstat_evalsha:/ {print $7}')
+        echo "EVALSHA publish.lua x$n,${#body},50,16,$r,$usec" >>"$OUT/$name.csv"
       done
       # Still one subscriber at the end (else the PUBLISH figures are of a channel nobody hears).
       echo "subscribers at the end: $(redis-cli -p "$REDIS_PORT" pubsub numsub chat:chan:bench | tail -1)" \
@@ -459,8 +469,12 @@ for name in names:
     if name == "redis-raw":
         try:
             for l in open(f"{out}/redis-raw.csv"):
-                cmd, size, c, p, rps = l.strip().split(",")
-                print(f"{name:12} {cmd:20} {size:>4} B  {c:>2} connection(s)  pipeline {p:>2}: {float(rps):>10,.0f} requests/s")
+                cmd, size, c, p, rps, *usec = l.strip().split(",")
+                line = f"{name:12} {cmd:22} {size:>4} B  {c:>2} connection(s)  pipeline {p:>2}: {float(rps):>10,.0f} requests/s"
+                if usec and cmd.startswith("EVALSHA"):
+                    n = int(cmd.rsplit("x", 1)[1])
+                    line += f"  Redis {float(usec[0]):.1f} us per call, {float(usec[0]) / n:.1f} us per message"
+                print(line)
         except FileNotFoundError:
             pass
         continue

@@ -153,9 +153,10 @@ impl RedisBrokerBuilder {
     /// Replication is asynchronous: without this, a primary that fails over (or that was cut
     /// off, and takes writes until Sentinel demotes it) can lose messages it acknowledged;
     /// those losses are announced (a new epoch), not silent, but the sender was told `sent`.
-    /// With 1, `sent` means two copies. The cost: each publish waits for a replica's
-    /// acknowledgement on the node's one command connection, so publishing slows to about one
-    /// replica round trip per message; and with no replica reachable every send fails.
+    /// With 1, `sent` means two copies. The cost: each batch of a room's publishes waits for a
+    /// replica's acknowledgement (`WAIT` on the node's publishing connection), so a room's
+    /// publishing slows to about one replica round trip per batch; and with no replica
+    /// reachable every send fails.
     pub fn replicas_to_acknowledge(mut self, replicas: u32) -> Self {
         self.settings.replicas_to_acknowledge = replicas;
         self
