@@ -20,6 +20,20 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Why a server a test starts did not come up (the NATS and Redis Cluster harnesses).
+pub(crate) struct StartFailure {
+    /// It exited because a port was in use: worth another attempt on other ports.
+    pub(crate) port_taken: bool,
+    pub(crate) message: String,
+}
+
+/// The last `n` lines of a server's log file, for a failure message (empty if unreadable).
+pub(crate) fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()

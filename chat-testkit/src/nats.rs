@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{find_executable, free_port};
+use crate::{find_executable, free_port, StartFailure};
 
 /// The `cluster { name }` of a [`NatsCluster`].
 const CLUSTER_NAME: &str = "chat-test";
@@ -57,13 +57,6 @@ pub struct NatsServer {
 struct Routes {
     listen: u16,
     peers: Vec<u16>,
-}
-
-/// Why a server did not come up.
-struct StartFailure {
-    /// It exited because a port was in use: worth another attempt on other ports.
-    port_taken: bool,
-    message: String,
 }
 
 impl NatsServer {
@@ -163,9 +156,7 @@ impl NatsServer {
 
     /// The end of the server's log, for a failure message.
     fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        crate::log_tail(&self.dir.join("server.log"), 30)
     }
 
     /// The client port it listens on.

@@ -151,9 +151,7 @@ impl PgServer {
 
     /// The end of the server's log, for a failure message.
     fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::log_tail(&self.dir.join("server.log"), 20)
     }
 
     fn answers(&self) -> bool {

@@ -8,6 +8,7 @@
 //! is restarted. Nodes are spoken to in RESP over a plain `TcpStream` ([`Reply`],
 //! [`Connection`]), so this crate needs no Redis client.
 
+use crate::StartFailure;
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -105,13 +106,6 @@ struct Node {
 struct Served {
     slots: Vec<RangeInclusive<u16>>,
     replicas: Vec<String>,
-}
-
-/// Why a node did not come up.
-struct StartFailure {
-    /// It exited because its port was in use: worth another attempt on other ports.
-    port_taken: bool,
-    message: String,
 }
 
 impl RedisCluster {
@@ -669,9 +663,7 @@ impl Node {
 
     /// The end of its log, for a failure message.
     fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        crate::log_tail(&self.dir.join("redis.log"), 30)
     }
 
     fn signal(&self, which: &str) {
