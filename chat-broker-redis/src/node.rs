@@ -4,8 +4,9 @@
 //! concurrent calls are pipelined on each, and each reconnects by itself): one carries the
 //! publishes (batched per room, `publisher.rs`), the other everything else, so that heartbeats,
 //! presence, positions and history reads never queue behind a burst of publishes. Deliveries
-//! come over a dedicated pub/sub connection owned by the task in `subscriber.rs`. Every call is bounded by
-//! the op timeout, so a lost Redis makes calls fail fast with `Unavailable` instead of hanging.
+//! come over a dedicated pub/sub connection owned by the task in `subscriber.rs`. Every call is
+//! bounded by the op timeout, so a lost Redis makes calls fail fast with `Unavailable` instead
+//! of hanging.
 //! Dropping the node (an engine dropped without shutdown) stops its tasks, as a crash would: its
 //! presence then expires and another node sweeps it.
 
