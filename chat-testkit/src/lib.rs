@@ -34,6 +34,23 @@ pub(crate) fn log_tail(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`):
+/// a server paused with SIGSTOP has taken the signal everywhere.
+pub(crate) fn stopped(pid: u32) -> bool {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let mut any = false;
+    for thread in threads.flatten() {
+        // A thread that has exited meanwhile has no stat to read.
+        let Ok(stat) = std::fs::read_to_string(thread.path().join("stat")) else { continue };
+        // "tid (comm) state ...": comm may hold anything, so read after its last ')'.
+        if stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("T") {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()

@@ -225,7 +225,7 @@ impl NatsServer {
         self.signal("-STOP");
         let pid = self.child.as_ref().expect("nats-server is running").id();
         let deadline = Instant::now() + START_LIMIT;
-        while !stopped(pid) {
+        while !crate::stopped(pid) {
             assert!(
                 Instant::now() < deadline,
                 "nats-server {} did not stop within {START_LIMIT:?} of a SIGSTOP",
@@ -397,21 +397,6 @@ fn executable() -> PathBuf {
     find_executable(&["nats-server"]).unwrap_or_else(|| {
         panic!("nats-server not found on PATH: these tests need it; install it with `apt-get install nats-server`")
     })
-}
-
-/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
-fn stopped(pid: u32) -> bool {
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-    let mut any = false;
-    for thread in threads.flatten() {
-        let Ok(stat) = std::fs::read_to_string(thread.path().join("stat")) else { continue }; // it has exited
-                                                                                              // "tid (comm) state ...": comm may hold anything, so read after its last ')'.
-        if stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("T") {
-            return false;
-        }
-        any = true;
-    }
-    any
 }
 
 /// `N` distinct ports that were free a moment ago.

@@ -384,7 +384,7 @@ impl RedisCluster {
         node.signal("-STOP");
         let pid = node.child.as_ref().expect("redis-server is running").id();
         let deadline = Instant::now() + START_LIMIT;
-        while !stopped(pid) {
+        while !crate::stopped(pid) {
             assert!(Instant::now() < deadline, "redis-server on port {port} did not stop within {START_LIMIT:?}");
             std::thread::sleep(Duration::from_millis(2)); // the retry interval of a loop with a deadline
         }
@@ -1118,21 +1118,6 @@ fn random() -> u64 {
     hasher
         .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     hasher.finish()
-}
-
-/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
-fn stopped(pid: u32) -> bool {
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-    let mut any = false;
-    for thread in threads.flatten() {
-        let Ok(stat) = std::fs::read_to_string(thread.path().join("stat")) else { continue }; // it has exited
-                                                                                              // "tid (comm) state ...": comm may hold anything, so read after its last ')'.
-        if stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("T") {
-            return false;
-        }
-        any = true;
-    }
-    any
 }
 
 #[cfg(test)]
