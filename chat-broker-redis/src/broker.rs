@@ -56,13 +56,16 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// A broker on the Redis at `url`, with default settings. `url` is either one server,
-    /// `redis://[[user]:password@]host:port/db`, or a primary managed by Redis Sentinel,
+    /// A broker on the Redis at `url`, with default settings. `url` is one server,
+    /// `redis://[[user]:password@]host:port/db`; a primary managed by Redis Sentinel,
     /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]`: the hosts are
     /// sentinels (give all of them, or at least a majority), `service` is the name they monitor
     /// the primary under, and the credentials and database are the primary's (sentinels
-    /// without a password). Each node asks the sentinels where the primary is whenever its
-    /// connection drops, so it follows a failover.
+    /// without a password); each node asks the sentinels where the primary is whenever its
+    /// connection drops, so it follows a failover; or a Redis Cluster,
+    /// `redis+cluster://[[user]:password@]host:port[,host:port…]`: the hosts are some of its
+    /// nodes (the cluster's map is read from the first that answers), the credentials every
+    /// node's.
     ///
     /// ```
     /// use chat_broker_redis::RedisBroker;
@@ -70,6 +73,7 @@ impl RedisBroker {
     /// assert!(RedisBroker::new("redis://127.0.0.1:6379/0").is_ok());
     /// assert!(RedisBroker::new("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/chat").is_ok());
     /// assert!(RedisBroker::new("redis+sentinel://10.0.0.1:26379").is_err(), "the service name is missing");
+    /// assert!(RedisBroker::new("redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000").is_ok());
     /// ```
     pub fn new(url: &str) -> Result<Self, RedisBrokerError> {
         Self::builder(url).build()

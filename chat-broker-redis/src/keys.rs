@@ -1,8 +1,10 @@
-//! Redis key and channel names. `lua/sweep.lua` builds the presence and channel names of a room
-//! by itself, so the two must agree.
+//! Redis key and channel names.
 //!
-//! Every key of a room carries the room in a hash tag (`{room}`; room names cannot contain
-//! braces), so a room's keys share one slot.
+//! Every key of a room, and its channel, carries the room in a hash tag (`{room}`; room names
+//! cannot contain braces), so on a Redis Cluster a room's keys and channel share one slot: its
+//! scripts run on one shard and publish there (sharded pub/sub). The nodes' liveness keys share
+//! the `{nodes}` tag (one small sorted set each); each node's presence registry has its own tag,
+//! so presence is spread over the shards with the rooms and the nodes.
 
 /// Names every key and channel under one prefix.
 #[derive(Debug, Clone)]
@@ -56,12 +58,12 @@ impl Keys {
 
     /// The room's pub/sub channel.
     pub(crate) fn channel(&self, room: &str) -> String {
-        format!("{}chan:{room}", self.prefix)
+        self.room(room, "chan")
     }
 
     /// The room a channel belongs to.
     pub(crate) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(self.prefix.as_str())?.strip_prefix("chan:")
+        channel.strip_prefix(self.prefix.as_str())?.strip_prefix('{')?.strip_suffix("}:chan")
     }
 
     /// The channel of notices for users (`chat_core::broker::Notice`), which every node
@@ -72,17 +74,18 @@ impl Keys {
 
     /// The live nodes (a sorted set: node -> deadline in ms).
     pub(crate) fn nodes(&self) -> String {
-        format!("{}nodes", self.prefix)
+        format!("{}{{nodes}}:live", self.prefix)
+    }
+
+    /// The nodes swept as dead in the last ten minutes (a sorted set: node -> when, in ms): a
+    /// node that finds itself there was taken for dead and registers its presence again.
+    pub(crate) fn swept(&self) -> String {
+        format!("{}{{nodes}}:swept", self.prefix)
     }
 
     /// What a node holds in presence (a hash: `<room> <session>` -> user).
     pub(crate) fn node(&self, node: &str) -> String {
-        format!("{}node:{node}", self.prefix)
-    }
-
-    /// Left by a sweep: the node was declared dead.
-    pub(crate) fn swept(&self, node: &str) -> String {
-        format!("{}swept:{node}", self.prefix)
+        format!("{}node:{{{node}}}", self.prefix)
     }
 }
 
@@ -99,9 +102,11 @@ mod tests {
     fn names() {
         let k = Keys::new("t:");
         assert_eq!(k.stream("lobby"), "t:{lobby}:h");
-        assert_eq!(k.channel("a:b"), "t:chan:a:b");
-        assert_eq!(k.room_of_channel("t:chan:a:b"), Some("a:b"));
-        assert_eq!(k.room_of_channel("u:chan:a"), None);
+        assert_eq!(k.channel("a:b"), "t:{a:b}:chan");
+        assert_eq!(k.room_of_channel("t:{a:b}:chan"), Some("a:b"));
+        assert_eq!(k.room_of_channel("u:{a}:chan"), None);
+        assert_eq!(k.room_of_channel(&k.notices()), None);
+        assert_eq!(k.node("n-1"), "t:node:{n-1}");
         assert_ne!(k.idempotency("r", "a:b", "c"), k.idempotency("r", "a", "b:c"));
     }
 }

@@ -27,6 +27,10 @@
 //!   room that goes on from the engine's store after Redis lost it gets its recent keys back
 //!   in the same script ([`Origin::keys`](chat_core::broker::Origin::keys)).
 //! * `:ps` sessions (session → user) and `:pu` users (user → number of sessions) of presence.
+//! * `:chan` is the room's pub/sub channel (a channel, not a key).
+//!
+//! Per node: `<prefix>node:{<node>}`, the node's presence registry (`<room> <session>` → user);
+//! and for all nodes, `<prefix>{nodes}:live` (node → deadline) and `<prefix>{nodes}:swept`.
 //!
 //! **Publish** is one Lua script (`EVALSHA`) per *batch*: a node's publishes into one room that
 //! arrive while the room's previous batch is in flight are stored together (up to 64), in the
@@ -49,8 +53,9 @@
 //!
 //! **Presence** is counted per session; each node keeps a deadline in a sorted set and a
 //! registry of its sessions, refreshed every quarter of the presence expiry. Any node sweeps
-//! nodes whose deadline passed (atomically, in Lua), removing their sessions and announcing
-//! `member_left` for users whose last session went, within the expiry (30 s by default).
+//! nodes whose deadline passed (claiming each with a lease, so one sweeper at a time), removing
+//! their sessions room by room and announcing `member_left` for users whose last session went,
+//! within the expiry (30 s by default).
 //!
 //! # Why redis-rs
 //!
@@ -77,6 +82,22 @@
 //! `recovered: false`). What is left is the case where the primary and every node that knew of
 //! the lost messages die together.
 //!
+//! # Redis Cluster
+//!
+//! With a `redis+cluster://host:port[,host:port…]` URL the broker runs on a Redis Cluster (7.0
+//! or later). Every key of a room, and its channel, carries the room as hash tag, so a room
+//! lives on one shard: its scripts run there, atomically, as on one server, and rooms spread
+//! over the shards. Live delivery uses sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`): a room's
+//! messages go only to the nodes of the cluster's shard that owns it, not over the whole
+//! cluster bus. Presence lives with its room; each node's registry has a slot of its own; only
+//! the small sorted sets of node deadlines share one. Commands follow `MOVED` and `ASK`, and
+//! the cluster's map is read again after a failover or a slot's move (redis-rs's
+//! `ClusterConnection`); a shard's subscription connection that drops, or a room's channel
+//! that the server unsubscribes (its slot moved away), makes the node subscribe again where
+//! the slot now lives and catch up from the room's stream, as after any pub/sub outage. A
+//! shard's failover is the case of Sentinel's above: what its replica missed starts a new
+//! epoch of the rooms of that shard, announced, never silent.
+//!
 //! # With a store
 //!
 //! An engine with a [`Store`](chat_core::Store) attaches with it as the [`Origin`](chat_core::broker::Origin).
@@ -94,9 +115,10 @@
 //!
 //! A publish that times out is reported `Unavailable` although Redis may have run it (the
 //! reply was lost, not the request): clients that must not duplicate send with a `key`.
-//! Redis Cluster is not supported (the sweep script builds key names itself); a single
-//! primary, alone or with replicas under Sentinel, is. Redis 7.0 or later is needed: the
-//! scripts carry the `#!lua` shebang, so a read-only replica refuses them.
+//! During a slot's migration, a room whose keys are split between the two shards gets
+//! `TRYAGAIN`, retried until the op timeout: its publishes may fail `Unavailable` for that
+//! long. Redis 7.0 or later is needed: the scripts carry the `#!lua` shebang, so a read-only
+//! replica refuses them.
 
 #![warn(missing_docs)]
 

@@ -1,12 +1,12 @@
 //! [`RedisNode`]: one engine's attachment to Redis, implementing `BrokerNode`.
 //!
-//! Commands (the scripts) go over two multiplexed connections (redis-rs `ConnectionManager`:
-//! concurrent calls are pipelined on each, and each reconnects by itself): one carries the
-//! publishes (batched per room, `publisher.rs`), the other everything else, so that heartbeats,
-//! presence, positions and history reads never queue behind a burst of publishes. Deliveries
-//! come over a dedicated pub/sub connection owned by the task in `subscriber.rs`. Every call is
-//! bounded by the op timeout, so a lost Redis makes calls fail fast with `Unavailable` instead
-//! of hanging.
+//! Commands (the scripts) go over two multiplexed connections ([`Conn`]: to one server or to a
+//! cluster; concurrent calls are pipelined on each, and each reconnects by itself): one carries
+//! the publishes (batched per room, `publisher.rs`), the other everything else, so that
+//! heartbeats, presence, positions and history reads never queue behind a burst of publishes.
+//! Deliveries come over a dedicated pub/sub connection owned by the task in `subscriber.rs`.
+//! Every call is bounded by the op timeout, so a lost Redis makes calls fail fast with
+//! `Unavailable` instead of hanging.
 //! Dropping the node (an engine dropped without shutdown) stops its tasks, as a crash would: its
 //! presence then expires and another node sweeps it.
 
@@ -22,19 +22,19 @@ use chat_core::broker::{
     Published, Transient,
 };
 use chat_core::{BrokerError, BrokerNode, RoomName};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{FromRedisValue, Script, ScriptInvocation, Value};
+use redis::{FromRedisValue, ScriptInvocation, Value};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Settings;
 use crate::error::{bad_reply, from_redis, timed_out};
 use crate::keys::{registry_field, Keys};
-use crate::primary::{same_server, Locator};
+use crate::presence;
+use crate::primary::{Conn, Locator, Source};
 use crate::publisher::{self, Pending, Queues};
 use crate::reply;
 use crate::scripts::SCRIPTS;
-use crate::{presence, subscriber};
+use crate::subscriber::{self, Feed};
 use chat_core::broker::{random_u64, wire};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,8 +98,10 @@ pub(crate) struct Shared {
     pub(crate) settings: Arc<Settings>,
     /// How to find the primary (asked again on every pub/sub reconnect).
     pub(crate) locator: Arc<Locator>,
-    /// The primary as last located, and the command connection to it.
+    /// The primary as last located (or the cluster), and the command connections to it.
     pub(crate) primary: Mutex<Primary>,
+    /// Whether Redis is a cluster: live delivery then goes by sharded pub/sub (`SPUBLISH`).
+    pub(crate) cluster: bool,
     /// Wakes the pub/sub task to reconnect (and locate the primary again): a command met a
     /// server that is no longer the primary.
     pub(crate) relocate: tokio::sync::Notify,
@@ -110,7 +112,7 @@ pub(crate) struct Shared {
     /// Rooms this node subscribes to, by name.
     pub(crate) subs: Mutex<HashMap<String, Track>>,
     /// The live pub/sub connection's command half; `None` while reconnecting.
-    pub(crate) pubsub: Mutex<Option<PubSubSink>>,
+    pub(crate) pubsub: Mutex<Option<Feed>>,
     /// This node's sessions in presence, by registry field.
     pub(crate) held: Mutex<HashMap<String, Held>>,
     /// Sessions whose removal from presence has not been confirmed (Redis was unreachable, or
@@ -125,14 +127,14 @@ pub(crate) struct Shared {
     pub(crate) outgoing: Mutex<Queues>,
 }
 
-/// The primary a node talks to: its client (for new pub/sub connections) and the multiplexed
-/// command connections to it.
+/// The primary a node talks to (or the cluster): where new pub/sub connections go, and the
+/// multiplexed command connections.
 pub(crate) struct Primary {
-    pub(crate) client: redis::Client,
+    pub(crate) source: Source,
     /// Everything but publishes.
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
     /// Publishes (and the `WAIT` after them, which covers this connection's writes).
-    pub(crate) publish: ConnectionManager,
+    pub(crate) publish: Conn,
 }
 
 /// Which of a node's two command connections a command takes.
@@ -145,25 +147,12 @@ pub(crate) enum Lane {
 }
 
 impl Primary {
-    /// Connects the command connections (each reconnects by itself, to this same server).
-    async fn connect(client: redis::Client, settings: &Settings) -> Result<Primary, BrokerError> {
-        let op = settings.op_timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(op))
-            .set_response_timeout(Some(op))
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(settings.reconnect_max_delay)
-            .set_number_of_retries(4);
-        let connect = async {
-            let conn = client.get_connection_manager_with_config(config.clone()).await?;
-            let publish = client.get_connection_manager_with_config(config).await?;
-            Ok::<_, redis::RedisError>((conn, publish))
-        };
-        match timeout(op, connect).await {
-            Ok(Ok((conn, publish))) => Ok(Primary { conn, publish, client }),
-            Ok(Err(e)) => Err(from_redis(e)),
-            Err(_) => Err(timed_out("connect")),
-        }
+    /// Connects the command connections (each reconnects by itself, to this same server, or
+    /// follows the cluster).
+    async fn connect(source: Source, settings: &Settings) -> Result<Primary, BrokerError> {
+        let conn = Conn::connect(&source, settings).await?;
+        let publish = Conn::connect(&source, settings).await?;
+        Ok(Primary { source, conn, publish })
     }
 }
 
@@ -179,7 +168,7 @@ fn new_epoch() -> String {
 
 impl Shared {
     /// A command connection to the primary.
-    fn conn(&self, lane: Lane) -> ConnectionManager {
+    fn conn(&self, lane: Lane) -> Conn {
         let primary = lock(&self.primary);
         match lane {
             Lane::Control => primary.conn.clone(),
@@ -188,16 +177,27 @@ impl Shared {
     }
 
     /// The primary as of now: asks the locator, and when the primary moved (a failover),
-    /// connects the command connection to the new one. Returns its client.
-    pub(crate) async fn follow_primary(&self) -> Result<redis::Client, BrokerError> {
-        let client = self.locator.primary(self.settings.op_timeout).await?;
-        if same_server(&client, &lock(&self.primary).client) {
-            return Ok(client);
+    /// connects the command connections to the new one. Returns where it is (a cluster is
+    /// followed by its connections themselves).
+    pub(crate) async fn follow_primary(&self) -> Result<Source, BrokerError> {
+        let source = self.locator.source(self.settings.op_timeout).await?;
+        if source.same(&lock(&self.primary).source) {
+            return Ok(source);
         }
-        let primary = Primary::connect(client.clone(), &self.settings).await?;
-        tracing::warn!(node = %self.instance, primary = ?client.get_connection_info().addr(), "following the new redis primary");
+        let primary = Primary::connect(source.clone(), &self.settings).await?;
+        tracing::warn!(node = %self.instance, primary = ?self.locator, "following the new redis primary");
         *lock(&self.primary) = primary;
-        Ok(client)
+        Ok(source)
+    }
+
+    /// The command that publishes on a room's channel: `SPUBLISH` on a cluster (sharded
+    /// pub/sub: the message goes only to the nodes of the room's shard), else `PUBLISH`.
+    pub(crate) fn publish_command(&self) -> &'static str {
+        if self.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// Runs a command within the op timeout. A server that says it is read-only was the
@@ -205,7 +205,7 @@ impl Shared {
     async fn query<T: FromRedisValue>(
         &self,
         what: &str,
-        run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        run: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, BrokerError> {
         self.query_raw(Lane::Control, what, run).await?.map_err(from_redis)
     }
@@ -215,7 +215,7 @@ impl Shared {
         &self,
         lane: Lane,
         what: &str,
-        run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        run: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<redis::RedisResult<T>, BrokerError> {
         let mut conn = self.conn(lane);
         let answer = timeout(self.settings.op_timeout, run(&mut conn)).await.map_err(|_| timed_out(what))?;
@@ -263,7 +263,7 @@ impl Shared {
         &self,
         lane: Lane,
         what: &str,
-        script: &Script,
+        script: &redis::Script,
         room: &str,
         ask_first: bool,
         args: impl Fn(&mut ScriptInvocation<'_>),
@@ -306,7 +306,7 @@ impl Shared {
     /// origin has the room), and the epoch this node knows for the room and the last seq it
     /// delivered there, so that a Redis that came back older starts a new epoch
     /// (lua/epoch.lua) instead of handing out seqs the node has already delivered.
-    fn room_script<'a>(&self, script: &'a Script, room: &str, start: &str) -> ScriptInvocation<'a> {
+    fn room_script<'a>(&self, script: &'a redis::Script, room: &str, start: &str) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         inv.key(self.keys.epoch(room)).key(self.keys.seq(room)).key(self.keys.stream(room));
         inv.arg(start).arg(self.epoch_ttl_ms.load(Ordering::Relaxed));
@@ -375,24 +375,42 @@ impl Shared {
         Ok((HistoryPage { epoch, latest, messages }, ids))
     }
 
-    /// Adds one held session to presence; true when it is the user's first in the room.
+    /// Adds one held session to presence; true when it is the user's first in the room. The
+    /// node's registry gets it first: a sweep after this node's death finds every session a
+    /// room holds of it (the two are on different shards of a cluster, so not one script).
     pub(crate) async fn presence_add(&self, held: &Held) -> Result<bool, BrokerError> {
-        self.presence_script("presence_add", &SCRIPTS.presence_add, held).await
-    }
-
-    /// Removes one session from presence; true when it was the user's last in the room.
-    pub(crate) async fn presence_remove(&self, held: &Held) -> Result<bool, BrokerError> {
-        self.presence_script("presence_remove", &SCRIPTS.presence_remove, held).await
-    }
-
-    /// Runs one of the two presence scripts (same keys and arguments) for `held`.
-    async fn presence_script(&self, what: &str, script: &Script, held: &Held) -> Result<bool, BrokerError> {
         let room = held.room.as_str();
-        let mut inv = script.prepare_invoke();
-        inv.key(self.keys.sessions(room)).key(self.keys.users(room)).key(self.keys.node(&self.instance));
-        inv.arg(&held.session).arg(&held.user).arg(registry_field(room, &held.session));
-        let answer: i64 = self.eval(what, &inv).await?;
-        Ok(answer == 1)
+        let field = registry_field(room, &held.session);
+        let register = redis::cmd("HSET").arg(self.keys.node(&self.instance)).arg(field).arg(&held.user).to_owned();
+        self.query("presence_add", async |conn| register.query_async::<Value>(conn).await).await?;
+        let mut inv = SCRIPTS.presence_add.prepare_invoke();
+        inv.key(self.keys.sessions(room)).key(self.keys.users(room)).arg(&held.session).arg(&held.user);
+        let first: i64 = self.eval("presence_add", &inv).await?;
+        Ok(first == 1)
+    }
+
+    /// Removes one session from presence; true when it was the user's last in the room. The
+    /// node's registry loses it last.
+    pub(crate) async fn presence_remove(&self, held: &Held) -> Result<bool, BrokerError> {
+        let last = self.presence_drop(&held.room, &held.session, false).await?;
+        let field = registry_field(&held.room, &held.session);
+        let unregister = redis::cmd("HDEL").arg(self.keys.node(&self.instance)).arg(field).to_owned();
+        self.query("presence_remove", async |conn| unregister.query_async::<Value>(conn).await).await?;
+        Ok(last)
+    }
+
+    /// Removes a session from the room's presence: true when it was the user's last session
+    /// there. With `announce`, the script says on the room's channel that the user left.
+    async fn presence_drop(&self, room: &str, session: &str, announce: bool) -> Result<bool, BrokerError> {
+        let mut inv = SCRIPTS.presence_remove.prepare_invoke();
+        inv.key(self.keys.sessions(room)).key(self.keys.users(room)).arg(session);
+        if announce {
+            inv.arg(self.keys.channel(room)).arg(self.publish_command());
+        } else {
+            inv.arg("").arg("");
+        }
+        let last: i64 = self.eval("presence_remove", &inv).await?;
+        Ok(last == 1)
     }
 
     /// Retries the removals Redis has not confirmed; announces `member_left` for users whose
@@ -416,13 +434,14 @@ impl Shared {
         lock(&self.unremoved).len()
     }
 
-    /// Waits until `replicas` replicas have every publish this node made so far (Redis's
-    /// `WAIT`, on the connection that made them), within half the op timeout.
-    async fn replicated(&self, replicas: u32) -> Result<(), BrokerError> {
+    /// Waits until `replicas` replicas have every publish this node made so far into `room`'s
+    /// shard (Redis's `WAIT`, on the connection that made them), within half the op timeout.
+    async fn replicated(&self, room: &str, replicas: u32) -> Result<(), BrokerError> {
         let wait_ms = millis(self.settings.op_timeout / 2);
         let cmd = redis::cmd("WAIT").arg(replicas).arg(wait_ms).to_owned();
+        let key = self.keys.seq(room);
         let acknowledged: u64 = self
-            .query_raw(Lane::Publish, "wait", async |conn| cmd.query_async(conn).await)
+            .query_raw(Lane::Publish, "wait", async |conn| conn.query_at(&cmd, &key).await)
             .await?
             .map_err(from_redis)?;
         if acknowledged < u64::from(replicas) {
@@ -443,6 +462,7 @@ impl Shared {
         let answer = self
             .room_eval(Lane::Publish, "publish", &SCRIPTS.publish, room, false, |inv| {
                 inv.arg(self.keys.channel(room)).arg(opts.history_size).arg(millis(opts.idempotency_window));
+                inv.arg(self.publish_command());
                 let mut keys = 3;
                 for p in batch {
                     inv.arg(&*p.msg.from).arg(p.msg.ts).arg(&p.msg.body[..]);
@@ -463,7 +483,7 @@ impl Shared {
         if self.settings.replicas_to_acknowledge > 0 {
             // Duplicates too: the first send may have been stored and not replicated (it was
             // answered `unavailable`); the script's write on the key makes this wait cover it.
-            self.replicated(self.settings.replicas_to_acknowledge).await?;
+            self.replicated(room, self.settings.replicas_to_acknowledge).await?;
         }
         let newest = stored.iter().rev().find_map(|s| Some((s.published.seq, s.id?, &s.published.epoch)));
         if let Some((seq, id, epoch)) = newest {
@@ -479,22 +499,63 @@ impl Shared {
 
     /// Publishes a notice on the notices channel, which every node subscribes to.
     pub(crate) async fn publish_notice(&self, payload: Vec<u8>) -> Result<(), BrokerError> {
-        let cmd = redis::cmd("PUBLISH").arg(self.keys.notices()).arg(payload).to_owned();
+        let cmd = redis::cmd(self.publish_command()).arg(self.keys.notices()).arg(payload).to_owned();
         self.query("notify", async |conn| cmd.query_async::<Value>(conn).await).await.map(drop)
     }
 
     /// Publishes a transient payload on the room's channel.
     pub(crate) async fn publish_raw(&self, room: &str, payload: Vec<u8>) -> Result<(), BrokerError> {
-        let cmd = redis::cmd("PUBLISH").arg(self.keys.channel(room)).arg(payload).to_owned();
+        let cmd = redis::cmd(self.publish_command()).arg(self.keys.channel(room)).arg(payload).to_owned();
         self.query("publish", async |conn| cmd.query_async::<Value>(conn).await).await.map(drop)
     }
 
     /// Removes a node's sessions from presence now (or every dead node's, with `None`); the
-    /// users whose last session went are announced on their rooms' channels.
+    /// users whose last session went are announced on their rooms' channels. Returns how many.
+    ///
+    /// Dead nodes are claimed first (`lua/claim.lua`: a lease, so one node sweeps each, and
+    /// another takes over if that one dies), then each one's sessions are removed room by
+    /// room, its registry deleted, and the sweep recorded (`lua/swept.lua`). The steps touch
+    /// different slots (the nodes', each room's, the registry's), so on a cluster they are
+    /// separate calls, each safe to repeat.
     pub(crate) async fn sweep(&self, node: Option<&str>) -> Result<u64, BrokerError> {
-        let mut inv = SCRIPTS.sweep.prepare_invoke();
-        inv.key(self.keys.nodes()).arg(self.keys.prefix()).arg(node.unwrap_or(""));
-        self.eval("sweep", &inv).await
+        let (lease, dead) = match node {
+            Some(node) => (String::new(), vec![node.to_owned()]),
+            None => {
+                let mut inv = SCRIPTS.claim.prepare_invoke();
+                inv.key(self.keys.nodes()).key(self.keys.swept()).arg(millis(self.settings.presence_ttl));
+                let claimed: Vec<Value> = self.eval("sweep", &inv).await?;
+                let mut claimed = claimed.into_iter();
+                let lease = claimed.next().and_then(|l| reply::uint(&l)).ok_or_else(|| bad_reply("sweep"))?;
+                let dead = claimed.map(reply::string).collect::<Option<Vec<_>>>().ok_or_else(|| bad_reply("sweep"))?;
+                (lease.to_string(), dead)
+            }
+        };
+        let mut left = 0;
+        for node in dead {
+            left += self.sweep_node(&node, &lease).await?;
+        }
+        Ok(left)
+    }
+
+    /// Removes one node's sessions from presence (see [`sweep`](Self::sweep)); `lease` is what
+    /// it was claimed with, empty for this node's own (a detach).
+    async fn sweep_node(&self, node: &str, lease: &str) -> Result<u64, BrokerError> {
+        let registry = self.keys.node(node);
+        let read = redis::cmd("HGETALL").arg(&registry).to_owned();
+        let entries: HashMap<String, String> = self.query("sweep", async |conn| read.query_async(conn).await).await?;
+        let sessions: Vec<(&str, &str)> = entries.keys().filter_map(|field| field.split_once(' ')).collect();
+        let mut left = 0;
+        // Pipelined, a bounded number at a time.
+        for chunk in sessions.chunks(256) {
+            let drops = chunk.iter().map(|(room, session)| self.presence_drop(room, session, true));
+            left += futures::future::try_join_all(drops).await?.into_iter().filter(|last| *last).count() as u64;
+        }
+        let delete = redis::cmd("DEL").arg(&registry).to_owned();
+        self.query("sweep", async |conn| delete.query_async::<Value>(conn).await).await?;
+        let mut inv = SCRIPTS.swept.prepare_invoke();
+        inv.key(self.keys.nodes()).key(self.keys.swept()).arg(node).arg(lease);
+        self.eval::<Value>("sweep", &inv).await?;
+        Ok(left)
     }
 }
 
@@ -514,11 +575,11 @@ impl RedisNode {
         sink: Arc<dyn DeliverySink>,
         origin: Option<Arc<dyn Origin>>,
     ) -> Result<RedisNode, BrokerError> {
-        let op = settings.op_timeout;
-        let client = locator.primary(op).await?;
-        let primary = Primary::connect(client.clone(), &settings).await?;
+        let source = locator.source(settings.op_timeout).await?;
+        let cluster = source.is_cluster();
+        let primary = Primary::connect(source.clone(), &settings).await?;
         let keys = Keys::new(&settings.key_prefix);
-        let (pubsub, stream) = subscriber::connect(&client, op, &keys).await?;
+        let (pubsub, stream) = subscriber::connect(&source, &settings, &keys).await?;
         let shared = Arc::new(Shared {
             keys,
             epoch_ttl_ms: AtomicU64::new(millis(settings.default_history_ttl)),
@@ -526,6 +587,7 @@ impl RedisNode {
             settings,
             locator,
             primary: Mutex::new(primary),
+            cluster,
             relocate: tokio::sync::Notify::new(),
             sink,
             subs: Mutex::new(HashMap::new()),
@@ -571,9 +633,9 @@ impl BrokerNode for RedisNode {
         let s = &self.shared;
         lock(&s.subs).entry(room.to_string()).or_insert_with(|| Track::new(room.clone()));
         let result = async {
-            let sink = lock(&s.pubsub).clone();
-            let mut sink = sink.ok_or_else(|| BrokerError::Unavailable("redis pub/sub is reconnecting".into()))?;
-            match timeout(s.settings.op_timeout, sink.subscribe(s.keys.channel(room))).await {
+            let feed = lock(&s.pubsub).clone();
+            let mut feed = feed.ok_or_else(|| BrokerError::Unavailable("redis pub/sub is reconnecting".into()))?;
+            match timeout(s.settings.op_timeout, feed.subscribe(&[s.keys.channel(room)])).await {
                 Ok(result) => result.map_err(from_redis)?,
                 Err(_) => return Err(timed_out("subscribe")),
             }
@@ -604,8 +666,8 @@ impl BrokerNode for RedisNode {
         let s = &self.shared;
         lock(&s.subs).remove(room.as_str());
         // While reconnecting there is nothing to undo: only tracked rooms are subscribed again.
-        let Some(mut sink) = lock(&s.pubsub).clone() else { return Ok(()) };
-        match timeout(s.settings.op_timeout, sink.unsubscribe(s.keys.channel(room))).await {
+        let Some(mut feed) = lock(&s.pubsub).clone() else { return Ok(()) };
+        match timeout(s.settings.op_timeout, feed.unsubscribe(&s.keys.channel(room))).await {
             Ok(result) => result.map_err(from_redis),
             Err(_) => Err(timed_out("unsubscribe")),
         }
@@ -689,30 +751,26 @@ impl BrokerNode for RedisNode {
             pattern.push(c);
         }
         pattern.push_str("{*}:h");
-        let (mut cursor, mut erased) = (0u64, 0u64);
-        loop {
-            let (next, streams): (u64, Vec<String>) = s
-                .query("erase_user", async |conn| {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(conn)
-                        .await
-                })
-                .await?;
-            for stream in streams {
-                let mut inv = SCRIPTS.erase.prepare_invoke();
-                inv.key(stream).arg("u").arg(user);
-                erased += s.eval::<u64>("erase_user", &inv).await?;
+        let mut erased = 0u64;
+        // Every primary's keys: a cluster's are spread over its shards.
+        for primary in s.query("erase_user", async |conn| conn.primaries().await).await? {
+            let mut cursor = 0u64;
+            loop {
+                let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).to_owned();
+                let (next, streams): (u64, Vec<String>) =
+                    s.query("erase_user", async |conn| conn.query_on(&scan, primary.as_ref()).await).await?;
+                for stream in streams {
+                    let mut inv = SCRIPTS.erase.prepare_invoke();
+                    inv.key(stream).arg("u").arg(user);
+                    erased += s.eval::<u64>("erase_user", &inv).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(erased);
-            }
-            cursor = next;
         }
+        Ok(erased)
     }
 
     async fn detach(&self) {

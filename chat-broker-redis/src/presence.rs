@@ -1,7 +1,7 @@
 //! Presence liveness: each node keeps a deadline in a sorted set of nodes and refreshes it
 //! every quarter of the presence expiry; every node also sweeps the nodes whose deadline passed
-//! (one Lua script, so exactly one sweeper handles each dead node), which removes their sessions
-//! and announces `member_left` for users whose last session went.
+//! (claimed with a lease, so one sweeper handles each dead node at a time: `Shared::sweep`),
+//! which removes their sessions and announces `member_left` for users whose last session went.
 //!
 //! A node's deadline is set three quarters of the expiry ahead and sweeps run every quarter, so
 //! a dead node's sessions are gone within the expiry. A node that finds itself missing from the
@@ -24,7 +24,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
     let s = &shared.settings;
     let lifetime = s.presence_ttl.saturating_sub(s.heartbeat_interval());
     let mut inv = SCRIPTS.heartbeat.prepare_invoke();
-    inv.key(shared.keys.nodes()).key(shared.keys.swept(&shared.instance));
+    inv.key(shared.keys.nodes()).key(shared.keys.swept());
     inv.arg(&shared.instance).arg(millis(lifetime));
     let state: i64 = shared.eval("heartbeat", &inv).await?;
     if state == 0 {

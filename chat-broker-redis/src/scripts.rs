@@ -1,6 +1,7 @@
 //! The Lua scripts (in `lua/`), each loaded once per Redis and run with EVALSHA (redis-rs
 //! falls back to loading it when Redis answers NOSCRIPT, as after a restart). The room scripts
-//! share the epoch prologue of `lua/epoch.lua`.
+//! share the epoch prologue of `lua/epoch.lua`. Each script touches the keys of one slot only
+//! (a room's, the `{nodes}`', or one node's registry), so it runs on a Redis Cluster too.
 //!
 //! Every script begins with the `#!lua` shebang (Redis 7): a read-only replica then refuses
 //! it with READONLY instead of running it. Without it Redis runs a script on a replica until
@@ -26,7 +27,8 @@ pub(crate) struct Scripts {
     pub(crate) presence_add: Script,
     pub(crate) presence_remove: Script,
     pub(crate) heartbeat: Script,
-    pub(crate) sweep: Script,
+    pub(crate) claim: Script,
+    pub(crate) swept: Script,
     pub(crate) erase: Script,
 }
 
@@ -38,6 +40,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     presence_add: Script::new(script!("presence_add.lua")),
     presence_remove: Script::new(script!("presence_remove.lua")),
     heartbeat: Script::new(script!("heartbeat.lua")),
-    sweep: Script::new(script!("sweep.lua")),
+    claim: Script::new(script!("claim.lua")),
+    swept: Script::new(script!("swept.lua")),
     erase: Script::new(script!("erase.lua")),
 });

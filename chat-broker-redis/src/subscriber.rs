@@ -7,6 +7,15 @@
 //! the missed messages are delivered in order before the buffered live ones (which are then
 //! dropped as duplicates up to that seq). A room whose epoch changed meanwhile (Redis lost its
 //! data) gets `Delivery::Reset` first. Only this task delivers, so deliveries keep seq order.
+//!
+//! On a Redis Cluster the connection is a cluster connection in RESP3 ([`Feed::Cluster`]): each
+//! room's channel is `SSUBSCRIBE`d on the primary of its slot, and messages arrive as pushes.
+//! redis-rs subscribes again by itself after a shard's connection drops or a slot moves, but
+//! that hides the moment a room may have missed messages; so this task treats every sign of
+//! one as the connection dropping: a shard's connection lost (a `Disconnection` push), a room's
+//! channel unsubscribed by the server (its slot moved to another shard: `SUNSUBSCRIBE` push),
+//! or a primary not answering the periodic `PING`. It then connects anew, subscribes every
+//! room where its slot now lives, and catches up, as above.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,13 +25,17 @@ use chat_core::broker::{Delivery, Epoch, HistoryQuery, Message};
 use chat_core::BrokerError;
 use futures::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use redis::Value;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, RedisResult, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Settings;
 use crate::error::{from_redis, timed_out};
 use crate::keys::Keys;
 use crate::node::{lock, Shared, Track};
+use crate::primary::Source;
 use crate::wire::{self, Wire};
 
 /// How many messages one catch-up read asks for.
@@ -30,17 +43,138 @@ const CATCH_UP_PAGE: usize = 500;
 /// How many rooms are caught up at once after a reconnect.
 const CATCH_UP_ROOMS: usize = 32;
 
-/// Opens a pub/sub connection within `op`, subscribed to the notices channel (rooms are the
-/// caller's).
+/// The command half of the pub/sub connection: (un)subscribes rooms' channels, and pings.
+#[derive(Clone)]
+pub(crate) enum Feed {
+    /// To one server.
+    Single(PubSubSink),
+    /// To a cluster, in RESP3 (messages come as pushes, see [`Incoming::Cluster`]).
+    Cluster(ClusterConnection),
+}
+
+impl Feed {
+    /// Subscribes to the channels; returns once Redis confirmed every one (on a cluster, the
+    /// primary of each channel's slot).
+    pub(crate) async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Feed::Single(sink) => sink.subscribe(channels).await,
+            Feed::Cluster(conn) => {
+                // One command per channel: the channels are in different slots.
+                let each = channels.iter().map(|channel| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(channel).await }
+                });
+                futures::future::try_join_all(each).await.map(drop)
+            }
+        }
+    }
+
+    /// Unsubscribes from a channel.
+    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Feed::Single(sink) => sink.unsubscribe(channel).await,
+            Feed::Cluster(conn) => conn.sunsubscribe(channel).await,
+        }
+    }
+
+    /// Pings the server (every primary of a cluster).
+    async fn ping(&mut self) -> RedisResult<()> {
+        match self {
+            Feed::Single(sink) => sink.ping::<Value>().await.map(drop),
+            Feed::Cluster(conn) => redis::cmd("PING").query_async::<Value>(conn).await.map(drop),
+        }
+    }
+}
+
+/// The message half of the pub/sub connection.
+pub(crate) enum Incoming {
+    /// From one server.
+    Single(PubSubStream),
+    /// From a cluster: every push of its connections (messages, subscription changes, lost
+    /// connections).
+    Cluster(UnboundedReceiver<PushInfo>),
+}
+
+impl Incoming {
+    /// Waits for the next message and delivers it. False when the connection dropped, or may
+    /// have missed messages of a room (see the module's comment). Cancel-safe.
+    async fn next(&mut self, shared: &Shared) -> bool {
+        match self {
+            Incoming::Single(stream) => match stream.next().await {
+                Some(msg) => {
+                    on_message(shared, msg.get_channel_name(), msg.get_payload_bytes());
+                    true
+                }
+                None => false,
+            },
+            Incoming::Cluster(pushes) => match pushes.recv().await {
+                Some(push) => on_push(shared, push),
+                None => false,
+            },
+        }
+    }
+}
+
+/// One push of a cluster connection; false when a room may have missed messages.
+fn on_push(shared: &Shared, push: PushInfo) -> bool {
+    let bytes = |v: &Value| match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    };
+    match push.kind {
+        PushKind::SMessage | PushKind::Message => {
+            let mut data = push.data.iter();
+            match (data.next().and_then(bytes), data.next().and_then(bytes)) {
+                (Some(channel), Some(payload)) => match std::str::from_utf8(&channel) {
+                    Ok(channel) => on_message(shared, channel, &payload),
+                    Err(_) => tracing::warn!("a channel name that is not UTF-8; dropped"),
+                },
+                _ => tracing::warn!(kind = ?push.kind, "malformed push; dropped"),
+            }
+            true
+        }
+        PushKind::SUnsubscribe => {
+            // Ours (a room left) or the server's (the slot moved): a room still tracked, or the
+            // notices, were moved away.
+            let Some(channel) = push.data.first().and_then(bytes) else { return false };
+            let channel = String::from_utf8_lossy(&channel);
+            if channel == shared.keys.notices() {
+                return false;
+            }
+            match shared.keys.room_of_channel(&channel) {
+                Some(room) => !lock(&shared.subs).contains_key(room),
+                None => true,
+            }
+        }
+        PushKind::Disconnection => false,
+        _ => true,
+    }
+}
+
+/// Opens a pub/sub connection within the op timeout, subscribed to the notices channel (rooms
+/// are the caller's).
 pub(crate) async fn connect(
-    client: &redis::Client,
-    op: Duration,
+    source: &Source,
+    settings: &Settings,
     keys: &Keys,
-) -> Result<(PubSubSink, PubSubStream), BrokerError> {
-    let connected = timeout(op, async {
-        let (mut sink, stream) = client.get_async_pubsub().await?.split();
-        sink.subscribe(keys.notices()).await?;
-        Ok::<_, redis::RedisError>((sink, stream))
+) -> Result<(Feed, Incoming), BrokerError> {
+    let connected = timeout(settings.op_timeout, async {
+        match source {
+            Source::Single(client) => {
+                let (mut sink, stream) = client.get_async_pubsub().await?.split();
+                sink.subscribe(keys.notices()).await?;
+                Ok::<_, redis::RedisError>((Feed::Single(sink), Incoming::Single(stream)))
+            }
+            Source::Cluster(seeds) => {
+                let (pushes, incoming) = tokio::sync::mpsc::unbounded_channel();
+                let client =
+                    seeds.builder(settings).use_protocol(redis::ProtocolVersion::RESP3).push_sender(pushes).build()?;
+                let mut conn = client.get_async_connection().await?;
+                conn.ssubscribe(keys.notices()).await?;
+                Ok((Feed::Cluster(conn), Incoming::Cluster(incoming)))
+            }
+        }
     });
     match connected.await {
         Ok(done) => done.map_err(from_redis),
@@ -49,7 +183,7 @@ pub(crate) async fn connect(
 }
 
 /// The task: pumps deliveries until the connection drops, then reconnects; ends on `stop`.
-pub(crate) async fn run(shared: Arc<Shared>, mut stream: PubSubStream, stop: CancellationToken) {
+pub(crate) async fn run(shared: Arc<Shared>, mut stream: Incoming, stop: CancellationToken) {
     loop {
         if pump(&shared, &mut stream, &stop).await {
             return;
@@ -77,24 +211,23 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stream: PubSubStream, stop: Can
 
 /// Delivers channel messages until the connection drops (false) or the node stops (true).
 /// A ping every heartbeat interval finds a connection that died without closing.
-async fn pump(shared: &Shared, stream: &mut PubSubStream, stop: &CancellationToken) -> bool {
+async fn pump(shared: &Shared, stream: &mut Incoming, stop: &CancellationToken) -> bool {
     let mut ping = tokio::time::interval(shared.settings.heartbeat_interval());
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return true,
-            msg = stream.next() => match msg {
-                Some(msg) => on_message(shared, msg.get_channel_name(), msg.get_payload_bytes()),
-                None => return false,
+            live = stream.next(shared) => if !live {
+                return false;
             },
             _ = shared.relocate.notified() => {
                 tracing::warn!(node = %shared.instance, "redis says it is no longer the primary");
                 return false;
             }
             _ = ping.tick() => {
-                let Some(mut sink) = lock(&shared.pubsub).clone() else { return false };
-                if !matches!(timeout(shared.settings.op_timeout, sink.ping::<Value>()).await, Ok(Ok(_))) {
+                let Some(mut feed) = lock(&shared.pubsub).clone() else { return false };
+                if !matches!(timeout(shared.settings.op_timeout, feed.ping()).await, Ok(Ok(_))) {
                     return false;
                 }
             }
@@ -104,17 +237,17 @@ async fn pump(shared: &Shared, stream: &mut PubSubStream, stop: &CancellationTok
 
 /// A new connection to the primary (located again: it may have moved), subscribed to every
 /// tracked room, with every room caught up.
-async fn reconnect(shared: &Shared) -> Result<PubSubStream, BrokerError> {
-    let client = shared.follow_primary().await?;
-    let (mut sink, stream) = connect(&client, shared.settings.op_timeout, &shared.keys).await?;
+async fn reconnect(shared: &Shared) -> Result<Incoming, BrokerError> {
+    let source = shared.follow_primary().await?;
+    let (mut feed, stream) = connect(&source, &shared.settings, &shared.keys).await?;
     let channels: Vec<String> = lock(&shared.subs).keys().map(|room| shared.keys.channel(room)).collect();
     if !channels.is_empty() {
-        match timeout(shared.settings.op_timeout, sink.subscribe(&channels)).await {
+        match timeout(shared.settings.op_timeout, feed.subscribe(&channels)).await {
             Ok(result) => result.map_err(from_redis)?,
             Err(_) => return Err(timed_out("resubscribe")),
         }
     }
-    *lock(&shared.pubsub) = Some(sink);
+    *lock(&shared.pubsub) = Some(feed);
     // The command connections may not have noticed the outage yet (an idle one finds out on
     // its next request, which fails): have them reconnect now, before a publish needs one.
     shared.refresh_lanes().await;

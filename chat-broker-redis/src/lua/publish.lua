@@ -1,7 +1,8 @@
 -- Stores a batch of one room's messages atomically, in order (after the epoch prologue), and
 -- publishes them on the room's channel in one pub/sub message.
--- ARGV[6] channel, ARGV[7] maxlen, ARGV[8] idempotency window (ms); then four arguments per
--- message: from, ts, body, and the index in KEYS of its idempotency key ('' for none; KEYS[4]
+-- ARGV[6] channel, ARGV[7] maxlen, ARGV[8] idempotency window (ms), ARGV[9] the command that
+-- publishes (PUBLISH, or SPUBLISH on a cluster: the channel is in the room's slot); then four
+-- arguments per message: from, ts, body, and the index in KEYS of its idempotency key ('' for none; KEYS[4]
 -- on are the batch's keys). ARGV[2] (the new epoch's expiry) is the history's age limit.
 -- Each message gets an id, Redis's clock in microseconds when its batch was stored plus its
 -- place in the batch ('i', also in the delivery): two messages stored under one seq, before
@@ -17,7 +18,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local expires = string.format('%d', now + tonumber(ARGV[2]))
 local reply, payload = {epoch}, {}
-for a = 9, #ARGV, 4 do
+for a = 10, #ARGV, 4 do
   local from, ts, body, k = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local key = nil
   if k ~= '' then key = KEYS[tonumber(k)] end
@@ -64,6 +65,6 @@ if #payload > 0 then
   redis.call('SET', KEYS[2], string.format('%d', seq), 'PX', ARGV[2])
   redis.call('XTRIM', KEYS[3], 'MAXLEN', ARGV[7])
   redis.call('PEXPIRE', KEYS[3], ARGV[2])
-  redis.call('PUBLISH', ARGV[6], table.concat(payload))
+  redis.call(ARGV[9], ARGV[6], table.concat(payload))
 end
 return reply
