@@ -402,7 +402,7 @@ run() {
       # The subscriber (redis-cli, on the benchmark's core) is slower than Redis at full speed: no
       # output-buffer limit, or Redis would disconnect it and later PUBLISHes would reach no one.
       redis-cli -p "$REDIS_PORT" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
-      taskset -c "$SERVER_CORE" redis-cli -p "$REDIS_PORT" subscribe chat:chan:bench >/dev/null &
+      taskset -c "$SERVER_CORE" redis-cli -p "$REDIS_PORT" subscribe chat:{bench}:chan >/dev/null &
       PIDS+=("$!")
       local payload body sha r c pl n msg usec
       payload=$(head -c "$RAW_PAYLOAD_BYTES" /dev/zero | tr '\0' x)
@@ -413,25 +413,25 @@ run() {
         for pl in 1 16; do
           wait_quiet
           r=$(taskset -c "$SERVER_CORE" redis-benchmark -p "$REDIS_PORT" -c "$c" -P "$pl" -n $((c == 1 && pl == 1 ? 50000 : 400000)) --csv \
-            PUBLISH chat:chan:bench "$payload" | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
+            PUBLISH chat:{bench}:chan "$payload" | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
           echo "PUBLISH,$RAW_PAYLOAD_BYTES,$c,$pl,$r" >>"$OUT/$name.csv"
         done
       done
       for n in 1 16; do
         # ARGV: epoch prologue (new epoch name, ttl, known epoch, seq, id), channel, maxlen,
-        # idempotency window, then (from, ts, body, key index) per message.
+        # idempotency window, publishing command, then (from, ts, body, key index) per message.
         msg=()
         for _ in $(seq "$n"); do msg+=(pub-0-0 1795826582184 "$body" ""); done
         wait_quiet
         redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
         r=$(taskset -c "$SERVER_CORE" redis-benchmark -p "$REDIS_PORT" -c 50 -P 16 -n $((200000 / n)) --csv \
           EVALSHA "$sha" 3 "chat:{bench}:e" "chat:{bench}:s" "chat:{bench}:h" r0bench 86400000 "" 0 "" \
-          chat:chan:bench 1000 300000 "${msg[@]}" | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
+          chat:{bench}:chan 1000 300000 PUBLISH "${msg[@]}" | tail -1 | awk -F, '{print $(NF-6)}' | tr -d '"')
         usec=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:,=]' '/^cmdstat_evalsha:/ {print $7}')
         echo "EVALSHA publish.lua x$n,${#body},50,16,$r,$usec" >>"$OUT/$name.csv"
       done
       # Still one subscriber at the end (else the PUBLISH figures are of a channel nobody hears).
-      echo "subscribers at the end: $(redis-cli -p "$REDIS_PORT" pubsub numsub chat:chan:bench | tail -1)" \
+      echo "subscribers at the end: $(redis-cli -p "$REDIS_PORT" pubsub numsub chat:{bench}:chan | tail -1)" \
         >"$OUT/$name.commandstats"
       redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'cmdstat_(publish|evalsha|xadd)' >>"$OUT/$name.commandstats" || true
       cleanup ;;
