@@ -49,8 +49,9 @@ struct Args {
     #[arg(long)]
     ws_deflate: bool,
     /// `memory` (this process only), or a broker that many nodes share rooms through: Redis,
-    /// one server, `redis://HOST:PORT`, or a primary managed by Sentinel,
-    /// `redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE` (the hosts are the sentinels); or NATS
+    /// one server, `redis://HOST:PORT`, a primary managed by Sentinel,
+    /// `redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE` (the hosts are the sentinels), or a
+    /// Redis Cluster, `redis+cluster://HOST:PORT,HOST:PORT,…` (some of its nodes); or NATS
     /// JetStream, `nats://HOST:PORT[,nats://HOST:PORT…]` (the servers of one cluster).
     #[arg(long, default_value = "memory")]
     broker: String,
@@ -299,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
         redis = redis.replicas_to_acknowledge(args.redis_replicas);
         let redis = redis.build().with_context(|| {
             format!(
-                "--broker must be `memory`, `redis://HOST:PORT`, `redis+sentinel://HOST:PORT,…/SERVICE` or `nats://HOST:PORT`, not {:?}",
+                "--broker must be `memory`, `redis://HOST:PORT`, `redis+sentinel://HOST:PORT,…/SERVICE`, `redis+cluster://HOST:PORT,…` or `nats://HOST:PORT`, not {:?}",
                 args.broker
             )
         })?;
