@@ -177,11 +177,12 @@ impl Shared {
     }
 
     /// The primary as of now: asks the locator, and when the primary moved (a failover),
-    /// connects the command connections to the new one. Returns where it is (a cluster is
-    /// followed by its connections themselves).
+    /// connects the command connections to the new one. Returns where it is. On a cluster the
+    /// command connections are connected anew every time: a connection whose map still names a
+    /// primary that stalled (it answers nothing, not even `MOVED`) would time out forever.
     pub(crate) async fn follow_primary(&self) -> Result<Source, BrokerError> {
         let source = self.locator.source(self.settings.op_timeout).await?;
-        if source.same(&lock(&self.primary).source) {
+        if source.same(&lock(&self.primary).source) && !self.cluster {
             return Ok(source);
         }
         let primary = Primary::connect(source.clone(), &self.settings).await?;
@@ -201,7 +202,9 @@ impl Shared {
     }
 
     /// Runs a command within the op timeout. A server that says it is read-only was the
-    /// primary and is now a replica: the pub/sub task is woken to locate the new one.
+    /// primary and is now a replica, and on a cluster a command that timed out may have gone to
+    /// a primary that stalled: either way the pub/sub task is woken to locate the primary (read
+    /// the cluster's map) again and reconnect.
     async fn query<T: FromRedisValue>(
         &self,
         what: &str,
@@ -218,7 +221,12 @@ impl Shared {
         run: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<redis::RedisResult<T>, BrokerError> {
         let mut conn = self.conn(lane);
-        let answer = timeout(self.settings.op_timeout, run(&mut conn)).await.map_err(|_| timed_out(what))?;
+        let Ok(answer) = timeout(self.settings.op_timeout, run(&mut conn)).await else {
+            if self.cluster {
+                self.relocate.notify_one();
+            }
+            return Err(timed_out(what));
+        };
         if let Err(e) = &answer {
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
                 self.relocate.notify_one();

@@ -49,15 +49,16 @@ pub(crate) enum Locator {
 pub(crate) struct Seeds(Vec<String>);
 
 impl Seeds {
-    /// A cluster client's settings for these seeds: the op timeout bounds each connection and
-    /// each reply, and a command that meets a cluster in transition (`CLUSTERDOWN` during a
-    /// failover, `TRYAGAIN` during a slot's migration, a connection refused) is retried after
-    /// 20 ms, then less and less often, up to the reconnect delay; the node's op timeout bounds
-    /// the whole.
+    /// A cluster client's settings for these seeds: a quarter of the op timeout bounds each
+    /// connection (a client connects to every node it knows, and waits for all: a stalled node
+    /// must not take the whole op timeout), the op timeout each reply, and a command that
+    /// meets a cluster in transition (`CLUSTERDOWN` during a failover, `TRYAGAIN` during a
+    /// slot's migration, a connection refused) is retried after 20 ms, then less and less
+    /// often, up to the reconnect delay; the node's op timeout bounds the whole.
     pub(crate) fn builder(&self, settings: &Settings) -> ClusterClientBuilder {
         let max_wait = u64::try_from(settings.reconnect_max_delay.as_millis()).unwrap_or(u64::MAX).max(20);
         ClusterClientBuilder::new(self.0.clone())
-            .connection_timeout(settings.op_timeout)
+            .connection_timeout(settings.op_timeout / 4)
             .response_timeout(settings.op_timeout)
             .min_retry_wait(20)
             .max_retry_wait(max_wait)

@@ -222,7 +222,7 @@ async fn pump(shared: &Shared, stream: &mut Incoming, stop: &CancellationToken) 
                 return false;
             },
             _ = shared.relocate.notified() => {
-                tracing::warn!(node = %shared.instance, "redis says it is no longer the primary");
+                tracing::warn!(node = %shared.instance, "a command met a replica, or timed out on a cluster: locating the primaries again");
                 return false;
             }
             _ = ping.tick() => {
