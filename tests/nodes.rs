@@ -1,11 +1,11 @@
 //! Many nodes, end to end: `chat-server` processes sharing rooms through a real broker started
-//! here on free loopback ports, each scenario on Redis and on NATS JetStream (a single
-//! `nats-server -js`, and three nodes on a three-server JetStream cluster): clients over both
-//! transports, a node killed with SIGKILL and restarted; and the `chat-client` example as a
-//! process surviving a server restart.
+//! here on free loopback ports, each scenario on Redis (one server, and a Redis Cluster of three
+//! primaries) and on NATS JetStream (a single `nats-server -js`, and three nodes on a
+//! three-server JetStream cluster): clients over both transports, a node killed with SIGKILL
+//! and restarted; and the `chat-client` example as a process surviving a server restart.
 //!
-//! Needs `redis-server` and `nats-server` on the PATH (`apt-get install redis-server
-//! nats-server`). The examples are built by this test's cargo when they are missing or older
+//! Needs `redis-server`, `redis-cli` and `nats-server` on the PATH (`apt-get install
+//! redis-server redis-tools nats-server`). The examples are built by this test's cargo when they are missing or older
 //! than their sources.
 
 mod common;
@@ -60,6 +60,18 @@ async fn clients_on_two_nodes_chat_in_one_order_over_both_transports_on_redis() 
 async fn clients_on_two_nodes_chat_in_one_order_over_both_transports_on_nats() {
     let nats = NatsServer::start();
     clients_on_many_nodes_chat_in_one_order(&[nats.url(), nats.url()]).await;
+}
+
+/// Three nodes on a Redis Cluster of three primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_three_nodes_chat_in_one_order_on_a_redis_cluster() {
+    let cluster = redis_cluster().await;
+    clients_on_many_nodes_chat_in_one_order(&[cluster.url(), cluster.url(), cluster.url()]).await;
+}
+
+/// A Redis Cluster of three primaries (started off the runtime's threads: it waits for them).
+async fn redis_cluster() -> RedisCluster {
+    tokio::task::spawn_blocking(|| RedisCluster::start(3, 0)).await.expect("the Redis Cluster starts")
 }
 
 /// Three nodes, each on its own server of a three-server JetStream cluster storing every
@@ -141,6 +153,12 @@ async fn clients_on_many_nodes_chat_in_one_order(brokers: &[String]) {
 async fn a_killed_node_loses_no_acknowledged_message_on_redis() {
     let redis = Redis::start();
     a_killed_node_loses_no_acknowledged_message(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_acknowledged_message_on_a_redis_cluster() {
+    let cluster = redis_cluster().await;
+    a_killed_node_loses_no_acknowledged_message(&cluster.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,6 +274,12 @@ async fn a_killed_node_loses_no_acknowledged_message(broker: &str) {
 async fn a_restarted_node_keeps_seq_and_epoch_on_redis() {
     let redis = Redis::start();
     a_restarted_node_keeps_seq_and_epoch(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_seq_and_epoch_on_a_redis_cluster() {
+    let cluster = redis_cluster().await;
+    a_restarted_node_keeps_seq_and_epoch(&cluster.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

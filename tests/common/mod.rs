@@ -154,7 +154,7 @@ pub async fn ws(url: &str, user: &str) -> Client {
 #[allow(unused_imports)] // not every test binary starts Redis
 pub use chat_testkit::RedisServer as Redis;
 #[allow(unused_imports)] // not every test binary starts NATS
-pub use chat_testkit::{NatsCluster, NatsServer};
+pub use chat_testkit::{NatsCluster, NatsServer, RedisCluster};
 
 // ---------------------------------------------------------------------------------------------
 // The examples as processes.
