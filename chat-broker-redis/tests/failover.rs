@@ -1,14 +1,16 @@
 //! Failures under running engines: a node that dies without a word (its sessions leave
-//! presence within the expiry, with `member_left`), and Redis restarting empty under the nodes
+//! presence within the expiry, with `member_left`), a node taken for dead that was alive (its
+//! sessions come back), and Redis restarting empty under the nodes
 //! (sends fail fast with `unavailable`, delivery resumes by itself, the epoch changes).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use chat_broker_redis::RedisBroker;
 use chat_core::client::{HistoryQuery, PresenceEntry};
 use chat_core::protocol::Since;
-use chat_core::ErrorCode;
+use chat_core::{Engine, ErrorCode};
 use common::{connect, engine, eventually, member, messages, next_matching, reset, seqs, RedisServer};
 use serde_json::json;
 
@@ -48,6 +50,53 @@ async fn a_dropped_node_leaves_presence_within_the_expiry() {
     assert_eq!(alice.send("r", json!("still here")).await.unwrap(), Some(1));
     assert_eq!(seqs(&messages(&mut alice, "r", 1, WAIT).await), vec![1]);
     a.shutdown().await;
+}
+
+/// A node that stalled past its deadline (here: its deadline moved into the past) is swept by
+/// another: its users leave presence, and come back (`member_joined`, presence) on the node's
+/// next beat, which finds it was swept.
+#[tokio::test]
+async fn a_node_taken_for_dead_registers_its_presence_again() {
+    let redis = RedisServer::start();
+    // Node a beats every 2 s, b every 500 ms: b's sweep mostly comes before a's next beat.
+    let slow = RedisBroker::builder(redis.url())
+        .key_prefix("stall:")
+        .presence_ttl(Duration::from_secs(8))
+        .op_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let a = Engine::builder().node_id("a").broker(slow).build().await.unwrap();
+    let b = engine(&redis, "stall:", "b").await;
+    let (alice, _ta) = connect(&a, "alice").await;
+    alice.join("r", None).await.unwrap();
+    let (mut bob, _tb) = connect(&b, "bob").await;
+    bob.join("r", None).await.unwrap();
+    let mut conn = common::conn(&redis).await;
+    let live: Vec<String> =
+        redis::cmd("ZRANGE").arg("stall:{nodes}:live").arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    let node_a = live.iter().find(|n| n.starts_with("a-")).expect("node a is registered").clone();
+
+    // Its deadline passes: a sweep of b's removes alice, unless a beat of a's comes first and
+    // moves the deadline ahead again (about one time in four); then again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let _: i64 =
+            redis::cmd("ZADD").arg("stall:{nodes}:live").arg(0).arg(&node_a).query_async(&mut conn).await.unwrap();
+        let left =
+            tokio::time::timeout(Duration::from_secs(1), next_matching(&mut bob, WAIT, |e| member(e, "alice", false)));
+        if left.await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node a was never swept");
+    }
+    next_matching(&mut bob, WAIT, |e| member(e, "alice", true)).await;
+    let members = bob.presence("r").await.unwrap();
+    assert_eq!(members.members, [entry("alice", 1), entry("bob", 1)]);
+    let registry: Vec<String> =
+        redis::cmd("HKEYS").arg(format!("stall:node:{{{node_a}}}")).query_async(&mut conn).await.unwrap();
+    assert_eq!(registry.len(), 1, "the registry holds alice's session again: {registry:?}");
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 #[tokio::test]
