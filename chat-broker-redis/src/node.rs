@@ -22,7 +22,7 @@ use chat_core::broker::{
     Published, Transient,
 };
 use chat_core::{BrokerError, BrokerNode, RoomName};
-use redis::{FromRedisValue, Script, ScriptInvocation, Value};
+use redis::{FromRedisValue, Script, Value};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ use crate::presence;
 use crate::primary::{Conn, Locator, Source};
 use crate::publisher::{self, Pending, Queues};
 use crate::reply;
-use crate::scripts::SCRIPTS;
+use crate::scripts::{Call, SCRIPTS};
 use crate::subscriber::{self, Feed};
 use chat_core::broker::{random_u64, wire};
 
@@ -250,12 +250,8 @@ impl Shared {
     }
 
     /// Runs a script within the op timeout.
-    pub(crate) async fn eval<T: FromRedisValue>(
-        &self,
-        what: &str,
-        inv: &ScriptInvocation<'_>,
-    ) -> Result<T, BrokerError> {
-        self.query(what, async |conn| inv.invoke_async(conn).await).await
+    pub(crate) async fn eval<T: FromRedisValue>(&self, what: &str, inv: &Call<'_>) -> Result<T, BrokerError> {
+        self.query(what, async |conn| inv.invoke(conn).await).await
     }
 
     /// Runs a room script: `script` with the epoch prologue's keys and arguments (see
@@ -267,6 +263,15 @@ impl Shared {
     /// older than the origin, unknown to any node, goes on from the origin too: a node
     /// subscribing to a room does that once. The origin's idempotency keys, which a room that
     /// goes on from the origin gets too, are read only once the prologue found the room lost.
+    ///
+    /// With `replicas` above 0, the script is followed by Redis's `WAIT` for that many
+    /// replicas, in one pipeline on one connection to the server that runs it (see
+    /// [`Conn::pipeline_at`]), and fewer in time is `Unavailable`. Sent apart, the `WAIT` could
+    /// go to another server than the script did: a primary that stalled, was failed over and
+    /// came back runs the scripts queued to it before it learns it is a replica, while the
+    /// node, having read the cluster's map (or the sentinels) again meanwhile, would ask the new
+    /// primary whether its replicas have the message, and be told yes.
+    #[allow(clippy::too_many_arguments)]
     async fn room_eval<T: FromRedisValue>(
         &self,
         lane: Lane,
@@ -274,7 +279,8 @@ impl Shared {
         script: &Script,
         room: &str,
         ask_first: bool,
-        args: impl Fn(&mut ScriptInvocation<'_>),
+        replicas: u32,
+        args: impl Fn(&mut Call<'_>),
     ) -> Result<T, BrokerError> {
         // Where the origin has the room; with `keys`, followed by the keys to restore there.
         let ask = async |keys: bool| -> Result<String, BrokerError> {
@@ -302,7 +308,21 @@ impl Shared {
             args(&mut inv);
             // Asked once more at most: with the keys, the prologue does not refuse.
             let keyless = start == "?" || (start.starts_with('@') && !start.contains('\n'));
-            match self.query_raw(lane, what, async |conn| inv.invoke_async(conn).await).await? {
+            let answer = if replicas == 0 {
+                self.query_raw(lane, what, async |conn| inv.invoke(conn).await).await?
+            } else {
+                let (wait_ms, key) = (millis(self.settings.op_timeout / 2), self.keys.seq(room));
+                let run = async |conn: &mut Conn| invoke_replicated(conn, &inv, &key, replicas, wait_ms).await;
+                match self.query_raw(lane, what, run).await? {
+                    Ok((_, acknowledged)) if acknowledged < u64::from(replicas) => {
+                        return Err(BrokerError::Unavailable(format!(
+                            "stored, but {acknowledged} of {replicas} replicas acknowledged it in time"
+                        )));
+                    }
+                    answer => answer.and_then(|(answer, _)| Ok(T::from_redis_value(answer)?)),
+                }
+            };
+            match answer {
                 Err(e) if e.code() == Some("ORIGIN") && keyless => start = ask(true).await?,
                 answer => return answer.map_err(from_redis),
             }
@@ -314,8 +334,8 @@ impl Shared {
     /// origin has the room), and the epoch this node knows for the room and the last seq it
     /// delivered there, so that a Redis that came back older starts a new epoch
     /// (lua/epoch.lua) instead of handing out seqs the node has already delivered.
-    fn room_script<'a>(&self, script: &'a Script, room: &str, start: &str) -> ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
+    fn room_script<'a>(&self, script: &'a Script, room: &str, start: &str) -> Call<'a> {
+        let mut inv = Call::new(script);
         inv.key(self.keys.epoch(room)).key(self.keys.seq(room)).key(self.keys.stream(room));
         inv.arg(start).arg(self.epoch_ttl_ms.load(Ordering::Relaxed));
         match lock(&self.subs).get(room).and_then(Track::known) {
@@ -327,7 +347,7 @@ impl Shared {
 
     /// The room's position (creating its epoch if it has none).
     pub(crate) async fn position(&self, room: &str) -> Result<Position, BrokerError> {
-        let answer = self.room_eval(Lane::Control, "position", &SCRIPTS.position, room, true, |_| {}).await?;
+        let answer = self.room_eval(Lane::Control, "position", &SCRIPTS.position, room, true, 0, |_| {}).await?;
         let items = reply::array(answer).ok_or_else(|| bad_reply("position"))?;
         let mut items = items.into_iter();
         let (Some(epoch), Some(seq)) = (items.next(), items.next()) else { return Err(bad_reply("position")) };
@@ -360,7 +380,7 @@ impl Shared {
             _ => "n",
         };
         let answer = self
-            .room_eval(Lane::Control, "history", &SCRIPTS.history, room, false, |inv| {
+            .room_eval(Lane::Control, "history", &SCRIPTS.history, room, false, 0, |inv| {
                 inv.arg(direction).arg(format!("{lo}-0")).arg(format!("{}-0", hi.unwrap_or(0))).arg(q.limit.max(1));
             })
             .await?;
@@ -391,7 +411,7 @@ impl Shared {
         let field = registry_field(room, &held.session);
         let register = redis::cmd("HSET").arg(self.keys.node(&self.instance)).arg(field).arg(&held.user).to_owned();
         self.query("presence_add", async |conn| register.query_async::<Value>(conn).await).await?;
-        let mut inv = SCRIPTS.presence_add.prepare_invoke();
+        let mut inv = Call::new(&SCRIPTS.presence_add);
         inv.key(self.keys.sessions(room)).key(self.keys.users(room)).arg(&held.session).arg(&held.user);
         let first: i64 = self.eval("presence_add", &inv).await?;
         Ok(first == 1)
@@ -413,7 +433,7 @@ impl Shared {
     /// Removes a session from the room's presence: true when it was the user's last session
     /// there. With `announce`, the script says on the room's channel that the user left.
     async fn presence_drop(&self, room: &str, session: &str, announce: bool) -> Result<bool, BrokerError> {
-        let mut inv = SCRIPTS.presence_remove.prepare_invoke();
+        let mut inv = Call::new(&SCRIPTS.presence_remove);
         inv.key(self.keys.sessions(room)).key(self.keys.users(room)).arg(session);
         if announce {
             inv.arg(self.keys.channel(room)).arg(self.publish_command());
@@ -445,24 +465,6 @@ impl Shared {
         lock(&self.unremoved).len()
     }
 
-    /// Waits until `replicas` replicas have every publish this node made so far into `room`'s
-    /// shard (Redis's `WAIT`, on the connection that made them), within half the op timeout.
-    async fn replicated(&self, room: &str, replicas: u32) -> Result<(), BrokerError> {
-        let wait_ms = millis(self.settings.op_timeout / 2);
-        let cmd = redis::cmd("WAIT").arg(replicas).arg(wait_ms).to_owned();
-        let key = self.keys.seq(room);
-        let acknowledged: u64 = self
-            .query_raw(Lane::Publish, "wait", async |conn| conn.query_at(&cmd, &key).await)
-            .await?
-            .map_err(from_redis)?;
-        if acknowledged < u64::from(replicas) {
-            return Err(BrokerError::Unavailable(format!(
-                "stored, but {acknowledged} of {replicas} replicas acknowledged it in time"
-            )));
-        }
-        Ok(())
-    }
-
     /// Stores one batch of a room's publishes (`lua/publish.lua`): the outcome of each, in
     /// order. The newest message stored is recorded as known to this node (`Track::stored`).
     pub(crate) async fn store_batch(&self, room: &RoomName, batch: &[Pending]) -> Result<Vec<Published>, BrokerError> {
@@ -470,8 +472,12 @@ impl Shared {
         // The room-wide settings are the engine's, the same for every message of a node.
         let opts = &first.opts;
         self.epoch_ttl_ms.store(millis(opts.history_ttl), Ordering::Relaxed);
+        // Duplicates are waited for too: the first send may have been stored and not
+        // replicated (it was answered `unavailable`); the script's write on the key makes the
+        // wait cover it.
+        let replicas = self.settings.replicas_to_acknowledge;
         let answer = self
-            .room_eval(Lane::Publish, "publish", &SCRIPTS.publish, room, false, |inv| {
+            .room_eval(Lane::Publish, "publish", &SCRIPTS.publish, room, false, replicas, |inv| {
                 inv.arg(self.keys.channel(room)).arg(opts.history_size).arg(millis(opts.idempotency_window));
                 inv.arg(self.publish_command());
                 let mut keys = 3;
@@ -491,11 +497,6 @@ impl Shared {
             })
             .await?;
         let stored = publisher::outcomes(answer, batch.len()).ok_or_else(|| bad_reply("publish"))?;
-        if self.settings.replicas_to_acknowledge > 0 {
-            // Duplicates too: the first send may have been stored and not replicated (it was
-            // answered `unavailable`); the script's write on the key makes this wait cover it.
-            self.replicated(room, self.settings.replicas_to_acknowledge).await?;
-        }
         let newest = stored.iter().rev().find_map(|s| Some((s.published.seq, s.id?, &s.published.epoch)));
         if let Some((seq, id, epoch)) = newest {
             if let Some(track) = lock(&self.subs).get_mut(room.as_str()) {
@@ -532,7 +533,7 @@ impl Shared {
         let (lease, dead) = match node {
             Some(node) => (String::new(), vec![node.to_owned()]),
             None => {
-                let mut inv = SCRIPTS.claim.prepare_invoke();
+                let mut inv = Call::new(&SCRIPTS.claim);
                 inv.key(self.keys.nodes()).key(self.keys.swept()).arg(millis(self.settings.presence_ttl));
                 let claimed: Vec<Value> = self.eval("sweep", &inv).await?;
                 let mut claimed = claimed.into_iter();
@@ -563,10 +564,57 @@ impl Shared {
         }
         let delete = redis::cmd("DEL").arg(&registry).to_owned();
         self.query("sweep", async |conn| delete.query_async::<Value>(conn).await).await?;
-        let mut inv = SCRIPTS.swept.prepare_invoke();
+        let mut inv = Call::new(&SCRIPTS.swept);
         inv.key(self.keys.nodes()).key(self.keys.swept()).arg(node).arg(lease);
         self.eval::<Value>("sweep", &inv).await?;
         Ok(left)
+    }
+}
+
+/// Runs `call` and `WAIT`s for `replicas` (within `wait_ms`) in one pipeline to the server that
+/// holds `key` (see [`Shared::room_eval`]): the script's answer and how many replicas
+/// acknowledged. A script Redis does not have is loaded and the pipeline sent again; on a
+/// cluster, a slot that moved (`MOVED`) or is moving (`ASK`) sends it again where Redis said,
+/// once.
+async fn invoke_replicated(
+    conn: &mut Conn,
+    call: &Call<'_>,
+    key: &str,
+    replicas: u32,
+    wait_ms: u64,
+) -> redis::RedisResult<(Value, u64)> {
+    let (mut to, mut loaded) = (None::<(String, bool)>, false);
+    loop {
+        let mut pipe = redis::pipe();
+        let asking = matches!(to, Some((_, true)));
+        if asking {
+            pipe.cmd("ASKING");
+        }
+        pipe.add_command(call.cmd()).cmd("WAIT").arg(replicas).arg(wait_ms);
+        let mut replies = conn.pipeline_at(&pipe, key, to.as_ref().map(|(at, _)| at.as_str())).await?.into_iter();
+        if asking {
+            replies.next().map(Value::extract_error).transpose()?;
+        }
+        let (Some(answer), Some(acknowledged)) = (replies.next(), replies.next()) else {
+            return Err((redis::ErrorKind::UnexpectedReturnType, "a short answer to a script and WAIT").into());
+        };
+        match answer.extract_error() {
+            Ok(answer) => return Ok((answer, u64::from_redis_value(acknowledged.extract_error()?)?)),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) && !loaded => {
+                call.load(conn).await?;
+                loaded = true;
+            }
+            Err(e) if to.is_none() && e.redirect_node().is_some() => {
+                let ask = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask);
+                if !ask {
+                    // A pipeline's answers do not update the connection's map of the cluster; a
+                    // command on the key, which meets the same MOVED, does.
+                    let _ = redis::cmd("EXISTS").arg(key).query_async::<Value>(conn).await;
+                }
+                to = e.redirect_node().map(|(at, _)| (at.to_owned(), ask));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -745,7 +793,7 @@ impl BrokerNode for RedisNode {
 
     async fn erase(&self, room: &RoomName, seq: u64) -> Result<bool, BrokerError> {
         let s = &self.shared;
-        let mut inv = SCRIPTS.erase.prepare_invoke();
+        let mut inv = Call::new(&SCRIPTS.erase);
         inv.key(s.keys.stream(room)).arg("s").arg(seq);
         let erased: u64 = s.eval("erase", &inv).await?;
         Ok(erased > 0)
@@ -771,7 +819,7 @@ impl BrokerNode for RedisNode {
                 let (next, streams): (u64, Vec<String>) =
                     s.query("erase_user", async |conn| conn.query_on(&scan, primary.as_ref()).await).await?;
                 for stream in streams {
-                    let mut inv = SCRIPTS.erase.prepare_invoke();
+                    let mut inv = Call::new(&SCRIPTS.erase);
                     inv.key(stream).arg("u").arg(user);
                     erased += s.eval::<u64>("erase_user", &inv).await?;
                 }

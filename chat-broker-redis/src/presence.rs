@@ -16,14 +16,14 @@ use chat_core::{BrokerError, RoomName};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{lock, millis, Held, Shared};
-use crate::scripts::SCRIPTS;
+use crate::scripts::{Call, SCRIPTS};
 use chat_core::broker::{wire, Transient};
 
 /// Refreshes this node's deadline; registers its sessions again if Redis had forgotten it.
 pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
     let s = &shared.settings;
     let lifetime = s.presence_ttl.saturating_sub(s.heartbeat_interval());
-    let mut inv = SCRIPTS.heartbeat.prepare_invoke();
+    let mut inv = Call::new(&SCRIPTS.heartbeat);
     inv.key(shared.keys.nodes()).key(shared.keys.swept());
     inv.arg(&shared.instance).arg(millis(lifetime));
     let state: i64 = shared.eval("heartbeat", &inv).await?;

@@ -114,17 +114,28 @@ impl ConnectionLike for Conn {
 }
 
 impl Conn {
-    /// Runs a keyless command (`WAIT`) on the server that holds `key`: on a cluster, the
-    /// primary of the key's slot, over the connection the commands on that key took.
-    pub(crate) async fn query_at<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
+    /// Sends a pipeline to the server that holds `key` (on a cluster, the primary of its slot
+    /// as this connection's map has it, or the node `at`, `host:port`, where Redis redirected
+    /// it), all of it on one connection: the answers in order, errors among them as values.
+    pub(crate) async fn pipeline_at(
+        &mut self,
+        pipe: &redis::Pipeline,
+        key: &str,
+        at: Option<&str>,
+    ) -> RedisResult<Vec<Value>> {
         match self {
-            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Single(c) => c.req_packed_commands(pipe, 0, pipe.len()).await,
             Conn::Cluster(c) => {
-                let route = Route::with_key(key, SlotAddr::Master);
-                let value = c
-                    .route_command(cmd.clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)))
-                    .await?;
-                Ok(T::from_redis_value(value)?)
+                let to = match at.and_then(|at| at.rsplit_once(':')) {
+                    Some((host, port)) => SingleNodeRoutingInfo::ByAddress {
+                        host: host.to_owned(),
+                        port: port
+                            .parse()
+                            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Parse, "a redirection's port")))?,
+                    },
+                    None => SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)),
+                };
+                c.route_pipeline(pipe.clone(), 0, pipe.len(), to).await
             }
         }
     }
