@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use chat_core::client::{Client, Event};
 use chat_core::{Engine, ErrorCode};
+use chat_testkit::redis_cluster::Reply;
 use chat_testkit::RedisCluster;
 use common::{connect, engine_at};
 use futures::future::join_all;
@@ -769,4 +770,87 @@ async fn a_primary_frozen_past_its_failover_loses_no_acknowledged_message_silent
     world.wait(&format!("10 more acknowledgements in {room}"), OUTAGE, |p| p.acks[r] >= acks + 10).await;
     let outcome = world.finish().await;
     outcome.check(settled, true);
+}
+
+/// The replication offset a Redis node has reached (`master_repl_offset` of `INFO
+/// replication`: what a primary has written, what a replica has applied).
+fn replication_offset(cluster: &RedisCluster, port: u16) -> u64 {
+    let info = cluster.command(port, &["INFO", "replication"]);
+    let text = info.text().unwrap_or_else(|| panic!("INFO replication on port {port} answered {info}"));
+    let line = text.lines().find_map(|l| l.trim().strip_prefix("master_repl_offset:"));
+    line.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no master_repl_offset on port {port}:\n{text}"))
+}
+
+/// The replica froze and its primary dropped it, then took three more messages, which the
+/// replica never got; the primary dies and that replica takes over. Its history is older than
+/// what the nodes delivered, so the room starts a new epoch holding what the replica has
+/// (1..5): members on both nodes get `reset`, then that history and the next sends, and a
+/// client coming back with the old epoch is told it did not recover. (The cluster's version of
+/// tests/sentinel.rs's `a_failover_to_a_replica_that_missed_writes_starts_a_new_epoch`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_replica_that_missed_writes_starts_a_new_epoch() {
+    let mut cluster = blocking(|| RedisCluster::start(3, 1));
+    let room = "r";
+    let primary = blocking(|| cluster.primary_of_slot(slot_of(room)));
+    let replica = blocking(|| cluster.replicas_of(primary))[0];
+    let url = cluster.url();
+    let a = engine_at(&url, "missed:", "a").await;
+    let b = engine_at(&url, "missed:", "b").await;
+    let (mut alice, _ta) = connect(&a, "alice").await;
+    let (mut bob, _tb) = connect(&b, "bob").await;
+    let old = alice.join(room, None).await.expect("join").epoch;
+    bob.join(room, None).await.expect("join");
+    for n in 1..=5 {
+        assert_eq!(alice.send(room, json!(n)).await.expect("send"), Some(n));
+    }
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(common::seqs(&common::messages(c, room, 5, WAIT).await), vec![1, 2, 3, 4, 5]);
+    }
+    let written = blocking(|| replication_offset(&cluster, primary));
+    common::eventually("the replica to have every write", WAIT, || async {
+        (blocking(|| replication_offset(&cluster, replica)) >= written).then_some(())
+    })
+    .await;
+    // The replica freezes and the primary drops it (a frozen replica would still receive what
+    // the primary sends, in its socket buffer): what comes next exists only on the primary.
+    blocking(|| {
+        cluster.pause(replica);
+        let dropped = cluster.command(primary, &["CLIENT", "KILL", "TYPE", "replica"]);
+        assert_eq!(dropped, Reply::Integer(1), "CLIENT KILL TYPE replica on port {primary}");
+    });
+    for n in 6..=8 {
+        assert_eq!(alice.send(room, json!(n)).await.expect("send"), Some(n));
+    }
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(common::seqs(&common::messages(c, room, 3, WAIT).await), vec![6, 7, 8]);
+    }
+    // The primary dies; the replica wakes up without 6..8 and takes over.
+    let new = blocking(|| {
+        cluster.kill(primary);
+        cluster.resume(replica);
+        cluster.wait_failover(primary)
+    });
+    assert_eq!(new, replica);
+    let seq = blocking(|| cluster.command(new, &["GET", &format!("missed:{{{room}}}:s")]));
+    assert_eq!(seq, Reply::Bulk(b"5".to_vec()), "the new primary missed 6..8");
+
+    let seq =
+        common::eventually("a send after the failover", OUTAGE, || async { bob.send(room, json!("new")).await.ok() })
+            .await;
+    assert_eq!(seq, Some(6), "after the replica's 1..5, in a new epoch");
+    for c in [&mut alice, &mut bob] {
+        let reset = common::next_matching(c, WAIT, |e| common::reset(e).filter(|r| r.room == room)).await;
+        assert_ne!(reset.epoch, old, "not seq 6 again in the old epoch");
+        let expected: Vec<_> = (1..=5).map(|n| (n, json!(n))).chain([(6, json!("new"))]).collect();
+        assert_eq!(common::messages(c, room, 6, WAIT).await, expected);
+    }
+    assert_eq!(alice.send(room, json!("more")).await.expect("send"), Some(7));
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(common::messages(c, room, 1, WAIT).await, vec![(7, json!("more"))]);
+    }
+    let (carol, _tc) = connect(&a, "carol").await;
+    let back = carol.join(room, Some(chat_core::protocol::Since::new(&old, 8))).await.expect("join");
+    assert!(!back.recovered, "{back:?}");
+    a.shutdown().await;
+    b.shutdown().await;
 }
