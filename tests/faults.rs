@@ -11,14 +11,15 @@
 //! `since` replays are exact (or `recovered: false`), no message was invented or stored twice,
 //! and an acknowledged message is lost only to a fault that can lose it. The same checker runs
 //! on Redis under Sentinel (a primary, a replica, three sentinels: the primary is killed or
-//! frozen and the replica takes over), on NATS JetStream (one server frozen, killed and
-//! restarted; a three-server cluster storing each message on all three, one server killed at a
-//! time) and on one node with the in-memory broker; two more tests replay bugs it found,
-//! deterministically (docs/faults.md).
+//! frozen and the replica takes over), on a Redis Cluster (three primaries with a replica each:
+//! a primary is killed, or frozen past its failover, and its replica takes over), on NATS
+//! JetStream (one server frozen, killed and restarted; a three-server cluster storing each
+//! message on all three, one server killed at a time) and on one node with the in-memory
+//! broker; two more tests replay bugs it found, deterministically (docs/faults.md).
 //!
 //! `CHAT_FAULTS_SEED` replays a run (the seed is printed first, with the fault schedule);
 //! `CHAT_FAULTS_SECS` sets the length of the fault phase (default 60 s on Redis, half of it
-//! under Sentinel and on the memory broker). A failure prints the seed, the faults with their
+//! under Sentinel, on a Redis Cluster and on the memory broker). A failure prints the seed, the faults with their
 //! times and the offending client's log. Needs `redis-server` and `nats-server` on the PATH.
 
 mod common;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use chat_core::client::{Client, Event, HistoryQuery, Message};
 use chat_core::protocol::Since;
+use chat_testkit::RedisCluster;
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -382,6 +384,61 @@ impl SentinelSide {
     }
 }
 
+/// A Redis Cluster of three primaries with a replica each, which the nodes find through a
+/// `redis+cluster://` URL naming every cluster node. The three [`ROOMS`] live on three different
+/// primaries (their hash tags fall in the three primaries' slot ranges), so a primary's death
+/// always hits one room. Which nodes are the primaries changes with each failover.
+struct RedisClusterSide {
+    servers: RedisCluster,
+}
+
+impl RedisClusterSide {
+    fn start() -> RedisClusterSide {
+        let servers = tokio::task::block_in_place(|| RedisCluster::start(3, 1));
+        let owners: BTreeSet<u16> =
+            ROOMS.iter().map(|room| servers.primary_of_slot(RedisCluster::key_slot(format!("{{{room}}}")))).collect();
+        assert_eq!(owners.len(), ROOMS.len(), "the rooms {ROOMS:?} are meant to live on three primaries: {owners:?}");
+        RedisClusterSide { servers }
+    }
+
+    fn url(&self) -> String {
+        self.servers.url()
+    }
+
+    /// The port of the primary serving `room`'s keys.
+    fn primary_of(&self, room: &str) -> u16 {
+        self.servers.primary_of_slot(RedisCluster::key_slot(format!("{{{room}}}")))
+    }
+
+    /// SIGKILL of the primary serving `room`; once its replica has taken over (every node
+    /// agrees), the killed one starts again, empty, and comes back as the new primary's replica.
+    /// Blocking: run off the runtime's other thread.
+    fn kill_primary(&mut self, room: &str) -> String {
+        let old = self.primary_of(room);
+        self.servers.kill(old);
+        let new = self.servers.wait_failover(old);
+        self.servers.restart(old);
+        self.servers.wait_ready();
+        format!("primary :{old} of {room} killed (SIGKILL), its replica :{new} took over; :{old} back as its replica")
+    }
+
+    /// SIGSTOP of the primary serving `room` until its replica has taken over, then SIGCONT:
+    /// it finds itself demoted and becomes the new primary's replica. Blocking: run off the
+    /// runtime's other thread.
+    fn pause_primary(&mut self, room: &str) -> String {
+        let old = self.primary_of(room);
+        let paused = Instant::now();
+        self.servers.pause(old);
+        let new = self.servers.wait_failover(old);
+        let held = paused.elapsed();
+        self.servers.resume(old);
+        self.servers.wait_ready();
+        format!(
+            "primary :{old} of {room} paused (SIGSTOP) until its replica :{new} took over ({held:?}), then SIGCONT: back as its replica"
+        )
+    }
+}
+
 /// One command to a Redis or Sentinel on `port`, its reply flattened to strings (bulk strings
 /// and integers of an array, or the one value); `None` when it does not answer in time.
 async fn resp(port: u16, args: &[&str]) -> Option<Vec<String>> {
@@ -427,6 +484,8 @@ enum Backend {
     /// Three `nats-server -js` as one JetStream cluster; the nodes store each message on all
     /// three (`--nats-replicas 3`) and know every server.
     NatsCluster(NatsCluster),
+    /// A Redis Cluster of three primaries with a replica each.
+    RedisCluster(RedisClusterSide),
 }
 
 /// The nodes (some may be down) and their broker. Clients find the live nodes' addresses in
@@ -458,13 +517,14 @@ impl Cluster {
             Backend::Memory => "memory".to_owned(),
             Backend::Nats(nats) => nats.url(),
             Backend::NatsCluster(cluster) => cluster.url(),
+            Backend::RedisCluster(cluster) => cluster.url(),
         };
         let id = format!("n{i}");
         let args =
             ["--broker", &broker, "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--node-id", &id, "--presence-ttl-ms"];
         let mut args = args.to_vec();
         args.push(PRESENCE_TTL_MS);
-        if let Backend::Sentinel(_) = self.backend {
+        if let Backend::Sentinel(_) | Backend::RedisCluster(_) = self.backend {
             // `sent` once the replica has it too: a failover then loses no acknowledged message.
             args.extend(["--redis-replicas", "1"]);
         }
@@ -518,6 +578,12 @@ enum Fault {
     RestartNats,
     /// SIGKILL of one server of the JetStream cluster; it starts again after `down`.
     KillNatsServer { server: usize, down: Duration },
+    /// SIGKILL of the Redis Cluster primary serving `ROOMS[room]`: its replica takes over, and
+    /// the killed one comes back as the replica.
+    KillClusterPrimary { room: usize },
+    /// SIGSTOP of the Redis Cluster primary serving `ROOMS[room]` until its replica has taken
+    /// over, then SIGCONT: it steps down and becomes the replica.
+    PauseClusterPrimary { room: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,6 +599,8 @@ enum FaultKind {
     PauseNats,
     RestartNats,
     KillNatsServer,
+    KillClusterPrimary,
+    PauseClusterPrimary,
 }
 
 impl Fault {
@@ -549,6 +617,10 @@ impl Fault {
             FaultKind::RestartNats => Fault::RestartNats,
             FaultKind::KillNatsServer => {
                 Fault::KillNatsServer { server: rng.below(3) as usize, down: rng.ms(500, 3000) }
+            }
+            FaultKind::KillClusterPrimary => Fault::KillClusterPrimary { room: rng.below(ROOMS.len() as u64) as usize },
+            FaultKind::PauseClusterPrimary => {
+                Fault::PauseClusterPrimary { room: rng.below(ROOMS.len() as u64) as usize }
             }
             FaultKind::CutClients => {
                 let n = 1 + rng.below(3);
@@ -569,10 +641,13 @@ impl Fault {
             // them (docs/faults.md).
             return matches!(self, Fault::RestartRedis);
         }
-        // Under Sentinel, replication is asynchronous: a failover (or a pause long enough to
-        // cause one) may lose what the old primary had not passed on.
+        // Under Sentinel and in a Redis Cluster, replication is asynchronous: a failover (or a
+        // pause long enough to cause one) may lose what the old primary had not passed on.
         match self {
-            Fault::RestartRedis | Fault::FailoverRedis => true,
+            Fault::RestartRedis
+            | Fault::FailoverRedis
+            | Fault::KillClusterPrimary { .. }
+            | Fault::PauseClusterPrimary { .. } => true,
             Fault::PauseRedis { .. } => matches!(cluster.backend, Backend::Sentinel(_)),
             Fault::KillNode { .. } => matches!(cluster.backend, Backend::Memory),
             // JetStream acknowledges a message once its file store has it; a killed server
@@ -602,6 +677,8 @@ impl Fault {
             Fault::PauseNats { hold } => pause_nats(cluster, *hold).await,
             Fault::RestartNats => restart_nats(cluster),
             Fault::KillNatsServer { server, down } => kill_nats_server(cluster, *server, *down).await,
+            Fault::KillClusterPrimary { room } => kill_cluster_primary(cluster, ROOMS[*room]),
+            Fault::PauseClusterPrimary { room } => pause_cluster_primary(cluster, ROOMS[*room]),
         }
     }
 }
@@ -633,6 +710,18 @@ async fn kill_nats_server(cluster: &mut Cluster, server: usize, down: Duration) 
         nats.wait_ready();
     });
     format!("NATS server n{server} killed (SIGKILL), restarted after {down:?}")
+}
+
+fn kill_cluster_primary(cluster: &mut Cluster, room: &str) -> String {
+    let Backend::RedisCluster(redis) = &mut cluster.backend else { return "no Redis Cluster".to_owned() };
+    // Blocking waits (for the failover, the restart, the cluster to agree), off the runtime's
+    // other thread, where the clients go on.
+    tokio::task::block_in_place(|| redis.kill_primary(room))
+}
+
+fn pause_cluster_primary(cluster: &mut Cluster, room: &str) -> String {
+    let Backend::RedisCluster(redis) = &mut cluster.backend else { return "no Redis Cluster".to_owned() };
+    tokio::task::block_in_place(|| redis.pause_primary(room))
 }
 
 async fn pause_store(cluster: &mut Cluster, hold: Duration) -> String {
@@ -1752,6 +1841,22 @@ async fn nodes_on_redis_under_sentinel_lose_nothing_silently_under_failovers() {
     let kinds = [FaultKind::KillNode, FaultKind::FailoverRedis, FaultKind::CutClients];
     let sentinel = SentinelSide::start().await;
     run("redis under sentinel, 3 nodes", Backend::Sentinel(sentinel), None, 3, &kinds, secs.div_ceil(2), seed).await;
+}
+
+/// The same checker on a Redis Cluster of three primaries with a replica each, one room on
+/// each primary: the primary of a room is killed (its replica takes over, the killed one comes
+/// back as the replica) or frozen until its replica has taken over (it steps down when let go),
+/// while nodes are killed and connections cut. The nodes answer `sent` once a replica has a
+/// message (`--redis-replicas 1`); a failover may still lose what they acknowledged, but never
+/// silently: the room starts a new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_a_redis_cluster_lose_nothing_silently_when_a_primary_dies() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (seed, secs) = settings(60);
+    let kinds =
+        [FaultKind::KillNode, FaultKind::KillClusterPrimary, FaultKind::PauseClusterPrimary, FaultKind::CutClients];
+    let redis = RedisClusterSide::start();
+    run("redis cluster, 3 nodes", Backend::RedisCluster(redis), None, 3, &kinds, secs.div_ceil(2), seed).await;
 }
 
 /// The checker on NATS JetStream, one server with file storage: nodes killed, NATS frozen for

@@ -1,6 +1,7 @@
 //! Test support: a real `redis-server` on a free loopback port that each test starts itself
-//! (and can kill and start again on the same port), engines on a `RedisBroker`, and clients
-//! wired to them in-process through channels.
+//! (and can kill and start again on the same port), engines on a `RedisBroker` (on that server,
+//! or on any URL the broker takes: Sentinel, Cluster), and clients wired to them in-process
+//! through channels.
 
 #![allow(dead_code)]
 
@@ -40,7 +41,13 @@ pub fn broker_at(url: &str, prefix: &str) -> RedisBroker {
 
 /// An engine named `node` on `redis`.
 pub async fn engine(redis: &RedisServer, prefix: &str, node: &str) -> Engine {
-    Engine::builder().node_id(node).broker(broker(redis, prefix)).build().await.expect("engine attaches")
+    engine_at(&redis.url(), prefix, node).await
+}
+
+/// An engine named `node` on the Redis at `url` (any form `RedisBroker::new` takes), with the
+/// short timings of [`broker_at`].
+pub async fn engine_at(url: &str, prefix: &str, node: &str) -> Engine {
+    Engine::builder().node_id(node).broker(broker_at(url, prefix)).build().await.expect("engine attaches")
 }
 
 /// A client of `engine` as `user`, wired in-process; the handle runs the server side.
