@@ -576,7 +576,7 @@ run() {
     redis-cluster-raw)
       # Raw Redis Cluster on the same payload, as the cluster broker publishes (sharded pub/sub,
       # on the shard serving the room's slot): SPUBLISH of $RAW_PAYLOAD_BYTES bytes. One shard
-      # channel per shard (chat:chan:{bench-N}, a name whose slot that shard serves), each with
+      # channel per shard (chat:{bench-N}:chan, a name whose slot that shard serves), each with
       # one subscriber (redis-cli SSUBSCRIBE on its shard, as a node subscribes to its rooms), and
       # one redis-benchmark per shard, all at once (on $SERVER_CORE), C connections each pipelining
       # P: C x P = 1 x 1, 1 x 16, 17 x 1, 17 x 16 (3 x 17 = 51 connections, next to redis-raw's 50);
@@ -591,7 +591,7 @@ run() {
       payload=$(head -c "$RAW_PAYLOAD_BYTES" /dev/zero | tr '\0' x)
       for j in 0 1 2; do
         port=${REDIS_PORTS[j]}
-        chans[j]=$(redis_key_on "chat:chan:{bench-%d}" "$port")
+        chans[j]=$(redis_key_on "chat:{bench-%d}:chan" "$port")
         # The subscriber is slower than Redis at full speed: no output-buffer limit (see redis-raw).
         redis-cli -p "$port" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
         taskset -c "$SERVER_CORE" redis-cli -p "$port" ssubscribe "${chans[j]}" >/dev/null &
@@ -634,7 +634,7 @@ run() {
       for port in "${REDIS_PORTS[@]}"; do redis-cli -p "$port" config resetstat >/dev/null; done
       before=$(redis_stats)
       taskset -c "$SERVER_CORE" redis-benchmark --cluster -p "${REDIS_PORTS[0]}" -c "$c" -P "$pl" -n 1200000 --csv \
-        SPUBLISH "chat:chan:{tag}" "$payload" >"$OUT/$name.s0" 2>&1 &
+        SPUBLISH "chat:{tag}:chan" "$payload" >"$OUT/$name.s0" 2>&1 &
       bp=("$!"); PIDS+=("$!")
       raw_cluster_line "SPUBLISH --cluster (no subscriber)" 3 1
       # Still one subscriber per shard channel at the end.
