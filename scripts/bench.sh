@@ -599,8 +599,11 @@ run() {
       done
       sleep 0.5
       : >"$OUT/$name.csv"
-      raw_cluster_line() {  # $1 label, $2 shards, $3 benchmarks (default $2: one per shard, bp); a CSV line
-        local k r all="" tot=0 min=""
+      # $1 label, $2 shards, $3 benchmarks (bp; default $2, one per shard), $4 messages per
+      # request (default 1), $5 bytes per message (default the payload's): appends a CSV line
+      # (requests/s: added, the slowest shard's, each; Redis CPU per message; script usec per call).
+      raw_cluster_line() {
+        local k r all="" tot=0 min="" stats
         wait "${bp[@]}"
         after=$(redis_stats)
         for k in $(seq 0 $((${3:-$2} - 1))); do
@@ -608,9 +611,11 @@ run() {
           all+="$r;"; tot=$(awk -v a="$tot" -v b="$r" 'BEGIN {print a + b}')
           min=$(awk -v a="${min:-$r}" -v b="$r" 'BEGIN {print (b < a ? b : a)}')
         done
-        cpu=$(LC_ALL=C join <(LC_ALL=C sort <<<"$before") <(LC_ALL=C sort <<<"$after") |
-          awk '{cpu += $7 - $2; n += $11} END {if (n > 0) printf "%.3f", cpu * 1e6 / n}')
-        echo "$1,$RAW_PAYLOAD_BYTES,$2,$c,$pl,$tot,$min,${all%;},$cpu" >>"$OUT/$name.csv"
+        # Every request (an SPUBLISH, or a script call that makes one) is one SPUBLISH.
+        stats=$(LC_ALL=C join <(LC_ALL=C sort <<<"$before") <(LC_ALL=C sort <<<"$after") | awk -v m="${4:-1}" '
+          {cpu += $7 - $2; n += $11; sc += $8; su += $9}
+          END {if (n > 0) printf "%.3f", cpu * 1e6 / n / m; printf ","; if (sc > 0) printf "%.2f", su / sc}')
+        echo "$1,${5:-$RAW_PAYLOAD_BYTES},$2,$c,$pl,$tot,$min,${all%;},$stats" >>"$OUT/$name.csv"
       }
       for shards in 3 1; do
         for c in 1 17; do
@@ -637,10 +642,32 @@ run() {
         SPUBLISH "chat:{tag}:chan" "$payload" >"$OUT/$name.s0" 2>&1 &
       bp=("$!"); PIDS+=("$!")
       raw_cluster_line "SPUBLISH --cluster (no subscriber)" 3 1
+      # Our publish script (as redis-raw's EVALSHA, with SPUBLISH as the publishing command, as
+      # on a cluster) on each shard at once, keys and channel in that shard's bench slot: batches
+      # of 1 and of 16 messages, 17 connections per shard pipelining 16.
+      local body sha msg tag
+      body=$(printf '{"t":1000000000000000,"p":"%s"}' "$(head -c 99 /dev/zero | tr '\0' x)")
+      c=17; pl=16
+      for n in 1 16; do
+        msg=()
+        for _ in $(seq "$n"); do msg+=(pub-0-0 1795826582184 "$body" ""); done
+        wait_quiet
+        for port in "${REDIS_PORTS[@]}"; do redis-cli -p "$port" config resetstat >/dev/null; done
+        before=$(redis_stats); bp=()
+        for j in 0 1 2; do
+          tag=${chans[j]#chat:\{}; tag=${tag%%\}*}
+          sha=$(redis-cli -p "${REDIS_PORTS[j]}" script load "$(printf '#!lua\n'; cat chat-broker-redis/src/lua/epoch.lua chat-broker-redis/src/lua/publish.lua)")
+          taskset -c "$SERVER_CORE" redis-benchmark -p "${REDIS_PORTS[j]}" -c "$c" -P "$pl" -n $((100000 / n)) --csv \
+            EVALSHA "$sha" 3 "chat:{$tag}:e" "chat:{$tag}:s" "chat:{$tag}:h" r0bench 86400000 "" 0 "" \
+            "${chans[j]}" 1000 300000 SPUBLISH "${msg[@]}" >"$OUT/$name.s$j" 2>&1 &
+          bp+=("$!"); PIDS+=("$!")
+        done
+        raw_cluster_line "EVALSHA publish.lua x$n (SPUBLISH)" 3 3 "$n" "${#body}"
+      done
       # Still one subscriber per shard channel at the end.
       for j in 0 1 2; do
         echo "${REDIS_PORTS[j]} ${chans[j]}: $(redis-cli -p "${REDIS_PORTS[j]}" pubsub shardnumsub "${chans[j]}" | tail -1) subscriber(s)"
-        redis-cli -p "${REDIS_PORTS[j]}" info commandstats | grep -E 'cmdstat_(spublish|ssubscribe)' || true
+        redis-cli -p "${REDIS_PORTS[j]}" info commandstats | grep -E 'cmdstat_(spublish|ssubscribe|evalsha|xadd)' || true
       done >"$OUT/$name.commandstats"
       cleanup ;;
     store-append-* | store-latency-*)
@@ -677,10 +704,11 @@ for name in names:
     if name == "redis-cluster-raw":
         try:
             for l in open(f"{out}/redis-cluster-raw.csv"):
-                cmd, size, shards, c, p, tot, slowest, each, cpu = l.strip().split(",")
+                cmd, size, shards, c, p, tot, slowest, each, cpu, usec = l.strip().split(",")
                 print(f"{name:12} {cmd:34} {size:>4} B  {shards} shard(s) x {c:>2} connection(s)  pipeline {p:>2}: "
                       f"{float(tot):>10,.0f} requests/s (each shard: {', '.join(f'{float(x):,.0f}' for x in each.split(';'))})"
-                      + (f"  Redis CPU {float(cpu):.2f} us per SPUBLISH (INFO cpu, summed)" if cpu else ""))
+                      + (f"  Redis CPU {float(cpu):.2f} us per message (INFO cpu, summed)" if cpu else "")
+                      + (f"  script {float(usec):.1f} us per call (commandstats)" if usec else ""))
         except FileNotFoundError:
             pass
         continue
