@@ -485,10 +485,18 @@ run() {
           before=$(redis_stats)
         fi
         local shape=(--rooms "$rooms" --pubs "$pubs" --subs 0 --body 128 --rate 0 --window "$WINDOW" --max-lag 0 --duration "$DUR" --warmup "$WARM")
-        load_now --tcp "$A_TCP" --room-prefix pa "${shape[@]}" >"$OUT/$name.a" &
-        local la=$!
-        load_now --tcp "$B_TCP" --room-prefix pb "${shape[@]}" >"$OUT/$name.b"
-        wait "$la"
+        # A generator that fails: its stderr and the run's logs are kept (keep_logs), the run is
+        # left out of the .jsonl, and the scenario goes on.
+        load_now --tcp "$A_TCP" --room-prefix pa "${shape[@]}" >"$OUT/$name.a" 2>"$OUT/$name.a.err" &
+        local la=$! failed=""
+        load_now --tcp "$B_TCP" --room-prefix pb "${shape[@]}" >"$OUT/$name.b" 2>"$OUT/$name.b.err" || failed=b
+        wait "$la" || failed+=a
+        if [ -n "$failed" ]; then
+          keep_logs "$name"
+          cp "$OUT/$name".[ab].err "$(ls -d "$OUT/failed-$name"-* | tail -1)"/ 2>/dev/null || true
+          echo "warning: chat-load failed ($failed); stderr: $(tail -c 600 "$OUT/$name".[ab].err)" >&2
+          cleanup; continue
+        fi
         local scripts='{}' shards='[]'
         if [[ $kind == redis* ]]; then
           local after; after=$(redis_stats)
