@@ -591,10 +591,11 @@ run() {
       # requests/s added over the shards (each benchmark's own rate: they start together and
       # finish within a moment of each other; the slowest is kept too). Then 17 x 16 on one shard
       # alone, and `redis-benchmark --cluster` (51 x 16), which picks its own channels (no
-      # subscriber). Per line, the shards' INFO cpu seconds over the run divided by their
-      # SPUBLISH calls (commandstats): Redis CPU per SPUBLISH.
+      # subscriber); then our publish script on every shard at once (below). Per line, the
+      # shards' INFO cpu seconds over the run divided by the messages published (commandstats'
+      # SPUBLISH calls, times the messages per script call): Redis CPU per message.
       start_redis_cluster
-      local payload j port shards c pl n before after bp rps cpu
+      local payload j port shards c pl n before after bp
       local chans=()
       payload=$(head -c "$RAW_PAYLOAD_BYTES" /dev/zero | tr '\0' x)
       for j in 0 1 2; do
