@@ -19,6 +19,8 @@
 #                                    #   (not in "everything")
 #                                    #   store-append-{none,sqlite,postgres} store-latency-{none,sqlite,postgres}
 #                                    #   (not in "everything"; `stores` runs all six)
+#                                    #   redis-cluster-publish-2nodes redis-cluster-raw redis-cluster-cross-node
+#                                    #   (a three-primary Redis Cluster; not in "everything")
 #   DUR=20 REPEAT=5 scripts/bench.sh fanout-tcp fanout-nats
 #   # Two brokers side by side, runs alternating (a scenario named again appends to its .jsonl):
 #   REPEAT=1 scripts/bench.sh redis-cross-node nats-cross-node redis-cross-node nats-cross-node redis-cross-node nats-cross-node
@@ -27,6 +29,13 @@
 # loopback port, pinned to $REDIS_CORE (default: the generator's core), and chat-server nodes
 # on it (`--broker redis://...`, pinned to $SERVER_CORE); redis-raw runs redis-benchmark on
 # $SERVER_CORE, where the nodes (Redis's clients) run otherwise.
+# The redis-cluster-* scenarios start three redis-servers in cluster mode (`--cluster-enabled
+# yes`, a fresh temporary directory each, removed at the end) on free loopback ports whose bus
+# ports (+10000) are free too, all three pinned to $REDIS_CORE, join them with `redis-cli
+# --cluster create` (three primaries, no replicas) and wait until every node says
+# `cluster_state:ok`; nodes get `--broker redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+# Run next to the single-Redis scenarios in one invocation for a side-by-side comparison:
+#   REPEAT=1 scripts/bench.sh redis-publish-2nodes redis-cluster-publish-2nodes redis-publish-2nodes ...
 # The NATS scenarios start their own `nats-server -js` (never the system one on 4222) on a free
 # loopback port with a JetStream store in a fresh temporary directory (removed at the end),
 # pinned to $JS_CORE (default: $REDIS_CORE, as Redis), and nodes with `--broker nats://...`.
@@ -80,7 +89,7 @@ cleanup() {
   for d in "${JS_DIRS[@]}"; do rm -rf "$d"; done
   JS_DIRS=()
 }
-JS_DIRS=()       # JetStream store directories of the nats-servers started (removed by cleanup)
+JS_DIRS=()       # temporary directories (JetStream stores, Redis Cluster nodes; removed by cleanup)
 
 # Waits (up to QUIET_WAIT seconds) until the machine's other processes use under 10 % of a
 # core, so that a compiler running next door does not spoil a run.
@@ -96,6 +105,7 @@ wait_quiet() {
   echo "warning: the machine is still busy ($((b - a)) % of a core); measuring anyway" >&2
 }
 trap 'cleanup; drop_store' EXIT
+trap 'exit 130' INT TERM   # so that an interrupted run still stops what it started (EXIT above)
 
 # A free loopback port (never 4222, the system nats-server's).
 free_port() {
@@ -126,8 +136,119 @@ start_redis() {
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
   BROKER_URL=redis://127.0.0.1:$REDIS_PORT; BROKER_PIDS=(--server-pid "redis=$REDIS_PID"); BROKER_PID=$REDIS_PID
+  REDIS_PORTS=("$REDIS_PORT")
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
   echo "redis-server did not start" >&2; cat "$OUT/redis-server.log" >&2; exit 1
+}
+
+# Three redis-servers in cluster mode (no persistence, a fresh directory each for nodes.conf),
+# all on core $REDIS_CORE, joined by `redis-cli --cluster create` into three primaries sharing
+# the 16384 slots (no replicas); ready when every node says cluster_state:ok and knows the
+# three. Sets BROKER_URL (redis+cluster://…, the three), BROKER_PID (the first), BROKER_PIDS
+# (redis0, redis1, redis2), REDIS_PORTS, REDIS_PORT (the first).
+start_redis_cluster() {
+  local i p=17700 port dir ok
+  REDIS_PORTS=(); BROKER_PIDS=(); BROKER_URL=""
+  for i in 0 1 2; do
+    # The cluster bus listens on port + 10000.
+    while :; do
+      port=$(free_port "$p"); p=$((port + 1))
+      ss -Htln "sport = :$((port + 10000))" | grep -q . || break
+    done
+    REDIS_PORTS+=("$port")
+  done
+  for i in 0 1 2; do
+    port=${REDIS_PORTS[i]}
+    dir=$(mktemp -d /tmp/chat-bench-redis-cluster.XXXXXX); JS_DIRS+=("$dir")
+    taskset -c "$REDIS_CORE" "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --dir "$dir" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --save "" --appendonly no >"$OUT/redis-cluster-$i.log" 2>&1 &
+    PIDS+=("$!"); BROKER_PIDS+=(--server-pid "redis$i=$!")
+    [ "$i" = 0 ] && BROKER_PID=$!
+    BROKER_URL+="127.0.0.1:$port,"
+  done
+  BROKER_URL=redis+cluster://${BROKER_URL%,}
+  REDIS_PORT=${REDIS_PORTS[0]}
+  for port in "${REDIS_PORTS[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG || { echo "redis-server (cluster) on $port did not start" >&2; cat "$OUT"/redis-cluster-*.log >&2; exit 1; }
+  done
+  # shellcheck disable=SC2046
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${REDIS_PORTS[@]}") --cluster-replicas 0 --cluster-yes \
+    >"$OUT/redis-cluster-create.log" 2>&1 || { echo "redis-cli --cluster create failed" >&2; cat "$OUT/redis-cluster-create.log" >&2; exit 1; }
+  for _ in $(seq 300); do
+    ok=1
+    for port in "${REDIS_PORTS[@]}"; do
+      redis-cli -p "$port" cluster info 2>/dev/null | tr -d '\r' | grep -q '^cluster_state:ok' || ok=0
+      [ "$(redis-cli -p "$port" cluster info 2>/dev/null | tr -d '\r' | awk -F: '/^cluster_known_nodes:/ {print $2}')" = 3 ] || ok=0
+    done
+    [ "$ok" = 1 ] && return
+    sleep 0.1
+  done
+  echo "the Redis Cluster did not reach cluster_state:ok" >&2; cat "$OUT/redis-cluster-create.log" "$OUT"/redis-cluster-*.log >&2; exit 1
+}
+
+# The slots each node of REDIS_PORTS serves, one "port first last" line per range.
+redis_slot_ranges() {
+  local port
+  for port in "${REDIS_PORTS[@]}"; do
+    redis-cli -p "$port" cluster nodes | awk -v port="$port" '/myself/ {
+      for (i = 9; i <= NF; i++) { n = split($i, r, "-"); print port, r[1], (n > 1 ? r[2] : r[1]) } }'
+  done
+}
+# "port count" per node of REDIS_PORTS: how many of the keys $1 (space-separated) it serves.
+redis_keys_per_shard() {
+  local ranges
+  ranges=$(redis_slot_ranges)
+  # shellcheck disable=SC2086
+  printf 'cluster keyslot %s\n' $1 | redis-cli -p "${REDIS_PORTS[0]}" | awk -v ranges="$ranges" '
+    BEGIN { n = split(ranges, l, "\n"); for (i = 1; i <= n; i++) { split(l[i], f, " "); port[i] = f[1]; lo[i] = f[2]; hi[i] = f[3]; count[f[1]] = 0 } }
+    { for (i = 1; i <= n; i++) if ($1 >= lo[i] && $1 <= hi[i]) count[port[i]]++ }
+    END { for (p in count) print p, count[p] }'
+}
+# A key of $1's form (with a number in place of %d) served by the node on port $2.
+redis_key_on() {
+  local i ranges slot
+  ranges=$(redis_slot_ranges | awk -v port="$2" '$1 == port')
+  for i in $(seq 0 999); do
+    # shellcheck disable=SC2059
+    slot=$(redis-cli -p "$2" cluster keyslot "$(printf "$1" "$i")")
+    if awk -v s="$slot" '$2 <= s && s <= $3 {f = 1} END {exit !f}' <<<"$ranges"; then
+      # shellcheck disable=SC2059
+      printf "$1\n" "$i"; return
+    fi
+  done
+  echo "no key of the form $1 on $2" >&2; exit 1
+}
+
+# One line per Redis of the broker (REDIS_PORTS): port, its CPU seconds so far (INFO cpu:
+# used_cpu_sys + used_cpu_user), and since the last CONFIG RESETSTAT (INFO commandstats) its
+# script calls and their usec (EVALSHA, EVAL, FCALL), PUBLISH and SPUBLISH calls.
+redis_stats() {
+  local p
+  for p in "${REDIS_PORTS[@]}"; do
+    { redis-cli -p "$p" info cpu; redis-cli -p "$p" info commandstats; } | tr -d '\r' | awk -F'[:,=]' -v port="$p" '
+      $1 == "used_cpu_sys" || $1 == "used_cpu_user" {cpu += $2}
+      $1 == "cmdstat_evalsha" || $1 == "cmdstat_eval" || $1 == "cmdstat_fcall" {sc += $3; su += $5}
+      $1 == "cmdstat_publish" {pc += $3}
+      $1 == "cmdstat_spublish" {spc += $3}
+      END {printf "%s %.6f %d %d %d %d\n", port, cpu, sc, su, pc, spc}'
+  done
+}
+# The JSON array of the broker's Redis between two redis_stats outputs ($1 before, $2 after):
+# per Redis its CPU seconds in between, its commandstats counts, and how many of the rooms
+# named in $3 (space-separated) hash to it.
+redis_stats_json() {
+  local before=$1 after=$2 rooms=$3 counts
+  if [ "${#REDIS_PORTS[@]}" -gt 1 ]; then
+    counts=$(redis_keys_per_shard "$rooms")
+  else
+    counts="${REDIS_PORTS[0]} $(wc -w <<<"$rooms")"
+  fi
+  LC_ALL=C join <(LC_ALL=C sort <<<"$before") <(LC_ALL=C sort <<<"$after") | LC_ALL=C join - <(LC_ALL=C sort <<<"$counts") | awk '
+    {printf "%s{\"port\":%s,\"cpu_secs\":%.6f,\"script_calls\":%d,\"script_usec\":%d,\"publish_calls\":%d,\"spublish_calls\":%d,\"rooms\":%d}",
+            (NR > 1 ? "," : "["), $1, $7 - $2, $8, $9, $10, $11, $12}
+    END {print "]"}'
 }
 
 # Starts a nats-server of our own with JetStream (a fresh store directory) on core $JS_CORE;
@@ -179,11 +300,14 @@ start_broker() {
   case $1 in
     memory) BROKER_URL=memory; BROKER_PID=""; BROKER_PIDS=() ;;
     redis) start_redis ;;
+    redis-cluster) start_redis_cluster ;;
     nats) start_js ;;
     nats3) start_js_cluster ;;
     *) echo "unknown broker $1" >&2; exit 2 ;;
   esac
 }
+# The broker kind of scenario $1: redis-cluster-* -> redis-cluster, else its first word.
+kind_of() { case $1 in redis-cluster-*) echo redis-cluster ;; *) echo "${1%%-*}" ;; esac; }
 # chat-server options for broker kind $1.
 node_opts() { if [ "$1" = nats3 ]; then echo --nats-replicas 3; fi; }
 
@@ -304,16 +428,20 @@ run() {
     idle-ws) start_chat "${IDLE_OPTS[@]}"; load --ws "ws://$WS/ws" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-ws-deflate) start_chat "${IDLE_OPTS[@]}" --ws-deflate; load --ws "ws://$WS/ws" --ws-deflate --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
     idle-nats) start_nats; load --target nats --nats "$NATS" --idle "$IDLE" --hold 5 >>"$OUT/$name.jsonl"; cleanup ;;
-    redis-cross-node | nats-cross-node | nats3-cross-node)
+    redis-cross-node | redis-cluster-cross-node | nats-cross-node | nats3-cross-node)
       # Two nodes on one broker; 10 rooms x (1 publisher at 100 msg/s on node a + 10 subscribers on
-      # node b): every delivery crosses the broker. Fresh broker and nodes per run.
-      local kind=${name%%-*}
+      # node b): every delivery crosses the broker. Fresh broker and nodes per run. XN_ROOMS,
+      # XN_SUBS, XN_RATE change the shape (default 10, 10, 100): XN_ROOMS=100 XN_SUBS=1 publishes
+      # 10,000 messages/s, each delivered once across the broker (100 rooms spread over a
+      # cluster's shards).
+      local kind; kind=$(kind_of "$name")
+      local xn=(--rooms "${XN_ROOMS:-10}" --pubs 1 --subs "${XN_SUBS:-10}" --body 128 --rate "${XN_RATE:-100}")
       for i in $(seq "$REPEAT"); do
         start_broker "$kind"
         start_node a $(node_opts "$kind"); A_PID=$NODE_PID; A_TCP=$NODE_TCP
         start_node b $(node_opts "$kind"); B_PID=$NODE_PID; B_TCP=$NODE_TCP
         SERVER_PIDS=(--server-pid "a=$A_PID" --server-pid "b=$B_PID" "${BROKER_PIDS[@]}")
-        load --pub-tcp "$A_TCP" --sub-tcp "$B_TCP" --rooms 10 --pubs 1 --subs 10 --body 128 --rate 100 --window 256 \
+        load --pub-tcp "$A_TCP" --sub-tcp "$B_TCP" "${xn[@]}" --window 256 \
           --max-lag 0 --duration "$DUR" --warmup "$WARM" >>"$OUT/$name.jsonl" || keep_logs "$name"
         cleanup
       done ;;
@@ -331,34 +459,52 @@ run() {
           cleanup
         done
       done ;;
-    redis-publish-2nodes | nats-publish-2nodes)
+    redis-publish-2nodes | redis-cluster-publish-2nodes | nats-publish-2nodes)
       # The same with 100 publisher connections on two nodes: 50 on node a and 50 on node b, one
       # room each (100 rooms, prefixes pa-/pb-), by two chat-load processes started together (one
       # per node; chat-load takes one --tcp), both on $LOAD_CORE; each reports every process's
       # CPU over its own window. Two JSON lines per run ("part": "a", "b"): add their acked/s.
       # PUB2_ROOMS x PUB2_PUBS publishers per node (default 50 x 1; 5 x 10 puts ten publishers
       # in each room). On Redis, Redis's own count of script calls and their time over the whole
-      # run (warm-up included; INFO commandstats) goes into part a's line as "redis_scripts".
-      local rooms=${PUB2_ROOMS:-50} pubs=${PUB2_PUBS:-1}
+      # run (warm-up included; INFO commandstats) goes into part a's line as "redis_scripts"
+      # (summed over a cluster's shards: EVALSHA, EVAL and FCALL calls), and per Redis (one, or
+      # each shard of redis-cluster-publish-2nodes) its INFO cpu seconds over the whole run, its
+      # commandstats and how many of the rooms hash to it, as "redis_shards".
+      local rooms=${PUB2_ROOMS:-50} pubs=${PUB2_PUBS:-1} kind; kind=$(kind_of "$name")
+      local names="" r
+      for r in $(seq 0 $((rooms - 1))); do names+="pa-$r pb-$r "; done
       for i in $(seq "$REPEAT"); do
-        start_broker "${name%%-*}"
+        start_broker "$kind"
         start_node a; A_PID=$NODE_PID; A_TCP=$NODE_TCP
         start_node b; B_PID=$NODE_PID; B_TCP=$NODE_TCP
         SERVER_PIDS=(--server-pid "a=$A_PID" --server-pid "b=$B_PID" "${BROKER_PIDS[@]}")
         wait_quiet
-        [ "${name%%-*}" = redis ] && redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+        local before=""
+        if [[ $kind == redis* ]]; then
+          for r in "${REDIS_PORTS[@]}"; do redis-cli -p "$r" config resetstat >/dev/null; done
+          before=$(redis_stats)
+        fi
         local shape=(--rooms "$rooms" --pubs "$pubs" --subs 0 --body 128 --rate 0 --window "$WINDOW" --max-lag 0 --duration "$DUR" --warmup "$WARM")
-        load_now --tcp "$A_TCP" --room-prefix pa "${shape[@]}" >"$OUT/$name.a" &
-        local la=$!
-        load_now --tcp "$B_TCP" --room-prefix pb "${shape[@]}" >"$OUT/$name.b"
-        wait "$la"
-        local scripts='{}'
-        if [ "${name%%-*}" = redis ]; then
-          scripts=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:,=]' \
-            '/^cmdstat_evalsha:/ {printf "{\"calls\":%s,\"usec\":%s}", $3, $5}')
+        # A generator that fails: its stderr and the run's logs are kept (keep_logs), the run is
+        # left out of the .jsonl, and the scenario goes on.
+        load_now --tcp "$A_TCP" --room-prefix pa "${shape[@]}" >"$OUT/$name.a" 2>"$OUT/$name.a.err" &
+        local la=$! failed=""
+        load_now --tcp "$B_TCP" --room-prefix pb "${shape[@]}" >"$OUT/$name.b" 2>"$OUT/$name.b.err" || failed=b
+        wait "$la" || failed+=a
+        if [ -n "$failed" ]; then
+          keep_logs "$name"
+          cp "$OUT/$name".[ab].err "$(ls -d "$OUT/failed-$name"-* | tail -1)"/ 2>/dev/null || true
+          echo "warning: chat-load failed ($failed); stderr: $(tail -c 600 "$OUT/$name".[ab].err)" >&2
+          cleanup; continue
+        fi
+        local scripts='{}' shards='[]'
+        if [[ $kind == redis* ]]; then
+          local after; after=$(redis_stats)
+          shards=$(redis_stats_json "$before" "$after" "$names")
+          scripts=$(awk '{c += $3; u += $4} END {if (c > 0) printf "{\"calls\":%d,\"usec\":%d}", c, u}' <<<"$after")
           [ -n "$scripts" ] || scripts='{}'
         fi
-        sed "s/^{/{\"part\":\"a\",\"shape\":\"${rooms}x${pubs}\",\"redis_scripts\":$scripts,/" "$OUT/$name.a" >>"$OUT/$name.jsonl"
+        sed "s/^{/{\"part\":\"a\",\"shape\":\"${rooms}x${pubs}\",\"redis_scripts\":$scripts,\"redis_shards\":$shards,/" "$OUT/$name.a" >>"$OUT/$name.jsonl"
         sed "s/^{/{\"part\":\"b\",\"shape\":\"${rooms}x${pubs}\",/" "$OUT/$name.b" >>"$OUT/$name.jsonl"
         cleanup
       done ;;
@@ -435,6 +581,104 @@ run() {
         >"$OUT/$name.commandstats"
       redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'cmdstat_(publish|evalsha|xadd)' >>"$OUT/$name.commandstats" || true
       cleanup ;;
+    redis-cluster-raw)
+      # Raw Redis Cluster on the same payload, as the cluster broker publishes (sharded pub/sub,
+      # on the shard serving the room's slot): SPUBLISH of $RAW_PAYLOAD_BYTES bytes. One shard
+      # channel per shard (chat:{bench-N}:chan, a name whose slot that shard serves), each with
+      # one subscriber (redis-cli SSUBSCRIBE on its shard, as a node subscribes to its rooms), and
+      # one redis-benchmark per shard, all at once (on $SERVER_CORE), C connections each pipelining
+      # P: C x P = 1 x 1, 1 x 16, 17 x 1, 17 x 16 (3 x 17 = 51 connections, next to redis-raw's 50);
+      # requests/s added over the shards (each benchmark's own rate: they start together and
+      # finish within a moment of each other; the slowest is kept too). Then 17 x 16 on one shard
+      # alone, and `redis-benchmark --cluster` (51 x 16), which picks its own channels (no
+      # subscriber); then our publish script on every shard at once (below). Per line, the
+      # shards' INFO cpu seconds over the run divided by the messages published (commandstats'
+      # SPUBLISH calls, times the messages per script call): Redis CPU per message.
+      start_redis_cluster
+      local payload j port shards c pl n before after bp
+      local chans=()
+      payload=$(head -c "$RAW_PAYLOAD_BYTES" /dev/zero | tr '\0' x)
+      for j in 0 1 2; do
+        port=${REDIS_PORTS[j]}
+        chans[j]=$(redis_key_on "chat:{bench-%d}:chan" "$port")
+        # The subscriber is slower than Redis at full speed: no output-buffer limit (see redis-raw).
+        redis-cli -p "$port" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
+        taskset -c "$SERVER_CORE" redis-cli -p "$port" ssubscribe "${chans[j]}" >/dev/null &
+        PIDS+=("$!")
+      done
+      sleep 0.5
+      : >"$OUT/$name.csv"
+      # $1 label, $2 shards, $3 benchmarks (bp; default $2, one per shard), $4 messages per
+      # request (default 1), $5 bytes per message (default the payload's): appends a CSV line
+      # (requests/s: added, the slowest shard's, each; Redis CPU per message; script usec per call).
+      raw_cluster_line() {
+        local k r all="" tot=0 min="" stats
+        wait "${bp[@]}"
+        after=$(redis_stats)
+        for k in $(seq 0 $((${3:-$2} - 1))); do
+          r=$(tail -1 "$OUT/$name.s$k" | awk -F, '{print $(NF-6)}' | tr -d '"')
+          all+="$r;"; tot=$(awk -v a="$tot" -v b="$r" 'BEGIN {print a + b}')
+          min=$(awk -v a="${min:-$r}" -v b="$r" 'BEGIN {print (b < a ? b : a)}')
+        done
+        # Every request (an SPUBLISH, or a script call that makes one) is one SPUBLISH.
+        stats=$(LC_ALL=C join <(LC_ALL=C sort <<<"$before") <(LC_ALL=C sort <<<"$after") | awk -v m="${4:-1}" '
+          {cpu += $7 - $2; n += $11; sc += $8; su += $9}
+          END {if (n > 0) printf "%.3f", cpu * 1e6 / n / m; printf ","; if (sc > 0) printf "%.2f", su / sc}')
+        echo "$1,${5:-$RAW_PAYLOAD_BYTES},$2,$c,$pl,$tot,$min,${all%;},$stats" >>"$OUT/$name.csv"
+      }
+      for shards in 3 1; do
+        for c in 1 17; do
+          for pl in 1 16; do
+            [ "$shards" = 1 ] && [ "$c/$pl" != 17/16 ] && continue
+            n=$((c == 1 && pl == 1 ? 30000 : 400000))
+            wait_quiet
+            for port in "${REDIS_PORTS[@]}"; do redis-cli -p "$port" config resetstat >/dev/null; done
+            before=$(redis_stats); bp=()
+            for j in $(seq 0 $((shards - 1))); do
+              taskset -c "$SERVER_CORE" redis-benchmark -p "${REDIS_PORTS[j]}" -c "$c" -P "$pl" -n "$n" --csv \
+                SPUBLISH "${chans[j]}" "$payload" >"$OUT/$name.s$j" 2>&1 &
+              bp+=("$!"); PIDS+=("$!")
+            done
+            raw_cluster_line SPUBLISH "$shards"
+          done
+        done
+      done
+      c=51; pl=16
+      wait_quiet
+      for port in "${REDIS_PORTS[@]}"; do redis-cli -p "$port" config resetstat >/dev/null; done
+      before=$(redis_stats)
+      taskset -c "$SERVER_CORE" redis-benchmark --cluster -p "${REDIS_PORTS[0]}" -c "$c" -P "$pl" -n 1200000 --csv \
+        SPUBLISH "chat:{tag}:chan" "$payload" >"$OUT/$name.s0" 2>&1 &
+      bp=("$!"); PIDS+=("$!")
+      raw_cluster_line "SPUBLISH --cluster (no subscriber)" 3 1
+      # Our publish script (as redis-raw's EVALSHA, with SPUBLISH as the publishing command, as
+      # on a cluster) on each shard at once, keys and channel in that shard's bench slot: batches
+      # of 1 and of 16 messages, 17 connections per shard pipelining 16.
+      local body sha msg tag
+      body=$(printf '{"t":1000000000000000,"p":"%s"}' "$(head -c 99 /dev/zero | tr '\0' x)")
+      c=17; pl=16
+      for n in 1 16; do
+        msg=()
+        for _ in $(seq "$n"); do msg+=(pub-0-0 1795826582184 "$body" ""); done
+        wait_quiet
+        for port in "${REDIS_PORTS[@]}"; do redis-cli -p "$port" config resetstat >/dev/null; done
+        before=$(redis_stats); bp=()
+        for j in 0 1 2; do
+          tag=${chans[j]#chat:\{}; tag=${tag%%\}*}
+          sha=$(redis-cli -p "${REDIS_PORTS[j]}" script load "$(printf '#!lua\n'; cat chat-broker-redis/src/lua/epoch.lua chat-broker-redis/src/lua/publish.lua)")
+          taskset -c "$SERVER_CORE" redis-benchmark -p "${REDIS_PORTS[j]}" -c "$c" -P "$pl" -n $((100000 / n)) --csv \
+            EVALSHA "$sha" 3 "chat:{$tag}:e" "chat:{$tag}:s" "chat:{$tag}:h" r0bench 86400000 "" 0 "" \
+            "${chans[j]}" 1000 300000 SPUBLISH "${msg[@]}" >"$OUT/$name.s$j" 2>&1 &
+          bp+=("$!"); PIDS+=("$!")
+        done
+        raw_cluster_line "EVALSHA publish.lua x$n (SPUBLISH)" 3 3 "$n" "${#body}"
+      done
+      # Still one subscriber per shard channel at the end.
+      for j in 0 1 2; do
+        echo "${REDIS_PORTS[j]} ${chans[j]}: $(redis-cli -p "${REDIS_PORTS[j]}" pubsub shardnumsub "${chans[j]}" | tail -1) subscriber(s)"
+        redis-cli -p "${REDIS_PORTS[j]}" info commandstats | grep -E 'cmdstat_(spublish|ssubscribe|evalsha|xadd)' || true
+      done >"$OUT/$name.commandstats"
+      cleanup ;;
     store-append-* | store-latency-*)
       # 100 publishers (one room each, no other subscriber), 128-byte bodies; `sent` waits for
       # the store's commit. store-append: as fast as 32 unacknowledged sends each allow;
@@ -465,6 +709,17 @@ WARM_SECS = float(os.environ["WARM"])
 out, names = sys.argv[1], list(dict.fromkeys(sys.argv[2:]))  # a scenario named twice: once
 for name in names:
     if name == "micro":
+        continue
+    if name == "redis-cluster-raw":
+        try:
+            for l in open(f"{out}/redis-cluster-raw.csv"):
+                cmd, size, shards, c, p, tot, slowest, each, cpu, usec = l.strip().split(",")
+                print(f"{name:12} {cmd:34} {size:>4} B  {shards} shard(s) x {c:>2} connection(s)  pipeline {p:>2}: "
+                      f"{float(tot):>10,.0f} requests/s (each shard: {', '.join(f'{float(x):,.0f}' for x in each.split(';'))})"
+                      + (f"  Redis CPU {float(cpu):.2f} us per message (INFO cpu, summed)" if cpu else "")
+                      + (f"  script {float(usec):.1f} us per call (commandstats)" if usec else ""))
+        except FileNotFoundError:
+            pass
         continue
     if name == "redis-raw":
         try:
@@ -508,6 +763,20 @@ for name in names:
             cpu = "  ".join(f"{x['name']} {x['cpu_share'] * 100:3.0f}%" for x in a["servers"] if x)
             errs = sum(a["errors"].values()) + sum(b["errors"].values())
             rs = a.get("redis_scripts") or {}
+            shards = a.get("redis_shards") or []
+            if shards:
+                # Redis CPU per acknowledged send: the redis-servers' CPU over a's window (/proc,
+                # from chat-load) divided by both parts' acknowledged sends in their windows; and
+                # INFO cpu over the whole run (warm-up and setup included), summed over the shards,
+                # divided by the sends of the whole run (the window's rate taken as the run's).
+                acked = a["acked"] + b["acked"]
+                proc = sum(x["cpu_secs"] for x in a["servers"] if x and x["name"].startswith("redis"))
+                sent = (a["acked_per_sec"] + b["acked_per_sec"]) * (a["duration_secs"] + WARM_SECS)
+                info = sum(x["cpu_secs"] for x in shards)
+                each = "  ".join(f"{x['port']}: {x['rooms']} rooms, {x['script_calls']:,} script calls, "
+                                 f"{x['cpu_secs']:.2f} s CPU" for x in shards)
+                print(f"{name:12} redis CPU per acked send: {proc * 1e6 / acked:.1f} us (/proc, a's window, "
+                      f"{len(shards)} redis-server(s) summed), {info * 1e6 / sent:.1f} us (INFO cpu, whole run)  [{each}]")
             if rs:
                 # Over the whole run, warm-up included: per script call, and per acknowledged send
                 # (the window's rate taken as the whole run's).
