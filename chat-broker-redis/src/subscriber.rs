@@ -117,14 +117,14 @@ impl Incoming {
 
 /// One push of a cluster connection; false when a room may have missed messages.
 fn on_push(shared: &Shared, push: PushInfo) -> bool {
-    let bytes = |v: &Value| match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+    let bytes = |v: Value| match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
     };
     match push.kind {
         PushKind::SMessage | PushKind::Message => {
-            let mut data = push.data.iter();
+            let mut data = push.data.into_iter();
             match (data.next().and_then(bytes), data.next().and_then(bytes)) {
                 (Some(channel), Some(payload)) => match std::str::from_utf8(&channel) {
                     Ok(channel) => on_message(shared, channel, &payload),
@@ -137,7 +137,7 @@ fn on_push(shared: &Shared, push: PushInfo) -> bool {
         PushKind::SUnsubscribe => {
             // Ours (a room left) or the server's (the slot moved): a room still tracked, or the
             // notices, were moved away.
-            let Some(channel) = push.data.first().and_then(bytes) else { return false };
+            let Some(channel) = push.data.into_iter().next().and_then(bytes) else { return false };
             let channel = String::from_utf8_lossy(&channel);
             if channel == shared.keys.notices() {
                 return false;
